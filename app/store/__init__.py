@@ -1,0 +1,8 @@
+"""Every database read and write: keyword-only functions taking the session first.
+
+Split by resource: ``accounts`` (users, tokens, sessions, login links).
+"""
+
+from __future__ import annotations
+
+from app.store.accounts import *  # noqa: F403
