@@ -1,0 +1,178 @@
+"""When to prune: oneshot, iterative, agp, at_init and retrain, plus the stop-at-accuracy rule.
+
+The pipeline owns measuring and recording (``pipeline.RunContext``); this module decides the
+per-step targets and the order of prune / (re)initialise / train for each schedule kind.
+
+* ``oneshot``: prune to the target once, fine-tune ``finetune.epochs``.
+* ``iterative`` (Han et al. 2015): ``steps`` rounds of prune + fine-tune. Per-step targets are
+  **geometric in the kept fraction**: ``kept_k = (1 - s_f) ** (k / n)``, so every round removes
+  the same share of the weights still alive (the last round hits ``s_f`` exactly).
+* ``agp`` (Zhu & Gupta 2017): one continuous training of ``finetune.epochs`` epochs; masks are
+  recomputed ``steps`` times, evenly spread over the first 75% of the iterations, following
+  ``s_k = s_f + (s_i - s_f) * (1 - k / n) ** 3`` with ``s_i = 0``; the last quarter trains at
+  ``s_f``. Each mask update is recorded as one step.
+* ``at_init`` (SNIP, Lee et al. 2019): re-initialise the weights with the model's own init,
+  score and prune once on sampled batches, then train from scratch with the mask fixed.
+* ``retrain``: prune the trained model once, then train the pruned structure from scratch:
+  ``retrain_init="rewind"`` restores the initial weights given to ``run_recipe`` (or the
+  weights at the start of the run), ``"reinit"`` re-draws them; the masks are kept.
+
+``max_accuracy_drop`` (absolute, 0.01 = one point): the schedule stops at the first step whose
+accuracy after fine-tuning falls more than that below the baseline, and the run returns the
+deepest step that was within the drop (or the dense model when none was).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.pruning.pipeline import RunContext
+
+SCHEDULES = ("oneshot", "iterative", "agp", "at_init", "retrain")
+AGP_RAMP = 0.75  # share of the training iterations over which AGP ramps up
+
+
+def agp_sparsity(t: int, n: int, final: float, initial: float = 0.0) -> float:
+    """Zhu & Gupta's cubic ramp at update ``t`` of ``n``: ``s_f + (s_i - s_f)(1 - t/n)^3``.
+
+    Example:
+        >>> agp_sparsity(4, 4, 0.9)
+        0.9
+    """
+    if n < 1:
+        raise ValueError(f"schedule.steps must be at least 1; got {n}")
+    frac = min(max(t / n, 0.0), 1.0)
+    return float(final + (initial - final) * (1.0 - frac) ** 3)
+
+
+def targets(spec: Any, final_sparsity: float) -> list[float]:
+    """Per-step target sparsities for a ``ScheduleSpec`` ending at ``final_sparsity``.
+
+    Args:
+        spec: a ``ScheduleSpec`` (``kind``, ``steps``).
+        final_sparsity: the fraction of prunable weights removed at the end.
+
+    Returns:
+        One target per pruning step, non-decreasing, the last equal to ``final_sparsity``.
+
+    Raises:
+        ValueError: an unknown schedule kind or a sparsity outside [0, 1).
+
+    Example:
+        >>> targets(ScheduleSpec(kind="iterative", steps=2), 0.75)
+        [0.5, 0.75]
+    """
+    s_f = float(final_sparsity)
+    if not 0.0 <= s_f < 1.0:
+        raise ValueError(f"pruning.sparsity must be in [0, 1); got {s_f}")
+    n = int(spec.steps)
+    if spec.kind in ("oneshot", "at_init", "retrain"):
+        return [s_f]
+    if spec.kind == "iterative":
+        return [1.0 - (1.0 - s_f) ** (k / n) if k < n else s_f for k in range(1, n + 1)]
+    if spec.kind == "agp":
+        return [agp_sparsity(k, n, s_f) for k in range(1, n + 1)]
+    raise ValueError(f"schedule.kind must be one of {', '.join(SCHEDULES)}; got {spec.kind!r}")
+
+
+def agp_update_iterations(n: int, total_iterations: int, ramp: float | None = None) -> list[int]:
+    """The training iterations at which AGP's ``n`` mask updates happen (the first at 0)."""
+    window = max(int(total_iterations * (AGP_RAMP if ramp is None else ramp)), n)
+    return [min(k * window // n, max(total_iterations - 1, 0)) for k in range(n)]
+
+
+def within_drop(baseline_accuracy: float, accuracy: float, max_drop: float | None) -> bool:
+    """True when ``accuracy`` is at most ``max_drop`` below the baseline (always without a rule)."""
+    return max_drop is None or baseline_accuracy - accuracy <= max_drop + 1e-9
+
+
+def run_schedule(ctx: RunContext) -> None:
+    """Run the recipe's schedule kind on ``ctx`` (which records every step)."""
+    kind = ctx.recipe.schedule.kind
+    if kind in ("oneshot", "iterative"):
+        _run_stepwise(ctx)
+    elif kind == "agp":
+        _run_agp(ctx)
+    elif kind == "at_init":
+        _run_from_scratch(ctx, prune_first=False)
+    elif kind == "retrain":
+        _run_from_scratch(ctx, prune_first=True)
+    else:
+        raise ValueError(f"schedule.kind must be one of {', '.join(SCHEDULES)}; got {kind!r}")
+
+
+def _final_sparsity(ctx: RunContext) -> float | None:
+    """The recipe's target; None when pruning by threshold or N:M (one fixed step)."""
+    p = ctx.recipe.pruning
+    return None if p.sparsity is None or p.granularity == "nm" else float(p.sparsity)
+
+
+def _step_targets(ctx: RunContext) -> list[float | None]:
+    final = _final_sparsity(ctx)
+    if final is None:
+        return [None]
+    return list(targets(ctx.recipe.schedule, final))
+
+
+def _run_stepwise(ctx: RunContext) -> None:
+    """oneshot / iterative: prune, fine-tune, record; stop when the accuracy rule is broken."""
+    plan_targets = _step_targets(ctx)
+    n = len(plan_targets)
+    for k in range(ctx.start_step + 1, n + 1):
+        target = plan_targets[k - 1]
+        span = ((k - 1) / n, k / n)
+        before = ctx.prune(target, step=k)
+        curve = ctx.finetune(step=k, span=span)
+        after = ctx.measure_after(step=k)
+        ctx.record_step(k, target, before, after, curve)
+        if not ctx.accept_step(k, after):
+            return
+
+
+def _run_agp(ctx: RunContext) -> None:
+    """agp: masks follow the cubic ramp while one fine-tuning run trains the model."""
+    plan_targets = _step_targets(ctx)
+    n = len(plan_targets)
+    spec = ctx.recipe.finetune
+    total = max(int(spec.epochs), 1) * ctx.batches_per_epoch()
+    updates = agp_update_iterations(n, total)
+    pending: dict[str, Any] = {"k": 0, "before": None}
+
+    def hook(it: int, _total: int) -> Any:
+        k = pending["k"]
+        if k >= n or it < updates[k]:
+            return None
+        if k > 0:
+            ctx.record_step(
+                k, plan_targets[k - 1], pending["before"], ctx.measure_after(step=k), []
+            )
+        pending["k"] = k + 1
+        pending["before"] = ctx.prune(plan_targets[k], step=k + 1)
+        return ctx.keeper
+
+    if ctx.start_step >= n:
+        return
+    curve = ctx.finetune(step=1, hook=hook, epochs=max(int(spec.epochs), 1), span=(0.0, 1.0))
+    while pending["k"] < n:  # fewer iterations than updates: finish the ramp now
+        hook(updates[pending["k"]], total)
+    ctx.record_step(n, plan_targets[-1], pending["before"], ctx.measure_after(step=n), curve)
+    ctx.accept_step(n, ctx.steps[-1]["after_finetune"])
+
+
+def _run_from_scratch(ctx: RunContext, *, prune_first: bool) -> None:
+    """at_init (init -> prune -> train) and retrain (prune -> rewind/reinit -> train)."""
+    if ctx.start_step >= 1:
+        return
+    target = _step_targets(ctx)[-1]
+    if prune_first:
+        before = ctx.prune(target, step=1)
+        ctx.reinitialise(rewind=ctx.recipe.schedule.retrain_init == "rewind")
+        before = ctx.measure_before(step=1, extra=before)
+    else:
+        ctx.reinitialise(rewind=False)
+        before = ctx.prune(target, step=1)
+    curve = ctx.finetune(step=1, span=(0.0, 1.0))
+    after = ctx.measure_after(step=1)
+    ctx.record_step(1, target, before, after, curve)
+    ctx.accept_step(1, after)

@@ -1,0 +1,124 @@
+"""Global element-level L1 pruning of a 25.6M-weight ResNet-50-shaped stack: ours vs torch.
+
+Prints, from one run: torch.nn.utils.prune.global_unstructured time, ours
+(``compute_masks`` + ``apply_masks``), the speed ratio (target >= 30x), exactness
+(same number pruned, identical masks) and the peak extra resident memory of each,
+as a multiple of the weights' bytes (target <= 1.5x). Each side runs in a fresh child
+process so its RSS peak is its own.
+
+    .venv/bin/python benchmarks/global_threshold.py [--sparsity 0.9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def resnet50_shapes() -> list[tuple[int, int, int]]:
+    """(out, in, k) of every conv of ResNet-50 (+ the 2048->1000 classifier as k=0)."""
+    shapes, c_in = [(64, 3, 7)], 64
+    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        for b in range(blocks):
+            shapes += [(width, c_in, 1), (width, width, 3), (width * 4, width, 1)]
+            if b == 0:
+                shapes.append((width * 4, c_in, 1))
+            c_in = width * 4
+    return [*shapes, (1000, 2048, 0)]
+
+
+def build() -> nn.Module:
+    torch.manual_seed(0)
+    layers = nn.ModuleList()
+    for o, i, k in resnet50_shapes():
+        layer = nn.Linear(i, o, bias=False) if k == 0 else nn.Conv2d(i, o, k, bias=False)
+        with torch.no_grad():
+            layer.weight.normal_(0.0, (2.0 / (i * max(k, 1) ** 2)) ** 0.5)
+        layers.append(layer)
+    return layers
+
+
+def _rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+def child(which: str, sparsity: float, out: str) -> None:
+    model = build()
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    base = _rss_bytes()
+    start = time.perf_counter()
+    if which == "torch":
+        import torch.nn.utils.prune as tprune
+
+        params = [(m, "weight") for m in model]
+        tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=sparsity)
+        masks = {str(i): m.weight_mask.bool() for i, m in enumerate(model)}
+    else:
+        from app.pruning.masks import apply_masks, compute_masks
+        from app.pruning.spec import PruningSpec
+
+        plan = compute_masks(model, PruningSpec("element", "l1", sparsity=sparsity))
+        apply_masks(model, plan)
+        masks = plan.masks
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    torch.save(masks, out)
+    n_weights = (
+        sum(p.numel() for p in model.parameters())
+        if which != "torch"
+        else sum(m.weight.numel() for m in model)
+    )
+    print(json.dumps({"seconds": seconds, "extra_bytes": peak - base, "weight_bytes": n_bytes,
+                      "n_weights": n_weights}))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--child", choices=["torch", "ours"])
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.sparsity, args.out)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        res, masks = {}, {}
+        for which in ("ours", "torch"):
+            out = f"{tmp}/{which}.pt"
+            cmd = [sys.executable, __file__, "--child", which, "--sparsity", str(args.sparsity),
+                   "--out", out]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            res[which] = json.loads(proc.stdout.strip().splitlines()[-1])
+            masks[which] = torch.load(out, weights_only=True)
+    pruned = {w: sum(int((~m).sum()) for m in masks[w].values()) for w in masks}
+    differ = sum(int((masks["ours"][n] != masks["torch"][n]).sum()) for n in masks["ours"])
+    n_w = res["ours"]["n_weights"]
+    print(f"weights: {n_w / 1e6:.2f}M ({res['ours']['weight_bytes'] / 2**20:.0f} MiB), "
+          f"sparsity {args.sparsity}, threads {torch.get_num_threads()}")  # fmt: skip
+    for w in ("torch", "ours"):
+        r = res[w]
+        print(f"{w:>5}: {r['seconds'] * 1000:9.1f} ms   peak extra memory "
+              f"{r['extra_bytes'] / 2**20:7.1f} MiB = {r['extra_bytes'] / r['weight_bytes']:.2f}x weights")  # fmt: skip
+    weights = [m.weight.detach().abs() for m in build()]
+    diff_vals = {float(w[masks["ours"][str(i)] != masks["torch"][str(i)]].max())
+                 for i, w in enumerate(weights) if bool((masks["ours"][str(i)] != masks["torch"][str(i)]).any())}  # fmt: skip
+    largest_pruned = max(float(w[~masks["ours"][str(i)]].max()) for i, w in enumerate(weights))
+    print(f"positions that differ all hold |w| = the cut {largest_pruned:.9g} (a tie torch breaks "
+          f"differently): {diff_vals <= {largest_pruned}}")  # fmt: skip
+    print(f"speed-up: {res['torch']['seconds'] / res['ours']['seconds']:.1f}x (target >= 30x)")
+    print(f"pruned: torch {pruned['torch']}, ours {pruned['ours']}, "
+          f"same count: {pruned['torch'] == pruned['ours']}, identical masks: {differ == 0} "
+          f"({differ} positions differ)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
