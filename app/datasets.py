@@ -1,11 +1,25 @@
-"""Datasets: the built-in ``digits`` and (later) uploaded files, as ArrayDataset."""
+"""Datasets: the built-in ``digits`` and uploaded ``.npz``/``.csv``/image ``.zip`` files.
+
+Uploads are recognised from their content, validated (dtypes, shapes, labels, NaN/inf, class
+counts) and split 70/30 stratified with seed 0 when they bring no test part. Zips go through
+``app.modelio.archive.check_zip`` and images are decoded from memory: nothing is extracted.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import os
+import warnings
+import zipfile
+from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from app.errors import Invalid, TooLarge, UnsupportedMedia
+from app.modelio.archive import check_zip
 from app.pruning.data import ArrayDataset
 
 BUILTIN_DATASETS = ("digits",)
@@ -31,3 +45,270 @@ def load_builtin(name: str) -> ArrayDataset:
     raise ValueError(
         f"unknown built-in dataset {name!r}; built-in datasets: {', '.join(BUILTIN_DATASETS)}"
     )
+
+
+# --- uploads: .npz, .csv, .zip of class folders -------------------------------------------
+
+TEST_FRACTION = 0.3
+SPLIT_SEED = 0
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def load_dataset_file(path: Path, *, name: str) -> ArrayDataset:
+    """Read and validate an uploaded dataset, recognised from its content.
+
+    Args:
+        path: an ``.npz`` (``x``, ``y``, optional ``x_test``/``y_test``), a ``.csv`` with a
+            ``label`` column, or a ``.zip`` of ``class_name/*.png|jpg`` folders.
+        name: the dataset's name.
+
+    Returns:
+        A validated ``ArrayDataset``; without a test part, a stratified 70/30 split (seed 0).
+
+    Raises:
+        Invalid: bad dtypes or shapes, NaN/inf, negative or missing labels, a class with fewer
+            than 2 samples; UnsupportedMedia: not a dataset format; BadRequest/TooLarge: an
+            unsafe zip.
+    """
+    path = Path(path)
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head.startswith(b"PK"):
+        with _open_zip(path) as zf:
+            infos = check_zip(zf)
+            if infos and all(i.filename.endswith(".npy") for i in infos if not i.is_dir()):
+                return _from_npz(path, name)
+            return _from_image_zip(zf, infos, name)
+    return _from_csv(path, name)
+
+
+def dataset_summary(ds: ArrayDataset) -> dict:
+    """What the API returns about a dataset."""
+    return {
+        "n_train": ds.n_train,
+        "n_test": ds.n_test,
+        "input_shape": list(ds.input_shape),
+        "n_classes": ds.n_classes,
+    }
+
+
+def check_fits(
+    ds_input_shape: Sequence[int],
+    ds_classes: int,
+    model_input_shape: Sequence[int] | None,
+    model_classes: int | None,
+) -> None:
+    """Refuse a run whose dataset does not fit the model (shapes are per sample, no batch).
+
+    Raises:
+        Invalid: naming both shapes, or both class counts.
+    """
+    ds_shape = [int(d) for d in ds_input_shape]
+    if model_input_shape is not None:
+        m_shape = [int(d) for d in model_input_shape]
+        if m_shape != ds_shape and not (
+            len(m_shape) == len(ds_shape) + 1 and m_shape[1:] == ds_shape
+        ):
+            raise Invalid(
+                f"the dataset's samples have shape {ds_shape} but the model expects input "
+                f"shape {m_shape}"
+            )
+    if model_classes is not None and int(model_classes) != int(ds_classes):
+        raise Invalid(f"the dataset has {ds_classes} classes but the model outputs {model_classes}")
+
+
+def save_dataset(ds: ArrayDataset, directory: Path) -> Path:
+    """Write a validated dataset as a normalised ``dataset.npz`` under ``directory``, atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / "dataset.npz"
+    tmp = directory / f".dataset-{os.getpid()}.tmp.npz"
+    try:
+        np.savez(
+            tmp,
+            x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
+            n_classes=np.int64(ds.n_classes), name=np.array(ds.name),
+        )  # fmt: skip
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def load_saved_dataset(path: Path) -> ArrayDataset:
+    """Read a dataset written by :func:`save_dataset`."""
+    with np.load(path, allow_pickle=False) as z:
+        return ArrayDataset(
+            str(z["name"]), z["x_train"], z["y_train"], z["x_test"], z["y_test"],
+            n_classes=int(z["n_classes"]),
+        )  # fmt: skip
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UnsupportedMedia(f"the dataset archive is truncated or damaged ({exc})") from exc
+
+
+def _from_npz(path: Path, name: str) -> ArrayDataset:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test") if k in z.files}
+    except ValueError as exc:
+        raise Invalid(f"the .npz holds an object array, which is not allowed ({exc})") from exc
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise UnsupportedMedia(f"the .npz file could not be read ({exc})") from exc
+    if "x" not in arrays or "y" not in arrays:
+        raise Invalid("the .npz needs arrays named 'x' (samples) and 'y' (integer labels)")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise Invalid("the .npz has only one of 'x_test' and 'y_test'; give both or neither")
+    return _build(name, arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test"))
+
+
+def _from_csv(path: Path, name: str) -> ArrayDataset:
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise UnsupportedMedia(
+            "not a dataset file we recognise: expected .npz, .csv with a 'label' column, "
+            "or a .zip of class folders of images"
+        ) from exc
+    if not rows or "label" not in [c.strip() for c in rows[0]]:
+        raise Invalid("the CSV needs a header row with a 'label' column and feature columns")
+    header = [c.strip() for c in rows[0]]
+    col = header.index("label")
+    x, y = [], []
+    for i, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise Invalid(f"CSV line {i} has {len(row)} fields but the header has {len(header)}")
+        try:
+            y.append(float(row[col]))
+            x.append([float(v) for j, v in enumerate(row) if j != col])
+        except ValueError as exc:
+            raise Invalid(f"CSV line {i} holds a value that is not a number ({exc})") from exc
+    if len(header) < 2:
+        raise Invalid("the CSV has a 'label' column but no feature columns")
+    return _build(name, np.asarray(x, dtype=np.float64), np.asarray(y), None, None)
+
+
+def _from_image_zip(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], name: str) -> ArrayDataset:
+    files = [i for i in infos if not i.is_dir() and not _hidden(i.filename)]
+    parts = [PurePosixPath(i.filename).parts for i in files]
+    if parts and len({p[0] for p in parts}) == 1 and all(len(p) == 3 for p in parts):
+        parts = [p[1:] for p in parts]  # one wrapping folder: root/class/image.png
+    if not files or any(len(p) != 2 for p in parts):
+        raise Invalid("the dataset zip must hold class folders of images: class_name/image.png")
+    bad = next((i.filename for i in files if not i.filename.lower().endswith(IMAGE_SUFFIXES)), None)
+    if bad:
+        raise Invalid(f"the dataset zip holds {bad!r}, which is not a .png or .jpg image")
+    classes = sorted({p[0] for p in parts})
+    images = [_read_image(zf, info) for info in files]
+    rgb = any(im.mode not in ("L", "1", "I", "I;16", "F") for im in images)
+    arrays = []
+    for info, im in zip(files, images, strict=True):
+        if im.size != images[0].size:
+            raise Invalid(
+                f"image {info.filename!r} is {im.size[0]}x{im.size[1]} but "
+                f"{files[0].filename!r} is {images[0].size[0]}x{images[0].size[1]}; "
+                "all images must have the same size"
+            )
+        arr = np.asarray(im.convert("RGB" if rgb else "L"), dtype=np.float32) / 255.0
+        arrays.append(arr.transpose(2, 0, 1) if rgb else arr[None])
+    y = np.array([classes.index(p[0]) for p in parts], dtype=np.int64)
+    return _build(name, np.stack(arrays), y, None, None)
+
+
+def _hidden(filename: str) -> bool:
+    return any(part.startswith((".", "__MACOSX")) for part in PurePosixPath(filename).parts)
+
+
+def _read_image(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with zf.open(info) as fh, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(fh.read()))
+            im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooLarge(f"image {info.filename!r} has too many pixels") from exc
+    except Exception as exc:
+        raise Invalid(f"image {info.filename!r} could not be read ({exc})") from exc
+    return im
+
+
+def _samples(x: np.ndarray, part: str) -> np.ndarray:
+    if x.dtype.kind not in "biuf":
+        raise Invalid(f"{part} must hold numbers; it has dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]  # N x H x W grey images
+    if x.ndim not in (2, 4) or x.shape[0] == 0:
+        raise Invalid(
+            f"{part} must be shaped N x F or N x C x H x W with N > 0; got {list(x.shape)}"
+        )
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise Invalid(f"{part} holds NaN or infinite values")
+    return x
+
+
+def _labels(y: np.ndarray, n: int, part: str) -> np.ndarray:
+    if y.dtype.kind not in "biuf" or y.ndim != 1:
+        raise Invalid(
+            f"{part} must be a 1-D array of integer labels; got {y.dtype} {list(y.shape)}"
+        )
+    if y.shape[0] != n:
+        raise Invalid(f"{part} has {y.shape[0]} labels for {n} samples")
+    if y.dtype.kind == "f" and (not np.isfinite(y).all() or (y != np.round(y)).any()):
+        raise Invalid(f"{part} holds labels that are not whole numbers")
+    y = y.astype(np.int64)
+    if (y < 0).any():
+        raise Invalid(f"{part} holds negative labels; labels must be 0 .. n_classes-1")
+    return y
+
+
+def _build(name: str, x, y, x_test, y_test) -> ArrayDataset:
+    x = _samples(np.asarray(x), "x")
+    y = _labels(np.asarray(y), x.shape[0], "y")
+    if x_test is not None:
+        x_test = _samples(np.asarray(x_test), "x_test")
+        y_test = _labels(np.asarray(y_test), x_test.shape[0], "y_test")
+        if x_test.shape[1:] != x.shape[1:]:
+            raise Invalid(
+                f"x_test samples have shape {list(x_test.shape[1:])} but x samples have "
+                f"shape {list(x.shape[1:])}"
+            )
+    n_classes = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
+    counts = np.bincount(y, minlength=n_classes)
+    if n_classes < 2 or (counts == 0).any():
+        missing = int(np.flatnonzero(counts == 0)[0]) if (counts == 0).any() else None
+        raise Invalid(
+            "a dataset needs at least 2 classes labelled 0 .. n_classes-1"
+            + (f"; class {missing} has no training samples" if missing is not None else "")
+        )
+    if x_test is None:
+        if counts.min() < 2:
+            raise Invalid(
+                f"class {int(counts.argmin())} has only {int(counts.min())} sample; every class "
+                "needs at least 2 for the stratified 70/30 split (or give x_test and y_test)"
+            )
+        x, x_test, y, y_test = _split(x, y, n_classes)
+    return ArrayDataset(name, x, y, x_test, y_test, n_classes=n_classes)
+
+
+def _split(x: np.ndarray, y: np.ndarray, n_classes: int):
+    from sklearn.model_selection import train_test_split
+
+    n_test = int(np.ceil(TEST_FRACTION * len(y)))
+    if n_test < n_classes or len(y) - n_test < n_classes:
+        raise Invalid(
+            f"{len(y)} samples are too few for a stratified 70/30 split of {n_classes} classes; "
+            "give more samples or x_test and y_test"
+        )
+    return train_test_split(x, y, test_size=TEST_FRACTION, stratify=y, random_state=SPLIT_SEED)

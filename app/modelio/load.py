@@ -1,0 +1,238 @@
+"""Load a model file of a detected format into an ``nn.Module``, never running pickled code.
+
+TorchScript and ``.pt2`` files can execute code when loaded (PyTorch's security policy), so
+:func:`load_model` is called only in a worker or preflight process, never in the web process.
+Nothing here calls ``torch.load(weights_only=False)`` or ``pickle.load``.
+
+Example:
+    >>> loaded = load_model(Path("w.safetensors"), "safetensors", arch="lenet5")
+    >>> loaded.module(torch.zeros(1, *loaded.input_shape)).shape
+    torch.Size([1, 10])
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from app.errors import Invalid, UnsupportedMedia
+from app.modelio.detect import CONVERT_HINT, FORMATS
+
+Shape = tuple[int, ...]
+MASKS_ONLY_NOTE = (
+    "{fmt} models can be pruned with masks only (weights zeroed in place); they cannot be "
+    "physically shrunk or rebuilt, so structured pruning brings no speed-up"
+)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model and what intake learnt about it.
+
+    ``input_shape`` is one sample's shape without the batch dimension (``(1, 8, 8)``), as in
+    ``app.zoo`` and ``ArrayDataset``; ``None`` when the file does not tell it.
+    ``rebuildable`` is False for TorchScript and ``.pt2`` (masks only).
+    """
+
+    module: nn.Module
+    format: str
+    input_shape: Shape | None
+    rebuildable: bool
+    arch: str | None = None
+    notes: list[str] = field(default_factory=list)
+    example_batch: int = 1  # a .pt2 program may only run at the batch size it was exported with
+
+
+def load_model(
+    path: Path,
+    fmt: str,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    input_shape: Shape | None = None,
+) -> LoadedModel:
+    """Load a model file.
+
+    Args:
+        path: the file.
+        fmt: its format from ``detect.detect_format``.
+        arch: a built-in architecture, required for ``safetensors`` and ``state_dict``.
+        num_classes: classifier size for ``arch``; read from the weights when None.
+        input_shape: one sample's shape (no batch dimension); overrides what the file says.
+
+    Returns:
+        A :class:`LoadedModel` on the CPU.
+
+    Raises:
+        Invalid: weights that do not fit ``arch`` (first bad key and both shapes named), a
+            missing ``arch``, an ONNX file that cannot be converted.
+        UnsupportedMedia: a file that cannot be read as ``fmt``.
+    """
+    if fmt not in FORMATS:
+        raise Invalid(f"unknown model format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    shape = tuple(int(d) for d in input_shape) if input_shape else None
+    if fmt in ("safetensors", "state_dict"):
+        return _load_weights(Path(path), fmt, arch, num_classes, shape)
+    if fmt == "onnx":
+        from app.modelio.onnx_convert import convert_onnx, load_onnx
+
+        module = convert_onnx(Path(path))
+        return LoadedModel(module, fmt, shape or _onnx_input_shape(load_onnx(Path(path))), True)
+    if fmt == "torchscript":
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise UnsupportedMedia(
+                f"the TorchScript archive could not be loaded: {_short(exc)}"
+            ) from exc
+        return LoadedModel(module, fmt, shape, False, notes=[MASKS_ONLY_NOTE.format(fmt=fmt)])
+    return _load_pt2(Path(path), shape)
+
+
+def read_state_dict(path: Path, fmt: str) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file or a weights-only ``torch.save`` (nested checkpoints too)."""
+    try:
+        if fmt == "safetensors":
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path), device="cpu"))
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UnsupportedMedia(
+            f"the weights file could not be read safely ({_short(exc)}); {CONVERT_HINT}"
+        ) from exc
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj:
+        raise UnsupportedMedia(
+            f"the file holds a {type(obj).__name__}, not a state_dict of tensors; {CONVERT_HINT}"
+        )
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UnsupportedMedia("the state_dict in the file holds no tensors")
+    return tensors
+
+
+def _load_weights(
+    path: Path, fmt: str, arch: str | None, num_classes: int | None, shape: Shape | None
+) -> LoadedModel:
+    from app import zoo
+
+    if not arch:
+        known = ", ".join(zoo.ARCHITECTURES)
+        raise Invalid(
+            f"a {fmt} file holds weights only; choose the built-in arch they belong to ({known})"
+        )
+    state = read_state_dict(path, fmt)
+    try:
+        if num_classes is None:
+            num_classes = _infer_num_classes(arch, state, shape)
+        module = zoo.build(arch, num_classes=num_classes, input_shape=shape)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from exc
+    _check_fit(module, state, arch)
+    module.load_state_dict(state, strict=True)
+    shape = shape or tuple(zoo.ARCHITECTURES[arch].default_input_shape)
+    return LoadedModel(module, fmt, shape, True, arch=arch)
+
+
+def _infer_num_classes(arch: str, state: Mapping[str, torch.Tensor], shape: Shape | None) -> int:
+    """The classifier size: the dim 0 of the weight that changes when num_classes changes."""
+    from app import zoo
+
+    a = zoo.build(arch, num_classes=10, input_shape=shape).state_dict()
+    b = zoo.build(arch, num_classes=11, input_shape=shape).state_dict()
+    for key, tensor in a.items():
+        if key in b and tensor.shape != b[key].shape and key in state and state[key].dim():
+            return int(state[key].shape[0])
+    return 10
+
+
+def _check_fit(module: nn.Module, state: Mapping[str, torch.Tensor], arch: str) -> None:
+    expected = module.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise Invalid(
+                f"the weights do not fit arch {arch!r}: key {key!r} (shape "
+                f"{list(tensor.shape)}) is missing from the file"
+            )
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise Invalid(
+                f"the weights do not fit arch {arch!r}: key {key!r} has shape "
+                f"{list(state[key].shape)} in the file but {list(tensor.shape)} in the "
+                "architecture (check arch, num_classes and input_shape)"
+            )
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise Invalid(
+            f"the weights do not fit arch {arch!r}: the file has key {extra[0]!r} "
+            "that the architecture does not"
+        )
+
+
+def _onnx_input_shape(model) -> Shape | None:
+    inits = {i.name for i in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        sizes = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        rest = sizes[1:]
+        if rest and all(isinstance(s, int) and s > 0 for s in rest):
+            return tuple(int(s) for s in rest)
+        return None
+    return None
+
+
+def _load_pt2(path: Path, shape: Shape | None) -> LoadedModel:
+    try:
+        program = torch.export.load(str(path))
+        module = program.module()
+    except Exception as exc:
+        raise UnsupportedMedia(f"the .pt2 program could not be loaded: {_short(exc)}") from exc
+    found, batch = _pt2_input_shape(program)
+    notes = [
+        MASKS_ONLY_NOTE.format(fmt="pt2"),
+        "a torch.export program keeps BatchNorm/Dropout in the mode it was exported in",
+    ]
+    if batch and batch > 1:
+        notes.append(
+            f"the .pt2 program was exported with a batch of {batch}; if it only runs at that "
+            "batch size, export it again with dynamic_shapes for the batch dimension"
+        )
+    return LoadedModel(module, "pt2", shape or found, False, notes=notes, example_batch=batch or 1)
+
+
+def _pt2_input_shape(program) -> tuple[Shape | None, int | None]:
+    """One sample's shape and the batch size of the program's first input, where known."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            val = node.meta.get("val")
+            if val is None or val.dim() < 1:
+                return None, None
+            try:
+                sample = tuple(int(d) for d in val.shape[1:])
+            except TypeError:  # symbolic sizes
+                return None, None
+            batch = val.shape[0]
+            return sample, int(batch) if isinstance(batch, int) else None
+    return None, None
+
+
+def set_eval(module: nn.Module) -> None:
+    """``module.eval()``, tolerating ``.pt2`` modules whose ``eval()`` raises NotImplementedError."""
+    with contextlib.suppress(NotImplementedError):
+        module.eval()
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
