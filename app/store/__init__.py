@@ -6,3 +6,5 @@ Split by resource: ``accounts`` (users, tokens, sessions, login links).
 from __future__ import annotations
 
 from app.store.accounts import *  # noqa: F403
+from app.store.assets import *  # noqa: F403
+from app.store.runs import *  # noqa: F403

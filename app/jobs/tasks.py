@@ -1,0 +1,392 @@
+"""``execute_run(run_id, settings)``: the only module that joins the store and the engine.
+
+It loads the run's model and dataset, builds the recipe, calls ``pipeline.run_recipe`` with a
+reporter that writes throttled progress, curve points, steps and events to the row, and a
+``should_stop`` that the worker's heartbeat thread raises. On success it exports the model,
+puts the files in the artifact store and writes every result in one transaction, together with
+the ``succeeded`` status; a cancelled, interrupted or failed attempt writes nothing but its
+status (the per-step checkpoint stays for ``resume``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from app import store
+from app.config import Settings
+from app.db import make_engine, session_scope
+from app.jobs.artifacts import ArtifactStore, artifact_key, checkpoint_key, run_prefix
+from app.models import DatasetRecord, ModelRecord, Run
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 1.0
+
+
+class StopFlag:
+    """``should_stop`` for the engine, raised by the worker with a reason (cancel or interrupt)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+
+    def set(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None or reason == "cancel":
+                self.reason = reason
+
+    def __call__(self) -> bool:
+        return self.reason is not None
+
+
+class RunReporter:
+    """The engine's ``report``: progress throttled to one write a second, the rest as it comes."""
+
+    def __init__(self, engine: Engine, run_id: int, interval_s: float = PROGRESS_EVERY_S) -> None:
+        self.engine, self.run_id, self.interval_s = engine, run_id, interval_s
+        self._last = -float("inf")
+
+    def __call__(self, event: str, payload: dict) -> None:
+        try:
+            self._write(event, payload)
+        except Exception:  # noqa: BLE001 - a lost progress write must not kill the run
+            log.warning("run %s: could not record a %s event", self.run_id, event, exc_info=True)
+
+    def _write(self, event: str, payload: dict) -> None:
+        rid = self.run_id
+        if event == "progress":
+            now = time.monotonic()
+            final = float(payload.get("fraction", 0.0)) >= 1.0
+            if not final and now - self._last < self.interval_s:
+                return
+            self._last = now
+            with session_scope(self.engine) as s:
+                store.set_progress(s, run_id=rid, fraction=float(payload.get("fraction", 0.0)),
+                                   message=payload.get("message"))  # fmt: skip
+                store.add_event(s, run_id=rid, type="progress", data=_jsonable(payload))
+        elif event == "metric":
+            with session_scope(self.engine) as s:
+                store.add_curve_point(s, run_id=rid, point=payload)
+                store.add_event(s, run_id=rid, type="metric", data=_jsonable(payload))
+        elif event == "step":
+            with session_scope(self.engine) as s:
+                store.save_step(s, run_id=rid, item=_jsonable(payload))
+                store.add_event(s, run_id=rid, type="metric",
+                                data={"step": _jsonable(payload)})  # fmt: skip
+
+
+def _jsonable(value: Any) -> Any:
+    """Tensors, numpy scalars and tuples as plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def resolve_device(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _fetch(artifacts: ArtifactStore, key: str, tmp: Path) -> Path:
+    """A local copy of a stored file (absolute paths are used as they are)."""
+    if Path(key).is_absolute():
+        return Path(key)
+    if not artifacts.remote:
+        return artifacts.local_path(key)
+    dest = tmp / Path(key).name
+    if not artifacts.get_file(key, dest):
+        raise ValueError(f"stored file {key!r} is missing from the artifact store")
+    return dest
+
+
+def load_dataset(session: Session, artifacts: ArtifactStore, dataset_id: str, tmp: Path) -> Any:
+    """The run's dataset as an ``ArrayDataset`` (built-in ``digits`` or an uploaded one)."""
+    from app import datasets
+
+    if dataset_id in datasets.BUILTIN_DATASETS:
+        return datasets.load_builtin(dataset_id)
+    record = session.get(DatasetRecord, dataset_id)
+    if record is None or not record.storage_key:
+        raise ValueError(f"dataset_id {dataset_id!r} does not exist (any more)")
+    key = record.storage_key
+    if not artifacts.remote and artifacts.local_path(key).is_dir():
+        key = f"{key}/dataset.npz"  # save_dataset writes a folder holding dataset.npz
+    return datasets.load_saved_dataset(_fetch(artifacts, key, tmp))
+
+
+def load_model_for(
+    session: Session, artifacts: ArtifactStore, run: Run, data: Any, tmp: Path
+) -> tuple[Any, bool, str | None]:
+    """``(module, rebuildable, arch)`` of the run's model, or a fresh zoo model for ``arch``."""
+    from app import zoo
+
+    arch = (run.recipe or {}).get("arch")
+    if run.model_id is None:
+        if not arch:
+            raise ValueError("model_id is missing: give a model, or an arch for a train run")
+        module = zoo.build(arch, num_classes=data.n_classes, input_shape=data.input_shape)
+        return module, True, arch
+    from app.modelio.load import load_model
+
+    record = session.get(ModelRecord, run.model_id)
+    if record is None:
+        raise ValueError(f"model_id {run.model_id} does not exist (any more)")
+    shape = tuple(record.input_shape) if record.input_shape else data.input_shape
+    if len(shape) == len(data.input_shape) + 1:
+        shape = shape[1:]
+    loaded = load_model(_fetch(artifacts, record.storage_key, tmp), record.format,
+                        arch=record.arch, num_classes=record.num_classes or data.n_classes,
+                        input_shape=shape)  # fmt: skip
+    return loaded.module, bool(loaded.rebuildable), record.arch or loaded.arch
+
+
+def build_recipe(body: dict) -> Any:
+    from app.pruning.spec import Recipe
+
+    return Recipe.from_dict({k: v for k, v in body.items() if k != "arch"})
+
+
+def execute_run(
+    run_id: int,
+    settings: Settings,
+    *,
+    should_stop: StopFlag | None = None,
+    engine: Engine | None = None,
+) -> str:
+    """Run one attempt of a run whose row the dispatcher has set ``running``.
+
+    Args:
+        run_id: the run.
+        settings: where the database and the artifact store are.
+        should_stop: raised by the worker (heartbeat saw ``cancel_requested``, SIGTERM, the
+            server went away); the engine checks it between batches.
+        engine: an existing SQLAlchemy engine (tests); made from ``settings`` otherwise.
+
+    Returns:
+        The status the row ended in: ``succeeded``, ``cancelled``, ``interrupted``, ``failed``,
+        or the row's own status when it was no longer ``running`` at the end.
+    """
+    from app.pruning.report import Cancelled
+
+    own_engine = engine is None
+    engine = engine or make_engine(settings)
+    stop = should_stop or StopFlag()
+    tmp = Path(tempfile.mkdtemp(prefix=f"prunelab-run-{run_id}-"))
+    try:
+        _run_attempt(run_id, settings, engine, stop, tmp)
+        return _final_status(engine, run_id)
+    except Cancelled:
+        return _end(engine, run_id, _stopped_status(engine, run_id, stop), None)
+    except Exception as exc:  # noqa: BLE001 - the one catch-all: a one-line error on the row
+        log.exception("run %s failed", run_id)
+        return _end(engine, run_id, "failed", one_line(exc))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if own_engine:
+            engine.dispose()
+
+
+def one_line(exc: BaseException) -> str:
+    """The last line of an error, prefixed by its type unless it is a plain ValueError."""
+    text = (str(exc).strip().splitlines() or [""])[-1].strip()
+    if isinstance(exc, ValueError) and text:
+        return text[:2000]
+    return f"{type(exc).__name__}: {text}"[:2000] if text else type(exc).__name__
+
+
+def _stopped_status(engine: Engine, run_id: int, stop: StopFlag) -> str:
+    with Session(engine) as s:
+        run = s.get(Run, run_id)
+        cancelled = bool(run and run.cancel_requested) or stop.reason == "cancel"
+    return "cancelled" if cancelled else "interrupted"
+
+
+def _end(engine: Engine, run_id: int, status: str, error: str | None) -> str:
+    with session_scope(engine) as s:
+        store.transition(s, run_id=run_id, from_=("running",), to=status, error=error,
+                         message=None if error is None else error[:500])  # fmt: skip
+    return _final_status(engine, run_id)
+
+
+def _final_status(engine: Engine, run_id: int) -> str:
+    with Session(engine) as s:
+        run = s.get(Run, run_id)
+        return run.status if run else "deleted"
+
+
+def _run_attempt(run_id: int, settings: Settings, engine: Engine, stop: StopFlag,
+                 tmp: Path) -> None:  # fmt: skip
+    from app.pruning.pipeline import run_recipe
+
+    artifacts = ArtifactStore(settings.artifacts)
+    with Session(engine, expire_on_commit=False) as s:
+        run = store.require_run(s, run_id=run_id)
+        recipe = build_recipe(run.recipe or {})
+        data = load_dataset(s, artifacts, run.dataset_id, tmp)
+        model, rebuildable, arch = load_model_for(s, artifacts, run, data, tmp)
+        attempt = run.attempt
+    ckpt_dir, resumed = _checkpoint_dir(artifacts, run_id, attempt, tmp)
+    syncer = CheckpointSync(artifacts, run_id, ckpt_dir / "checkpoint.pt")
+    report = RunReporter(engine, run_id)
+
+    def on_event(event: str, payload: dict) -> None:
+        report(event, payload)
+        if event == "step":
+            syncer.sync()
+
+    try:
+        result = run_recipe(
+            recipe, model, data, device=resolve_device(settings.device), report=on_event,
+            should_stop=stop, checkpoint_dir=ckpt_dir, rebuildable=rebuildable, resume=resumed,
+        )  # fmt: skip
+    finally:
+        syncer.sync()  # a stopped attempt leaves its last completed step for resume
+    _save_success(engine, settings, artifacts, run_id, recipe, result, data, arch, tmp)
+
+
+def _checkpoint_dir(artifacts: ArtifactStore, run_id: int, attempt: int,
+                    tmp: Path) -> tuple[Path, bool]:  # fmt: skip
+    """Where the pipeline checkpoints, and whether an earlier attempt left a step to resume.
+
+    A local store is written directly (the pipeline replaces ``checkpoint.pt`` atomically);
+    a remote one gets a copy after each step and when the attempt stops.
+    """
+    key = checkpoint_key(run_id)
+    if not artifacts.remote:
+        path = artifacts.local_path(key)
+        return path.parent, attempt > 1 and path.is_file()
+    local = tmp / "checkpoints"
+    return local, attempt > 1 and artifacts.get_file(key, local / "checkpoint.pt")
+
+
+class CheckpointSync:
+    """Copies the pipeline's checkpoint into the artifact store when it changed.
+
+    The pipeline writes ``checkpoint.pt`` atomically right after it reports a step, so the copy
+    made at the next step (or at the end) is always a whole, completed step.
+    """
+
+    def __init__(self, artifacts: ArtifactStore, run_id: int, path: Path) -> None:
+        self.artifacts, self.key, self.path = artifacts, checkpoint_key(run_id), path
+        self._seen: float | None = None
+
+    def sync(self) -> None:
+        if not self.artifacts.remote or not self.path.exists():
+            return
+        mtime = self.path.stat().st_mtime
+        if mtime != self._seen:
+            self.artifacts.put_file(self.path, self.key)
+            self._seen = mtime
+
+
+def _save_success(engine: Engine, settings: Settings, artifacts: ArtifactStore, run_id: int,
+                  recipe: Any, result: Any, data: Any, arch: str | None, tmp: Path) -> None:  # fmt: skip
+    rows: list[dict] = []
+    if recipe.kind != "sensitivity":
+        rows = _export(result, data, tmp / "export", recipe, arch)
+        for row in rows:
+            row["storage_key"] = artifact_key(run_id, row["name"])
+            artifacts.put_file(tmp / "export" / row["name"], row["storage_key"])
+    model_fields = None if recipe.kind == "sensitivity" else _result_model(
+        artifacts, run_id, recipe, result, data, arch, tmp)  # fmt: skip
+    with session_scope(engine) as s:
+        run = store.require_run(s, run_id=run_id)
+        store.replace_results(s, run_id=run_id, steps=_jsonable(result.steps),
+                              layers=_jsonable(result.layers),
+                              histograms=_jsonable(result.histograms),
+                              curve=_jsonable(result.curve),
+                              sensitivity=_jsonable(result.sensitivity))  # fmt: skip
+        store.add_artifacts(s, run_id=run_id, items=rows)
+        result_id = None
+        if model_fields is not None:
+            record = store.add_model_record(s, owner_id=run.owner_id, source_run_id=run_id,
+                                            **model_fields)  # fmt: skip
+            result_id = record.id
+        notes = list(result.notes) + [r["error"] for r in rows if r.get("error")]
+        ok = store.transition(
+            s, run_id=run_id, from_=("running",), to="succeeded", progress=1.0, message="done",
+            baseline=_jsonable(result.baseline), final=_jsonable(result.final), notes=notes,
+            result_model_id=result_id,
+        )  # fmt: skip
+        if not ok:
+            s.rollback()  # cancelled or taken over meanwhile: write nothing
+    if ok:
+        artifacts.delete_prefix(f"{run_prefix(run_id)}/checkpoints")  # no resume after success
+
+
+def _export(result: Any, data: Any, out: Path, recipe: Any, arch: str | None) -> list[dict]:
+    from app.modelio.export import export_all
+    from app.pruning import structural
+
+    config = None
+    if result.physical:
+        config = structural.architecture_config(result.model, arch=arch,
+                                                num_classes=data.n_classes,
+                                                input_shape=data.input_shape)  # fmt: skip
+    example = data.sample_batch(8)
+    return export_all(result.model.cpu().eval(), example, out, recipe=recipe.to_dict(),
+                      arch_config=config)  # fmt: skip
+
+
+def _result_model(artifacts: ArtifactStore, run_id: int, recipe: Any, result: Any, data: Any,
+                  arch: str | None, tmp: Path) -> dict | None:  # fmt: skip
+    """Store the result as a model users can prune next: weights + arch, else TorchScript."""
+    if arch and not result.physical:
+        from safetensors.torch import save_file
+
+        path, fmt = tmp / "result.safetensors", "safetensors"
+        state = {k: v.detach().cpu().contiguous().clone()
+                 for k, v in result.model.state_dict().items()}  # fmt: skip
+        save_file(state, str(path))
+    else:
+        path, fmt = tmp / "export" / "pruned.pt", "torchscript"
+        if not path.exists():
+            return None
+    key = f"models/run-{run_id}{path.suffix}"
+    artifacts.put_file(path, key)
+    return module_record_fields(result.model, path, fmt=fmt, key=key, arch=arch,
+                                input_shape=list(data.input_shape), num_classes=data.n_classes,
+                                name=f"{recipe.name or recipe.kind} (run {run_id})")  # fmt: skip
+
+
+def module_record_fields(module: Any, path: Path, *, fmt: str, key: str, arch: str | None,
+                         input_shape: list[int], num_classes: int, name: str) -> dict:  # fmt: skip
+    """The ``ModelRecord`` columns of a module saved at ``path`` under ``key``."""
+    from app.pruning.granularity import prunable_layers
+
+    prunable = prunable_layers(module)
+    layers = [
+        {"name": n, "kind": type(m).__name__, "shape": list(m.weight.shape),
+         "n_params": sum(p.numel() for p in m.parameters(recurse=False)), "prunable": True}
+        for n, m in prunable.items()
+    ]  # fmt: skip
+    return {
+        "name": name[:200], "format": fmt, "arch": arch, "input_shape": input_shape,
+        "num_classes": num_classes, "n_params": sum(p.numel() for p in module.parameters()),
+        "size_bytes": path.stat().st_size, "sha256": _sha256(path), "storage_key": key,
+        "structured_ok": fmt == "safetensors", "layers": layers,
+    }  # fmt: skip
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
