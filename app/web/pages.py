@@ -1,19 +1,199 @@
-"""HTML pages -> templates. The dashboard pages grow here."""
+"""HTML pages -> templates, plus the small JSON chart endpoints those pages fetch.
+
+Routes are thin: :mod:`app.web.page_data` reads the rows and builds the figures.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from typing import Annotated
 
-from app.web.deps import PageUser
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from app.models import RUN_STATUSES, Run
+from app.pruning import spec
+from app.store import views
+from app.web import page_data
+from app.web.charts_runs import fmt_metric
+from app.web.deps import PageUser, SessionDep, SettingsDep
 from app.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
+templates.env.globals.update(fmt_metric=fmt_metric, json_block=page_data.json_block)
+PageNo = Annotated[int, Query(ge=1, le=100_000)]
+
+
+def render(request: Request, name: str, user: object, ctx: dict, status: int = 200) -> Response:
+    web_session = getattr(request.state, "web_session", None)
+    base = {"user": user, "csrf_token": getattr(web_session, "csrf_token", "")}
+    return templates.TemplateResponse(request, name, base | ctx, status_code=status)
+
+
+def _run_or_404(session: SessionDep, run_id: int) -> Run:
+    run = views.get_run(session, run_id=run_id)
+    if run is None:
+        raise HTTPException(404, f"run {run_id} does not exist")
+    return run
+
+
+def _figure(fig: dict) -> JSONResponse:
+    return JSONResponse(fig, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/", response_class=HTMLResponse)
-def overview(request: Request, user: PageUser) -> Response:
-    return templates.TemplateResponse(request, "index.html", {"user": user})
+def overview(
+    request: Request,
+    user: PageUser,
+    session: SessionDep,
+    model_id: Annotated[int | None, Query()] = None,
+    dataset_id: Annotated[str | None, Query(max_length=32)] = None,
+) -> Response:
+    ctx = page_data.overview_context(session, model_id=model_id, dataset_id=dataset_id or None)
+    return render(request, "index.html", user, ctx)
+
+
+@router.get("/runs", response_class=HTMLResponse)
+def runs_list(
+    request: Request,
+    user: PageUser,
+    session: SessionDep,
+    page: PageNo = 1,
+    status: Annotated[str | None, Query(max_length=16)] = None,
+) -> Response:
+    status = status if status in RUN_STATUSES else None
+    _, total = views.list_runs(session, status=status, limit=1)
+    pag = page_data.pagination(total, page)
+    rows, _ = views.list_runs(session, status=status, limit=pag["per_page"], offset=pag["offset"])
+    ctx = {"runs": [page_data.run_summary(r) for r in rows], "pag": pag, "status": status,
+           "statuses": RUN_STATUSES}  # fmt: skip
+    return render(request, "runs.html", user, ctx)
+
+
+@router.get("/runs/new", response_class=HTMLResponse)
+def run_new(
+    request: Request,
+    user: PageUser,
+    session: SessionDep,
+    model_id: Annotated[int | None, Query()] = None,
+) -> Response:
+    models = views.all_models(session)
+    pairs = {c: [g for g in spec.GRANULARITY_NAMES if g in spec.VALID_PAIRS[c]]
+             for c in spec.CRITERION_NAMES}  # fmt: skip
+    ctx = {
+        "models": models,
+        "model_id": model_id,
+        "datasets": page_data.dataset_choices(session),
+        "form_spec": {
+            "pairs": pairs,
+            "granularities": list(spec.GRANULARITY_NAMES),
+            "criteria": list(spec.CRITERION_NAMES),
+            "schedules": list(spec.SCHEDULE_KINDS),
+            "optimizers": list(spec.OPTIMIZERS),
+            "scopes": list(spec.SCOPES),
+            "layers": {
+                m.id: [x["name"] for x in m.layers or [] if x.get("prunable", True)] for m in models
+            },
+        },  # fmt: skip
+    }
+    return render(request, "run_new.html", user, ctx)
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: int, user: PageUser, session: SessionDep) -> Response:
+    run = _run_or_404(session, run_id)
+    return render(request, "run.html", user, page_data.run_context(session, run))
+
+
+@router.get("/runs/{run_id}/figures.json")
+def run_figures(run_id: int, user: PageUser, session: SessionDep) -> JSONResponse:
+    """The run page's row-based charts and status, for the live refresh."""
+    run = _run_or_404(session, run_id)
+    body = {"status": run.status, "progress": run.progress, "message": run.message,
+            "error": run.error, "figures": page_data.run_figures(session, run),
+            "layers": views.run_layer_names(session, run_id=run.id)}  # fmt: skip
+    return _figure(body)
+
+
+@router.get("/runs/{run_id}/charts/histogram")
+def run_histogram(
+    run_id: int, user: PageUser, session: SessionDep, layer: Annotated[str, Query(max_length=200)]
+) -> JSONResponse:
+    return _figure(page_data.histogram_figure(session, _run_or_404(session, run_id), layer))
+
+
+@router.get("/runs/{run_id}/charts/mask")
+def run_mask(
+    run_id: int,
+    user: PageUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    layer: Annotated[str, Query(max_length=200)],
+) -> JSONResponse:
+    run = _run_or_404(session, run_id)
+    return _figure(page_data.mask_figure(session, run, layer, settings.artifacts))
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare(
+    request: Request,
+    user: PageUser,
+    session: SessionDep,
+    runs: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    try:
+        ids = page_data.parse_run_ids(runs)
+    except ValueError as exc:
+        recent, _ = views.list_runs(session, limit=20)
+        ctx = {"error": str(exc), "recent": [page_data.run_summary(r) for r in recent]}
+        return render(request, "compare_pick.html", user, ctx, status=422 if runs else 200)
+    return render(request, "compare.html", user, page_data.compare_context(session, ids))
+
+
+@router.get("/compare/histogram")
+def compare_histogram(
+    user: PageUser,
+    session: SessionDep,
+    runs: Annotated[str, Query(max_length=200)],
+    layer: Annotated[str, Query(max_length=200)],
+) -> JSONResponse:
+    try:
+        ids = page_data.parse_run_ids(runs)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return _figure(page_data.compare_histogram(session, ids, layer))
+
+
+@router.get("/sweeps/{sweep_id}", response_class=HTMLResponse)
+def sweep_page(request: Request, sweep_id: int, user: PageUser, session: SessionDep) -> Response:
+    ctx = page_data.sweep_context(session, sweep_id)
+    if ctx is None:
+        raise HTTPException(404, f"sweep {sweep_id} does not exist")
+    return render(request, "sweep.html", user, ctx)
+
+
+@router.get("/models", response_class=HTMLResponse)
+def models_list(
+    request: Request, user: PageUser, session: SessionDep, page: PageNo = 1
+) -> Response:
+    _, total = views.list_models(session, limit=1)
+    pag = page_data.pagination(total, page)
+    rows, _ = views.list_models(session, limit=pag["per_page"], offset=pag["offset"])
+    return render(request, "models.html", user, {"models": rows, "pag": pag})
+
+
+@router.get("/models/{model_id}", response_class=HTMLResponse)
+def model_page(request: Request, model_id: int, user: PageUser, session: SessionDep) -> Response:
+    model = views.get_model(session, model_id=model_id)
+    if model is None:
+        raise HTTPException(404, f"model {model_id} does not exist")
+    runs, n_runs = views.list_runs(session, model_id=model_id, limit=10)
+    ctx = {"model": model, "runs": [page_data.run_summary(r) for r in runs], "n_runs": n_runs}
+    return render(request, "model.html", user, ctx)
+
+
+@router.get("/datasets", response_class=HTMLResponse)
+def datasets_list(request: Request, user: PageUser, session: SessionDep) -> Response:
+    return render(request, "datasets.html", user, {"datasets": page_data.dataset_choices(session)})
 
 
 @router.get("/docs", response_class=HTMLResponse)

@@ -1,0 +1,310 @@
+"""Rows -> Plotly figure dicts. Pure functions (no I/O); large data is downsampled here.
+
+Every figure is ``{"data": [...], "layout": {...}}`` ready for ``Plotly.react``. Payload
+bounds: heatmaps at most ``MAX_CELLS`` cells, histograms at most ``MAX_BINS`` bins per trace.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+# Okabe-Ito: distinguishable with the common colour-vision deficiencies.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000")
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon")
+PHASE_LABELS = {
+    "before": "before pruning",
+    "after_prune": "after thresholding",
+    "after_finetune": "after fine-tuning",
+}
+MAX_CELLS = 128 * 128
+MAX_BINS = 64
+SEQ_SCALE = [[0.0, "#f7fbff"], [0.5, "#6baed6"], [1.0, "#08306b"]]
+
+
+def base_layout(title: str, x_title: str, y_title: str, **extra: Any) -> dict:
+    """The shared look: white plot, light grid, labelled axes."""
+    layout = {
+        "title": {"text": title, "font": {"size": 15}},
+        "xaxis": {"title": {"text": x_title}, "gridcolor": "#e6e9ef", "zeroline": False},
+        "yaxis": {"title": {"text": y_title}, "gridcolor": "#e6e9ef", "zeroline": False},
+        "margin": {"l": 64, "r": 24, "t": 48, "b": 96},
+        "paper_bgcolor": "#ffffff",
+        "plot_bgcolor": "#ffffff",
+        "font": {"family": "system-ui, sans-serif", "size": 12, "color": "#1d2330"},
+        "legend": {"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0, "x": 0},
+        "hovermode": "closest",
+    }
+    layout.update(extra)
+    return layout
+
+
+def empty_figure(title: str, message: str) -> dict:
+    """A figure that says what to do instead of drawing empty axes."""
+    layout = base_layout(title, "", "")
+    layout["xaxis"] |= {"visible": False}
+    layout["yaxis"] |= {"visible": False}
+    wrapped = "<br>".join(textwrap.wrap(message, 48))  # Plotly annotations do not wrap
+    layout["annotations"] = [_note(wrapped, y=0.5, x=0.5, size=14)]
+    return {"data": [], "layout": layout}
+
+
+def _note(text: str, *, x: float = 0.0, y: float = 1.08, size: int = 12) -> dict:
+    return {"text": text, "xref": "paper", "yref": "paper", "x": x, "y": y,
+            "showarrow": False, "font": {"size": size, "color": "#5b6577"}}  # fmt: skip
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def downsample_matrix(z: np.ndarray, max_cells: int = MAX_CELLS) -> tuple[np.ndarray, int, int]:
+    """Block-average a 2-D array so it has at most ``max_cells`` cells.
+
+    Returns the array and the row/column block sizes (1 when nothing was merged).
+    """
+    z = np.asarray(z, dtype=float)
+    rows, cols = z.shape
+    if rows * cols <= max_cells:
+        return z, 1, 1
+    side = math.sqrt(max_cells)
+    fr = max(1, math.ceil(rows / side)) if rows > side else 1
+    fc = max(1, math.ceil(cols * rows / fr / max_cells))
+    while math.ceil(rows / fr) * math.ceil(cols / fc) > max_cells:
+        fr, fc = fr + (rows >= cols), fc + (cols > rows)
+    pr, pc = (-rows) % fr, (-cols) % fc
+    padded = np.pad(z, ((0, pr), (0, pc)), constant_values=np.nan)
+    blocks = padded.reshape(padded.shape[0] // fr, fr, padded.shape[1] // fc, fc)
+    return np.nanmean(blocks, axis=(1, 3)), fr, fc
+
+
+def rebin(edges: Sequence[float], counts: Sequence[int], max_bins: int = MAX_BINS) -> tuple:
+    """Merge neighbouring bins so at most ``max_bins`` remain (counts are summed)."""
+    n = len(counts)
+    if n <= max_bins:
+        return list(edges), list(counts)
+    factor = math.ceil(n / max_bins)
+    new_counts = [int(sum(counts[i : i + factor])) for i in range(0, n, factor)]
+    new_edges = [edges[i] for i in range(0, n, factor)] + [edges[-1]]
+    return new_edges, new_counts
+
+
+# ---------------------------------------------------------------- one run
+def sparsity_heatmap(layers: Iterable[dict]) -> dict:
+    """Layers x pruning steps, coloured by achieved sparsity; hover shows requested vs achieved."""
+    rows = [r for r in layers if r.get("step", 0) > 0] or list(layers)
+    if not rows:
+        return empty_figure("Sparsity per layer", "No layer statistics yet: they appear after "
+                            "the first pruning step.")  # fmt: skip
+    steps = sorted({int(r["step"]) for r in rows})
+    names = list(dict.fromkeys(r["layer"] for r in rows))
+    col = {s: i for i, s in enumerate(steps)}
+    row = {n: i for i, n in enumerate(names)}
+    z = [[None] * len(steps) for _ in names]
+    custom = [[[None, None] for _ in steps] for _ in names]
+    for r in rows:
+        i, j = row[r["layer"]], col[int(r["step"])]
+        z[i][j] = round(float(r["sparsity"]), 4)
+        custom[i][j] = [_num(r.get("requested")), int(r.get("n_nonzero") or 0)]
+    trace = {
+        "type": "heatmap", "z": z, "x": [f"step {s}" for s in steps], "y": names,
+        "customdata": custom, "zmin": 0, "zmax": 1, "colorscale": SEQ_SCALE,
+        "colorbar": {"title": {"text": "sparsity"}, "tickformat": ".0%"},
+        "hovertemplate": "%{y} · %{x}<br>achieved %{z:.1%}<br>requested %{customdata[0]:.1%}"
+        "<br>non-zero %{customdata[1]:,}<extra></extra>",
+    }  # fmt: skip
+    height = max(260, min(1600, 70 + 18 * len(names)))
+    layout = base_layout("Sparsity per layer (achieved)", "pruning step", "layer", height=height)
+    layout["yaxis"] |= {"autorange": "reversed", "automargin": True}
+    return {"data": [trace], "layout": layout}
+
+
+def mask_matrix(mask: np.ndarray, granularity: str) -> tuple[np.ndarray, str, str]:
+    """A weight mask as a 2-D kept-fraction grid, with axis titles.
+
+    Conv/linear at filter/channel/element level: filters x input channels (a conv cell is the
+    kept fraction of that kernel). Vector/kernel/group levels: the kernel positions laid out
+    as tiles, rows ``filter*kh``, columns ``in_channel*kw``.
+    """
+    m = np.asarray(mask, dtype=float)
+    if m.ndim == 1:
+        return m[None, :], "unit", ""
+    if m.ndim == 2:
+        return m, "input feature", "output neuron (filter)"
+    if m.ndim == 3:
+        m = m[..., None]
+    out, inp, kh, kw = m.shape[:4]
+    if granularity in ("vector", "kernel", "group") and kh * kw > 1:
+        tiles = m.transpose(0, 2, 1, 3).reshape(out * kh, inp * kw)
+        return (
+            tiles,
+            f"input channel x kernel column ({kw} per channel)",
+            (f"filter x kernel row ({kh} per filter)"),
+        )
+    return m.reshape(out, inp, -1).mean(axis=2), "input channel", "filter (output channel)"
+
+
+def mask_heatmap(mask: np.ndarray, *, layer: str, granularity: str) -> dict:
+    """The mask of one layer as a heatmap (1 = kept), downsampled when large."""
+    grid, x_title, y_title = mask_matrix(mask, granularity)
+    small, fr, fc = downsample_matrix(grid)
+    kept = float(np.asarray(mask, dtype=float).mean()) if np.size(mask) else 0.0
+    title = f"Mask of {layer}: {kept:.1%} of weights kept"
+    if fr > 1 or fc > 1:
+        title += f" (each cell averages {fr}x{fc})"
+    trace = {
+        "type": "heatmap", "z": np.round(small, 3).tolist(), "zmin": 0, "zmax": 1,
+        "colorscale": [[0, "#ffffff"], [1, "#0072B2"]], "xgap": 0, "ygap": 0,
+        "colorbar": {"title": {"text": "kept"}, "tickformat": ".0%"},
+        "hovertemplate": "row %{y} · col %{x}<br>kept %{z:.0%}<extra></extra>",
+    }  # fmt: skip
+    layout = base_layout(title, x_title, y_title, height=420)
+    layout["yaxis"] |= {"autorange": "reversed"}
+    return {"data": [trace], "layout": layout}
+
+
+def _thresholds(value: Any) -> list[float]:
+    items = value if isinstance(value, list | tuple) else [value]
+    return sorted({abs(v) for v in (_num(x) for x in items) if v is not None})
+
+
+def histogram_figure(rows: Iterable[dict], *, layer: str) -> dict:
+    """Weight histograms of one layer per phase, overlaid on shared bins, thresholds drawn."""
+    rows = [r for r in rows if r.get("layer") == layer and r.get("edges")]
+    if not rows:
+        return empty_figure(f"Weights of {layer}", "No histograms for this layer yet: they are "
+                            "written when the run finishes.")  # fmt: skip
+    order = list(PHASE_LABELS)
+    rows.sort(key=lambda r: order.index(r["phase"]) if r["phase"] in order else 9)
+    data, cuts, zeros = [], set(), []
+    for i, r in enumerate(rows):
+        edges, counts = rebin(r["edges"], r["counts"])
+        centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        data.append({
+            "type": "bar", "x": centers, "y": counts, "width": widths,
+            "name": PHASE_LABELS.get(r["phase"], r["phase"]), "opacity": 0.55,
+            "marker": {"color": PALETTE[i % len(PALETTE)]},
+            "hovertemplate": "weight %{x:.3g}<br>%{y:,} weights<extra>%{fullData.name}</extra>",
+        })  # fmt: skip
+        cuts.update(_thresholds(r.get("threshold")))
+        if r.get("zeros"):
+            zeros.append(f"{PHASE_LABELS.get(r['phase'], r['phase'])}: {r['zeros']:,}")
+    shapes = [
+        {"type": "line", "x0": s * t, "x1": s * t, "yref": "paper", "y0": 0, "y1": 1,
+         "line": {"color": "#b3261e", "dash": "dash", "width": 1.5}}
+        for t in cuts for s in (-1, 1)
+    ]  # fmt: skip
+    layout = base_layout(f"Weights of {layer}", "weight value", "weights per bin (count)",
+                         barmode="overlay", bargap=0, shapes=shapes, height=360)  # fmt: skip
+    layout["updatemenus"] = [{
+        "type": "buttons", "direction": "right", "x": 1, "xanchor": "right", "y": 1.18,
+        "buttons": [
+            {"label": "linear", "method": "relayout", "args": [{"yaxis.type": "linear"}]},
+            {"label": "log", "method": "relayout", "args": [{"yaxis.type": "log"}]},
+        ],
+    }]  # fmt: skip
+    notes = []
+    if cuts:
+        notes.append("threshold ±" + ", ±".join(f"{t:.3g}" for t in cuts) + " (dashed)")
+    if zeros:
+        notes.append("pruned (exactly zero) weights not drawn: " + "; ".join(zeros))
+    if notes:
+        layout["annotations"] = [_note(" · ".join(notes), y=1.1)]
+    return {"data": data, "layout": layout}
+
+
+def _ratio(num: Any, den: Any) -> float | None:
+    a, b = _num(num), _num(den)
+    return round(a / b, 4) if a is not None and b else None
+
+
+TRADEOFF_AXES = {
+    "compression": ("compression (x fewer non-zero parameters)", "compression"),
+    "flops": ("FLOPs reduction (x, dense / effective)", "flops"),
+    "speedup": ("measured speed-up (x, latency at batch {batch})", "latency_ms_batch"),
+}
+
+
+def _x_value(metrics: dict, base: dict, axis: str) -> float | None:
+    if axis == "compression":
+        return _num(metrics.get("compression"))
+    key = TRADEOFF_AXES[axis][1]
+    if axis == "speedup" and (base.get(key) is None or metrics.get(key) is None):
+        key = "latency_ms"  # older rows: batch-1 latency only
+    return _ratio(base.get(key), metrics.get(key))
+
+
+def tradeoff_figure(
+    steps: list[dict], *, axis: str = "compression", masks_only: bool, final: dict | None = None
+) -> dict:
+    """Accuracy vs compression / FLOPs reduction / measured speed-up over a run's steps.
+
+    Speed-up uses the large-batch latency (batch-1 timings of small models are mostly
+    overhead). ``final`` adds the model handed back when it differs from the last step's
+    (a physically pruned one).
+    """
+    batch = next((m.get("batch") for s in steps for m in (s.get("after_finetune") or {},)
+                  if m.get("batch")), 1)  # fmt: skip
+    x_title = TRADEOFF_AXES[axis][0].format(batch=batch)
+    title = f"Accuracy vs {axis.replace('speedup', 'speed-up').replace('flops', 'FLOPs')}"
+    if not steps:
+        return empty_figure(title, "No steps measured yet.")
+    base = steps[0].get("after_finetune") or steps[0].get("before_finetune") or {}
+    data = []
+    for i, phase in enumerate(("before_finetune", "after_finetune")):
+        pts = [(s["step"], s.get(phase) or {}) for s in steps]
+        xs = [_x_value(m, base, axis) for _, m in pts]
+        ys = [_num(m.get("accuracy")) for _, m in pts]
+        data.append({
+            "type": "scatter", "mode": "lines+markers", "x": xs, "y": ys,
+            "name": phase.replace("_", " ").replace("finetune", "fine-tuning"),
+            "customdata": [s for s, _ in pts], "marker": {"color": PALETTE[i], "size": 8},
+            "hovertemplate": "step %{customdata}<br>%{x:.2f}x · accuracy %{y:.2%}<extra></extra>",
+        })  # fmt: skip
+    last = steps[-1].get("after_finetune") or {}
+    if final and final.get("n_params") != last.get("n_params"):
+        data.append({
+            "type": "scatter", "mode": "markers", "name": "handed back (physically smaller)",
+            "x": [_x_value(final, base, axis)], "y": [_num(final.get("accuracy"))],
+            "marker": {"color": PALETTE[2], "size": 13, "symbol": "star"},
+            "hovertemplate": "final model<br>%{x:.2f}x · accuracy %{y:.2%}<extra></extra>",
+        })  # fmt: skip
+    layout = base_layout(title, x_title, "test accuracy", height=340)
+    layout["yaxis"] |= {
+        "tickformat": ".0%",
+        "autorangeoptions": {"minallowed": 0, "maxallowed": 1.02},
+    }
+    if axis == "speedup" and masks_only:
+        layout["annotations"] = [_note("masks only: no speed-up expected", y=1.08)]
+    return {"data": data, "layout": layout}
+
+
+def curve_figure(curve: list[dict]) -> dict:
+    """Fine-tuning loss (left axis) and accuracy (right axis) per epoch, in run order."""
+    if not curve:
+        return empty_figure("Fine-tuning", "No epochs yet: the curves fill in while the run "
+                            "trains.")  # fmt: skip
+    xs = list(range(1, len(curve) + 1))
+    steps = [int(p.get("step") or 0) for p in curve]
+    data = [
+        {"type": "scatter", "mode": "lines+markers", "name": "loss", "x": xs,
+         "y": [_num(p.get("loss")) for p in curve], "customdata": steps,
+         "marker": {"color": PALETTE[3]}, "hovertemplate": "epoch %{x} (step %{customdata})"
+         "<br>loss %{y:.4f}<extra></extra>"},
+        {"type": "scatter", "mode": "lines+markers", "name": "accuracy", "x": xs, "yaxis": "y2",
+         "y": [_num(p.get("accuracy")) for p in curve], "customdata": steps,
+         "marker": {"color": PALETTE[0]}, "hovertemplate": "epoch %{x} (step %{customdata})"
+         "<br>accuracy %{y:.2%}<extra></extra>"},
+    ]  # fmt: skip
+    layout = base_layout("Fine-tuning curves", "epoch (cumulative over steps)", "loss", height=320)
+    layout["margin"] |= {"r": 72}
+    layout["yaxis2"] = {"title": {"text": "test accuracy"}, "overlaying": "y", "side": "right",
+                        "tickformat": ".0%", "range": [0, 1.02], "showgrid": False}  # fmt: skip
+    return {"data": data, "layout": layout}

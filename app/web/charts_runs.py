@@ -1,0 +1,266 @@
+"""Figures across runs: overview scatter with the Pareto front, compare, sweep, sensitivity.
+
+Pure functions over plain dicts (no I/O), like :mod:`app.web.charts`. A run summary is
+``{"id", "name", "criterion", "granularity", "final": {metrics}, "baseline": {metrics}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from app.web.charts import (
+    PALETTE,
+    PHASE_LABELS,
+    SYMBOLS,
+    _num,
+    _ratio,
+    base_layout,
+    empty_figure,
+    rebin,
+)
+
+# (metric, label, higher is better)
+FINAL_COLUMNS = (
+    ("accuracy", "accuracy", True),
+    ("loss", "loss", False),
+    ("compression", "compression (x)", True),
+    ("sparsity", "sparsity", True),
+    ("flops", "FLOPs", False),
+    ("sparse_size_bytes", "sparse size (bytes)", False),
+    ("latency_ms", "latency (ms, batch 1)", False),
+)
+
+
+def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten on both compression (x) and accuracy (y), by increasing x."""
+    best: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if not best or y > best[-1][1]:
+            best.append((x, y))
+    return sorted(best)
+
+
+def overview_scatter(runs: list[dict]) -> dict:
+    """Accuracy vs compression of all runs: colour = criterion, marker = granularity."""
+    pts = [r for r in runs if _num((r.get("final") or {}).get("compression")) is not None]
+    if not pts:
+        return empty_figure("Accuracy vs compression", "No finished prune runs yet: start one "
+                            "from “New run”.")  # fmt: skip
+    grans = sorted({r.get("granularity") or "?" for r in pts})
+    data = []
+    for i, crit in enumerate(sorted({r.get("criterion") or "?" for r in pts})):
+        group = [r for r in pts if (r.get("criterion") or "?") == crit]
+        data.append({
+            "type": "scatter", "mode": "markers", "name": crit,
+            "x": [r["final"]["compression"] for r in group],
+            "y": [_num(r["final"].get("accuracy")) for r in group],
+            "customdata": [r["id"] for r in group],
+            "text": [f"#{r['id']} {r['name']} ({r.get('granularity')})" for r in group],
+            "marker": {"color": PALETTE[i % len(PALETTE)], "size": 11, "line": {"width": 1},
+                       "symbol": [SYMBOLS[grans.index(r.get("granularity") or "?") % 8]
+                                  for r in group]},
+            "hovertemplate": "%{text}<br>%{x:.2f}x · accuracy %{y:.2%}<br>click to open"
+            "<extra>%{fullData.name}</extra>",
+        })  # fmt: skip
+    front = pareto_front(
+        (r["final"]["compression"], r["final"]["accuracy"])
+        for r in pts
+        if _num(r["final"].get("accuracy")) is not None
+    )
+    data.append({"type": "scatter", "mode": "lines", "name": "Pareto front",
+                 "x": [p[0] for p in front], "y": [p[1] for p in front], "hoverinfo": "skip",
+                 "line": {"color": "#5b6577", "dash": "dot", "shape": "hv"}})  # fmt: skip
+    layout = base_layout("Accuracy vs compression (all runs)",
+                         "compression (x fewer non-zero parameters)", "test accuracy",
+                         height=420)  # fmt: skip
+    layout["yaxis"] |= {
+        "tickformat": ".0%",
+        "autorangeoptions": {"minallowed": 0, "maxallowed": 1.02},
+    }
+    layout["xaxis"] |= {"type": "log"}
+    legend = ", ".join(f"{SYMBOLS[i % 8]} = {g}" for i, g in enumerate(grans))
+    layout["annotations"] = [{"text": f"marker: {legend}", "xref": "paper", "yref": "paper",
+                              "x": 0, "y": 1.08, "showarrow": False,
+                              "font": {"size": 11, "color": "#5b6577"}}]  # fmt: skip
+    return {"data": data, "layout": layout}
+
+
+def compare_tradeoff(runs: list[dict]) -> dict:
+    """Each run's accuracy vs compression over its steps (after fine-tuning), overlaid."""
+    data = []
+    for i, r in enumerate(runs):
+        steps = r.get("steps") or []
+        data.append({
+            "type": "scatter", "mode": "lines+markers", "name": f"#{r['id']} {r['name']}",
+            "x": [_num((s.get("after_finetune") or {}).get("compression")) for s in steps],
+            "y": [_num((s.get("after_finetune") or {}).get("accuracy")) for s in steps],
+            "marker": {"color": PALETTE[i % len(PALETTE)], "symbol": SYMBOLS[i % 8], "size": 8},
+        })  # fmt: skip
+    layout = base_layout("Accuracy vs compression per step", "compression (x)", "test accuracy",
+                         height=360)  # fmt: skip
+    layout["yaxis"] |= {
+        "tickformat": ".0%",
+        "autorangeoptions": {"minallowed": 0, "maxallowed": 1.02},
+    }
+    return {"data": data, "layout": layout}
+
+
+def compare_curves(runs: list[dict]) -> dict:
+    """Fine-tuning accuracy per cumulative epoch, one line per run."""
+    data = [
+        {"type": "scatter", "mode": "lines", "name": f"#{r['id']} {r['name']}",
+         "x": list(range(1, len(r.get("curve") or []) + 1)),
+         "y": [_num(p.get("accuracy")) for p in r.get("curve") or []],
+         "line": {"color": PALETTE[i % len(PALETTE)]}}
+        for i, r in enumerate(runs)
+    ]  # fmt: skip
+    layout = base_layout("Fine-tuning accuracy", "epoch (cumulative)", "test accuracy", height=320)
+    layout["yaxis"] |= {
+        "tickformat": ".0%",
+        "autorangeoptions": {"minallowed": 0, "maxallowed": 1.02},
+    }
+    return {"data": data, "layout": layout}
+
+
+def compare_layer_sparsity(runs: list[dict]) -> dict:
+    """Final per-layer sparsity of each run, side by side (grouped bars)."""
+    data = []
+    for i, r in enumerate(runs):
+        layers = r.get("layers") or []
+        last = max((int(x["step"]) for x in layers), default=0)
+        final = [x for x in layers if int(x["step"]) == last]
+        data.append({"type": "bar", "name": f"#{r['id']} {r['name']}",
+                     "x": [x["layer"] for x in final], "y": [x["sparsity"] for x in final],
+                     "marker": {"color": PALETTE[i % len(PALETTE)]},
+                     "hovertemplate": "%{x}: %{y:.1%}<extra>%{fullData.name}</extra>"})  # fmt: skip
+    layout = base_layout("Final sparsity per layer", "layer", "sparsity", barmode="group",
+                         height=340)  # fmt: skip
+    layout["yaxis"] |= {"tickformat": ".0%", "range": [0, 1]}
+    return {"data": data, "layout": layout}
+
+
+def compare_histograms(runs: list[dict], *, layer: str, phase: str = "after_finetune") -> dict:
+    """The same layer's weight histogram across runs (each run on its own bins)."""
+    data = []
+    for i, r in enumerate(runs):
+        rows = [h for h in r.get("histograms") or [] if h["layer"] == layer and h.get("edges")]
+        row = next((h for h in rows if h["phase"] == phase), rows[-1] if rows else None)
+        if row is None:
+            continue
+        edges, counts = rebin(row["edges"], row["counts"])
+        data.append({
+            "type": "bar", "name": f"#{r['id']} {r['name']}", "opacity": 0.55,
+            "x": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)],
+            "width": [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)], "y": counts,
+            "marker": {"color": PALETTE[i % len(PALETTE)]},
+        })  # fmt: skip
+    if not data:
+        return empty_figure(f"Weights of {layer}", "None of these runs has histograms for "
+                            "this layer.")  # fmt: skip
+    title = f"Weights of {layer} across runs ({PHASE_LABELS.get(phase, phase)})"
+    layout = base_layout(title, "weight value", "weights per bin (count)", barmode="overlay",
+                         bargap=0, height=340)  # fmt: skip
+    return {"data": data, "layout": layout}
+
+
+def best_cells(runs: list[dict]) -> dict[str, int]:
+    """For each final-metric column, the id of the run with the best value."""
+    best: dict[str, int] = {}
+    for key, _, higher in FINAL_COLUMNS:
+        vals = [
+            (v, r["id"]) for r in runs if (v := _num((r.get("final") or {}).get(key))) is not None
+        ]
+        if len(vals) > 1:
+            best[key] = (max(vals) if higher else min(vals))[1]
+    return best
+
+
+def sweep_figure(runs: list[dict], *, axis: str) -> dict:
+    """ShrinkBench-style: accuracy vs compression or vs speed-up, one line per criterion."""
+    label = {"compression": "compression (x)", "speedup": "measured speed-up (x, batch 1)"}
+    data = []
+    for i, crit in enumerate(sorted({r.get("criterion") or "?" for r in runs})):
+        group = []
+        for r in runs:
+            final, base = r.get("final") or {}, r.get("baseline") or {}
+            if (r.get("criterion") or "?") != crit or _num(final.get("accuracy")) is None:
+                continue
+            x = (_num(final.get("compression")) if axis == "compression"
+                 else _ratio(base.get("latency_ms"), final.get("latency_ms")))  # fmt: skip
+            group.append((x, final["accuracy"], r["id"]))
+        group.sort(key=lambda p: (p[0] is None, p[0] or 0))
+        dash = "dot" if crit == "random" else "solid"
+        data.append({"type": "scatter", "mode": "lines+markers", "name": crit,
+                     "x": [p[0] for p in group], "y": [p[1] for p in group],
+                     "customdata": [p[2] for p in group],
+                     "line": {"color": PALETTE[i % len(PALETTE)], "dash": dash}})  # fmt: skip
+    if not any(t["x"] for t in data):
+        return empty_figure("Sweep", "No run of this sweep has finished yet.")
+    layout = base_layout(f"Accuracy vs {axis.replace('speedup', 'speed-up')}", label[axis],
+                         "test accuracy", height=360)  # fmt: skip
+    layout["yaxis"] |= {
+        "tickformat": ".0%",
+        "autorangeoptions": {"minallowed": 0, "maxallowed": 1.02},
+    }
+    if axis == "compression":
+        layout["xaxis"] |= {"type": "log"}
+    return {"data": data, "layout": layout}
+
+
+def suggest_allocation(rows: list[dict], baseline: float | None, max_drop: float = 0.01) -> dict:
+    """Per layer, the highest swept sparsity whose accuracy stays within ``max_drop``."""
+    out: dict[str, float] = {}
+    for r in rows:
+        ok = baseline is None or baseline - r["accuracy"] <= max_drop + 1e-9
+        if ok and r["sparsity"] >= out.get(r["layer"], 0.0):
+            out[r["layer"]] = r["sparsity"]
+        out.setdefault(r["layer"], 0.0)
+    return out
+
+
+def sensitivity_figure(rows: list[dict], *, baseline: float | None) -> dict:
+    """Accuracy vs sparsity with one line per layer (Han et al. 2015, Fig. 5)."""
+    if not rows:
+        return empty_figure("Sensitivity", "No sensitivity rows yet.")
+    data = []
+    for i, layer in enumerate(dict.fromkeys(r["layer"] for r in rows)):
+        pts = sorted((r["sparsity"], r["accuracy"]) for r in rows if r["layer"] == layer)
+        data.append({"type": "scatter", "mode": "lines+markers", "name": layer,
+                     "x": [p[0] for p in pts], "y": [p[1] for p in pts],
+                     "line": {"color": PALETTE[i % len(PALETTE)]},
+                     "marker": {"symbol": SYMBOLS[(i // len(PALETTE)) % 8]}})  # fmt: skip
+    layout = base_layout("Sensitivity: accuracy when one layer is pruned",
+                         "sparsity of that layer", "test accuracy", height=380)  # fmt: skip
+    layout["xaxis"] |= {"tickformat": ".0%"}
+    layout["yaxis"] |= {
+        "tickformat": ".0%",
+        "autorangeoptions": {"minallowed": 0, "maxallowed": 1.02},
+    }
+    if baseline is not None:
+        layout["shapes"] = [
+            {
+                "type": "line",
+                "xref": "paper",
+                "x0": 0,
+                "x1": 1,
+                "y0": baseline,
+                "y1": baseline,
+                "line": {"dash": "dash", "color": "#5b6577"},
+            }
+        ]
+    return {"data": data, "layout": layout}
+
+
+def fmt_metric(key: str, value: Any) -> str:
+    """A metric value as the tables show it."""
+    v = _num(value)
+    if v is None:
+        return "—"
+    if key in ("accuracy", "sparsity"):
+        return f"{v:.2%}"
+    if key == "compression":
+        return f"{v:.2f}x"
+    if key in ("loss", "latency_ms"):
+        return f"{v:.4g}"
+    return f"{v:,.0f}"

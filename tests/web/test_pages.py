@@ -1,0 +1,225 @@
+"""Dashboard pages: which template, what context, and what the HTML promises a person."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from app.models import Run
+from app.pruning import spec
+from tests.browser import seed
+from tests.conftest import make_user
+
+PAGES = ["/", "/runs", "/runs/new", "/compare", "/models", "/datasets"]
+
+
+@pytest.fixture
+def lab(client: TestClient, db_session: Session, settings) -> dict:
+    _, headers = make_user(db_session, "viewer1")
+    model = seed.seed_model(db_session)
+    art = Path(settings.artifacts)
+    a = seed.seed_run(db_session, model=model, name="elem l1", artifacts_dir=art)
+    b = seed.seed_run(db_session, model=model, name="kernel l2", criterion="l2",
+                      granularity="kernel", artifacts_dir=art, final_sparsity=0.6)  # fmt: skip
+    sens = seed.seed_sensitivity(db_session, model=model)
+    sweep = seed.seed_sweep(db_session, model=model)
+    db_session.commit()
+    return {"h": headers, "model": model.id, "a": a.id, "b": b.id, "sens": sens.id,
+            "sweep": sweep.id}  # fmt: skip
+
+
+def _figures(html: str) -> dict[str, dict]:
+    blocks = re.findall(r'<script type="application/json" id="fig-([\w-]+)">(.*?)</script>', html,
+                        flags=re.S)  # fmt: skip
+    return {name: json.loads(body) for name, body in blocks}
+
+
+def test_pages_redirect_to_login_without_credentials(client: TestClient) -> None:
+    for path in [*PAGES, "/runs/1", "/sweeps/1", "/models/1"]:
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 303, path
+        assert r.headers["location"].startswith("/login?next=")
+
+
+def test_every_page_renders_without_inline_script(client: TestClient, lab: dict) -> None:
+    pages = [*PAGES, f"/runs/{lab['a']}", f"/runs/{lab['sens']}", f"/models/{lab['model']}",
+             f"/sweeps/{lab['sweep']}", f"/compare?runs={lab['a']},{lab['b']}"]  # fmt: skip
+    for path in pages:
+        r = client.get(path, headers=lab["h"])
+        assert r.status_code == 200, path
+        for tag in re.findall(r"<script[^>]*>", r.text):
+            assert "src=" in tag or 'type="application/json"' in tag, (path, tag)
+        assert "http://" not in r.text.replace("http://localhost", "") or path == "/docs"
+
+
+def test_overview_plots_finished_runs_and_lists_recent_ones(client: TestClient, lab: dict) -> None:
+    r = client.get("/", headers=lab["h"])
+    assert r.template.name == "index.html"
+    fig = r.context["figure"]
+    ids = {i for t in fig["data"] for i in t.get("customdata", [])}
+    assert {lab["a"], lab["b"]} <= ids
+    assert fig["data"][-1]["name"] == "Pareto front"
+    assert any(x["id"] == lab["b"] for x in r.context["recent"])
+    assert "kernel l2" in r.text
+
+
+def test_overview_filters_by_model(client: TestClient, lab: dict) -> None:
+    r = client.get("/?model_id=999", headers=lab["h"])
+    assert r.context["n_points"] == 0
+    assert "No finished prune runs yet" in json.dumps(r.context["figure"])
+
+
+def test_run_page_context_has_every_chart_and_the_layer_table(
+    client: TestClient, lab: dict
+) -> None:
+    r = client.get(f"/runs/{lab['a']}", headers=lab["h"])
+    assert r.template.name == "run.html"
+    ctx = r.context
+    heat = ctx["figures"]["sparsity"]["data"][0]
+    assert heat["type"] == "heatmap" and heat["y"] == ["conv1", "conv2", "fc"]
+    assert len(heat["x"]) == 3  # three pruning steps
+    assert ctx["figures"]["curve"]["data"][0]["type"] == "scatter"
+    assert [row["layer"] for row in ctx["layer_rows"]] == ["conv1", "conv2", "fc"]
+    assert ctx["masks_only"] is True
+    assert "Masks only: no speed-up expected" in r.text
+    assert {a.name for a in ctx["artifacts"]} == {"pruned.safetensors", "recipe.json"}
+    assert "✓ reloaded" in r.text
+    assert set(_figures(r.text)) >= {"sparsity", "tradeoff_compression", "tradeoff_flops",
+                                     "tradeoff_speedup", "curve"}  # fmt: skip
+    assert '"criterion": "l1"' in ctx["recipe_json"] and "&#34;criterion&#34;" in r.text
+
+
+def test_run_chart_endpoints_give_histogram_and_mask(client: TestClient, lab: dict) -> None:
+    hist = client.get(f"/runs/{lab['a']}/charts/histogram?layer=conv2", headers=lab["h"]).json()
+    assert [t["type"] for t in hist["data"]] == ["bar"] * 3
+    assert hist["layout"]["shapes"]  # the threshold lines
+    mask = client.get(f"/runs/{lab['b']}/charts/mask?layer=conv2", headers=lab["h"]).json()
+    z = mask["data"][0]["z"]
+    assert mask["data"][0]["type"] == "heatmap"
+    assert (len(z), len(z[0])) == (16 * 3, 8 * 3)  # kernel level: kernel positions as tiles
+    assert "40.0% of weights kept" in mask["layout"]["title"]["text"]
+    fig = client.get(f"/runs/{lab['a']}/figures.json", headers=lab["h"]).json()
+    assert fig["status"] == "succeeded" and "sparsity" in fig["figures"]
+
+
+def test_mask_of_a_run_without_exports_says_when_it_appears(
+    client: TestClient, lab: dict, db_session: Session
+) -> None:
+    run = db_session.get(Run, lab["a"])
+    run.status, run.notes = "running", []
+    db_session.add(run)
+    db_session.commit()
+    run_id = seed.seed_run(db_session, model=seed.seed_model(db_session), status="running").id
+    db_session.commit()
+    fig = client.get(f"/runs/{run_id}/charts/mask?layer=fc", headers=lab["h"]).json()
+    assert fig["data"] == []
+    assert "once the run has finished" in fig["layout"]["annotations"][0]["text"].replace(
+        "<br>", " "
+    )
+
+
+def test_missing_run_is_404(client: TestClient, lab: dict) -> None:
+    r = client.get("/runs/9999", headers=lab["h"])
+    assert r.status_code == 404 and "9999" in r.json()["detail"]
+
+
+def test_sensitivity_run_shows_lines_per_layer_and_an_allocation(
+    client: TestClient, lab: dict
+) -> None:
+    r = client.get(f"/runs/{lab['sens']}", headers=lab["h"])
+    fig = r.context["figures"]["sensitivity"]
+    assert [t["name"] for t in fig["data"]] == ["conv1", "conv2", "fc"]
+    alloc = r.context["allocation"]
+    assert alloc["conv1"] > alloc["fc"]  # the robust layer may be pruned harder
+    assert "Suggested per-layer sparsity" in r.text
+
+
+def test_compare_marks_the_best_cell_and_lists_its_runs(client: TestClient, lab: dict) -> None:
+    r = client.get(f"/compare?runs={lab['a']},{lab['b']}", headers=lab["h"])
+    assert r.template.name == "compare.html"
+    assert [x["id"] for x in r.context["runs"]] == [lab["a"], lab["b"]]
+    assert r.context["best"]["compression"] == lab["a"]  # 80% sparse beats 60%
+    assert r.text.count('class="num best"') >= 3
+    bars = r.context["figures"]["layer_sparsity"]["data"]
+    assert [t["type"] for t in bars] == ["bar", "bar"]
+    assert r.context["layers"] == ["conv1", "conv2", "fc"]
+    h = client.get(f"/compare/histogram?runs={lab['a']},{lab['b']}&layer=fc", headers=lab["h"])
+    assert len(h.json()["data"]) == 2
+
+
+@pytest.mark.parametrize("runs", ["1", "1,x", "1,2,3,4,5,6,7"])
+def test_compare_refuses_bad_run_lists_with_a_sentence(
+    client: TestClient, lab: dict, runs: str
+) -> None:
+    r = client.get(f"/compare?runs={runs}", headers=lab["h"])
+    assert r.status_code == 422
+    assert "runs must" in r.context["error"]
+    assert r.template.name == "compare_pick.html"
+
+
+def test_new_run_form_offers_only_valid_pairs(client: TestClient, lab: dict) -> None:
+    r = client.get(f"/runs/new?model_id={lab['model']}", headers=lab["h"])
+    fs = r.context["form_spec"]
+    for criterion, grans in fs["pairs"].items():
+        assert set(grans) == set(spec.VALID_PAIRS[criterion])
+    assert fs["pairs"]["threshold"] == ["element"]
+    assert fs["layers"][lab["model"]] == ["conv1", "conv2", "fc"]
+    assert f'<option value="{lab["model"]}" selected>' in r.text
+    assert 'data-error-for="pruning.sparsity"' in r.text
+    assert 'id="sweep-form"' in r.text
+
+
+def test_runs_list_paginates(client: TestClient, lab: dict, db_session: Session) -> None:
+    for i in range(30):
+        db_session.add(Run(name=f"bulk {i}", status="queued"))
+    db_session.commit()
+    first = client.get("/runs", headers=lab["h"])
+    assert len(first.context["runs"]) == 25 and first.context["pag"]["pages"] == 2
+    second = client.get("/runs?page=2", headers=lab["h"])
+    assert second.context["pag"]["page"] == 2 and 'rel="prev"' in second.text
+    queued = client.get("/runs?status=queued", headers=lab["h"])
+    assert all(x["status"] == "queued" for x in queued.context["runs"])
+
+
+def test_model_pages_show_layers_and_preflight(client: TestClient, lab: dict) -> None:
+    r = client.get("/models", headers=lab["h"])
+    assert [m.id for m in r.context["models"]] == [lab["model"]]
+    assert 'id="upload-form"' in r.text
+    page = client.get(f"/models/{lab['model']}", headers=lab["h"])
+    assert page.template.name == "model.html"
+    assert "✓ passed" in page.text and "conv2" in page.text
+    assert page.context["n_runs"] >= 2
+
+
+def test_datasets_page_always_lists_digits(client: TestClient, lab: dict) -> None:
+    r = client.get("/datasets", headers=lab["h"])
+    assert r.context["datasets"][0]["id"] == "digits"
+
+
+def test_sweep_page_plots_methods_against_random(client: TestClient, lab: dict) -> None:
+    r = client.get(f"/sweeps/{lab['sweep']}", headers=lab["h"])
+    names = {t["name"] for t in r.context["figures"]["compression"]["data"]}
+    assert names == {"l1", "random"}
+    assert r.context["n_done"] == 6
+
+
+def test_empty_lab_pages_tell_the_user_what_to_do(client: TestClient, db_session: Session) -> None:
+    _, headers = make_user(db_session, "newbie")
+    assert "Start one" in client.get("/runs", headers=headers).text
+    assert "No runs yet" in client.get("/", headers=headers).text
+    assert "No model to prune yet" in client.get("/runs/new", headers=headers).text
+    assert "No models yet" in client.get("/models", headers=headers).text
+
+
+@pytest.mark.slow
+def test_web_pages_do_not_import_torch() -> None:
+    code = "import sys, app.web.pages, app.web.page_data; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
