@@ -68,10 +68,16 @@ def serve(
     typer.echo(f"    http://{shown}:{port}/login/link?token={secret}")
     if demo:
         typer.echo(
-            "demo: not there yet: the demo model and runs come with the jobs and dashboard "
-            "(pending); the server, accounts and API tokens work today."
+            "demo: on first start a cnn_small is trained on digits, then an iterative filter-"
+            "pruning run and an element-level run follow (a few minutes on a laptop CPU); "
+            "watch them on the overview page. Later starts reuse them."
         )
-    uvicorn.run(create_app(settings, migrate=False), host=host, port=port, log_level="info")
+    from app.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        create_app(settings, migrate=False, demo=demo), host=host, port=port, log_config=None
+    )
 
 
 def _version() -> str:
@@ -193,6 +199,19 @@ def token_revoke(token_id: int) -> None:
             _fail(exc.message)
         session.commit()
         typer.echo(f"revoked token {token_id}")
+
+
+@app.command()
+def worker(run: Annotated[int, typer.Option("--run", help="the run id to execute")]) -> None:
+    """Execute one run (started by the server's runner, or as a Ray job's entrypoint)."""
+    from app.jobs.worker import main as worker_main
+
+    raise typer.Exit(worker_main(["--run", str(run)]))
+
+
+from app.runcli import register as _register_run  # noqa: E402 (torch-free at import)
+
+_register_run(app)
 
 
 def main() -> None:

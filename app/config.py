@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     ray_num_cpus: float = Field(default=1.0, ge=0)
     metrics_token: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("device")
     @classmethod

@@ -16,10 +16,17 @@ from app import __version__, db, store
 from app.config import Settings, load_settings
 from app.errors import LabError
 from app.logs import install_redaction
-from app.web import auth_pages, pages
+from app.web import auth_pages, metrics, pages
+from app.web import events as events_api
 from app.web.api import auth as auth_api
+from app.web.api import datasets as datasets_api
+from app.web.api import models as models_api
+from app.web.api import runs as runs_api
 from app.web.api import system as system_api
 from app.web.deps import LoginRequired
+from app.web.limits import BodyLimitMiddleware
+from app.web.metrics import LatencyMiddleware, make_registry
+from app.web.ratelimit import LoginLimiter
 from app.web.security_headers import SecurityHeadersMiddleware
 from app.web.templating import STATIC_DIR
 
@@ -33,7 +40,19 @@ def _bootstrap(settings: Settings, engine) -> None:  # noqa: ANN001
             session.commit()
 
 
-def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
+def _start_dispatcher(settings: Settings, engine):  # noqa: ANN001, ANN202
+    """The one dispatcher thread (recovers unfinished runs first); tests may set their own."""
+    from app.jobs.dispatcher import Dispatcher
+    from app.jobs.runner import make_runner
+
+    dispatcher = Dispatcher(settings, engine, make_runner(settings))
+    dispatcher.start()
+    return dispatcher
+
+
+def create_app(
+    settings: Settings | None = None, *, migrate: bool = True, demo: bool = False
+) -> FastAPI:
     """Build the app. The lifespan owns the engine (and, later, the runner)."""
     settings = settings or load_settings()
 
@@ -44,10 +63,22 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             db.upgrade(settings)
         engine = db.make_engine(settings)
         app.state.engine = engine
+        app.state.metrics_registry, app.state.http_latency = make_registry(engine)
         _bootstrap(settings, engine)
+        app.state.dispatcher = _start_dispatcher(settings, engine)
+        seeder = None
+        if demo:
+            from app.demo import DemoSeeder
+
+            seeder = DemoSeeder(settings, engine, wake=app.state.dispatcher.wake)
+            seeder.start()
         try:
             yield
         finally:
+            if seeder is not None:
+                seeder.stop()
+            if app.state.dispatcher is not None:
+                app.state.dispatcher.stop()
             engine.dispose()
 
     app = FastAPI(
@@ -59,7 +90,11 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.dispatcher = None
+    app.state.login_limiter = LoginLimiter()
     _install_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(LatencyMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.mount("/vendor/plotly", StaticFiles(packages=[("plotly", "package_data")]), name="plotly")
@@ -68,7 +103,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.mount(
         "/vendor/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger"
     )
-    for router in (system_api.router, auth_api.router, auth_pages.router, pages.router):
+    routers = (system_api, auth_api, models_api, datasets_api, runs_api, events_api)
+    for router in [m.router for m in routers] + [auth_pages.router, pages.router, metrics.router]:
         app.include_router(router)
     return app
 

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app import store
-from app.security import verify_password
-from app.web.deps import SESSION_COOKIE, PageUser, SessionDep, SettingsDep
+from app.security import same_secret, verify_password
+from app.web.deps import SESSION_COOKIE, SessionDep, SettingsDep
 from app.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -55,10 +55,21 @@ def login_submit(
     password: Annotated[str, Form(max_length=256)],
 ) -> Response:
     check_origin(request)
-    user = store.get_user_by_name(session, name=username.strip())
+    limiter = request.app.state.login_limiter
+    address = request.client.host if request.client else "unknown"
+    name = username.strip()
+    wait = limiter.retry_after(name, address)
+    if wait:
+        ctx = {"error": f"Too many failed sign-ins; try again in {wait} s.", "username": username}
+        return templates.TemplateResponse(
+            request, "login.html", ctx, status_code=429, headers={"Retry-After": str(wait)}
+        )
+    user = store.get_user_by_name(session, name=name)
     if user is None or user.disabled or not verify_password(user.password_hash, password):
+        limiter.failed(name, address)
         ctx = {"error": "Wrong user name or password.", "username": username}
         return templates.TemplateResponse(request, "login.html", ctx, status_code=401)
+    limiter.succeeded(name)
     return _start_session(request, session, settings, user)
 
 
@@ -79,10 +90,17 @@ def login_link(
 
 
 @router.post("/logout")
-def logout(request: Request, session: SessionDep, user: PageUser) -> Response:
+def logout(
+    request: Request, session: SessionDep, csrf_token: Annotated[str, Form(max_length=128)] = ""
+) -> Response:
     check_origin(request)
     key = request.cookies.get(SESSION_COOKIE)
-    if key:
+    found = store.user_for_session(session, key=key) if key else None
+    if found is not None:
+        if not csrf_token or not same_secret(csrf_token, found[1].csrf_token):
+            raise HTTPException(
+                403, "missing or wrong CSRF token; reload the page and sign out again"
+            )
         store.revoke_session(session, key=key)
         session.commit()
     response = RedirectResponse("/login", status_code=303)

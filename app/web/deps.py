@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -40,6 +41,27 @@ def _bearer(request: Request) -> str | None:
     return None
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADER = "x-csrf-token"
+
+
+def check_csrf(request: Request, web_session) -> None:  # noqa: ANN001 (WebSession)
+    """Cookie-authenticated writes need the session's CSRF token (header or form field)
+    and, when the browser sends one, a same-site Origin."""
+    if request.method in SAFE_METHODS:
+        return
+    from urllib.parse import urlsplit
+
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(403, "cross-site request refused (Origin does not match this server)")
+    sent = request.headers.get(CSRF_HEADER) or getattr(request.state, "form_csrf", None)
+    if not sent or not secrets.compare_digest(sent, web_session.csrf_token):
+        raise HTTPException(
+            403, "missing or wrong CSRF token: send the page's X-CSRF-Token header with the request"
+        )
+
+
 def resolve_user(request: Request, session: Session) -> User | None:
     """The caller: a valid bearer token first, else a valid session cookie."""
     token = _bearer(request)
@@ -52,6 +74,7 @@ def resolve_user(request: Request, session: Session) -> User | None:
         found = store.user_for_session(session, key=key)
         if found is not None:
             request.state.web_session = found[1]
+            check_csrf(request, found[1])
             return found[0]
     return None
 

@@ -114,7 +114,7 @@ def test_one_time_login_link_sets_a_session_cookie(client: TestClient, db_sessio
     assert "prunelab_session=" in cookie
     assert "HttpOnly" in cookie
     assert "samesite=lax" in cookie.lower()
-    assert "Welcome, admin" in client.get("/").text
+    assert "admin · admin" in client.get("/").text
     # the link works once only
     client.cookies.clear()
     again = client.get(f"/login/link?token={secret}", follow_redirects=False)
@@ -131,8 +131,11 @@ def test_password_login_and_logout(client: TestClient, db_session) -> None:
         "/login", data={"username": "frank", "password": "correct horse"}, follow_redirects=False
     )
     assert ok.status_code == 303
-    assert "Welcome, frank" in client.get("/").text
-    out = client.post("/logout", follow_redirects=False)
+    assert "frank · member" in client.get("/").text
+    assert client.post("/logout", follow_redirects=False).status_code == 403  # no CSRF token
+    page = client.get("/").text
+    csrf = page.split('name="csrf_token" value="')[1].split('"')[0]
+    out = client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False)
     assert out.status_code == 303
     assert client.get("/", follow_redirects=False).status_code == 303
 
@@ -169,3 +172,58 @@ def test_security_headers_and_local_assets(client: TestClient) -> None:
     docs = client.get("/docs").text
     assert "/vendor/swagger/swagger-ui-bundle.js" in docs and "cdn" not in docs
     assert client.get("/openapi.json").json()["info"]["title"] == "PruneLab"
+
+
+def test_cookie_authenticated_api_writes_need_the_csrf_token(
+    client: TestClient, db_session
+) -> None:
+    make_user(db_session, "hank", password="correct horse")
+    client.post("/login", data={"username": "hank", "password": "correct horse"})
+    assert client.get("/api/me").status_code == 200  # reads need no token
+    assert client.post("/api/tokens", json={"name": "x"}).status_code == 403
+    csrf = client.get("/").text.split('name="csrf_token" value="')[1].split('"')[0]
+    ok = client.post("/api/tokens", json={"name": "x"}, headers={"X-CSRF-Token": csrf})
+    assert ok.status_code == 201
+    evil = client.post(
+        "/api/tokens",
+        json={"name": "x"},
+        headers={"X-CSRF-Token": csrf, "Origin": "http://evil.example"},
+    )
+    assert evil.status_code == 403
+
+
+def test_login_attempts_are_rate_limited(client: TestClient, db_session) -> None:
+    make_user(db_session, "ivan", password="correct horse")
+    for _ in range(5):
+        assert (
+            client.post("/login", data={"username": "ivan", "password": "nope-nope"}).status_code
+            == 401
+        )
+    blocked = client.post("/login", data={"username": "ivan", "password": "correct horse"})
+    assert blocked.status_code == 429
+    assert int(blocked.headers["retry-after"]) > 0
+    assert "Too many failed sign-ins" in blocked.text
+
+
+def test_json_bodies_are_limited(client: TestClient, member_headers) -> None:
+    r = client.post(
+        "/api/tokens",
+        content=b"x" * (2 * 1024 * 1024),
+        headers={**member_headers, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 413
+    assert "request body larger" in r.json()["detail"]
+
+
+def test_metrics_for_admins_or_the_metrics_token(
+    client: TestClient, member_headers, admin_headers
+) -> None:
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=member_headers).status_code == 403
+    client.get("/api/me", headers=member_headers)
+    r = client.get("/metrics", headers=admin_headers)
+    assert r.status_code == 200
+    assert 'prunelab_runs{status="queued"} 0.0' in r.text
+    assert "prunelab_queue_length 0.0" in r.text
+    assert "prunelab_http_request_duration_seconds_bucket" in r.text
+    assert 'method="GET",route="/api/me",status="200"' in r.text
