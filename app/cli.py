@@ -161,17 +161,27 @@ def user_disable(name: str) -> None:
 def token_create(
     name: Annotated[str, typer.Argument(help="the user who will hold the token")],
     label: Annotated[str, typer.Option(help="what the token is for")] = "cli",
+    expires_days: Annotated[
+        float | None, typer.Option(help="the token stops working after this many days")
+    ] = None,
 ) -> None:
     """Create an API token for a user; the token is printed once, alone on the last line."""
-    from app import store
+    from datetime import timedelta
 
+    from app import store
+    from app.models import utcnow
+
+    if expires_days is not None and expires_days <= 0:
+        _fail("--expires-days must be positive")
+    expires = utcnow() + timedelta(days=expires_days) if expires_days else None
     with _session(_settings()) as session:
         user = store.get_user_by_name(session, name=name)
         if user is None:
             _fail(f"no user named {name!r}; create one with `prunelab user add {name}`")
-        row, secret = store.create_token(session, user=user, name=label)
+        row, secret = store.create_token(session, user=user, name=label, expires_at=expires)
         session.commit()
-        typer.echo(f"token {row.id} for {name!r} (shown once; store it now):")
+        until = f", valid until {expires:%Y-%m-%d %H:%M} UTC" if expires else ""
+        typer.echo(f"token {row.id} for {name!r}{until} (shown once; store it now):")
         typer.echo(secret)
 
 
@@ -183,7 +193,11 @@ def token_list() -> None:
     with _session(_settings()) as session:
         for t in store.list_tokens(session):
             state = "revoked" if t.revoked else "active"
-            typer.echo(f"{t.id}\tuser {t.user_id}\t{t.name}\t{t.prefix}…\t{state}")
+            expires = f"expires {t.expires_at:%Y-%m-%d}" if t.expires_at else "no expiry"
+            used = f"last used {t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never used"
+            typer.echo(
+                f"{t.id}\tuser {t.user_id}\t{t.name}\t{t.prefix}…\t{state}\t{expires}\t{used}"
+            )
 
 
 @token_app.command("revoke")

@@ -46,6 +46,29 @@ def test_user_add_and_token_create_print_a_usable_token(env) -> None:
         assert store.user_for_token(session, secret=token) is None
 
 
+def test_expiring_token_stops_working_after_its_expiry(env) -> None:
+    from datetime import timedelta
+
+    from app import store
+    from app.cli import _session, _settings
+    from app.models import ApiToken, utcnow
+
+    runner = CliRunner()
+    assert runner.invoke(cli_app, ["user", "add", "eve"]).exit_code == 0
+    r = runner.invoke(cli_app, ["token", "create", "eve", "--expires-days", "2"])
+    assert r.exit_code == 0 and "valid until" in r.output, r.output
+    token = r.output.strip().splitlines()[-1]
+    with _session(_settings()) as session:
+        assert store.user_for_token(session, secret=token) is not None
+        row = session.get(ApiToken, 1)
+        row.expires_at = utcnow() - timedelta(seconds=1)
+        session.add(row)
+        session.commit()
+        assert store.user_for_token(session, secret=token) is None
+    bad = runner.invoke(cli_app, ["token", "create", "eve", "--expires-days", "-1"])
+    assert bad.exit_code == 1 and "must be positive" in bad.output
+
+
 def test_user_add_with_password_from_stdin(env) -> None:
     runner = CliRunner()
     r = runner.invoke(cli_app, ["user", "add", "bob", "--password-stdin"], input="long enough pw\n")

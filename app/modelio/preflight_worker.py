@@ -89,7 +89,7 @@ def _forward(model: nn.Module, x: torch.Tensor, loaded: LoadedModel, order: list
         with torch.no_grad():
             out = model(x)
     except Exception as exc:
-        text = " ".join(str(exc).split())[:300]
+        text = _error_line(exc)
         raise Invalid(
             f"the model's forward raised {type(exc).__name__} on a zero input of shape "
             f"{list(x.shape)} (check input_shape): {text}"
@@ -102,6 +102,15 @@ def _forward(model: nn.Module, x: torch.Tensor, loaded: LoadedModel, order: list
     if not isinstance(out, torch.Tensor):
         raise Invalid(f"the model's forward returned a {type(out).__name__}, not a tensor")
     return out
+
+
+def _error_line(exc: BaseException) -> str:
+    """The line of an error a user needs: TorchScript wraps the real message (its last line,
+    e.g. ``builtins.RuntimeError: ...``) under a long interpreter traceback."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if len(lines) > 1 and "Traceback" in str(exc):
+        return lines[-1][:300]
+    return " ".join(" ".join(lines).split())[:300] or type(exc).__name__
 
 
 def list_layers(model: nn.Module, fmt: str) -> list[dict]:

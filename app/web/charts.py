@@ -277,10 +277,7 @@ def tradeoff_figure(
             "hovertemplate": "final model<br>%{x:.2f}x · accuracy %{y:.2%}<extra></extra>",
         })  # fmt: skip
     layout = base_layout(title, x_title, "test accuracy", height=340)
-    layout["yaxis"] |= {
-        "tickformat": ".0%",
-        "autorangeoptions": {"minallowed": 0, "maxallowed": 1.02},
-    }
+    layout["yaxis"] |= {"tickformat": ".0%"}
     if axis == "speedup" and masks_only:
         layout["annotations"] = [_note("masks only: no speed-up expected", y=1.08)]
     return {"data": data, "layout": layout}

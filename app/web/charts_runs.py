@@ -76,7 +76,7 @@ def overview_scatter(runs: list[dict]) -> dict:
                          height=420)  # fmt: skip
     layout["yaxis"] |= {
         "tickformat": ".0%",
-        "autorangeoptions": {"minallowed": 0, "maxallowed": 1.02},
+        "autorangeoptions": {"maxallowed": 1.02},
     }
     layout["xaxis"] |= {"type": "log"}
     legend = ", ".join(f"{SYMBOLS[i % 8]} = {g}" for i, g in enumerate(grans))
@@ -101,7 +101,7 @@ def compare_tradeoff(runs: list[dict]) -> dict:
                          height=360)  # fmt: skip
     layout["yaxis"] |= {
         "tickformat": ".0%",
-        "autorangeoptions": {"minallowed": 0, "maxallowed": 1.02},
+        "autorangeoptions": {"maxallowed": 1.02},
     }
     return {"data": data, "layout": layout}
 
@@ -118,7 +118,7 @@ def compare_curves(runs: list[dict]) -> dict:
     layout = base_layout("Fine-tuning accuracy", "epoch (cumulative)", "test accuracy", height=320)
     layout["yaxis"] |= {
         "tickformat": ".0%",
-        "autorangeoptions": {"minallowed": 0, "maxallowed": 1.02},
+        "autorangeoptions": {"maxallowed": 1.02},
     }
     return {"data": data, "layout": layout}
 
@@ -201,7 +201,7 @@ def sweep_figure(runs: list[dict], *, axis: str) -> dict:
                          "test accuracy", height=360)  # fmt: skip
     layout["yaxis"] |= {
         "tickformat": ".0%",
-        "autorangeoptions": {"minallowed": 0, "maxallowed": 1.02},
+        "autorangeoptions": {"maxallowed": 1.02},
     }
     if axis == "compression":
         layout["xaxis"] |= {"type": "log"}
@@ -235,7 +235,7 @@ def sensitivity_figure(rows: list[dict], *, baseline: float | None) -> dict:
     layout["xaxis"] |= {"tickformat": ".0%"}
     layout["yaxis"] |= {
         "tickformat": ".0%",
-        "autorangeoptions": {"minallowed": 0, "maxallowed": 1.02},
+        "autorangeoptions": {"maxallowed": 1.02},
     }
     if baseline is not None:
         layout["shapes"] = [

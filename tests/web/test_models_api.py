@@ -195,3 +195,95 @@ def test_architecture_table_matches_the_zoo():
     assert set(ARCHITECTURES) == set(ZOO)
     for name, info in ARCHITECTURES.items():
         assert tuple(info["default_input_shape"]) == tuple(ZOO[name].default_input_shape)
+
+
+def _forward_raises_torchscript(tmp_path) -> bytes:
+    class Broken(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() == 0:
+                raise RuntimeError("this model refuses zeros")
+            return self.fc(x.flatten(1))
+
+    path = tmp_path / "broken.pt"
+    torch.jit.save(torch.jit.script(Broken()), str(path))
+    return path.read_bytes()
+
+
+def test_model_whose_forward_raises_is_422_with_the_reason(
+    client, admin_headers, settings, tmp_path
+):
+    r = _upload(client, admin_headers, _forward_raises_torchscript(tmp_path), filename="b.pt",
+                input_shape="1,8,8")  # fmt: skip
+    assert r.status_code == 422, r.text
+    assert "forward raised" in r.json()["detail"] and "refuses zeros" in r.json()["detail"]
+    assert _files(settings) == set()
+
+
+def test_wrong_input_shape_is_422_naming_it(client, member_headers, settings):
+    r = _upload(client, member_headers, _mlp_bytes(), arch="mlp", input_shape="3,32,32")
+    assert r.status_code == 422, r.text
+    assert "[300, 3072]" in r.json()["detail"] and "input_shape" in r.json()["detail"]
+    assert _files(settings) == set()
+
+
+@pytest.mark.slow
+def test_twenty_concurrent_uploads_leave_exactly_the_good_ones(tmp_path):
+    """18 garbage and 2 valid uploads at once on a real server: 2 rows, 2 files, no debris,
+    and the server keeps answering health checks meanwhile."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+    from sqlmodel import Session
+
+    from app.config import Settings
+    from app.main import create_app
+    from tests.conftest import free_port
+
+    settings = Settings(data_dir=tmp_path / "data")
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    with Session(app.state.engine) as s:
+        _, headers = make_user(s, "burst")
+    torch.manual_seed(1)
+    other = build("mlp", num_classes=10, input_shape=(1, 8, 8))
+    goods = [_mlp_bytes(), save({k: v.contiguous() for k, v in other.state_dict().items()})]
+    bodies = [(g, {"arch": "mlp"}) for g in goods] + [(os.urandom(2048 + i), {}) for i in range(18)]
+    results: list[int] = []
+    health: list[int] = []
+
+    def send(content: bytes, fields: dict) -> None:
+        r = httpx.post(f"{base}/api/models", headers=headers, data=fields, timeout=120,
+                       files={"file": ("m.bin", content)})  # fmt: skip
+        results.append(r.status_code)
+
+    try:
+        workers = [threading.Thread(target=send, args=b) for b in bodies]
+        for w in workers:
+            w.start()
+        while any(w.is_alive() for w in workers):
+            health.append(httpx.get(f"{base}/api/health", timeout=10).status_code)
+            time.sleep(0.2)
+        for w in workers:
+            w.join()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+    assert sorted(results) == [201, 201] + [415] * 18
+    assert health and set(health) == {200}
+    stored = sorted(p.name for p in (Path(settings.artifacts) / "models").iterdir())
+    assert len(stored) == 2
+    assert not any((settings.data_dir / "tmp").iterdir())

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +28,9 @@ from app.web.deps import CurrentUser, SessionDep, SettingsDep
 from app.web.uploads import Upload, receive_upload
 
 router = APIRouter(prefix="/api", tags=["models"])
+# Each preflight is a child process that imports torch: bound how many run at once so a burst
+# of uploads queues instead of exhausting the server's memory and CPU.
+PREFLIGHT_SLOTS = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))
 
 EXTENSIONS = {"safetensors": "safetensors", "state_dict": "pt", "onnx": "onnx",
               "torchscript": "pt", "pt2": "pt2"}  # fmt: skip
@@ -120,15 +125,16 @@ def _accept(
         )
     if arch:
         check_arch(arch)
-    report = run_preflight(
-        path,
-        fmt,
-        arch=arch,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        timeout_s=settings.preflight_timeout_s,
-        memory_mb=settings.preflight_memory_mb,
-    )
+    with PREFLIGHT_SLOTS:  # at most a few model-loading child processes at once
+        report = run_preflight(
+            path,
+            fmt,
+            arch=arch,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            timeout_s=settings.preflight_timeout_s,
+            memory_mb=settings.preflight_memory_mb,
+        )
     key = f"models/{sha}.{EXTENSIONS[fmt]}"
     artifacts = ArtifactStore(settings.artifacts)
     artifacts.put_file(path, key)
