@@ -1,0 +1,110 @@
+"""What every criterion works with: the scoring context and calibration passes.
+
+:class:`ScoreContext` carries the model, the layers to score, the granularity and the
+calibration budget; :func:`weight_grads` and :func:`forward_hooked` run the backward or
+forward passes that data-driven criteria (:mod:`app.pruning.criteria_data`,
+:mod:`app.pruning.reconstruction`) need, in eval mode and without touching ``.grad``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from app.pruning.granularity import is_transposed, unit_view
+
+Scores = dict[str, Tensor]
+
+
+@dataclass
+class ScoreContext:
+    """One scoring call: what to score, at which granularity, with which calibration data."""
+
+    model: nn.Module
+    layers: dict[str, nn.Module]
+    granularity: str
+    data: Any
+    device: torch.device
+    nm: tuple[int, int]
+    seed: int
+    batches: int
+    name: str = ""
+
+    def view(self, layer: nn.Module):
+        return unit_view(layer.weight, self.granularity, self.nm, transposed=is_transposed(layer))
+
+    def reduce(self, elem: dict[str, Tensor], how: str = "mean") -> Scores:
+        return {
+            n: self.view(m).reduce(elem[n].detach().float(), how) for n, m in self.layers.items()
+        }
+
+
+def calibration_batches(
+    data: Any, n: int, *, device: torch.device | str = "cpu", batch_size: int = 64, seed: int = 0
+) -> list[tuple[Tensor, Tensor | None]]:
+    """Up to ``n`` ``(x, y)`` batches from an ``ArrayDataset`` (shuffled with ``seed``) or an
+    iterable of batches (``y`` may be None)."""
+    source: Iterable = (
+        data.loader("train", batch_size, shuffle=True, seed=seed)
+        if hasattr(data, "loader")
+        else data
+    )
+    out = []
+    for batch in source:
+        x, y = (batch[0], batch[1]) if isinstance(batch, list | tuple) else (batch, None)
+        out.append((x.to(device), None if y is None else y.to(device)))
+        if len(out) >= n:
+            break
+    if not out:
+        raise ValueError("the calibration data is empty.")
+    return out
+
+
+def eval_mode(model: nn.Module):
+    was = model.training
+    model.eval()
+    return was
+
+
+def weight_grads(ctx: ScoreContext, accumulate: Callable[[str, Tensor, Tensor], None]) -> None:
+    """Backward passes on calibration batches; ``accumulate(name, w, grad)`` per layer.
+
+    Runs in eval mode (BN statistics stay untouched) and leaves ``.grad`` alone.
+    """
+    was = eval_mode(ctx.model)
+    try:
+        names = list(ctx.layers)
+        weights = [ctx.layers[n].weight for n in names]
+        for x, y in calibration_batches(ctx.data, ctx.batches, device=ctx.device, seed=ctx.seed):
+            if y is None:
+                raise ValueError(
+                    f"criterion '{ctx.name}' needs labelled batches (x, y) for gradients."
+                )
+            loss = F.cross_entropy(ctx.model(x), y)
+            for n, w, g in zip(names, weights, torch.autograd.grad(loss, weights), strict=True):
+                accumulate(n, w.detach(), g)
+    finally:
+        ctx.model.train(was)
+
+
+def forward_hooked(ctx: ScoreContext, hooks: dict[nn.Module, Callable], pre: bool) -> None:
+    was = eval_mode(ctx.model)
+    handles = [
+        m.register_forward_pre_hook(h) if pre else m.register_forward_hook(h)
+        for m, h in hooks.items()
+    ]
+    try:
+        with torch.no_grad():
+            for x, _ in calibration_batches(
+                ctx.data, ctx.batches, device=ctx.device, seed=ctx.seed
+            ):
+                ctx.model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        ctx.model.train(was)
