@@ -22,6 +22,7 @@ from app.web.api import auth as auth_api
 from app.web.api import datasets as datasets_api
 from app.web.api import models as models_api
 from app.web.api import runs as runs_api
+from app.web.api import sweeps as sweeps_api
 from app.web.api import system as system_api
 from app.web.deps import LoginRequired
 from app.web.limits import BodyLimitMiddleware
@@ -103,7 +104,7 @@ def create_app(
     app.mount(
         "/vendor/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger"
     )
-    routers = (system_api, auth_api, models_api, datasets_api, runs_api, events_api)
+    routers = (system_api, auth_api, models_api, datasets_api, runs_api, sweeps_api, events_api)
     for router in [m.router for m in routers] + [auth_pages.router, pages.router, metrics.router]:
         app.include_router(router)
     return app

@@ -24,6 +24,7 @@ CHEAP = [
     "mlp_iterative_random",
     "cnn_small_l1_filter_physical",
     "mlp_snip_at_init",
+    "mlp_agp_best_20x",
 ]
 
 

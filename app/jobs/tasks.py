@@ -2,15 +2,16 @@
 
 It loads the run's model and dataset, builds the recipe, calls ``pipeline.run_recipe`` with a
 reporter that writes throttled progress, curve points, steps and events to the row, and a
-``should_stop`` that the worker's heartbeat thread raises. On success it exports the model,
-puts the files in the artifact store and writes every result in one transaction, together with
-the ``succeeded`` status; a cancelled, interrupted or failed attempt writes nothing but its
-status (the per-step checkpoint stays for ``resume``).
+``should_stop`` that the worker's heartbeat thread raises. On success ``results.store_files``
+exports the model, writes ``masks.npz`` and the result model into the artifact store, and this
+module writes every result in one transaction, together with the ``succeeded`` status; a
+cancelled, interrupted or failed attempt writes nothing but its status (the per-step
+checkpoint stays for ``resume``). ``inputs`` and ``results`` are parts of this module, split
+out for size; they write no rows.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -25,8 +26,16 @@ from sqlmodel import Session
 from app import store
 from app.config import Settings
 from app.db import make_engine, session_scope
-from app.jobs.artifacts import ArtifactStore, artifact_key, checkpoint_key, run_prefix
-from app.models import DatasetRecord, ModelRecord, Run
+from app.jobs.artifacts import ArtifactStore, checkpoint_key, run_prefix
+from app.jobs.inputs import build_recipe, load_dataset, load_model_for
+from app.jobs.results import jsonable, module_record_fields, store_files
+from app.models import Run
+
+# moved to ``inputs`` and ``results``; still importable from here
+__all__ = ["StopFlag", "RunReporter", "CheckpointSync", "execute_run", "one_line",
+           "resolve_device", "build_recipe", "load_dataset", "load_model_for",
+           "module_record_fields"]  # fmt: skip
+_jsonable = jsonable
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
@@ -84,82 +93,12 @@ class RunReporter:
                                 data={"step": _jsonable(payload)})  # fmt: skip
 
 
-def _jsonable(value: Any) -> Any:
-    """Tensors, numpy scalars and tuples as plain JSON values."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
-
-
 def resolve_device(setting: str) -> str:
     if setting != "auto":
         return setting
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _fetch(artifacts: ArtifactStore, key: str, tmp: Path) -> Path:
-    """A local copy of a stored file (absolute paths are used as they are)."""
-    if Path(key).is_absolute():
-        return Path(key)
-    if not artifacts.remote:
-        return artifacts.local_path(key)
-    dest = tmp / Path(key).name
-    if not artifacts.get_file(key, dest):
-        raise ValueError(f"stored file {key!r} is missing from the artifact store")
-    return dest
-
-
-def load_dataset(session: Session, artifacts: ArtifactStore, dataset_id: str, tmp: Path) -> Any:
-    """The run's dataset as an ``ArrayDataset`` (built-in ``digits`` or an uploaded one)."""
-    from app import datasets
-
-    if dataset_id in datasets.BUILTIN_DATASETS:
-        return datasets.load_builtin(dataset_id)
-    record = session.get(DatasetRecord, dataset_id)
-    if record is None or not record.storage_key:
-        raise ValueError(f"dataset_id {dataset_id!r} does not exist (any more)")
-    key = record.storage_key
-    if not artifacts.remote and artifacts.local_path(key).is_dir():
-        key = f"{key}/dataset.npz"  # save_dataset writes a folder holding dataset.npz
-    return datasets.load_saved_dataset(_fetch(artifacts, key, tmp))
-
-
-def load_model_for(
-    session: Session, artifacts: ArtifactStore, run: Run, data: Any, tmp: Path
-) -> tuple[Any, bool, str | None]:
-    """``(module, rebuildable, arch)`` of the run's model, or a fresh zoo model for ``arch``."""
-    from app import zoo
-
-    arch = (run.recipe or {}).get("arch")
-    if run.model_id is None:
-        if not arch:
-            raise ValueError("model_id is missing: give a model, or an arch for a train run")
-        module = zoo.build(arch, num_classes=data.n_classes, input_shape=data.input_shape)
-        return module, True, arch
-    from app.modelio.load import load_model
-
-    record = session.get(ModelRecord, run.model_id)
-    if record is None:
-        raise ValueError(f"model_id {run.model_id} does not exist (any more)")
-    shape = tuple(record.input_shape) if record.input_shape else data.input_shape
-    if len(shape) == len(data.input_shape) + 1:
-        shape = shape[1:]
-    loaded = load_model(_fetch(artifacts, record.storage_key, tmp), record.format,
-                        arch=record.arch, num_classes=record.num_classes or data.n_classes,
-                        input_shape=shape)  # fmt: skip
-    return loaded.module, bool(loaded.rebuildable), record.arch or loaded.arch
-
-
-def build_recipe(body: dict) -> Any:
-    from app.pruning.spec import Recipe
-
-    return Recipe.from_dict({k: v for k, v in body.items() if k != "arch"})
 
 
 def execute_run(
@@ -297,14 +236,8 @@ class CheckpointSync:
 
 def _save_success(engine: Engine, settings: Settings, artifacts: ArtifactStore, run_id: int,
                   recipe: Any, result: Any, data: Any, arch: str | None, tmp: Path) -> None:  # fmt: skip
-    rows: list[dict] = []
-    if recipe.kind != "sensitivity":
-        rows = _export(result, data, tmp / "export", recipe, arch)
-        for row in rows:
-            row["storage_key"] = artifact_key(run_id, row["name"])
-            artifacts.put_file(tmp / "export" / row["name"], row["storage_key"])
-    model_fields = None if recipe.kind == "sensitivity" else _result_model(
-        artifacts, run_id, recipe, result, data, arch, tmp)  # fmt: skip
+    files = store_files(artifacts, run_id, recipe, result, data, arch, tmp)
+    rows = files.artifacts
     with session_scope(engine) as s:
         run = store.require_run(s, run_id=run_id)
         store.replace_results(s, run_id=run_id, steps=_jsonable(result.steps),
@@ -314,9 +247,9 @@ def _save_success(engine: Engine, settings: Settings, artifacts: ArtifactStore, 
                               sensitivity=_jsonable(result.sensitivity))  # fmt: skip
         store.add_artifacts(s, run_id=run_id, items=rows)
         result_id = None
-        if model_fields is not None:
+        if files.model_fields is not None:
             record = store.add_model_record(s, owner_id=run.owner_id, source_run_id=run_id,
-                                            **model_fields)  # fmt: skip
+                                            **files.model_fields)  # fmt: skip
             result_id = record.id
         notes = list(result.notes) + [r["error"] for r in rows if r.get("error")]
         ok = store.transition(
@@ -328,65 +261,3 @@ def _save_success(engine: Engine, settings: Settings, artifacts: ArtifactStore, 
             s.rollback()  # cancelled or taken over meanwhile: write nothing
     if ok:
         artifacts.delete_prefix(f"{run_prefix(run_id)}/checkpoints")  # no resume after success
-
-
-def _export(result: Any, data: Any, out: Path, recipe: Any, arch: str | None) -> list[dict]:
-    from app.modelio.export import export_all
-    from app.pruning import structural
-
-    config = None
-    if result.physical:
-        config = structural.architecture_config(result.model, arch=arch,
-                                                num_classes=data.n_classes,
-                                                input_shape=data.input_shape)  # fmt: skip
-    example = data.sample_batch(8)
-    return export_all(result.model.cpu().eval(), example, out, recipe=recipe.to_dict(),
-                      arch_config=config)  # fmt: skip
-
-
-def _result_model(artifacts: ArtifactStore, run_id: int, recipe: Any, result: Any, data: Any,
-                  arch: str | None, tmp: Path) -> dict | None:  # fmt: skip
-    """Store the result as a model users can prune next: weights + arch, else TorchScript."""
-    if arch and not result.physical:
-        from safetensors.torch import save_file
-
-        path, fmt = tmp / "result.safetensors", "safetensors"
-        state = {k: v.detach().cpu().contiguous().clone()
-                 for k, v in result.model.state_dict().items()}  # fmt: skip
-        save_file(state, str(path))
-    else:
-        path, fmt = tmp / "export" / "pruned.pt", "torchscript"
-        if not path.exists():
-            return None
-    key = f"models/run-{run_id}{path.suffix}"
-    artifacts.put_file(path, key)
-    return module_record_fields(result.model, path, fmt=fmt, key=key, arch=arch,
-                                input_shape=list(data.input_shape), num_classes=data.n_classes,
-                                name=f"{recipe.name or recipe.kind} (run {run_id})")  # fmt: skip
-
-
-def module_record_fields(module: Any, path: Path, *, fmt: str, key: str, arch: str | None,
-                         input_shape: list[int], num_classes: int, name: str) -> dict:  # fmt: skip
-    """The ``ModelRecord`` columns of a module saved at ``path`` under ``key``."""
-    from app.pruning.granularity import prunable_layers
-
-    prunable = prunable_layers(module)
-    layers = [
-        {"name": n, "kind": type(m).__name__, "shape": list(m.weight.shape),
-         "n_params": sum(p.numel() for p in m.parameters(recurse=False)), "prunable": True}
-        for n, m in prunable.items()
-    ]  # fmt: skip
-    return {
-        "name": name[:200], "format": fmt, "arch": arch, "input_shape": input_shape,
-        "num_classes": num_classes, "n_params": sum(p.numel() for p in module.parameters()),
-        "size_bytes": path.stat().st_size, "sha256": _sha256(path), "storage_key": key,
-        "structured_ok": fmt == "safetensors", "layers": layers,
-    }  # fmt: skip
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

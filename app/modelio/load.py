@@ -61,7 +61,8 @@ def load_model(
     Args:
         path: the file.
         fmt: its format from ``detect.detect_format``.
-        arch: a built-in architecture, required for ``safetensors`` and ``state_dict``.
+        arch: a built-in architecture, required for ``safetensors`` and ``state_dict`` (unless
+            the safetensors header holds the architecture of a pruned model, see ``rebuilt``).
         num_classes: classifier size for ``arch``; read from the weights when None.
         input_shape: one sample's shape (no batch dimension); overrides what the file says.
 
@@ -124,7 +125,11 @@ def _load_weights(
     path: Path, fmt: str, arch: str | None, num_classes: int | None, shape: Shape | None
 ) -> LoadedModel:
     from app import zoo
+    from app.modelio.rebuilt import load_rebuilt, read_architecture
 
+    config = read_architecture(path) if fmt == "safetensors" else None
+    if config is not None:  # a physically pruned model: its own layer shapes, not the arch's
+        return load_rebuilt(read_state_dict(path, fmt), config, fmt, arch, shape)
     if not arch:
         known = ", ".join(zoo.ARCHITECTURES)
         raise Invalid(
@@ -191,12 +196,23 @@ def _onnx_input_shape(model) -> Shape | None:
     return None
 
 
+def _fix_mode(module: nn.Module) -> None:
+    """An exported program's ``train()``/``eval()`` raise NotImplementedError; its BatchNorm and
+    Dropout stay in the exported mode anyway. Make both calls no-ops on this instance so the
+    engine (evaluate, fine-tune) can run it like any module."""
+    import types
+
+    module.train = types.MethodType(lambda self, mode=True: self, module)  # type: ignore[method-assign]
+    module.eval = types.MethodType(lambda self: self, module)  # type: ignore[method-assign]
+
+
 def _load_pt2(path: Path, shape: Shape | None) -> LoadedModel:
     try:
         program = torch.export.load(str(path))
         module = program.module()
     except Exception as exc:
         raise UnsupportedMedia(f"the .pt2 program could not be loaded: {_short(exc)}") from exc
+    _fix_mode(module)
     found, batch = _pt2_input_shape(program)
     notes = [
         MASKS_ONLY_NOTE.format(fmt="pt2"),

@@ -52,14 +52,18 @@ _PRUNABLE_NAMES = frozenset(cls.__name__ for cls in _PRUNABLE)
 
 
 def _prunable(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv/Linear layers; in a TorchScript model, found by their original class name."""
-    if isinstance(model, torch.jit.ScriptModule):
-        return {
-            n: m
-            for n, m in model.named_modules()
-            if getattr(m, "original_name", "") in _PRUNABLE_NAMES and hasattr(m, "weight")
-        }
-    return {n: m for n, m in model.named_modules() if isinstance(m, _PRUNABLE)}
+    """Conv/Linear layers, TorchScript and torch.export ones included (one source of truth)."""
+    from app.pruning.granularity import prunable_layers
+
+    return prunable_layers(model)
+
+
+def _hookable(model: nn.Module) -> bool:
+    """Forward hooks fire on eager modules only: not in TorchScript, not in an exported graph
+    (which calls the ops directly)."""
+    from app.pruning.granularity import _exported_kinds
+
+    return not isinstance(model, torch.jit.ScriptModule) and not _exported_kinds(model)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -100,6 +104,8 @@ def _flops_by_layer(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[
     """``{layer: (effective MACs, dense MACs)}`` per sample, from real output shapes."""
     result: dict[str, tuple[int, int]] = {}
     hooks = []
+    if not _hookable(model):
+        return result  # per-layer FLOPs unknown for code formats (count_flops still counts)
 
     def hook(name: str) -> Callable:
         def record(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
@@ -126,8 +132,9 @@ def _flops_by_layer(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[
     return result
 
 
-def _scripted_flops(model: torch.jit.ScriptModule, example: torch.Tensor) -> tuple[int, int]:
-    """TorchScript takes no hooks: dense MACs from the dispatcher, scaled by weight density."""
+def _scripted_flops(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """TorchScript and exported programs take no hooks: dense MACs from the dispatcher, scaled
+    by weight density."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
@@ -145,7 +152,7 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     For TorchScript models (no forward hooks) the dense count comes from
     ``torch.utils.flop_counter`` and the effective one is scaled by the overall weight density.
     """
-    if isinstance(model, torch.jit.ScriptModule):
+    if not _hookable(model):
         return _scripted_flops(model, example)
     per_layer = _flops_by_layer(model, example).values()
     return sum(e for e, _ in per_layer), sum(d for _, d in per_layer)
@@ -285,15 +292,18 @@ def layer_stats(
     """
     device = _device_of(model)
     flops = _flops_by_layer(model, torch.zeros(1, *input_shape, device=device))
+    from app.pruning.granularity import layer_kinds
+
+    kinds = layer_kinds(model)
     rows = []
     for name, m in _prunable(model).items():
         w = m.weight
         nnz = int(torch.count_nonzero(w))
-        eff, dense = flops.get(name, (0, 0))
+        eff, dense = flops.get(name, (None, None))
         rows.append(
             {
                 "layer": name,
-                "kind": type(m).__name__,
+                "kind": kinds.get(name, type(m).__name__),
                 "shape": list(w.shape),
                 "n_params": w.numel(),
                 "n_nonzero": nnz,

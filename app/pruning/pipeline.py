@@ -3,8 +3,10 @@
 One :class:`RunContext` holds the run's model, masks and records; ``schedule.run_schedule``
 drives it. Every step is measured with the fixed metric names of ``measure.METRICS``, written
 to ``report("step", ...)`` and checkpointed atomically, so an interrupted run resumes at the
-next step. Structured levels (filter, channel) are physically removed at the end when the
-model can be rebuilt; everything else stays masked, and the notes say so.
+next step (an ``agp`` run also after each training epoch: ``checkpoint.py``). Structured levels
+(filter, channel) are physically removed at the end when the model can be rebuilt; everything
+else stays masked, and the notes say so (``result.py``). The ``train`` and ``sensitivity``
+kinds are in ``kinds.py``; their names stay importable from here.
 
 Example:
     >>> result = run_recipe(Recipe.from_dict(body), model, load_digits())  # doctest: +SKIP
@@ -16,8 +18,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,40 +27,20 @@ from torch import nn
 from app.pruning import masks as masks_mod
 from app.pruning import measure as measure_mod
 from app.pruning import structural
+from app.pruning.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from app.pruning.data import ArrayDataset
+from app.pruning.kinds import run_sensitivity_kind, run_train_kind
 from app.pruning.report import NEVER, NULL_REPORT, Report, ShouldStop, check_cancelled
+from app.pruning.result import MASKS_ONLY_NOTE, RunResult, finish_run, prunable_weights
 from app.pruning.schedule import run_schedule, within_drop
-from app.pruning.train import fine_tune, train
+from app.pruning.train import fine_tune
+
+__all__ = ["CHECKPOINT", "MASKS_ONLY_NOTE", "STRUCTURED", "RunContext", "RunResult",
+           "reset_parameters", "run_recipe"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 STRUCTURED = ("filter", "channel")
-MASKS_ONLY_NOTE = "masks only: no speed-up expected"
-CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class RunResult:
-    """Everything a run produced; JSON-able except ``model`` and ``masks``."""
-
-    model: nn.Module
-    baseline: dict
-    final: dict
-    steps: list[dict] = field(default_factory=list)
-    layers: list[dict] = field(default_factory=list)
-    histograms: list[dict] = field(default_factory=list)
-    curve: list[dict] = field(default_factory=list)
-    sensitivity: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    physical: bool = False
-    masks: dict[str, torch.Tensor] | None = None
-    allocation: dict[str, float] | None = None
-
-
-def _prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    from app.pruning.granularity import prunable_layers
-
-    return {n: m.weight.detach().clone().cpu() for n, m in prunable_layers(model).items()}
 
 
 def _has_bn(model: nn.Module) -> bool:
@@ -96,10 +76,11 @@ class RunContext:
         self.layers: list[dict] = []
         self.curve: list[dict] = []
         self.notes: list[str] = []
-        self.hist_before = _prunable_weights(model)
+        self.hist_before = prunable_weights(model)
         self.hist_after_prune: dict[str, torch.Tensor] | None = None
         self.best: dict | None = None
         self.start_step = 0
+        self.resume_training: dict | None = None  # AGP: the epoch to continue from
         self._extra: dict = {}
         self.baseline: dict = {}
 
@@ -128,7 +109,7 @@ class RunContext:
 
     def start(self) -> None:
         """Measure and record the baseline as step 0 (or reload the last checkpoint)."""
-        if self.checkpoint_dir is not None and self._resume():
+        if self.checkpoint_dir is not None and load_checkpoint(self):
             return
         self.baseline = self.measure()
         self.baseline_accuracy = float(self.baseline["accuracy"])
@@ -137,7 +118,7 @@ class RunContext:
         self.steps.append(step0)
         self._record_layers(0)
         self.report("step", step0)
-        self._remember_best(0)
+        self.remember_best(0)
 
     # -- pruning ----------------------------------------------------------------------------
     def prune(self, target: float | None, *, step: int) -> dict:
@@ -152,7 +133,7 @@ class RunContext:
         masks_mod.apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
         self.keeper = masks_mod.MaskKeeper(self.model, plan)
         self._extra = self._settle_structure()
-        self.hist_after_prune = _prunable_weights(self.model)
+        self.hist_after_prune = prunable_weights(self.model)
         return self.measure()
 
     def _settle_structure(self) -> dict:
@@ -190,15 +171,21 @@ class RunContext:
         return self.measure()
 
     def finetune(
-        self, *, step: int, span: tuple[float, float], hook: Any = None, epochs: int | None = None
-    ) -> list[dict]:
-        curve = fine_tune(
+        self, *, step: int, span: tuple[float, float], hook: Any = None, epochs: int | None = None,
+        on_epoch: Any = None, resume: dict | None = None,
+    ) -> list[dict]:  # fmt: skip
+        """Fine-tune with the recipe's spec; each epoch's point joins ``self.curve`` as it ends."""
+
+        def record(point: dict, training: dict) -> None:
+            self.curve.append(point)
+            if on_epoch is not None:
+                on_epoch(point, training)
+
+        return fine_tune(
             self.model, self.data, self.recipe.finetune, device=self.device, keeper=self.keeper,
             report=self.report, should_stop=self.should_stop, step=step, seed=self.recipe.seed,
-            hook=hook, epochs=epochs, span=span,
+            hook=hook, epochs=epochs, span=span, on_epoch=record, resume=resume,
         )  # fmt: skip
-        self.curve.extend(curve)
-        return curve
 
     def measure_after(self, *, step: int) -> dict:
         if self.structured and self.plan is not None:
@@ -228,13 +215,13 @@ class RunContext:
         self._record_layers(k)
         self.report("step", item)
         if checkpoint:
-            self._checkpoint(k)
+            self.checkpoint(k)
 
     def accept_step(self, k: int, after: dict) -> bool:
         """Keep step ``k`` when within ``max_accuracy_drop``; else restore the best and stop."""
         max_drop = self.recipe.schedule.max_accuracy_drop
         if within_drop(self.baseline_accuracy, float(after["accuracy"]), max_drop):
-            self._remember_best(k)
+            self.remember_best(k)
             return True
         best = self.best or {}
         self.notes.append(
@@ -246,129 +233,16 @@ class RunContext:
         self.hist_after_prune = best["after_prune"]
         return False
 
-    def _remember_best(self, k: int) -> None:
+    def remember_best(self, k: int) -> None:
+        """Keep a copy of step ``k`` to fall back on (only with ``max_accuracy_drop``)."""
         if self.recipe.schedule.max_accuracy_drop is None:
             return
         self.best = {"step": k, "state": copy.deepcopy(self.model.state_dict()),
                      "masks": self.masks, "plan": self.plan, "after_prune": self.hist_after_prune}  # fmt: skip
 
-    def _checkpoint(self, k: int) -> None:
-        if self.checkpoint_dir is None:
-            return
-        state = {
-            "step": k, "model": self.model.state_dict(), "masks": self.masks,
-            "baseline": self.baseline, "steps": self.steps, "layers": self.layers,
-            "curve": self.curve, "notes": self.notes, "hist_before": self.hist_before,
-            "hist_after_prune": self.hist_after_prune, "initial_state": self.initial_state,
-            "plan": None if self.plan is None else _plan_state(self.plan),
-        }  # fmt: skip
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint_dir / f"{CHECKPOINT}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_dir / CHECKPOINT)
-
-    def _resume(self) -> bool:
-        path = self.checkpoint_dir / CHECKPOINT
-        if not path.exists():
-            return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.masks, self.baseline = state["masks"], state["baseline"]
-        self.baseline_accuracy = float(self.baseline["accuracy"])
-        for key in ("steps", "layers", "curve", "notes", "hist_before", "hist_after_prune",
-                    "initial_state"):  # fmt: skip
-            setattr(self, key, state[key])
-        if state["plan"] is not None:
-            self.plan = masks_mod.MaskPlan(**state["plan"])
-            self.keeper = masks_mod.MaskKeeper(self.model, self.plan)
-        self.start_step = int(state["step"])
-        self._remember_best(self.start_step)
-        self.notes.append(f"resumed after step {self.start_step}")
-        return True
-
-
-def _plan_state(plan: Any) -> dict:
-    """A MaskPlan as plain containers of tensors and numbers (loadable with weights_only)."""
-    keys = ("masks", "requested", "achieved", "thresholds", "channels", "extra", "notes",
-            "granularity")  # fmt: skip
-    return {k: getattr(plan, k) for k in keys}
-
-
-def _max_abs_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
-    modes = (a.training, b.training)
-    a.eval(), b.eval()
-    with torch.no_grad():
-        diff = float((a(x) - b(x)).abs().max())
-    a.train(modes[0]), b.train(modes[1])
-    return diff
-
-
-def _final_model(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
-    """The model to hand back: physically smaller when asked and possible, else the masked one."""
-    spec = ctx.recipe.pruning
-    if ctx.masks is None:
-        return ctx.model, False
-    if not ctx.structured:
-        ctx.notes.append(MASKS_ONLY_NOTE)
-        return ctx.model, False
-    if not spec.physical:
-        ctx.notes.append(f"{MASKS_ONLY_NOTE} (pruning.physical is false)")
-        return ctx.model, False
-    blockers = [] if rebuildable else ["this model format cannot be rebuilt (TorchScript, .pt2)"]
-    blockers = blockers or structural.removal_blockers(ctx.model, ctx.example)
-    if blockers:
-        ctx.notes.append(f"{MASKS_ONLY_NOTE}: physical removal is not possible, {blockers[0]}")
-        return ctx.model, False
-    small = structural.physical_prune(
-        ctx.model, ctx.plan, ctx.example, granularity=spec.granularity
-    )
-    diff = _max_abs_diff(ctx.model, small, ctx.example)
-    ctx.notes.append(f"physically removed {spec.granularity}s: max output difference {diff:.2e}")
-    return small, True
-
-
-def _finish(ctx: RunContext, rebuildable: bool) -> RunResult:
-    after_finetune = _prunable_weights(ctx.model)
-    thresholds = {} if ctx.plan is None else dict(ctx.plan.thresholds)
-    hists = measure_mod.histograms(
-        ctx.hist_before, ctx.hist_after_prune or after_finetune, after_finetune, thresholds
-    )
-    model, physical = _final_model(ctx, rebuildable)
-    ctx.model = model
-    final = ctx.measure()
-    ctx.report("progress", {"fraction": 1.0, "message": "done"})
-    return RunResult(
-        model=model, baseline=ctx.baseline, final=final, steps=ctx.steps, layers=ctx.layers,
-        histograms=hists, curve=ctx.curve, notes=ctx.notes, physical=physical, masks=ctx.masks,
-    )  # fmt: skip
-
-
-def _run_train(recipe: Any, model: nn.Module, data: ArrayDataset, **kw: Any) -> RunResult:
-    model.to(kw["device"])
-    base = measure_mod.measure(model, data, device=kw["device"], latency=kw["latency"])
-    curve = train(
-        model, data, recipe.finetune, device=kw["device"], report=kw["report"],
-        should_stop=kw["should_stop"], bn_l1=recipe.pruning.bn_l1, seed=recipe.seed,
-    )  # fmt: skip
-    final = measure_mod.measure(model, data, device=kw["device"], latency=kw["latency"],
-                                baseline_nonzero=base["n_nonzero"])  # fmt: skip
-    layers = measure_mod.layer_stats(model, input_shape=data.input_shape)
-    step0 = {"step": 0, "target_sparsity": 0.0, "before_finetune": base, "after_finetune": final}
-    return RunResult(model, base, final, steps=[step0], layers=[{"step": 0, **r} for r in layers],
-                     curve=curve)  # fmt: skip
-
-
-def _run_sensitivity(recipe: Any, model: nn.Module, data: ArrayDataset, **kw: Any) -> RunResult:
-    from app.pruning.sensitivity import run_sensitivity
-
-    model.to(kw["device"])
-    base = measure_mod.measure(model, data, device=kw["device"], latency=kw["latency"])
-    rows, allocation = run_sensitivity(
-        model, data, recipe.sensitivity, pruning=recipe.pruning, device=kw["device"],
-        report=kw["report"], should_stop=kw["should_stop"],
-    )  # fmt: skip
-    notes = [] if not allocation else [f"allocation for the target: {allocation}"]
-    return RunResult(model, base, base, sensitivity=rows, notes=notes, allocation=allocation)
+    def checkpoint(self, k: int, *, training: dict | None = None) -> None:
+        """Write the checkpoint after step ``k`` (``training``: AGP's mid-training state)."""
+        save_checkpoint(self, k, training=training)
 
 
 def run_recipe(
@@ -412,13 +286,13 @@ def run_recipe(
     report("status", {"status": "running"})
     kw = {"device": device, "report": report, "should_stop": should_stop, "latency": latency}
     if recipe.kind == "train":
-        return _run_train(recipe, model, data, **kw)
+        return run_train_kind(recipe, model, data, **kw)
     if recipe.kind == "sensitivity":
-        return _run_sensitivity(recipe, model, data, **kw)
+        return run_sensitivity_kind(recipe, model, data, **kw)
     masks_mod.validate(recipe.pruning, model)
     ctx = RunContext(recipe, model, data, checkpoint_dir=checkpoint_dir if resume else None,
                      initial_state=initial_state, **kw)  # fmt: skip
     ctx.start()
     ctx.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
     run_schedule(ctx)
-    return _finish(ctx, rebuildable)
+    return finish_run(ctx, rebuildable)

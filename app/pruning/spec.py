@@ -299,7 +299,9 @@ class Recipe:
         sections = {"pruning": PruningSpec, "schedule": ScheduleSpec, "finetune": FinetuneSpec,
                     "sensitivity": SensitivitySpec}  # fmt: skip
         for key, section in sections.items():
-            if d.get(key) is not None:
+            if key in d and d[key] is None:
+                d.pop(key)  # null means "not given": the section's defaults apply
+            elif key in d:
                 d[key] = section.from_dict(d[key])
         return cls(**d)
 

@@ -36,6 +36,8 @@ LR_SCHEDULES = ("cosine", "constant", "step")
 # A hook called before each batch with (iteration, total_iterations); it may return a new
 # MaskKeeper (AGP recomputes masks during training) or None to keep the current one.
 BatchHook = Callable[[int, int], Any]
+# Called after each epoch with (curve point, training state for ``fine_tune(resume=...)``).
+EpochHook = Callable[[dict, dict], None]
 
 
 def make_optimizer(model: nn.Module, spec: Any) -> torch.optim.Optimizer:
@@ -132,6 +134,29 @@ def _train_epoch(
     return total_loss / max(n_seen, 1)
 
 
+def _start_state(model: nn.Module, spec: Any, loader: Any, resume: dict | None, **kw: Any) -> dict:
+    """The loop's state: optimizer, keeper, iteration counters; restored from ``resume``."""
+    state = {
+        "optimizer": make_optimizer(model, spec), "it": 0, "epoch": 0,
+        "base_lr": float(spec.lr), "lr_schedule": str(spec.lr_schedule), "best": None, **kw,
+    }  # fmt: skip
+    if resume is not None:
+        state["optimizer"].load_state_dict(resume["optimizer"])
+        loader.generator.set_state(resume["generator"].cpu())
+        torch.set_rng_state(resume["rng"].cpu())
+        state["it"], state["epoch"] = int(resume["it"]), int(resume["epoch"])
+    return state
+
+
+def training_state(state: dict, loader: Any) -> dict:
+    """What :func:`fine_tune` needs to continue after this epoch (its ``resume`` argument)."""
+    return {
+        "epoch": int(state["epoch"]), "it": int(state["it"]),
+        "optimizer": state["optimizer"].state_dict(), "generator": loader.generator.get_state(),
+        "rng": torch.get_rng_state(),
+    }  # fmt: skip
+
+
 def fine_tune(
     model: nn.Module,
     data: ArrayDataset,
@@ -147,6 +172,8 @@ def fine_tune(
     epochs: int | None = None,
     hook: BatchHook | None = None,
     span: tuple[float, float] = (0.0, 1.0),
+    on_epoch: EpochHook | None = None,
+    resume: dict | None = None,
 ) -> list[dict]:
     """Fine-tune (or train) ``model`` in place on ``data``'s train split.
 
@@ -165,9 +192,15 @@ def fine_tune(
         epochs: overrides ``spec.epochs`` (the at_init/retrain schedules train longer).
         hook: called before each batch with ``(iteration, total)``; may return a new keeper.
         span: the slice of the whole run's progress (0..1) this call covers.
+        on_epoch: called after each epoch with ``(curve point, training_state(...))``, e.g. to
+            checkpoint (the state holds live tensors: save it before training goes on).
+        resume: a training state given to ``on_epoch`` earlier: continue after its epoch, with
+            its optimizer state, data order and iteration (the LR schedule goes on from there).
+            The model must already hold that epoch's weights; early stopping starts afresh.
 
     Returns:
-        Curve points ``[{"epoch", "step", "loss", "accuracy", "test_loss", "lr"}]``.
+        Curve points ``[{"epoch", "step", "loss", "accuracy", "test_loss", "lr"}]`` of the
+        epochs this call trained.
 
     Raises:
         Cancelled: ``should_stop()`` turned true.
@@ -182,37 +215,33 @@ def fine_tune(
     lr_factor(str(spec.lr_schedule), 0, 1)  # validate before any work
     model.to(device)
     loader = data.loader("train", batch_size, shuffle=True, seed=int(seed) * 1009 + int(step))
-    total = n_epochs * len(loader)
-    state = {
-        "optimizer": make_optimizer(model, spec), "keeper": keeper, "it": 0, "total": total,
-        "base_lr": float(spec.lr), "lr_schedule": str(spec.lr_schedule), "bn_l1": float(bn_l1),
-        "tick": ProgressThrottle(report), "span": span, "best": None,
-        "message": f"step {step}: training" if step else "training",
-    }  # fmt: skip
+    state = _start_state(
+        model, spec, loader, resume, keeper=keeper, total=n_epochs * len(loader),
+        bn_l1=float(bn_l1), tick=ProgressThrottle(report), span=span,
+        message=f"step {step}: training" if step else "training",
+    )  # fmt: skip
     loss_fn = nn.CrossEntropyLoss(
         label_smoothing=float(getattr(spec, "label_smoothing", 0.0) or 0.0)
     )
     patience = getattr(spec, "early_stop_patience", None)
     curve: list[dict] = []
     best_acc, bad_epochs = -1.0, 0
-    for epoch in range(1, n_epochs + 1):
+    for epoch in range(state["epoch"] + 1, n_epochs + 1):
         train_loss = _train_epoch(
             model, loader, state, loss_fn=loss_fn, device=device, should_stop=should_stop, hook=hook
         )
-        ev = _evaluate(model, data, device)
-        lr_now = state["optimizer"].param_groups[0]["lr"]
-        point = {
-            "epoch": epoch, "step": int(step), "loss": float(train_loss),
-            "accuracy": float(ev["accuracy"]), "test_loss": float(ev["loss"]), "lr": float(lr_now),
-        }  # fmt: skip
+        state["epoch"] = epoch
+        point = _epoch_point(model, data, device, state, epoch=epoch, step=step, loss=train_loss)
         curve.append(point)
         report("metric", dict(point))
+        if on_epoch is not None:
+            on_epoch(dict(point), training_state(state, loader))
         if patience is None:
             continue
         if state["best"] is None:  # a new keeper (AGP) makes older weights incomparable
             best_acc, bad_epochs = -1.0, 0
-        if ev["accuracy"] > best_acc:
-            best_acc, bad_epochs = float(ev["accuracy"]), 0
+        if point["accuracy"] > best_acc:
+            best_acc, bad_epochs = float(point["accuracy"]), 0
             state["best"] = copy.deepcopy(model.state_dict())
         else:
             bad_epochs += 1
@@ -221,6 +250,15 @@ def fine_tune(
     if patience is not None and state["best"] is not None:
         model.load_state_dict(state["best"])
     return curve
+
+
+def _epoch_point(model: nn.Module, data: ArrayDataset, device: str, state: dict, **kw: Any) -> dict:
+    ev = _evaluate(model, data, device)
+    return {
+        "epoch": int(kw["epoch"]), "step": int(kw["step"]), "loss": float(kw["loss"]),
+        "accuracy": float(ev["accuracy"]), "test_loss": float(ev["loss"]),
+        "lr": float(state["optimizer"].param_groups[0]["lr"]),
+    }  # fmt: skip
 
 
 def train(

@@ -120,3 +120,49 @@ def test_truncated_code_archives_are_refused(files, key):
     fmt = key.removeprefix("truncated_")
     with pytest.raises(UnsupportedMedia, match="could not be loaded"):
         load_model(files[key], fmt, input_shape=(1, 8, 8))
+
+
+def _pruned_lenet(keep: int = 4) -> tuple[torch.nn.Module, dict]:
+    """lenet5 with ``keep`` of the 6 filters of its first conv, as physical removal leaves it."""
+    from app.pruning.structural import architecture_config, rebuild
+
+    config = architecture_config(_reference(), arch="lenet5", num_classes=10, input_shape=(1, 8, 8))
+    config["layers"]["features.0"]["args"]["out_channels"] = keep
+    config["layers"]["features.3"]["args"]["in_channels"] = keep
+    torch.manual_seed(1)
+    return rebuild(config).eval(), config
+
+
+def test_safetensors_with_a_pruned_architecture_load_the_smaller_model(tmp_path):
+    from app.modelio.rebuilt import save_pruned
+
+    small, config = _pruned_lenet()
+    path = tmp_path / "pruned.safetensors"
+    save_pruned(small, path, config)
+    loaded = load_model(path, "safetensors")  # no arch needed: the header names it
+    assert loaded.rebuildable and loaded.arch == "lenet5" and loaded.input_shape == (1, 8, 8)
+    assert loaded.module.features[0].weight.shape == (4, 1, 5, 5)
+    torch.testing.assert_close(loaded.module.eval()(X), small(X))
+    with pytest.raises(Invalid, match="pruned 'lenet5' model, not arch 'mlp'"):
+        load_model(path, "safetensors", arch="mlp")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["layers"]["fc1"].update(kind="Transformer"), "kind 'Transformer'"),
+        (lambda c: c["layers"]["fc1"]["args"].update(in_features=10**6), "declares"),
+        (lambda c: c.update(input_shape=[1, 10**5, 10**5]), "impossible input_shape"),
+    ],
+)
+def test_a_hostile_architecture_header_is_refused_before_anything_is_built(
+    tmp_path, change, message
+):
+    from app.modelio.rebuilt import save_pruned
+
+    small, config = _pruned_lenet()
+    change(config)
+    path = tmp_path / "hostile.safetensors"
+    save_pruned(small, path, config)
+    with pytest.raises(Invalid, match=message):
+        load_model(path, "safetensors", arch="lenet5")

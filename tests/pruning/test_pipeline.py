@@ -148,6 +148,62 @@ def test_resume_continues_after_the_last_completed_step(tmp_path) -> None:
     assert resumed.final["sparsity"] == pytest.approx(0.875, abs=0.01)
 
 
+def test_agp_resumes_mid_training_at_the_next_epoch(tmp_path) -> None:
+    rec = recipe(ELEMENT, {"kind": "agp", "steps": 4}, {**FAST, "epochs": 3})
+    per_epoch = -(-load_digits().n_train // 64)
+    polls = {"n": 0}
+
+    def stop_in_epoch_three() -> bool:  # 2 epochs of batches and 4 mask updates, then a bit
+        polls["n"] += 1
+        return polls["n"] > 2 * per_epoch + 4 + 5
+
+    with pytest.raises(Cancelled):
+        run_recipe(rec, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path,
+                   should_stop=stop_in_epoch_three)  # fmt: skip
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert saved["training"]["epoch"] == 2 and saved["training"]["k"] == 4
+    assert [p["epoch"] for p in saved["curve"]] == [1, 2]
+    full = run_recipe(rec, trained("mlp"), load_digits(), latency=False)
+    resumed = run_recipe(rec, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path)
+    assert f"resumed after step {saved['step']}, epoch 2" in resumed.notes
+    assert [s["step"] for s in resumed.steps] == [0, 1, 2, 3, 4]
+    assert resumed.steps[:4] == full.steps[:4]
+    assert [p["epoch"] for p in resumed.curve] == [1, 2, 3]
+    for name, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value)
+    assert resumed.final["accuracy"] == full.final["accuracy"]
+    again = run_recipe(rec, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path)
+    assert [s["step"] for s in again.steps] == [0, 1, 2, 3, 4]  # a finished run is not re-run
+
+
+def test_at_init_resumes_mid_training_and_keeps_the_fallback_of_max_accuracy_drop(
+    tmp_path,
+) -> None:
+    rec = recipe(
+        {**ELEMENT, "criterion": "random"},
+        {"kind": "at_init", "max_accuracy_drop": 0.0},
+        {**FAST, "epochs": 3},
+    )
+    per_epoch = -(-load_digits().n_train // 64)
+    polls = {"n": 0}
+
+    def stop_in_epoch_three() -> bool:  # one prune check, 2 epochs of batches, then a bit
+        polls["n"] += 1
+        return polls["n"] > 1 + 2 * per_epoch + 5
+
+    with pytest.raises(Cancelled):
+        run_recipe(rec, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path,
+                   should_stop=stop_in_epoch_three)  # fmt: skip
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["training"]["epoch"] == 2
+    full = run_recipe(rec, trained("mlp"), load_digits(), latency=False)
+    resumed = run_recipe(rec, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path)
+    assert "resumed after step 0, epoch 2" in resumed.notes
+    assert full.final["n_nonzero"] == full.baseline["n_nonzero"]  # the drop rule fell back
+    assert resumed.final == full.final
+    assert resumed.steps == full.steps
+    assert [p["epoch"] for p in resumed.curve] == [1, 2, 3]
+
+
 def test_train_kind_trains_the_given_model() -> None:
     torch.manual_seed(0)
     rec = recipe(ELEMENT, finetune={**FAST, "epochs": 3}, kind="train")

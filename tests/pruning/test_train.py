@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -134,3 +136,24 @@ def test_bn_l1_sparsity_training_shrinks_bn_gammas() -> None:
         )
 
     assert gammas(slim).sum() < 0.85 * gammas(plain).sum()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_after_an_epoch_continues_exactly_as_the_uninterrupted_run(optimizer: str) -> None:
+    spec = FinetuneSpec(epochs=3, lr=0.01, optimizer=optimizer, batch_size=64)
+    saved: dict = {}
+
+    def keep_epoch_one(point: dict, state: dict) -> None:
+        if point["epoch"] == 1:
+            saved.update(state=copy.deepcopy(state), weights=copy.deepcopy(full.state_dict()))
+
+    full = _mlp()
+    curve = fine_tune(full, load_digits(), spec, seed=2, on_epoch=keep_epoch_one)
+    resumed = _mlp(seed=9)
+    resumed.load_state_dict(saved["weights"])
+    rest = fine_tune(resumed, load_digits(), spec, seed=2, resume=saved["state"])
+    assert saved["state"]["epoch"] == 1
+    assert saved["state"]["it"] == -(-load_digits().n_train // 64)  # one epoch of batches
+    assert rest == curve[1:]
+    for name, value in full.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name

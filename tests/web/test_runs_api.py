@@ -193,3 +193,12 @@ def test_results_of_an_unknown_run_or_artifact_are_404(api, people) -> None:
     r = api.get(f"/api/runs/{run_id}/artifacts/..%2Fprunelab.db", headers=people["alice"])
     assert r.status_code == 404
     assert api.get(f"/api/runs/{run_id}/layers", headers=people["alice"]).json() == []
+
+
+def test_null_recipe_sections_mean_the_defaults_not_a_500(api, people) -> None:
+    body = {**tiny_recipe(people["model_id"]), "schedule": None, "finetune": None}
+    r = api.post("/api/runs", json=body, headers=people["alice"])
+    assert r.status_code == 201, r.text
+    assert r.json()["recipe"]["schedule"]["kind"] == "oneshot"
+    r = api.post("/api/runs", json={**body, "pruning": None}, headers=people["alice"])
+    assert r.status_code == 422 and "pruning.sparsity" in _detail(r)

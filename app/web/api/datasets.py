@@ -134,6 +134,8 @@ def get_dataset(dataset_id: str, _: CurrentUser, session: SessionDep) -> Dataset
 def delete_dataset(
     dataset_id: str, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> None:
+    if user.role == "viewer":
+        raise HTTPException(403, "viewers cannot delete datasets; ask an admin for the member role")
     if dataset_id == "digits":
         raise HTTPException(409, "the built-in digits dataset cannot be deleted")
     row = session.get(DatasetRecord, dataset_id)

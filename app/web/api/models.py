@@ -250,6 +250,7 @@ def delete_model(
     cascade: bool = False,
 ) -> None:
     """Delete a model; 409 naming the runs that use it unless ``?cascade=true``."""
+    _require_writer(user)
     row = get_model_or_404(session, model_id)
     if user.role != "admin" and row.owner_id != user.id:
         raise HTTPException(403, "you can only delete your own models")

@@ -1,0 +1,116 @@
+"""What the runs and sweeps routes check before they queue anything: the recipe against the
+model and dataset rows (no model is loaded), who may change a run, and the per-user queue cap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException, Request
+from sqlmodel import Session
+
+from app import store
+from app.models import DatasetRecord, ModelRecord, Run, User
+
+BUILTIN_DATASETS = {"digits": {"input_shape": [1, 8, 8], "n_classes": 10}}
+
+
+# ---------------------------------------------------------------- validation
+def invalid(message: str) -> HTTPException:
+    return HTTPException(422, message)
+
+
+def _shape(shape: list[int] | None, like: list[int]) -> list[int] | None:
+    if shape and len(shape) == len(like) + 1:
+        return list(shape[1:])  # a leading batch dimension
+    return list(shape) if shape else None
+
+
+def _dataset_meta(session: Session, dataset_id: str) -> dict:
+    if dataset_id in BUILTIN_DATASETS:
+        return BUILTIN_DATASETS[dataset_id]
+    record = session.get(DatasetRecord, dataset_id)
+    if record is None:
+        raise invalid(f"dataset_id {dataset_id!r} does not exist; use 'digits' or upload one")
+    return {"input_shape": record.input_shape, "n_classes": record.n_classes}
+
+
+def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
+    want = data.get("input_shape")
+    have = _shape(model.input_shape, want or [])
+    if want and have and list(want) != have:
+        raise invalid(f"model_id {model.id} takes inputs of shape {have} but dataset_id has "
+                       f"samples of shape {list(want)}")  # fmt: skip
+    if model.num_classes and data.get("n_classes") and model.num_classes != data["n_classes"]:
+        raise invalid(f"model_id {model.id} predicts {model.num_classes} classes but the "
+                       f"dataset has {data['n_classes']}")  # fmt: skip
+    names = {layer.get("name") for layer in model.layers or []}
+    if not names:
+        return
+    asked = [("exclude", n) for n in pruning.get("exclude") or []]
+    asked += [("overrides", n) for n in pruning.get("overrides") or {}]
+    for field_name, name in asked:
+        if name not in names:
+            known = ", ".join(sorted(n for n in names if n)[:20])
+            raise invalid(f"pruning.{field_name} names layer {name!r}, which model_id "
+                           f"{model.id} does not have; its layers: {known}")  # fmt: skip
+
+
+def validate_body(session: Session, body: dict) -> tuple[dict, int | None, str]:
+    """The stored recipe, model id and dataset id of a valid body; 422 with a sentence if not."""
+    from app.pruning.spec import Recipe  # torch-free
+
+    envelope = {"model_id", "dataset_id", "arch"}
+    try:
+        # a JSON null section means "not given" (Recipe.from_dict would keep the None)
+        given = {k: v for k, v in body.items() if k not in envelope and v is not None}
+        recipe = Recipe.from_dict(given)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+    stored = recipe.to_dict()
+    model_id, dataset_id = body.get("model_id"), str(body.get("dataset_id") or "digits")
+    data = _dataset_meta(session, dataset_id)
+    if model_id is None:
+        arch = body.get("arch")
+        if recipe.kind != "train" or not arch:
+            raise invalid("model_id is required (a train run may give arch instead)")
+        stored["arch"] = str(arch)
+        return stored, None, dataset_id
+    model = session.get(ModelRecord, model_id)
+    if model is None:
+        raise invalid(f"model_id {model_id} does not exist")
+    _check_model(model, data, stored["pruning"])
+    return stored, model_id, dataset_id
+
+
+# ---------------------------------------------------------------- permissions
+def may_create(user: User) -> None:
+    if user.role == "viewer":
+        raise HTTPException(403, "viewers can look at runs but not start, change or delete them")
+
+
+def may_change(user: User, run: Run) -> None:
+    may_create(user)
+    if user.role != "admin" and run.owner_id != user.id:
+        raise HTTPException(403, f"run {run.id} belongs to another user; you can change only yours")
+
+
+def queue_room(session: Session, settings: Any, user: User, adding: int) -> None:
+    queued = store.count_queued(session, owner_id=user.id)
+    if queued + adding > settings.max_queued_per_user:
+        raise HTTPException(429, f"you have {queued} queued runs and this adds {adding}, over "
+                                 f"the limit of {settings.max_queued_per_user}; wait for some "
+                                 "to start or cancel them")  # fmt: skip
+
+
+def wake(request: Request) -> None:
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    if dispatcher is not None:
+        dispatcher.wake()
+
+
+def run_or_404(session: Session, run_id: int) -> Run:
+    run = store.get_run(session, run_id=run_id)
+    if run is None:
+        raise HTTPException(404, f"run {run_id} does not exist")
+    return run

@@ -1,0 +1,105 @@
+"""What a finished run leaves behind: a result model later runs can prune, and masks.npz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlmodel import Session
+
+from app import db, store
+from app.jobs.artifacts import ArtifactStore
+from app.jobs.tasks import execute_run
+from app.models import ModelRecord, Run
+from app.pruning.spec import Recipe
+from app.web import page_data
+from tests.jobs.conftest import job_settings
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    settings = job_settings(tmp_path / "data")
+    db.upgrade(settings)
+    engine = db.make_engine(settings)
+    yield settings, engine
+    engine.dispose()
+
+
+def _execute(lab, body: dict, model_id: int | None = None) -> Run:
+    """One run, in this process, from queued to its end."""
+    settings, engine = lab
+    recipe = Recipe.from_dict({k: v for k, v in body.items() if k != "arch"}).to_dict()
+    if "arch" in body:
+        recipe["arch"] = body["arch"]
+    with Session(engine) as s:
+        run = store.create_run(s, owner_id=None, recipe=recipe, model_id=model_id,
+                               dataset_id="digits")  # fmt: skip
+        s.commit()
+        run_id = int(run.id)
+        assert store.claim_run(s, run_id=run_id)
+        s.commit()
+    execute_run(run_id, settings, engine=engine)
+    with Session(engine, expire_on_commit=False) as s:
+        run = s.get(Run, run_id)
+    assert run.status == "succeeded", run.error
+    return run
+
+
+def _prune(granularity: str, sparsity: float, physical: bool) -> dict:
+    return {"kind": "prune", "name": f"{granularity} {sparsity}",
+            "pruning": {"granularity": granularity, "criterion": "l1", "sparsity": sparsity,
+                        "physical": physical},
+            "schedule": {"kind": "oneshot"}, "finetune": {"epochs": 0}}  # fmt: skip
+
+
+def _model(lab, model_id: int) -> ModelRecord:
+    with Session(lab[1]) as s:
+        return s.get(ModelRecord, model_id)
+
+
+@pytest.mark.slow
+def test_a_physically_pruned_result_is_safetensors_that_a_second_run_prunes_again(lab) -> None:
+    train = _execute(lab, {"kind": "train", "name": "t", "arch": "cnn_small",
+                           "finetune": {"epochs": 1, "batch_size": 128}})  # fmt: skip
+    trained = _model(lab, train.result_model_id)
+    assert trained.format == "safetensors" and trained.arch == "cnn_small"
+
+    filt = _execute(lab, _prune("filter", 0.5, physical=True), trained.id)
+    assert any("physically removed" in n for n in filt.notes)
+    small = _model(lab, filt.result_model_id)
+    assert small.format == "safetensors" and small.arch == "cnn_small" and small.structured_ok
+    assert small.n_params == filt.final["n_params"] < trained.n_params
+    assert small.storage_key.endswith(".safetensors")
+
+    again = _execute(lab, _prune("element", 0.5, physical=False), small.id)
+    assert again.baseline["n_params"] == small.n_params
+    assert again.final["sparsity"] > again.baseline["sparsity"]
+    assert _model(lab, again.result_model_id).n_params == small.n_params
+
+
+@pytest.mark.slow
+def test_masks_npz_keeps_the_original_shapes_of_a_physically_pruned_run(lab) -> None:
+    settings, engine = lab
+    run = _execute(lab, {**_prune("filter", 0.5, physical=True), "arch": "cnn_small",
+                         "finetune": {"epochs": 0}})  # fmt: skip
+    with Session(engine) as s:
+        art = store.get_artifact(s, run_id=run.id, name="masks.npz")
+        assert art is not None and art.kind == "masks" and art.verified
+        layers = {r.layer: r.shape for r in store.list_layers(s, run_id=run.id)}
+        path = ArtifactStore(settings.artifacts).local_path(art.storage_key)
+        with np.load(path) as z:
+            assert set(z.files) == set(layers)
+            for name, shape in layers.items():
+                mask = z[name]
+                assert mask.dtype == bool and list(mask.shape) == list(shape)
+        sparsity = {r.layer: r.sparsity for r in store.list_layers(s, run_id=run.id)}
+        conv = max((n for n in layers if len(layers[n]) == 4), key=lambda n: sparsity[n])
+        drawn = page_data.load_mask(s, run, conv, settings.artifacts)
+    assert drawn is not None and drawn.shape == tuple(layers[conv])
+    rows = drawn.reshape(drawn.shape[0], -1)
+    assert (~rows.any(axis=1)).any(), "whole filters are removed"
+    assert np.all(rows.all(axis=1) | ~rows.any(axis=1)), "a filter is kept or removed whole"
