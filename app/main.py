@@ -88,6 +88,7 @@ def create_app(
         description="A self-hosted lab for pruning neural networks.",
         lifespan=lifespan,
         docs_url=None,
+        openapi_url=None,  # served below, to signed-in users only
         redoc_url=None,
     )
     app.state.settings = settings
@@ -107,7 +108,20 @@ def create_app(
     routers = (system_api, auth_api, models_api, datasets_api, runs_api, sweeps_api, events_api)
     for router in [m.router for m in routers] + [auth_pages.router, pages.router, metrics.router]:
         app.include_router(router)
+    _openapi_route(app)
     return app
+
+
+def _openapi_route(app: FastAPI) -> None:
+    """``/openapi.json`` for signed-in users and token holders (outsiders get nothing but the
+    login page and health)."""
+    from fastapi import Depends
+
+    from app.web.deps import current_user
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(current_user)])
+    def openapi_schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
 
 def _install_handlers(app: FastAPI) -> None:

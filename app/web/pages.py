@@ -197,6 +197,6 @@ def datasets_list(request: Request, user: PageUser, session: SessionDep) -> Resp
 
 
 @router.get("/docs", response_class=HTMLResponse)
-def api_docs(request: Request) -> Response:
+def api_docs(request: Request, user: PageUser) -> Response:
     """Swagger UI served from the vendored swagger-ui-bundle (nothing from a CDN)."""
     return templates.TemplateResponse(request, "docs.html", {})

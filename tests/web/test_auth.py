@@ -159,7 +159,7 @@ def test_errors_are_json_with_detail(client: TestClient, member_headers) -> None
     assert r.json() == {"detail": "token 999 does not exist"}
 
 
-def test_security_headers_and_local_assets(client: TestClient) -> None:
+def test_security_headers_and_local_assets(client: TestClient, member_headers) -> None:
     r = client.get("/login")
     csp = r.headers["content-security-policy"]
     assert (
@@ -169,9 +169,19 @@ def test_security_headers_and_local_assets(client: TestClient) -> None:
     assert "frame-ancestors 'none'" in csp
     assert r.headers["x-content-type-options"] == "nosniff"
     assert client.get("/vendor/plotly/plotly.min.js").status_code == 200
-    docs = client.get("/docs").text
+    docs = client.get("/docs", headers=member_headers).text
     assert "/vendor/swagger/swagger-ui-bundle.js" in docs and "cdn" not in docs
-    assert client.get("/openapi.json").json()["info"]["title"] == "PruneLab"
+    schema = client.get("/openapi.json", headers=member_headers).json()
+    assert schema["info"]["title"] == "PruneLab" and "/api/runs" in schema["paths"]
+
+
+def test_outsiders_get_only_the_login_page_and_health(client: TestClient) -> None:
+    assert client.get("/api/health").status_code == 200
+    assert client.get("/login").status_code == 200
+    assert client.get("/openapi.json").status_code == 401
+    for path in ("/", "/docs", "/runs", "/models", "/datasets", "/runs/new", "/compare"):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/login"), path
 
 
 def test_cookie_authenticated_api_writes_need_the_csrf_token(
