@@ -33,7 +33,7 @@ from app.pruning.granularity import check_layer, following_bn, prunable_layers, 
 from app.pruning.importance import CRITERIA
 from app.pruning.keeper import MaskKeeper, PrunedEntries, apply_masks, mask_pairs
 from app.pruning.plan import NEVER_EMPTY_NOTE, MaskPlan
-from app.pruning.select import Selection, global_lowest
+from app.pruning.select import MAGNITUDE, Selection, global_lowest
 from app.pruning.spec import PruningSpec
 
 __all__ = [
@@ -145,11 +145,15 @@ def compute_masks(
     targets = {n: m for n, m in layers.items() if n not in spec.exclude}
     if spec.granularity == "layer":
         return _layer_plan(model, spec, targets, layers, target or 0.0, previous, seed)
-    scores = CRITERIA[spec.criterion].score(
-        model, targets, spec.granularity, data=data, device=device, nm=spec.nm, seed=seed,
-        batches=spec.calibration_batches,
-    )  # fmt: skip
-    ctx = Selection(spec, {n: targets[n] for n in scores}, scores, previous)
+    absolute = _raw_magnitude(spec, targets)
+    if absolute:  # |w| is ranked chunk by chunk from the weights themselves
+        scores = {n: m.weight.detach() for n, m in targets.items()}
+    else:
+        scores = CRITERIA[spec.criterion].score(
+            model, targets, spec.granularity, data=data, device=device, nm=spec.nm, seed=seed,
+            batches=spec.calibration_batches,
+        )  # fmt: skip
+    ctx = Selection(spec, {n: targets[n] for n in scores}, scores, previous, absolute=absolute)
     ctx.notes.extend(f"'{n}' left dense: criterion '{spec.criterion}' cannot score it"
                      for n in targets if n not in scores)  # fmt: skip
     del scores  # the selection owns them and frees them before building masks
@@ -160,6 +164,16 @@ def compute_masks(
     else:
         ctx.select_sparsity(target, spec.overrides)
     return ctx.plan(model, layers)
+
+
+def _raw_magnitude(spec: PruningSpec, targets: dict[str, nn.Module]) -> bool:
+    """Element-level l1/l2/threshold on float32 CPU weights: every score is just ``|w|``."""
+    return (
+        spec.granularity == "element"
+        and spec.criterion in MAGNITUDE
+        and all(m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
+                for m in targets.values())
+    )  # fmt: skip
 
 
 def _layer_plan(model, spec, targets, layers, target, previous, seed) -> MaskPlan:

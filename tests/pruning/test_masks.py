@@ -184,3 +184,77 @@ def test_mask_keeper_holds_weights_and_optimizer_state_at_zero(opt_name, vector_
         for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
             if key in opt.state[w]:
                 assert bool((opt.state[w][key][~mask] == 0).all()), key
+
+
+def _random_masks(model: nn.Module, frac: float, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    return {n: torch.rand(m.weight.shape, generator=gen) >= frac for n, m in layers}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from(["l1", "l2", "threshold"]),
+    st.sampled_from(["global", "layerwise"]),
+    st.sampled_from([0.0, 0.3, 0.9, 0.99]),
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 99),
+)
+def test_element_magnitude_fast_path_equals_the_general_path(
+    criterion, scope, sparsity, ties, with_previous, seed
+) -> None:
+    import app.pruning.masks as masks_mod
+    import app.pruning.select as select_mod
+
+    model = make_cnn(seed)
+    if ties:  # few distinct magnitudes: many ties at every cut
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_((p * 8).round() / 8)
+    previous = _random_masks(model, 0.4, seed) if with_previous else None
+    spec = PruningSpec("element", criterion, scope=scope, sparsity=sparsity,
+                       overrides={"3": 0.5} if seed % 2 else {})  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(select_mod, "CHUNK", 7 + seed)  # many chunks, some split mid-layer
+        fast = compute_masks(model, spec, previous=previous)
+        mp.setattr(masks_mod, "_raw_magnitude", lambda *_: False)
+        general = compute_masks(model, spec, previous=previous)
+    assert masks_mod._raw_magnitude(spec, {"0": model[0]})
+    assert fast.masks.keys() == general.masks.keys()
+    for name, mask in general.masks.items():
+        assert torch.equal(fast.masks[name], mask), name
+    assert fast.thresholds == general.thresholds and fast.achieved == general.achieved
+    assert fast.notes == general.notes
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=4), st.floats(0, 1), st.integers(0, 99))
+def test_global_lowest_abs_equals_global_lowest_of_the_ranks(sizes, frac, seed) -> None:
+    from app.pruning.select import global_lowest_abs
+
+    gen = torch.Generator().manual_seed(seed)
+    weights = [(torch.randint(-9, 10, (n,), generator=gen).float() / 7) for n in sizes]
+    forced = [None if i % 2 else torch.rand(n, generator=gen) < 0.3 for i, n in enumerate(sizes)]
+    ranks = [w.abs() if f is None else torch.where(f, float("inf"), w.abs())
+             for w, f in zip(weights, forced, strict=True)]  # fmt: skip
+    k = round(frac * sum(sizes))
+    expected, cut = global_lowest(ranks, k)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("app.pruning.select.CHUNK", 1 + seed % 50)
+        got, got_cut = global_lowest_abs(weights, forced, k)
+    assert got_cut == cut
+    for g, e in zip(got, expected, strict=True):
+        assert torch.equal(g, e)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=4), st.floats(0, 1), st.integers(0, 99))
+def test_global_lowest_breaks_ties_by_position_like_a_stable_sort(sizes, frac, seed) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    scores = [torch.randint(0, 5, (n,), generator=gen).float() for n in sizes]  # many ties
+    flat = torch.cat(scores)
+    k = round(frac * flat.numel())
+    expected = torch.zeros(flat.numel(), dtype=torch.bool)
+    expected[torch.argsort(flat, stable=True)[:k]] = True
+    assert torch.equal(torch.cat(global_lowest(scores, k)[0]), expected)
