@@ -149,15 +149,19 @@ def _save_weights(module: Any, path: Path, config: dict | None, data: Any) -> bo
 
 def module_record_fields(module: Any, path: Path, *, fmt: str, key: str, arch: str | None,
                          input_shape: list[int], num_classes: int, name: str) -> dict:  # fmt: skip
-    """The ``ModelRecord`` columns of a module saved at ``path`` under ``key``."""
-    from app.pruning.granularity import prunable_layers
+    """The ``ModelRecord`` columns of a module saved at ``path`` under ``key``; ``layers`` lists
+    every module holding parameters, as the upload preflight does (BatchNorm included)."""
+    from app.pruning.granularity import layer_kinds, prunable_layers
 
-    prunable = prunable_layers(module)
-    layers = [
-        {"name": n, "kind": type(m).__name__, "shape": list(m.weight.shape),
-         "n_params": sum(p.numel() for p in m.parameters(recurse=False)), "prunable": True}
-        for n, m in prunable.items()
-    ]  # fmt: skip
+    prunable, kinds = prunable_layers(module), layer_kinds(module)
+    layers = []
+    for n, m in module.named_modules():
+        params = dict(m.named_parameters(recurse=False))
+        if params:
+            weight = params.get("weight", next(iter(params.values())))
+            layers.append({"name": n, "kind": kinds.get(n, type(m).__name__),
+                           "shape": list(weight.shape), "prunable": n in prunable,
+                           "n_params": sum(p.numel() for p in params.values())})  # fmt: skip
     return {
         "name": name[:200], "format": fmt, "arch": arch, "input_shape": input_shape,
         "num_classes": num_classes, "n_params": sum(p.numel() for p in module.parameters()),

@@ -69,6 +69,8 @@ def test_create_persists_a_queued_run_and_the_dispatcher_starts_it(api, people) 
         ({"pruning": {"granularity": "element", "criterion": "l1", "sparsity": 0.5,
                       "overrides": {"fc9": 0.2}}},
          "pruning.overrides names layer 'fc9'"),
+        ({"pruning": {"granularity": "filter", "criterion": "bn_gamma", "sparsity": 0.5}},
+         "pruning.criterion 'bn_gamma' needs BatchNorm layers"),
         ({"model_id": 999}, "model_id 999 does not exist"),
         ({"dataset_id": "mnist"}, "dataset_id 'mnist' does not exist"),
         ({"schedule": {"kind": "sometimes"}}, "schedule.kind 'sometimes' is not one of"),

@@ -35,6 +35,9 @@ def _dataset_meta(session: Session, dataset_id: str) -> dict:
     return {"input_shape": record.input_shape, "n_classes": record.n_classes}
 
 
+NEEDS_BN = frozenset({"bn_gamma", "synaptic"})
+
+
 def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
     want = data.get("input_shape")
     have = _shape(model.input_shape, want or [])
@@ -47,6 +50,11 @@ def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
     names = {layer.get("name") for layer in model.layers or []}
     if not names:
         return
+    kinds = {str(layer.get("kind", "")) for layer in model.layers or []}
+    criterion = pruning.get("criterion")
+    if criterion in NEEDS_BN and not any(k.startswith("BatchNorm") for k in kinds):
+        raise invalid(f"pruning.criterion {criterion!r} needs BatchNorm layers and model_id "
+                      f"{model.id} has none; try 'l1' or 'fpgm'")  # fmt: skip
     asked = [("exclude", n) for n in pruning.get("exclude") or []]
     asked += [("overrides", n) for n in pruning.get("overrides") or {}]
     for field_name, name in asked:
