@@ -124,6 +124,14 @@ def _openapi_route(app: FastAPI) -> None:
         return JSONResponse(app.openapi())
 
 
+def _wants_html(request: Request) -> bool:
+    """A browser asking for a page (not the API): errors come back as a page with a sentence."""
+    path = request.url.path
+    if path.startswith(("/api", "/openapi.json", "/metrics", "/static", "/vendor")):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(LabError)
     async def lab_error(_: Request, exc: LabError) -> JSONResponse:
@@ -142,7 +150,16 @@ def _install_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if _wants_html(request) and isinstance(exc.detail, str):
+            from app.web.templating import templates
+
+            titles = {403: "Not allowed", 404: "Not found", 422: "Cannot show this"}
+            ctx = {"status_code": exc.status_code, "detail": exc.detail,
+                   "title": titles.get(exc.status_code, "Something went wrong"),
+                   "user": getattr(request.state, "user", None)}  # fmt: skip
+            return templates.TemplateResponse(request, "error.html", ctx,
+                                              status_code=exc.status_code)  # fmt: skip
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )

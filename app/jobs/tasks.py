@@ -186,7 +186,7 @@ def _run_attempt(run_id: int, settings: Settings, engine: Engine, stop: StopFlag
 
     def on_event(event: str, payload: dict) -> None:
         report(event, payload)
-        if event == "step":
+        if event in ("step", "metric"):  # agp/at_init/retrain checkpoint after every epoch
             syncer.sync()
 
     try:
@@ -217,8 +217,9 @@ def _checkpoint_dir(artifacts: ArtifactStore, run_id: int, attempt: int,
 class CheckpointSync:
     """Copies the pipeline's checkpoint into the artifact store when it changed.
 
-    The pipeline writes ``checkpoint.pt`` atomically right after it reports a step, so the copy
-    made at the next step (or at the end) is always a whole, completed step.
+    The pipeline writes ``checkpoint.pt`` atomically after each completed step (and, for agp,
+    at_init and retrain, each epoch); the copy is made when the next step or epoch is reported
+    (only if the file changed) and when the attempt ends.
     """
 
     def __init__(self, artifacts: ArtifactStore, run_id: int, path: Path) -> None:

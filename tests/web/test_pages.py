@@ -130,6 +130,13 @@ def test_missing_run_is_404(client: TestClient, lab: dict) -> None:
     assert r.status_code == 404 and "9999" in r.json()["detail"]
 
 
+def test_missing_run_page_is_an_html_page_for_browsers(client: TestClient, lab: dict) -> None:
+    r = client.get("/runs/9999", headers={**lab["h"], "Accept": "text/html,application/xhtml+xml"})
+    assert r.status_code == 404
+    assert r.headers["content-type"].startswith("text/html")
+    assert "Not found" in r.text and "9999" in r.text and 'href="/runs"' in r.text
+
+
 def test_sensitivity_run_shows_lines_per_layer_and_an_allocation(
     client: TestClient, lab: dict
 ) -> None:
