@@ -13,7 +13,6 @@ registered as TorchScript, which can be pruned with masks only.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,8 +170,6 @@ def module_record_fields(module: Any, path: Path, *, fmt: str, key: str, arch: s
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from app.modelio.export import file_sha256
+
+    return file_sha256(path)

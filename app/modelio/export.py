@@ -54,7 +54,8 @@ def _atomic_path(path: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -125,7 +126,7 @@ def _row(name: str, kind: str, path: Path, diff: float, scale: float) -> dict:
         "size_bytes": path.stat().st_size,
         "verified": diff <= RTOL * max(1.0, scale),
         "max_abs_diff": diff,
-        "sha256": _sha256(path),
+        "sha256": file_sha256(path),
     }
 
 

@@ -50,14 +50,6 @@ def _format_of(path: Path, filename: str) -> str:
     return "csv"
 
 
-def _format_of(path: Path, filename: str) -> str:
-    with path.open("rb") as fh:
-        head = fh.read(4)
-    if head.startswith(b"PK"):
-        return "npz" if filename.lower().endswith(".npz") else "zip"
-    return "csv"
-
-
 def _ingest(
     settings: Settings, session, user: User, path: Path, filename: str, name: str, sha: str
 ) -> DatasetRecord:
