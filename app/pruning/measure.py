@@ -44,11 +44,7 @@ METRICS = (
     "latency_ms",
     "compression",
 )
-_PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
 MAX_BINS = 64
-
-
-_PRUNABLE_NAMES = frozenset(cls.__name__ for cls in _PRUNABLE)
 
 
 def _prunable(model: nn.Module) -> dict[str, nn.Module]:
