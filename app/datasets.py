@@ -127,9 +127,13 @@ def save_dataset(ds: ArrayDataset, directory: Path) -> Path:
     try:
         np.savez(
             tmp,
-            x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
-            n_classes=np.int64(ds.n_classes), name=np.array(ds.name),
-        )  # fmt: skip
+            x_train=ds.x_train,
+            y_train=ds.y_train,
+            x_test=ds.x_test,
+            y_test=ds.y_test,
+            n_classes=np.int64(ds.n_classes),
+            name=np.array(ds.name),
+        )
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -140,9 +144,13 @@ def load_saved_dataset(path: Path) -> ArrayDataset:
     """Read a dataset written by :func:`save_dataset`."""
     with np.load(path, allow_pickle=False) as z:
         return ArrayDataset(
-            str(z["name"]), z["x_train"], z["y_train"], z["x_test"], z["y_test"],
+            str(z["name"]),
+            z["x_train"],
+            z["y_train"],
+            z["x_test"],
+            z["y_test"],
             n_classes=int(z["n_classes"]),
-        )  # fmt: skip
+        )
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:

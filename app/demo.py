@@ -30,8 +30,14 @@ PRUNE_RUNS = (
     {
         "kind": "prune",
         "name": "demo: iterative L1 filter pruning, physically removed",
-        "pruning": {"granularity": "filter", "criterion": "l1", "scope": "layerwise",
-                    "sparsity": 0.5, "physical": True, "exclude": ["classifier"]},
+        "pruning": {
+            "granularity": "filter",
+            "criterion": "l1",
+            "scope": "layerwise",
+            "sparsity": 0.5,
+            "physical": True,
+            "exclude": ["classifier"],
+        },
         "schedule": {"kind": "iterative", "steps": 3},
         "finetune": {"epochs": 2, "lr": 0.02, "optimizer": "sgd", "batch_size": 64},
         "seed": 0,
@@ -39,13 +45,17 @@ PRUNE_RUNS = (
     {
         "kind": "prune",
         "name": "demo: element-level global magnitude (AGP to 90%)",
-        "pruning": {"granularity": "element", "criterion": "l1", "scope": "global",
-                    "sparsity": 0.9},
+        "pruning": {
+            "granularity": "element",
+            "criterion": "l1",
+            "scope": "global",
+            "sparsity": 0.9,
+        },
         "schedule": {"kind": "agp", "steps": 4},
         "finetune": {"epochs": 4, "lr": 0.02, "optimizer": "sgd", "batch_size": 64},
         "seed": 0,
     },
-)  # fmt: skip
+)
 FAILED = ("failed", "cancelled")
 
 
@@ -57,8 +67,9 @@ def _demo_run(session: Session, name: str) -> Run | None:
 def _untrained_model(settings: Settings, session: Session, owner) -> ModelRecord:  # noqa: ANN001
     from app.web.api.models import FromArchitecture, create_from_architecture
 
-    body = FromArchitecture(arch="cnn_small", name="demo cnn_small (untrained)", num_classes=10,
-                            input_shape=[1, 8, 8])  # fmt: skip
+    body = FromArchitecture(
+        arch="cnn_small", name="demo cnn_small (untrained)", num_classes=10, input_shape=[1, 8, 8]
+    )
     return create_from_architecture(settings, session, owner, body)
 
 
@@ -80,8 +91,9 @@ class DemoSeeder(threading.Thread):
             log.exception("demo: could not prepare the demo runs")
 
     def _queue(self, session: Session, recipe: dict, model_id: int, owner_id: int) -> Run:
-        run = store.create_run(session, owner_id=owner_id, recipe=recipe, model_id=model_id,
-                               dataset_id="digits")  # fmt: skip
+        run = store.create_run(
+            session, owner_id=owner_id, recipe=recipe, model_id=model_id, dataset_id="digits"
+        )
         session.commit()
         if self.wake is not None:
             self.wake()
@@ -114,8 +126,11 @@ class DemoSeeder(threading.Thread):
             with Session(self.engine) as session:
                 run = session.get(Run, run_id)
                 if run is None or run.status in FAILED:
-                    log.error("demo: training run %s ended %s; demo stopped", run_id,
-                              getattr(run, "status", "deleted"))  # fmt: skip
+                    log.error(
+                        "demo: training run %s ended %s; demo stopped",
+                        run_id,
+                        getattr(run, "status", "deleted"),
+                    )
                     return None
                 if run.status == "succeeded":
                     return run.result_model_id

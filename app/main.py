@@ -155,11 +155,15 @@ def _install_handlers(app: FastAPI) -> None:
             from app.web.templating import templates
 
             titles = {403: "Not allowed", 404: "Not found", 422: "Cannot show this"}
-            ctx = {"status_code": exc.status_code, "detail": exc.detail,
-                   "title": titles.get(exc.status_code, "Something went wrong"),
-                   "user": getattr(request.state, "user", None)}  # fmt: skip
-            return templates.TemplateResponse(request, "error.html", ctx,
-                                              status_code=exc.status_code)  # fmt: skip
+            ctx = {
+                "status_code": exc.status_code,
+                "detail": exc.detail,
+                "title": titles.get(exc.status_code, "Something went wrong"),
+                "user": getattr(request.state, "user", None),
+            }
+            return templates.TemplateResponse(
+                request, "error.html", ctx, status_code=exc.status_code
+            )
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )

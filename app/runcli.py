@@ -86,9 +86,12 @@ def load_data(data: str) -> Any:
 
 
 def load_model_file(
-    model_path: str | Path | None, *, arch: str | None, input_shape: tuple[int, ...] | None,
+    model_path: str | Path | None,
+    *,
+    arch: str | None,
+    input_shape: tuple[int, ...] | None,
     num_classes: int,
-) -> tuple[Any, bool, list[str]]:  # fmt: skip
+) -> tuple[Any, bool, list[str]]:
     """``(module, rebuildable, notes)`` from a model file, or a fresh ``arch`` when no file."""
     from app import zoo
 
@@ -136,14 +139,25 @@ def _export(result: Any, data: Any, out: Path, recipe: Any, arch: str | None) ->
 
 def _summary(recipe: Any, result: Any, started: str, artifacts: list[dict], **extra: Any) -> dict:
     return {
-        "name": recipe.name, "kind": recipe.kind, "status": "succeeded", "progress": 1.0,
-        "error": None, "recipe": recipe.to_dict(), "created_at": started, "started_at": started,
-        "finished_at": datetime.now(UTC).isoformat(), "baseline": result.baseline,
-        "final": result.final, "steps": result.steps, "layers": result.layers,
-        "notes": result.notes, "physical": result.physical, "allocation": result.allocation,
+        "name": recipe.name,
+        "kind": recipe.kind,
+        "status": "succeeded",
+        "progress": 1.0,
+        "error": None,
+        "recipe": recipe.to_dict(),
+        "created_at": started,
+        "started_at": started,
+        "finished_at": datetime.now(UTC).isoformat(),
+        "baseline": result.baseline,
+        "final": result.final,
+        "steps": result.steps,
+        "layers": result.layers,
+        "notes": result.notes,
+        "physical": result.physical,
+        "allocation": result.allocation,
         "artifacts": [{k: a[k] for k in ARTIFACT_KEYS if k in a} for a in artifacts],
         **extra,
-    }  # fmt: skip
+    }
 
 
 def run_command(
@@ -182,9 +196,14 @@ def run_command(
     out.mkdir(parents=True, exist_ok=True)
     with ProgressBar(enabled=progress, desc=recipe.name or recipe.kind) as bar:
         result = run_recipe(
-            recipe, model, dataset, device=device, report=bar, rebuildable=rebuildable,
+            recipe,
+            model,
+            dataset,
+            device=device,
+            report=bar,
+            rebuildable=rebuildable,
             checkpoint_dir=out / "checkpoints",
-        )  # fmt: skip
+        )
     result.notes[:0] = notes
     artifacts = [] if recipe.kind == "sensitivity" else _export(result, dataset, out, recipe, arch)
     summary = _summary(recipe, result, started, artifacts, model=str(model_path), dataset_id=data)
@@ -215,8 +234,16 @@ def register(typer_app: Any) -> None:
     ) -> None:
         """Run one recipe without a server, writing metrics and artifacts into --out."""
         try:
-            summary = run_command(recipe, model, data, out, arch=arch, input_shape=input_shape,
-                                  device=device, progress=progress)  # fmt: skip
+            summary = run_command(
+                recipe,
+                model,
+                data,
+                out,
+                arch=arch,
+                input_shape=input_shape,
+                device=device,
+                progress=progress,
+            )
         except (ValueError, LabError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None

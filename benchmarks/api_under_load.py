@@ -44,8 +44,13 @@ def _prepare(data_dir: Path) -> tuple[str, int]:
     with Session(engine, expire_on_commit=False) as s:
         user = store.create_user(s, name="bench")
         _, token = store.create_token(s, user=user, name="bench")
-        run = store.create_run(s, owner_id=user.id, recipe={"kind": "train", "name": "seed"},
-                               model_id=None, dataset_id="digits")  # fmt: skip
+        run = store.create_run(
+            s,
+            owner_id=user.id,
+            recipe={"kind": "train", "name": "seed"},
+            model_id=None,
+            dataset_id="digits",
+        )
         store.transition(s, run_id=run.id, from_=("queued",), to="cancelled")
         s.commit()
     engine.dispose()
@@ -71,8 +76,9 @@ def _load(base: str, headers: dict, run_id: int, clients: int, n: int) -> tuple[
     errors: list = []
 
     async def main() -> None:
-        await asyncio.gather(*[_client(base, headers, run_id, n, times, errors)
-                               for _ in range(clients)])  # fmt: skip
+        await asyncio.gather(
+            *[_client(base, headers, run_id, n, times, errors) for _ in range(clients)]
+        )
 
     asyncio.run(main())
     return times, errors
@@ -107,17 +113,27 @@ def main() -> int:
     env = {**os.environ, "PRUNELAB_DATA_DIR": str(data_dir)}
     exe = Path(sys.executable).parent / "prunelab"
     log = open(data_dir / "serve.log", "wb")  # noqa: SIM115 - closed at the end
-    server = subprocess.Popen([str(exe), "serve", "--port", str(port)], env=env, stdout=log,
-                              stderr=subprocess.STDOUT)  # fmt: skip
+    server = subprocess.Popen(
+        [str(exe), "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         _wait(lambda: httpx.get(f"{base}/api/health").status_code == 200, 60)
         _load(base, headers, seed_run, 5, 4)  # warm-up
         idle, idle_err = _load(base, headers, seed_run, args.clients, args.requests)
-        body = {"kind": "train", "name": "bench", "arch": "mlp", "dataset_id": "digits",
-                "finetune": {"epochs": 200, "batch_size": 16}}  # fmt: skip
+        body = {
+            "kind": "train",
+            "name": "bench",
+            "arch": "mlp",
+            "dataset_id": "digits",
+            "finetune": {"epochs": 200, "batch_size": 16},
+        }
         run = httpx.post(f"{base}/api/runs", json=body, headers=headers).json()
-        _wait(lambda: httpx.get(f"{base}/api/runs/{run['id']}", headers=headers)
-              .json()["progress"] > 0, 120)  # fmt: skip
+        _wait(
+            lambda: (
+                httpx.get(f"{base}/api/runs/{run['id']}", headers=headers).json()["progress"] > 0
+            ),
+            120,
+        )
         busy, busy_err = _load(base, headers, run["id"], args.clients, args.requests)
         still = httpx.get(f"{base}/api/runs/{run['id']}", headers=headers).json()["status"]
         httpx.post(f"{base}/api/runs/{run['id']}/cancel", headers=headers)
@@ -129,8 +145,10 @@ def main() -> int:
     ratio = p95b / p95i
     print(f"clients={args.clients} requests/client={args.requests} cpus={os.cpu_count()}")
     print(f"idle:     p50 {p50i:7.1f} ms  p95 {p95i:7.1f} ms  errors {len(idle_err)}")
-    print(f"training: p50 {p50b:7.1f} ms  p95 {p95b:7.1f} ms  errors {len(busy_err)}"
-          f"  (run {still} during the load)")  # fmt: skip
+    print(
+        f"training: p50 {p50b:7.1f} ms  p95 {p95b:7.1f} ms  errors {len(busy_err)}"
+        f"  (run {still} during the load)"
+    )
     print(f"p95 ratio {ratio:.2f} (target <= 2)")
     return 0 if ratio <= 2 and not idle_err and not busy_err and still == "running" else 1
 

@@ -79,8 +79,16 @@ def child(which: str, sparsity: float, out: str) -> None:
         if which != "torch"
         else sum(m.weight.numel() for m in model)
     )
-    print(json.dumps({"seconds": seconds, "extra_bytes": peak - base, "weight_bytes": n_bytes,
-                      "n_weights": n_weights}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "extra_bytes": peak - base,
+                "weight_bytes": n_bytes,
+                "n_weights": n_weights,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -98,36 +106,59 @@ def main() -> None:
         for _ in range(args.repeat):  # interleaved: both sides see the same machine load
             for which in ("ours", "torch"):
                 out = f"{tmp}/{which}.pt"
-                cmd = [sys.executable, __file__, "--child", which, "--sparsity",
-                       str(args.sparsity), "--out", out]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    which,
+                    "--sparsity",
+                    str(args.sparsity),
+                    "--out",
+                    out,
+                ]
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 runs[which].append(json.loads(proc.stdout.strip().splitlines()[-1]))
                 masks[which] = torch.load(out, weights_only=True)
         for which, rs in runs.items():  # medians of the times and of the memory peaks
             med = {key: statistics.median(r[key] for r in rs) for key in ("seconds", "extra_bytes")}
             res[which] = {**rs[0], **med}
-        print("runs (s): " + "; ".join(f"{w} " + ", ".join(f"{r['seconds']:.3f}" for r in rs)
-                                       for w, rs in runs.items()))  # fmt: skip
+        print(
+            "runs (s): "
+            + "; ".join(
+                f"{w} " + ", ".join(f"{r['seconds']:.3f}" for r in rs) for w, rs in runs.items()
+            )
+        )
     pruned = {w: sum(int((~m).sum()) for m in masks[w].values()) for w in masks}
     differ = sum(int((masks["ours"][n] != masks["torch"][n]).sum()) for n in masks["ours"])
     n_w = res["ours"]["n_weights"]
-    print(f"weights: {n_w / 1e6:.2f}M ({res['ours']['weight_bytes'] / 2**20:.0f} MiB), "
-          f"sparsity {args.sparsity}, threads {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"weights: {n_w / 1e6:.2f}M ({res['ours']['weight_bytes'] / 2**20:.0f} MiB), "
+        f"sparsity {args.sparsity}, threads {torch.get_num_threads()}"
+    )
     for w in ("torch", "ours"):
         r = res[w]
-        print(f"{w:>5}: {r['seconds'] * 1000:9.1f} ms   peak extra memory "
-              f"{r['extra_bytes'] / 2**20:7.1f} MiB = {r['extra_bytes'] / r['weight_bytes']:.2f}x weights")  # fmt: skip
+        print(
+            f"{w:>5}: {r['seconds'] * 1000:9.1f} ms   peak extra memory "
+            f"{r['extra_bytes'] / 2**20:7.1f} MiB = {r['extra_bytes'] / r['weight_bytes']:.2f}x weights"
+        )
     weights = [m.weight.detach().abs() for m in build()]
-    diff_vals = {float(w[masks["ours"][str(i)] != masks["torch"][str(i)]].max())
-                 for i, w in enumerate(weights) if bool((masks["ours"][str(i)] != masks["torch"][str(i)]).any())}  # fmt: skip
+    diff_vals = {
+        float(w[masks["ours"][str(i)] != masks["torch"][str(i)]].max())
+        for i, w in enumerate(weights)
+        if bool((masks["ours"][str(i)] != masks["torch"][str(i)]).any())
+    }
     largest_pruned = max(float(w[~masks["ours"][str(i)]].max()) for i, w in enumerate(weights))
-    print(f"positions that differ all hold |w| = the cut {largest_pruned:.9g} (a tie torch breaks "
-          f"differently): {diff_vals <= {largest_pruned}}")  # fmt: skip
+    print(
+        f"positions that differ all hold |w| = the cut {largest_pruned:.9g} (a tie torch breaks "
+        f"differently): {diff_vals <= {largest_pruned}}"
+    )
     ratio = res["torch"]["seconds"] / res["ours"]["seconds"]
     print(f"speed-up: {ratio:.1f}x (target >= 30x; medians of {args.repeat} interleaved runs)")
-    print(f"pruned: torch {pruned['torch']}, ours {pruned['ours']}, "
-          f"same count: {pruned['torch'] == pruned['ours']}, identical masks: {differ == 0} "
-          f"({differ} positions differ)")  # fmt: skip
+    print(
+        f"pruned: torch {pruned['torch']}, ours {pruned['ours']}, "
+        f"same count: {pruned['torch'] == pruned['ours']}, identical masks: {differ == 0} "
+        f"({differ} positions differ)"
+    )
 
 
 if __name__ == "__main__":

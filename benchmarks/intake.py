@@ -40,8 +40,9 @@ class WideCNN(nn.Module):
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(1024 * 2 * 2, 2400), nn.ReLU(),
-                                  nn.Linear(2400, 100))  # fmt: skip
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(1024 * 2 * 2, 2400), nn.ReLU(), nn.Linear(2400, 100)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -60,12 +61,22 @@ def bench_preflight(work: Path) -> None:
     save_file(mlp.state_dict(), str(work / "mlp.safetensors"))
     cnn = WideCNN().eval()
     onnx_path = work / "wide.onnx"
-    torch.onnx.export(cnn, (torch.zeros(1, 3, 32, 32),), str(onnx_path), dynamo=False,
-                      opset_version=17, external_data=False)  # fmt: skip
+    torch.onnx.export(
+        cnn,
+        (torch.zeros(1, 3, 32, 32),),
+        str(onnx_path),
+        dynamo=False,
+        opset_version=17,
+        external_data=False,
+    )
     cases = [
-        ("safetensors + arch mlp", work / "mlp.safetensors", {"arch": "mlp", "input_shape": (1, 288, 288)}),
+        (
+            "safetensors + arch mlp",
+            work / "mlp.safetensors",
+            {"arch": "mlp", "input_shape": (1, 288, 288)},
+        ),
         ("ONNX wide CNN", onnx_path, {}),
-    ]  # fmt: skip
+    ]
     for label, path, kw in cases:
         seconds, r = _time_preflight(path, **kw)
         verdict = "OK" if seconds < 30 else "OVER TARGET"
@@ -110,10 +121,18 @@ def bench_upload(work: Path, mb: int) -> None:
     import httpx
 
     token, port = secrets.token_urlsafe(24), _free_port()
-    env = dict(os.environ, PRUNELAB_DATA_DIR=str(work / "data"), PRUNELAB_ADMIN_TOKEN=token,
-               PRUNELAB_MAX_UPLOAD_MB=str(mb + 10))  # fmt: skip
-    server = subprocess.Popen([exe, "serve", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    env = dict(
+        os.environ,
+        PRUNELAB_DATA_DIR=str(work / "data"),
+        PRUNELAB_ADMIN_TOKEN=token,
+        PRUNELAB_MAX_UPLOAD_MB=str(mb + 10),
+    )
+    server = subprocess.Popen(
+        [exe, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(120):
@@ -134,8 +153,10 @@ def bench_upload(work: Path, mb: int) -> None:
                 time.sleep(0.05)
 
         boundary = secrets.token_hex(8)
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n"
-                "Content-Type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
         tail = f"\r\n--{boundary}--\r\n".encode()
         chunk = os.urandom(1024 * 1024)
 
@@ -148,10 +169,14 @@ def bench_upload(work: Path, mb: int) -> None:
         threading.Thread(target=watch, daemon=True).start()
         start = time.perf_counter()
         resp = httpx.post(
-            base + "/api/models", content=body(), timeout=600,
-            headers={"Authorization": f"Bearer {token}",
-                     "Content-Type": f"multipart/form-data; boundary={boundary}"},
-        )  # fmt: skip
+            base + "/api/models",
+            content=body(),
+            timeout=600,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+            },
+        )
         seconds = time.perf_counter() - start
         done.set()
         growth = max(peak) - before

@@ -35,9 +35,14 @@ MASKS = {
 def build() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(  # 8.5M parameters
-        nn.Linear(1072, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(),
-        nn.Linear(2048, 1024), nn.ReLU(), nn.Linear(1024, 10),
-    )  # fmt: skip
+        nn.Linear(1072, 2048),
+        nn.ReLU(),
+        nn.Linear(2048, 2048),
+        nn.ReLU(),
+        nn.Linear(2048, 1024),
+        nn.ReLU(),
+        nn.Linear(1024, 10),
+    )
 
 
 KEEPER_MS: dict[int, list[float]] = {}  # id(step) -> ms spent in the keeper's calls
@@ -109,8 +114,10 @@ def main() -> None:
                 step()
             times[name].append((time.perf_counter() - start) * 1000 / args.steps)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"MLP {n_params / 1e6:.2f}M params, batch {args.batch}, threads {args.threads}, "
-          f"SGD momentum 0.9, median of {args.repeats} x {args.steps} steps")  # fmt: skip
+    print(
+        f"MLP {n_params / 1e6:.2f}M params, batch {args.batch}, threads {args.threads}, "
+        f"SGD momentum 0.9, median of {args.repeats} x {args.steps} steps"
+    )
     print("(keeper: ms/step inside zero_grads + after_step; 1 + keeper/dense is the ratio with")
     print(" the noise of the rest of the step removed)")
     for name, ms in med.items():

@@ -27,8 +27,15 @@ BUDGET_S, BUDGET_BYTES = 0.300, 2 * 1024 * 1024
 def _populate(session: Session, artifacts: Path) -> dict[str, int]:
     model = seed.seed_model(session, n_layers=100, name="deep100")
     a = seed.seed_run(session, model=model, n_steps=20, artifacts_dir=artifacts, name="deep a")
-    b = seed.seed_run(session, model=model, n_steps=20, artifacts_dir=artifacts, name="deep b",
-                      criterion="l2", granularity="kernel")  # fmt: skip
+    b = seed.seed_run(
+        session,
+        model=model,
+        n_steps=20,
+        artifacts_dir=artifacts,
+        name="deep b",
+        criterion="l2",
+        granularity="kernel",
+    )
     for i in range(300):  # a long run list
         session.add(Run(name=f"bulk {i}", status="queued", model_id=model.id))
     session.commit()
@@ -43,10 +50,17 @@ def main() -> int:
         with Session(app.state.engine, expire_on_commit=False) as s:
             _, headers = make_user(s, "bench")
             ids = _populate(s, Path(app.state.settings.artifacts))
-        pages = ["/", "/runs", f"/runs/{ids['a']}", f"/runs/{ids['a']}/figures.json",
-                 f"/runs/{ids['a']}/charts/histogram?layer=conv50",
-                 f"/runs/{ids['b']}/charts/mask?layer=conv50",
-                 f"/compare?runs={ids['a']},{ids['b']}", f"/models/{ids['model']}", "/runs/new"]  # fmt: skip
+        pages = [
+            "/",
+            "/runs",
+            f"/runs/{ids['a']}",
+            f"/runs/{ids['a']}/figures.json",
+            f"/runs/{ids['a']}/charts/histogram?layer=conv50",
+            f"/runs/{ids['b']}/charts/mask?layer=conv50",
+            f"/compare?runs={ids['a']},{ids['b']}",
+            f"/models/{ids['model']}",
+            "/runs/new",
+        ]
         for url in pages:
             times, size = [], 0
             for _ in range(5):

@@ -69,9 +69,14 @@ def plain_body(sparsity: float, steps: int, epochs: int) -> dict:
     return {
         "pruning": {"granularity": "element", "criterion": "l1", "sparsity": sparsity},
         "schedule": {"kind": "iterative", "steps": steps},
-        "finetune": {"epochs": epochs, "lr": 0.001, "optimizer": "adam", "batch_size": 64,
-                     "lr_schedule": "constant"},
-    }  # fmt: skip
+        "finetune": {
+            "epochs": epochs,
+            "lr": 0.001,
+            "optimizer": "adam",
+            "batch_size": 64,
+            "lr_schedule": "constant",
+        },
+    }
 
 
 def ours_body(sparsity: float, epochs: int) -> dict:
@@ -79,9 +84,15 @@ def ours_body(sparsity: float, epochs: int) -> dict:
     return {
         "pruning": {"granularity": "element", "criterion": "l1", "sparsity": sparsity},
         "schedule": {"kind": "agp", "steps": epochs},
-        "finetune": {"epochs": epochs, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9,
-                     "batch_size": 64, "lr_schedule": "cosine"},
-    }  # fmt: skip
+        "finetune": {
+            "epochs": epochs,
+            "lr": 0.05,
+            "optimizer": "sgd",
+            "momentum": 0.9,
+            "batch_size": 64,
+            "lr_schedule": "cosine",
+        },
+    }
 
 
 def unstructured(seeds: list[int], steps: int, epochs: int, pretrain: int) -> None:
@@ -95,31 +106,42 @@ def unstructured(seeds: list[int], steps: int, epochs: int, pretrain: int) -> No
             s = sparsity_for(dense, ratio)
             plain = prune(dense, plain_body(s, steps, epochs), seed)
             ours = prune(dense, ours_body(s, steps * epochs), seed)
-            for key, value in (("plain", base - plain.final["accuracy"]),
-                               ("ours", base - ours.final["accuracy"]),
-                               ("x", ours.final["compression"]), ("s", s)):  # fmt: skip
+            for key, value in (
+                ("plain", base - plain.final["accuracy"]),
+                ("ours", base - ours.final["accuracy"]),
+                ("x", ours.final["compression"]),
+                ("s", s),
+            ):
                 rows[ratio].setdefault(key, []).append(value)
-            print(f"  seed {seed} {ratio:5.1f}x: dense {base:.4f} plain drop "
-                  f"{rows[ratio]['plain'][-1]:+.4f}, ours drop {rows[ratio]['ours'][-1]:+.4f}",
-                  flush=True)  # fmt: skip
+            print(
+                f"  seed {seed} {ratio:5.1f}x: dense {base:.4f} plain drop "
+                f"{rows[ratio]['plain'][-1]:+.4f}, ours drop {rows[ratio]['ours'][-1]:+.4f}",
+                flush=True,
+            )
     _print_unstructured(rows, bases, seeds, steps, epochs)
 
 
-def _print_unstructured(rows: dict, bases: list[float], seeds: list[int], steps: int,
-                        epochs: int) -> None:  # fmt: skip
+def _print_unstructured(
+    rows: dict, bases: list[float], seeds: list[int], steps: int, epochs: int
+) -> None:
     med = statistics.median
     print(f"\nMLP 64-300-100-10 on digits, seeds {seeds}: dense accuracy (median) {med(bases):.4f}")
-    print(f"plain = iterative {steps} x {epochs} epochs; ours = AGP, {steps * epochs} epochs, "
-          "update every epoch, SGD cosine; drops are medians (points = drop x 100)")  # fmt: skip
-    print(f"{'x':>6} {'achieved':>8} {'sparsity':>8} | {'plain drop':>10} | {'ours drop':>9} | "
-          "target")  # fmt: skip
+    print(
+        f"plain = iterative {steps} x {epochs} epochs; ours = AGP, {steps * epochs} epochs, "
+        "update every epoch, SGD cosine; drops are medians (points = drop x 100)"
+    )
+    print(
+        f"{'x':>6} {'achieved':>8} {'sparsity':>8} | {'plain drop':>10} | {'ours drop':>9} | target"
+    )
     for ratio, r in rows.items():
         goal = TARGET_DROP.get(ratio)
         ours = med(r["ours"])
         verdict = "-" if goal is None else ("PASS" if ours <= goal else "MISS")
         goal_s = "" if goal is None else f"<= {goal:.2f} "
-        print(f"{ratio:>6.1f} {med(r['x']):>8.1f} {med(r['s']):>8.4f} | {med(r['plain']):>+10.4f} "
-              f"| {ours:>+9.4f} | {goal_s}{verdict} (worst seed {max(r['ours']):+.4f})")  # fmt: skip
+        print(
+            f"{ratio:>6.1f} {med(r['x']):>8.1f} {med(r['s']):>8.4f} | {med(r['plain']):>+10.4f} "
+            f"| {ours:>+9.4f} | {goal_s}{verdict} (worst seed {max(r['ours']):+.4f})"
+        )
 
 
 def tp_prune_to_flops(model: torch.nn.Module, flops_budget: int, example: torch.Tensor):
@@ -129,9 +151,12 @@ def tp_prune_to_flops(model: torch.nn.Module, flops_budget: int, example: torch.
     def pruned_at(ratio: float) -> torch.nn.Module:
         m = copy.deepcopy(model)
         pruner = tp.pruner.MetaPruner(
-            m, example, importance=tp.importance.MagnitudeImportance(p=1),
-            pruning_ratio=ratio, ignored_layers=[m.classifier],
-        )  # fmt: skip
+            m,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            ignored_layers=[m.classifier],
+        )
         pruner.step()
         return m
 
@@ -152,42 +177,63 @@ def structured_seed(dense: torch.nn.Module, epochs: int, seed: int) -> dict[str,
     base = evaluate(dense, data)["accuracy"]
     dense_flops = count_flops(dense, example)[0]
     ft = {"epochs": epochs, "lr": 0.02, "optimizer": "sgd", "batch_size": 64}
-    ours = prune(dense, {
-        "pruning": {"granularity": "filter", "criterion": "l1", "scope": "layerwise",
-                    "sparsity": 0.55, "physical": True, "exclude": ["classifier"]},
-        "schedule": {"kind": "iterative", "steps": 2}, "finetune": ft,
-    }, seed)  # fmt: skip
+    ours = prune(
+        dense,
+        {
+            "pruning": {
+                "granularity": "filter",
+                "criterion": "l1",
+                "scope": "layerwise",
+                "sparsity": 0.55,
+                "physical": True,
+                "exclude": ["classifier"],
+            },
+            "schedule": {"kind": "iterative", "steps": 2},
+            "finetune": ft,
+        },
+        seed,
+    )
     ours_flops = count_flops(ours.model, example)[0]
     theirs, ratio = tp_prune_to_flops(dense, ours_flops, example)
     torch.manual_seed(seed)
     fine_tune(theirs, data, FinetuneSpec(**{**ft, "epochs": 2 * epochs}), seed=seed)
     return {
-        "base": base, "ours": base - ours.final["accuracy"],
-        "tp": base - evaluate(theirs, data)["accuracy"], "ratio": ratio,
+        "base": base,
+        "ours": base - ours.final["accuracy"],
+        "tp": base - evaluate(theirs, data)["accuracy"],
+        "ratio": ratio,
         "ours_x": dense_flops / ours_flops,
         "tp_x": dense_flops / count_flops(theirs, example)[0],
-    }  # fmt: skip
+    }
 
 
 def structured(seeds: list[int], pretrain: int, epochs: int) -> None:
     runs = []
     for seed in seeds:
         runs.append(structured_seed(pretrained("cnn_small", pretrain, seed), epochs, seed))
-        print(f"  seed {seed} cnn_small: dense {runs[-1]['base']:.4f} ours drop "
-              f"{runs[-1]['ours']:+.4f}, Torch-Pruning drop {runs[-1]['tp']:+.4f}", flush=True)  # fmt: skip
+        print(
+            f"  seed {seed} cnn_small: dense {runs[-1]['base']:.4f} ours drop "
+            f"{runs[-1]['ours']:+.4f}, Torch-Pruning drop {runs[-1]['tp']:+.4f}",
+            flush=True,
+        )
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in runs)
 
-    print(f"\ncnn_small on digits, seeds {seeds}: dense accuracy (median) {med('base'):.4f}; "
-          f"ours = L1 filter, layerwise, 2 steps x {epochs} epochs, physical; Torch-Pruning = "
-          f"MetaPruner + L1 magnitude, {2 * epochs} epochs; drops are medians")  # fmt: skip
+    print(
+        f"\ncnn_small on digits, seeds {seeds}: dense accuracy (median) {med('base'):.4f}; "
+        f"ours = L1 filter, layerwise, 2 steps x {epochs} epochs, physical; Torch-Pruning = "
+        f"MetaPruner + L1 magnitude, {2 * epochs} epochs; drops are medians"
+    )
     print(f"{'method':<28} {'FLOPs x':>8} {'drop':>8} {'worst seed':>10}")
-    print(f"{'ours (L1 filter, physical)':<28} {med('ours_x'):>8.2f} {med('ours'):>+8.4f} "
-          f"{max(r['ours'] for r in runs):>+10.4f}")  # fmt: skip
+    print(
+        f"{'ours (L1 filter, physical)':<28} {med('ours_x'):>8.2f} {med('ours'):>+8.4f} "
+        f"{max(r['ours'] for r in runs):>+10.4f}"
+    )
     tp_name = f"Torch-Pruning (ratio {med('ratio'):.3f})"
-    print(f"{tp_name:<28} {med('tp_x'):>8.2f} "
-          f"{med('tp'):>+8.4f} {max(r['tp'] for r in runs):>+10.4f}")  # fmt: skip
+    print(
+        f"{tp_name:<28} {med('tp_x'):>8.2f} {med('tp'):>+8.4f} {max(r['tp'] for r in runs):>+10.4f}"
+    )
     ok = med("ours_x") >= 4 and med("ours") <= 0.01
     print(f"target: >= 4x fewer FLOPs within 1 point: {'PASS' if ok else 'MISS'}")
 

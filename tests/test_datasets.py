@@ -55,9 +55,12 @@ def test_npz_without_test_part_gets_a_stratified_70_30_split(tmp_path):
 
 def test_npz_with_test_part_keeps_it(tmp_path):
     path = _npz(
-        tmp_path / "d.npz", x=RNG.random((10, 5)), y=np.arange(10) % 2,
-        x_test=RNG.random((4, 5)), y_test=np.array([0, 1, 1, 0]),
-    )  # fmt: skip
+        tmp_path / "d.npz",
+        x=RNG.random((10, 5)),
+        y=np.arange(10) % 2,
+        x_test=RNG.random((4, 5)),
+        y_test=np.array([0, 1, 1, 0]),
+    )
     ds = load_dataset_file(path, name="t")
     assert (ds.n_train, ds.n_test, ds.input_shape, ds.x_train.dtype) == (10, 4, (5,), np.float32)
 
@@ -74,10 +77,17 @@ def test_npz_with_test_part_keeps_it(tmp_path):
         ({"x": np.array(["a"] * 6), "y": np.arange(6) % 2}, "must hold numbers"),
         ({"x": np.ones((6, 2, 2, 2, 2)), "y": np.arange(6) % 2}, "N x F or N x C x H x W"),
         ({"x": np.ones((6, 2))}, "arrays named 'x'"),
-        ({"x": np.ones((6, 2)), "y": np.arange(6) % 2, "x_test": np.ones((2, 3)),
-          "y_test": np.array([0, 1])}, r"x_test samples have shape \[3\] but x samples have shape \[2\]"),
+        (
+            {
+                "x": np.ones((6, 2)),
+                "y": np.arange(6) % 2,
+                "x_test": np.ones((2, 3)),
+                "y_test": np.array([0, 1]),
+            },
+            r"x_test samples have shape \[3\] but x samples have shape \[2\]",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_npz_is_422_with_a_sentence(tmp_path, arrays, message):
     with pytest.raises(Invalid, match=message):
         load_dataset_file(_npz(tmp_path / "bad.npz", **arrays), name="bad")

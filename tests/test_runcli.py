@@ -19,12 +19,20 @@ from app.runcli import load_recipe, parse_shape, run_command
 
 torch.set_num_threads(1)
 RECIPE = {
-    "kind": "prune", "name": "cli filter", "expected": {"note": "ignored by the loader"},
-    "pruning": {"granularity": "filter", "criterion": "l1", "scope": "layerwise", "sparsity": 0.5,
-                "physical": True, "exclude": ["classifier"]},
+    "kind": "prune",
+    "name": "cli filter",
+    "expected": {"note": "ignored by the loader"},
+    "pruning": {
+        "granularity": "filter",
+        "criterion": "l1",
+        "scope": "layerwise",
+        "sparsity": 0.5,
+        "physical": True,
+        "exclude": ["classifier"],
+    },
     "schedule": {"kind": "oneshot"},
     "finetune": {"epochs": 1, "lr": 0.02, "optimizer": "sgd", "batch_size": 64},
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +51,15 @@ def test_run_command_writes_summary_histograms_curve_and_artifacts(tmp_path, wei
     out = tmp_path / "out"
     summary = run_command(recipe, weights, "digits", out, arch="cnn_small", progress=False)
     names = {p.name for p in out.iterdir()}
-    assert {"summary.json", "histograms.json", "curve.json", "pruned.pt", "pruned.onnx",
-            "pruned.safetensors", "recipe.json"} <= names  # fmt: skip
+    assert {
+        "summary.json",
+        "histograms.json",
+        "curve.json",
+        "pruned.pt",
+        "pruned.onnx",
+        "pruned.safetensors",
+        "recipe.json",
+    } <= names
     body = json.loads((out / "summary.json").read_text())
     assert body == json.loads(json.dumps(summary))
     assert {
@@ -63,7 +78,10 @@ def test_run_command_writes_summary_histograms_curve_and_artifacts(tmp_path, wei
     assert body["recipe"]["pruning"]["granularity"] == "filter"
     assert json.loads((out / "curve.json").read_text())[0]["epoch"] == 1
     assert {h["phase"] for h in json.loads((out / "histograms.json").read_text())} == {
-        "before", "after_prune", "after_finetune"}  # fmt: skip
+        "before",
+        "after_prune",
+        "after_finetune",
+    }
     assert {a["name"] for a in body["artifacts"]} >= {
         "pruned.pt",
         "pruned.onnx",
@@ -99,10 +117,27 @@ def test_prunelab_run_from_the_command_line(tmp_path, weights) -> None:
     recipe.write_text(json.dumps(RECIPE))
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "run", str(recipe), "--model", str(weights), "--data",
-         "digits", "--out", str(out), "--arch", "cnn_small", "--input-shape", "1,1,8,8"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "run",
+            str(recipe),
+            "--model",
+            str(weights),
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--arch",
+            "cnn_small",
+            "--input-shape",
+            "1,1,8,8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "compression" in proc.stdout
     assert (out / "summary.json").exists() and (out / "pruned.onnx").exists()

@@ -46,8 +46,9 @@ def describe_exit(code: int) -> str:
 class Dispatcher:
     """Owns the runner; call :meth:`start` in the lifespan, :meth:`wake` after queueing a run."""
 
-    def __init__(self, settings: Settings, engine: Engine, runner: Runner,
-                 *, interval_s: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self, settings: Settings, engine: Engine, runner: Runner, *, interval_s: float = 0.5
+    ) -> None:
         self.settings, self.engine, self.runner = settings, engine, runner
         self.interval_s = interval_s
         self._wake = threading.Event()
@@ -103,8 +104,9 @@ class Dispatcher:
 
     def _reconcile(self, *, at_start: bool = False) -> None:
         with Session(self.engine) as s:
-            rows = [(r.id, r.worker_pid, r.runner_ref, r.heartbeat_at)
-                    for r in store.active_runs(s)]  # fmt: skip
+            rows = [
+                (r.id, r.worker_pid, r.runner_ref, r.heartbeat_at) for r in store.active_runs(s)
+            ]
         tracked = self.runner.tracked()
         stale = utcnow() - timedelta(seconds=self.settings.stale_after_s)
         for run_id, pid, ref, beat in rows:
@@ -127,8 +129,11 @@ class Dispatcher:
         elif status in RAY_ENDED:
             self.runner.forget(run_id)  # type: ignore[attr-defined]
             if status == "STOPPED":
-                self._end(run_id, "cancelled" if self._cancelling(run_id) else "interrupted",
-                          "the Ray job was stopped")  # fmt: skip
+                self._end(
+                    run_id,
+                    "cancelled" if self._cancelling(run_id) else "interrupted",
+                    "the Ray job was stopped",
+                )
             else:
                 detail = self.runner.job_error(ref) if status == "FAILED" else ""  # type: ignore[attr-defined]
                 why = f"the Ray job ended {status.lower()} without recording a result"
@@ -207,8 +212,9 @@ class Dispatcher:
             store.set_runner_ref(s, run_id=run_id, runner_ref=ref, worker_pid=pid)
 
 
-def pick_fair(queued: list[tuple[int, int | None]], busy: dict[int | None, int],
-              free: int) -> list[int]:  # fmt: skip
+def pick_fair(
+    queued: list[tuple[int, int | None]], busy: dict[int | None, int], free: int
+) -> list[int]:
     """Up to ``free`` run ids: FIFO within a user, the least busy user first across users."""
     busy = dict(busy)
     heads: dict[int | None, list[int]] = {}

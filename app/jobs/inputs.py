@@ -62,9 +62,13 @@ def load_model_for(
     shape = tuple(record.input_shape) if record.input_shape else data.input_shape
     if len(shape) == len(data.input_shape) + 1:
         shape = shape[1:]
-    loaded = load_model(fetch(artifacts, record.storage_key, tmp), record.format,
-                        arch=record.arch, num_classes=record.num_classes or data.n_classes,
-                        input_shape=shape)  # fmt: skip
+    loaded = load_model(
+        fetch(artifacts, record.storage_key, tmp),
+        record.format,
+        arch=record.arch,
+        num_classes=record.num_classes or data.n_classes,
+        input_shape=shape,
+    )
     return loaded.module, bool(loaded.rebuildable), record.arch or loaded.arch
 
 

@@ -43,8 +43,15 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def store_files(artifacts: ArtifactStore, run_id: int, recipe: Any, result: Any, data: Any,
-                arch: str | None, tmp: Path) -> RunFiles:  # fmt: skip
+def store_files(
+    artifacts: ArtifactStore,
+    run_id: int,
+    recipe: Any,
+    result: Any,
+    data: Any,
+    arch: str | None,
+    tmp: Path,
+) -> RunFiles:
     """Export, write the masks, save the result model; put every file in the artifact store."""
     if recipe.kind == "sensitivity":
         return RunFiles()
@@ -53,8 +60,9 @@ def store_files(artifacts: ArtifactStore, run_id: int, recipe: Any, result: Any,
     example = data.sample_batch(8)
     from app.modelio.export import export_all
 
-    rows = export_all(result.model.cpu().eval(), example, out, recipe=recipe.to_dict(),
-                      arch_config=config)  # fmt: skip
+    rows = export_all(
+        result.model.cpu().eval(), example, out, recipe=recipe.to_dict(), arch_config=config
+    )
     rows += write_masks(result.masks, out / MASKS_NAME)
     for row in rows:
         row["storage_key"] = artifact_key(run_id, row["name"])
@@ -72,8 +80,9 @@ def _arch_config(result: Any, data: Any, arch: str | None) -> dict | None:
         return None
     from app.pruning import structural
 
-    return structural.architecture_config(result.model, arch=arch, num_classes=data.n_classes,
-                                          input_shape=data.input_shape)  # fmt: skip
+    return structural.architecture_config(
+        result.model, arch=arch, num_classes=data.n_classes, input_shape=data.input_shape
+    )
 
 
 def write_masks(masks: dict | None, path: Path) -> list[dict]:
@@ -91,15 +100,31 @@ def write_masks(masks: dict | None, path: Path) -> list[dict]:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)
     with np.load(path) as z:
-        same = set(z.files) == set(arrays) and all(np.array_equal(z[k], v)
-                                                   for k, v in arrays.items())  # fmt: skip
-    return [{"name": path.name, "kind": "masks", "size_bytes": path.stat().st_size,
-             "verified": same, "max_abs_diff": 0.0 if same else None,
-             "sha256": sha256_of(path)}]  # fmt: skip
+        same = set(z.files) == set(arrays) and all(
+            np.array_equal(z[k], v) for k, v in arrays.items()
+        )
+    return [
+        {
+            "name": path.name,
+            "kind": "masks",
+            "size_bytes": path.stat().st_size,
+            "verified": same,
+            "max_abs_diff": 0.0 if same else None,
+            "sha256": sha256_of(path),
+        }
+    ]
 
 
-def _result_model(artifacts: ArtifactStore, run_id: int, recipe: Any, result: Any, data: Any,
-                  arch: str | None, config: dict | None, tmp: Path) -> dict | None:  # fmt: skip
+def _result_model(
+    artifacts: ArtifactStore,
+    run_id: int,
+    recipe: Any,
+    result: Any,
+    data: Any,
+    arch: str | None,
+    config: dict | None,
+    tmp: Path,
+) -> dict | None:
     """Store the result as a model users can prune next: weights + arch, else TorchScript."""
     path = tmp / "result.safetensors"
     fmt = "safetensors" if arch and _save_weights(result.model, path, config, data) else None
@@ -109,9 +134,16 @@ def _result_model(artifacts: ArtifactStore, run_id: int, recipe: Any, result: An
             return None
     key = f"models/run-{run_id}{path.suffix}"
     artifacts.put_file(path, key)
-    return module_record_fields(result.model, path, fmt=fmt, key=key, arch=arch,
-                                input_shape=list(data.input_shape), num_classes=data.n_classes,
-                                name=f"{recipe.name or recipe.kind} (run {run_id})")  # fmt: skip
+    return module_record_fields(
+        result.model,
+        path,
+        fmt=fmt,
+        key=key,
+        arch=arch,
+        input_shape=list(data.input_shape),
+        num_classes=data.n_classes,
+        name=f"{recipe.name or recipe.kind} (run {run_id})",
+    )
 
 
 def _save_weights(module: Any, path: Path, config: dict | None, data: Any) -> bool:
@@ -146,8 +178,17 @@ def _save_weights(module: Any, path: Path, config: dict | None, data: Any) -> bo
     return False
 
 
-def module_record_fields(module: Any, path: Path, *, fmt: str, key: str, arch: str | None,
-                         input_shape: list[int], num_classes: int, name: str) -> dict:  # fmt: skip
+def module_record_fields(
+    module: Any,
+    path: Path,
+    *,
+    fmt: str,
+    key: str,
+    arch: str | None,
+    input_shape: list[int],
+    num_classes: int,
+    name: str,
+) -> dict:
     """The ``ModelRecord`` columns of a module saved at ``path`` under ``key``; ``layers`` lists
     every module holding parameters, as the upload preflight does (BatchNorm included)."""
     from app.pruning.granularity import layer_kinds, prunable_layers
@@ -158,15 +199,28 @@ def module_record_fields(module: Any, path: Path, *, fmt: str, key: str, arch: s
         params = dict(m.named_parameters(recurse=False))
         if params:
             weight = params.get("weight", next(iter(params.values())))
-            layers.append({"name": n, "kind": kinds.get(n, type(m).__name__),
-                           "shape": list(weight.shape), "prunable": n in prunable,
-                           "n_params": sum(p.numel() for p in params.values())})  # fmt: skip
+            layers.append(
+                {
+                    "name": n,
+                    "kind": kinds.get(n, type(m).__name__),
+                    "shape": list(weight.shape),
+                    "prunable": n in prunable,
+                    "n_params": sum(p.numel() for p in params.values()),
+                }
+            )
     return {
-        "name": name[:200], "format": fmt, "arch": arch, "input_shape": input_shape,
-        "num_classes": num_classes, "n_params": sum(p.numel() for p in module.parameters()),
-        "size_bytes": path.stat().st_size, "sha256": sha256_of(path), "storage_key": key,
-        "structured_ok": fmt == "safetensors", "layers": layers,
-    }  # fmt: skip
+        "name": name[:200],
+        "format": fmt,
+        "arch": arch,
+        "input_shape": input_shape,
+        "num_classes": num_classes,
+        "n_params": sum(p.numel() for p in module.parameters()),
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_of(path),
+        "storage_key": key,
+        "structured_ok": fmt == "safetensors",
+        "layers": layers,
+    }
 
 
 def sha256_of(path: Path) -> str:

@@ -120,9 +120,13 @@ class LocalRunner:
             fh.flush()
             proc = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, "--run", str(run_id)],
-                cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=fh,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                cwd=str(ROOT),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs[run_id] = proc
         log.info("run %s attempt %s: worker pid %s", run_id, attempt, proc.pid)
         return str(proc.pid)
@@ -193,9 +197,12 @@ class RayRunner:
             kwargs["entrypoint_num_gpus"] = self.settings.ray_num_gpus
         try:
             self.client.submit_job(
-                entrypoint=f"python -m {WORKER_MODULE} --run {run_id}", submission_id=sub_id,
-                runtime_env=self.runtime_env(), metadata={"prunelab_run": str(run_id)}, **kwargs,
-            )  # fmt: skip
+                entrypoint=f"python -m {WORKER_MODULE} --run {run_id}",
+                submission_id=sub_id,
+                runtime_env=self.runtime_env(),
+                metadata={"prunelab_run": str(run_id)},
+                **kwargs,
+            )
         except RuntimeError as exc:
             if "already exists" not in str(exc):  # idempotent: the same attempt submitted twice
                 raise

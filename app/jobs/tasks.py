@@ -32,9 +32,18 @@ from app.jobs.results import jsonable, module_record_fields, store_files
 from app.models import Run
 
 # moved to ``inputs`` and ``results``; still importable from here
-__all__ = ["StopFlag", "RunReporter", "CheckpointSync", "execute_run", "one_line",
-           "resolve_device", "build_recipe", "load_dataset", "load_model_for",
-           "module_record_fields"]  # fmt: skip
+__all__ = [
+    "StopFlag",
+    "RunReporter",
+    "CheckpointSync",
+    "execute_run",
+    "one_line",
+    "resolve_device",
+    "build_recipe",
+    "load_dataset",
+    "load_model_for",
+    "module_record_fields",
+]
 _jsonable = jsonable
 
 log = logging.getLogger(__name__)
@@ -79,8 +88,12 @@ class RunReporter:
                 return
             self._last = now
             with session_scope(self.engine) as s:
-                store.set_progress(s, run_id=rid, fraction=float(payload.get("fraction", 0.0)),
-                                   message=payload.get("message"))  # fmt: skip
+                store.set_progress(
+                    s,
+                    run_id=rid,
+                    fraction=float(payload.get("fraction", 0.0)),
+                    message=payload.get("message"),
+                )
                 store.add_event(s, run_id=rid, type="progress", data=_jsonable(payload))
         elif event == "metric":
             with session_scope(self.engine) as s:
@@ -89,8 +102,7 @@ class RunReporter:
         elif event == "step":
             with session_scope(self.engine) as s:
                 store.save_step(s, run_id=rid, item=_jsonable(payload))
-                store.add_event(s, run_id=rid, type="metric",
-                                data={"step": _jsonable(payload)})  # fmt: skip
+                store.add_event(s, run_id=rid, type="metric", data={"step": _jsonable(payload)})
 
 
 def resolve_device(setting: str) -> str:
@@ -158,8 +170,14 @@ def _stopped_status(engine: Engine, run_id: int, stop: StopFlag) -> str:
 
 def _end(engine: Engine, run_id: int, status: str, error: str | None) -> str:
     with session_scope(engine) as s:
-        store.transition(s, run_id=run_id, from_=("running",), to=status, error=error,
-                         message=None if error is None else error[:500])  # fmt: skip
+        store.transition(
+            s,
+            run_id=run_id,
+            from_=("running",),
+            to=status,
+            error=error,
+            message=None if error is None else error[:500],
+        )
     return _final_status(engine, run_id)
 
 
@@ -169,8 +187,9 @@ def _final_status(engine: Engine, run_id: int) -> str:
         return run.status if run else "deleted"
 
 
-def _run_attempt(run_id: int, settings: Settings, engine: Engine, stop: StopFlag,
-                 tmp: Path) -> None:  # fmt: skip
+def _run_attempt(
+    run_id: int, settings: Settings, engine: Engine, stop: StopFlag, tmp: Path
+) -> None:
     from app.pruning.pipeline import run_recipe
 
     artifacts = ArtifactStore(settings.artifacts)
@@ -191,16 +210,24 @@ def _run_attempt(run_id: int, settings: Settings, engine: Engine, stop: StopFlag
 
     try:
         result = run_recipe(
-            recipe, model, data, device=resolve_device(settings.device), report=on_event,
-            should_stop=stop, checkpoint_dir=ckpt_dir, rebuildable=rebuildable, resume=resumed,
-        )  # fmt: skip
+            recipe,
+            model,
+            data,
+            device=resolve_device(settings.device),
+            report=on_event,
+            should_stop=stop,
+            checkpoint_dir=ckpt_dir,
+            rebuildable=rebuildable,
+            resume=resumed,
+        )
     finally:
         syncer.sync()  # a stopped attempt leaves its last completed step for resume
     _save_success(engine, settings, artifacts, run_id, recipe, result, data, arch, tmp)
 
 
-def _checkpoint_dir(artifacts: ArtifactStore, run_id: int, attempt: int,
-                    tmp: Path) -> tuple[Path, bool]:  # fmt: skip
+def _checkpoint_dir(
+    artifacts: ArtifactStore, run_id: int, attempt: int, tmp: Path
+) -> tuple[Path, bool]:
     """Where the pipeline checkpoints, and whether an earlier attempt left a step to resume.
 
     A local store is written directly (the pipeline replaces ``checkpoint.pt`` atomically);
@@ -235,29 +262,50 @@ class CheckpointSync:
             self._seen = mtime
 
 
-def _save_success(engine: Engine, settings: Settings, artifacts: ArtifactStore, run_id: int,
-                  recipe: Any, result: Any, data: Any, arch: str | None, tmp: Path) -> None:  # fmt: skip
+def _save_success(
+    engine: Engine,
+    settings: Settings,
+    artifacts: ArtifactStore,
+    run_id: int,
+    recipe: Any,
+    result: Any,
+    data: Any,
+    arch: str | None,
+    tmp: Path,
+) -> None:
     files = store_files(artifacts, run_id, recipe, result, data, arch, tmp)
     rows = files.artifacts
     with session_scope(engine) as s:
         run = store.require_run(s, run_id=run_id)
-        store.replace_results(s, run_id=run_id, steps=_jsonable(result.steps),
-                              layers=_jsonable(result.layers),
-                              histograms=_jsonable(result.histograms),
-                              curve=_jsonable(result.curve),
-                              sensitivity=_jsonable(result.sensitivity))  # fmt: skip
+        store.replace_results(
+            s,
+            run_id=run_id,
+            steps=_jsonable(result.steps),
+            layers=_jsonable(result.layers),
+            histograms=_jsonable(result.histograms),
+            curve=_jsonable(result.curve),
+            sensitivity=_jsonable(result.sensitivity),
+        )
         store.add_artifacts(s, run_id=run_id, items=rows)
         result_id = None
         if files.model_fields is not None:
-            record = store.add_model_record(s, owner_id=run.owner_id, source_run_id=run_id,
-                                            **files.model_fields)  # fmt: skip
+            record = store.add_model_record(
+                s, owner_id=run.owner_id, source_run_id=run_id, **files.model_fields
+            )
             result_id = record.id
         notes = list(result.notes) + [r["error"] for r in rows if r.get("error")]
         ok = store.transition(
-            s, run_id=run_id, from_=("running",), to="succeeded", progress=1.0, message="done",
-            baseline=_jsonable(result.baseline), final=_jsonable(result.final), notes=notes,
+            s,
+            run_id=run_id,
+            from_=("running",),
+            to="succeeded",
+            progress=1.0,
+            message="done",
+            baseline=_jsonable(result.baseline),
+            final=_jsonable(result.final),
+            notes=notes,
             result_model_id=result_id,
-        )  # fmt: skip
+        )
         if not ok:
             s.rollback()  # cancelled or taken over meanwhile: write nothing
     if ok:

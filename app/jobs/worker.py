@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    torch.set_num_threads(max(1, int(os.environ.get("PRUNELAB_WORKER_THREADS", "0")) or
-                              torch.get_num_threads()))  # fmt: skip
+    torch.set_num_threads(
+        max(1, int(os.environ.get("PRUNELAB_WORKER_THREADS", "0")) or torch.get_num_threads())
+    )
     return run_worker(args.run, settings)
 
 

@@ -35,17 +35,51 @@ _MAX_PICKLE_BYTES = 64 * 1024 * 1024
 # Top-level field numbers of onnx.ModelProto (onnx/onnx.proto3).
 _ONNX_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 21, 25}
 _ALLOWED_GLOBALS = {
-    "collections.OrderedDict", "torch.Size", "builtins.set", "builtins.dict",
-    "__builtin__.set", "__builtin__.dict",
-}  # fmt: skip
+    "collections.OrderedDict",
+    "torch.Size",
+    "builtins.set",
+    "builtins.dict",
+    "__builtin__.set",
+    "__builtin__.dict",
+}
 _DANGEROUS_ROOTS = {
-    "os", "posix", "nt", "subprocess", "builtins", "__builtin__", "sys", "shutil", "socket",
-    "importlib", "runpy", "pty", "code", "webbrowser", "ctypes", "pickle", "marshal", "types",
-}  # fmt: skip
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "builtins",
+    "__builtin__",
+    "sys",
+    "shutil",
+    "socket",
+    "importlib",
+    "runpy",
+    "pty",
+    "code",
+    "webbrowser",
+    "ctypes",
+    "pickle",
+    "marshal",
+    "types",
+}
 _TORCH_DTYPES = {
-    "float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
-    "bool", "float", "double", "half", "long", "int", "short",
-}  # fmt: skip
+    "float32",
+    "float64",
+    "float16",
+    "bfloat16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+    "float",
+    "double",
+    "half",
+    "long",
+    "int",
+    "short",
+}
 
 
 def detect_format(path: Path) -> str:

@@ -21,9 +21,17 @@ from app.modelio.load import LoadedModel, load_model, set_eval
 PRUNABLE_KINDS = {"Conv1d", "Conv2d", "Linear"}
 # module types Torch-Pruning knows how to cut; other leaf modules with weights block removal
 _TP_KINDS = PRUNABLE_KINDS | {
-    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm2d", "Embedding",
-    "PReLU", "MultiheadAttention", "LSTM", "ConvTranspose2d",
-}  # fmt: skip
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "LayerNorm",
+    "GroupNorm",
+    "InstanceNorm2d",
+    "Embedding",
+    "PReLU",
+    "MultiheadAttention",
+    "LSTM",
+    "ConvTranspose2d",
+}
 
 
 def inspect_model(request: dict) -> dict:

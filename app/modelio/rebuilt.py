@@ -27,8 +27,13 @@ from torch import nn
 from app.errors import Invalid
 
 ARCH_METADATA_KEY = "prunelab_architecture"
-_REBUILD_KINDS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm,
-                  nn.LayerNorm, nn.GroupNorm)  # fmt: skip
+_REBUILD_KINDS = (
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
 MAX_INPUT_ELEMENTS = 1 << 24
 MAX_CLASSES = 100_000
 _BAD_HEADER = "the architecture in the safetensors header"
@@ -59,8 +64,10 @@ def read_architecture(path: Path) -> dict | None:
     except ValueError:
         config = None
     if not isinstance(config, dict) or not isinstance(config.get("layers"), dict):
-        raise Invalid(f"the {ARCH_METADATA_KEY!r} entry of the safetensors header is not an "
-                      "architecture config written by PruneLab")  # fmt: skip
+        raise Invalid(
+            f"the {ARCH_METADATA_KEY!r} entry of the safetensors header is not an "
+            "architecture config written by PruneLab"
+        )
     return config
 
 
@@ -104,8 +111,10 @@ def check_config(config: Mapping, state: Mapping[str, torch.Tensor]) -> None:
         kind = spec.get("kind") if isinstance(spec, dict) else None
         cls = getattr(nn, str(kind), None)
         if not (isinstance(cls, type) and issubclass(cls, _REBUILD_KINDS)):
-            raise Invalid(f"{_BAD_HEADER} has layer {name!r} of kind {kind!r}, which PruneLab "
-                          "does not rebuild")  # fmt: skip
+            raise Invalid(
+                f"{_BAD_HEADER} has layer {name!r} of kind {kind!r}, which PruneLab "
+                "does not rebuild"
+            )
         declared += _declared_params(spec.get("args") or {})
     have = sum(t.numel() for t in state.values())
     if declared > 2 * have + 100_000:

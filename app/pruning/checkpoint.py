@@ -26,10 +26,17 @@ if TYPE_CHECKING:
     from app.pruning.pipeline import RunContext
 
 CHECKPOINT = "checkpoint.pt"
-_RECORDS = ("steps", "layers", "curve", "notes", "hist_before", "hist_after_prune",
-            "initial_state")  # fmt: skip
-_PLAN_KEYS = ("masks", "requested", "achieved", "thresholds", "channels", "extra", "notes",
-              "granularity")  # fmt: skip
+_RECORDS = ("steps", "layers", "curve", "notes", "hist_before", "hist_after_prune", "initial_state")
+_PLAN_KEYS = (
+    "masks",
+    "requested",
+    "achieved",
+    "thresholds",
+    "channels",
+    "extra",
+    "notes",
+    "granularity",
+)
 
 
 def plan_state(plan: Any) -> dict:
@@ -62,13 +69,17 @@ def save_checkpoint(ctx: RunContext, step: int, *, training: dict | None = None)
     if ctx.checkpoint_dir is None:
         return
     state = {
-        "step": step, "model": ctx.model.state_dict(), "masks": ctx.masks,
-        "baseline": ctx.baseline, "plan": None if ctx.plan is None else plan_state(ctx.plan),
-        "training": training, **{key: getattr(ctx, key) for key in _RECORDS},
+        "step": step,
+        "model": ctx.model.state_dict(),
+        "masks": ctx.masks,
+        "baseline": ctx.baseline,
+        "plan": None if ctx.plan is None else plan_state(ctx.plan),
+        "training": training,
+        **{key: getattr(ctx, key) for key in _RECORDS},
         # mid-training, the step to fall back on (max_accuracy_drop) is not the model saved here
         "best": None if training is None else _best_state(ctx.best),
         "extra": ctx._extra,  # what the step records add for structured levels
-    }  # fmt: skip
+    }
     ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     tmp = ctx.checkpoint_dir / f"{CHECKPOINT}.tmp"
     torch.save(state, tmp)

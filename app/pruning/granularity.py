@@ -56,9 +56,18 @@ PRUNABLE_TYPES = (
 )
 # Element-wise modules f with f(0) = 0: a zeroed branch stays zero through them.
 ZERO_PRESERVING = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU,
-    nn.SiLU, nn.Tanh, nn.Dropout, nn.Identity,
-)  # fmt: skip
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Dropout,
+    nn.Identity,
+)
 _ADD_TARGETS = (operator.add, operator.iadd, torch.add)
 _ZERO_FUNCS = (torch.relu, nn.functional.relu, nn.functional.gelu, torch.tanh)
 

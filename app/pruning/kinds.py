@@ -28,15 +28,23 @@ def run_train_kind(recipe: Any, model: nn.Module, data: ArrayDataset, **kw: Any)
     model.to(kw["device"])
     base = measure_mod.measure(model, data, device=kw["device"], latency=kw["latency"])
     curve = train(
-        model, data, recipe.finetune, device=kw["device"], report=kw["report"],
-        should_stop=kw["should_stop"], bn_l1=recipe.pruning.bn_l1, seed=recipe.seed,
-    )  # fmt: skip
-    final = measure_mod.measure(model, data, device=kw["device"], latency=kw["latency"],
-                                baseline_nonzero=base["n_nonzero"])  # fmt: skip
+        model,
+        data,
+        recipe.finetune,
+        device=kw["device"],
+        report=kw["report"],
+        should_stop=kw["should_stop"],
+        bn_l1=recipe.pruning.bn_l1,
+        seed=recipe.seed,
+    )
+    final = measure_mod.measure(
+        model, data, device=kw["device"], latency=kw["latency"], baseline_nonzero=base["n_nonzero"]
+    )
     layers = measure_mod.layer_stats(model, input_shape=data.input_shape)
     step0 = {"step": 0, "target_sparsity": 0.0, "before_finetune": base, "after_finetune": final}
-    return RunResult(model, base, final, steps=[step0], layers=[{"step": 0, **r} for r in layers],
-                     curve=curve)  # fmt: skip
+    return RunResult(
+        model, base, final, steps=[step0], layers=[{"step": 0, **r} for r in layers], curve=curve
+    )
 
 
 def run_sensitivity_kind(recipe: Any, model: nn.Module, data: ArrayDataset, **kw: Any) -> RunResult:
@@ -49,8 +57,13 @@ def run_sensitivity_kind(recipe: Any, model: nn.Module, data: ArrayDataset, **kw
     model.to(kw["device"])
     base = measure_mod.measure(model, data, device=kw["device"], latency=kw["latency"])
     rows, allocation = run_sensitivity(
-        model, data, recipe.sensitivity, pruning=recipe.pruning, device=kw["device"],
-        report=kw["report"], should_stop=kw["should_stop"],
-    )  # fmt: skip
+        model,
+        data,
+        recipe.sensitivity,
+        pruning=recipe.pruning,
+        device=kw["device"],
+        report=kw["report"],
+        should_stop=kw["should_stop"],
+    )
     notes = [] if not allocation else [f"allocation for the target: {allocation}"]
     return RunResult(model, base, base, sensitivity=rows, notes=notes, allocation=allocation)

@@ -150,12 +150,21 @@ def compute_masks(
         scores = {n: m.weight.detach() for n, m in targets.items()}
     else:
         scores = CRITERIA[spec.criterion].score(
-            model, targets, spec.granularity, data=data, device=device, nm=spec.nm, seed=seed,
+            model,
+            targets,
+            spec.granularity,
+            data=data,
+            device=device,
+            nm=spec.nm,
+            seed=seed,
             batches=spec.calibration_batches,
-        )  # fmt: skip
+        )
     ctx = Selection(spec, {n: targets[n] for n in scores}, scores, previous, absolute=absolute)
-    ctx.notes.extend(f"'{n}' left dense: criterion '{spec.criterion}' cannot score it"
-                     for n in targets if n not in scores)  # fmt: skip
+    ctx.notes.extend(
+        f"'{n}' left dense: criterion '{spec.criterion}' cannot score it"
+        for n in targets
+        if n not in scores
+    )
     del scores  # the selection owns them and frees them before building masks
     if spec.granularity == "nm":
         ctx.select_nm()
@@ -171,9 +180,11 @@ def _raw_magnitude(spec: PruningSpec, targets: dict[str, nn.Module]) -> bool:
     return (
         spec.granularity == "element"
         and spec.criterion in MAGNITUDE
-        and all(m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
-                for m in targets.values())
-    )  # fmt: skip
+        and all(
+            m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
+            for m in targets.values()
+        )
+    )
 
 
 def _layer_plan(model, spec, targets, layers, target, previous, seed) -> MaskPlan:
@@ -210,9 +221,12 @@ def _layer_plan(model, spec, targets, layers, target, previous, seed) -> MaskPla
             if getattr(modules[n], "affine", False):
                 shape = modules[n].weight.shape
                 extra[f"{n}.weight"] = extra[f"{n}.bias"] = torch.zeros(shape, dtype=torch.bool)
-    achieved = {n: 1.0 - float(masks[n].sum()) / masks[n].numel() if n in masks else 0.0
-                for n in layers}  # fmt: skip
-    notes = [f"granularity 'layer' removed {len(removed)} of {len(blocks)} residual blocks: "
-             + (", ".join("+".join(b.layers) for b in removed) or "none")]  # fmt: skip
+    achieved = {
+        n: 1.0 - float(masks[n].sum()) / masks[n].numel() if n in masks else 0.0 for n in layers
+    }
+    notes = [
+        f"granularity 'layer' removed {len(removed)} of {len(blocks)} residual blocks: "
+        + (", ".join("+".join(b.layers) for b in removed) or "none")
+    ]
     requested = {n: (target if n in targets else 0.0) for n in layers}
     return MaskPlan(masks, requested, achieved, dict.fromkeys(layers), None, extra, notes, "layer")

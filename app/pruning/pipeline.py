@@ -35,8 +35,15 @@ from app.pruning.result import MASKS_ONLY_NOTE, RunResult, finish_run, prunable_
 from app.pruning.schedule import run_schedule, within_drop
 from app.pruning.train import fine_tune
 
-__all__ = ["CHECKPOINT", "MASKS_ONLY_NOTE", "STRUCTURED", "RunContext", "RunResult",
-           "reset_parameters", "run_recipe"]  # fmt: skip
+__all__ = [
+    "CHECKPOINT",
+    "MASKS_ONLY_NOTE",
+    "STRUCTURED",
+    "RunContext",
+    "RunResult",
+    "reset_parameters",
+    "run_recipe",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +120,12 @@ class RunContext:
             return
         self.baseline = self.measure()
         self.baseline_accuracy = float(self.baseline["accuracy"])
-        step0 = {"step": 0, "target_sparsity": 0.0, "before_finetune": self.baseline,
-                 "after_finetune": self.baseline}  # fmt: skip
+        step0 = {
+            "step": 0,
+            "target_sparsity": 0.0,
+            "before_finetune": self.baseline,
+            "after_finetune": self.baseline,
+        }
         self.steps.append(step0)
         self._record_layers(0)
         self.report("step", step0)
@@ -126,9 +137,14 @@ class RunContext:
         check_cancelled(self.should_stop)
         spec = self.recipe.pruning
         plan = masks_mod.compute_masks(
-            self.model, spec, sparsity=target, data=self.data, device=self.device,
-            previous=self.masks, seed=int(self.recipe.seed),
-        )  # fmt: skip
+            self.model,
+            spec,
+            sparsity=target,
+            data=self.data,
+            device=self.device,
+            previous=self.masks,
+            seed=int(self.recipe.seed),
+        )
         self.plan, self.masks = plan, plan.masks
         masks_mod.apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
         self.keeper = masks_mod.MaskKeeper(self.model, plan)
@@ -171,9 +187,15 @@ class RunContext:
         return self.measure()
 
     def finetune(
-        self, *, step: int, span: tuple[float, float], hook: Any = None, epochs: int | None = None,
-        on_epoch: Any = None, resume: dict | None = None,
-    ) -> list[dict]:  # fmt: skip
+        self,
+        *,
+        step: int,
+        span: tuple[float, float],
+        hook: Any = None,
+        epochs: int | None = None,
+        on_epoch: Any = None,
+        resume: dict | None = None,
+    ) -> list[dict]:
         """Fine-tune with the recipe's spec; each epoch's point joins ``self.curve`` as it ends."""
 
         def record(point: dict, training: dict) -> None:
@@ -182,10 +204,21 @@ class RunContext:
                 on_epoch(point, training)
 
         return fine_tune(
-            self.model, self.data, self.recipe.finetune, device=self.device, keeper=self.keeper,
-            report=self.report, should_stop=self.should_stop, step=step, seed=self.recipe.seed,
-            hook=hook, epochs=epochs, span=span, on_epoch=record, resume=resume,
-        )  # fmt: skip
+            self.model,
+            self.data,
+            self.recipe.finetune,
+            device=self.device,
+            keeper=self.keeper,
+            report=self.report,
+            should_stop=self.should_stop,
+            step=step,
+            seed=self.recipe.seed,
+            hook=hook,
+            epochs=epochs,
+            span=span,
+            on_epoch=record,
+            resume=resume,
+        )
 
     def measure_after(self, *, step: int) -> dict:
         if self.structured and self.plan is not None:
@@ -206,11 +239,22 @@ class RunContext:
         self.layers.extend({"step": step, **row} for row in rows)
 
     def record_step(
-        self, k: int, target: float | None, before: dict, after: dict, curve: list[dict],
-        *, checkpoint: bool = True,
-    ) -> None:  # fmt: skip
-        item = {"step": k, "target_sparsity": after["sparsity"] if target is None else target,
-                "before_finetune": before, "after_finetune": after, **self._extra}  # fmt: skip
+        self,
+        k: int,
+        target: float | None,
+        before: dict,
+        after: dict,
+        curve: list[dict],
+        *,
+        checkpoint: bool = True,
+    ) -> None:
+        item = {
+            "step": k,
+            "target_sparsity": after["sparsity"] if target is None else target,
+            "before_finetune": before,
+            "after_finetune": after,
+            **self._extra,
+        }
         self.steps.append(item)
         self._record_layers(k)
         self.report("step", item)
@@ -237,8 +281,13 @@ class RunContext:
         """Keep a copy of step ``k`` to fall back on (only with ``max_accuracy_drop``)."""
         if self.recipe.schedule.max_accuracy_drop is None:
             return
-        self.best = {"step": k, "state": copy.deepcopy(self.model.state_dict()),
-                     "masks": self.masks, "plan": self.plan, "after_prune": self.hist_after_prune}  # fmt: skip
+        self.best = {
+            "step": k,
+            "state": copy.deepcopy(self.model.state_dict()),
+            "masks": self.masks,
+            "plan": self.plan,
+            "after_prune": self.hist_after_prune,
+        }
 
     def checkpoint(self, k: int, *, training: dict | None = None) -> None:
         """Write the checkpoint after step ``k`` (``training``: AGP's mid-training state)."""
@@ -290,8 +339,14 @@ def run_recipe(
     if recipe.kind == "sensitivity":
         return run_sensitivity_kind(recipe, model, data, **kw)
     masks_mod.validate(recipe.pruning, model)
-    ctx = RunContext(recipe, model, data, checkpoint_dir=checkpoint_dir if resume else None,
-                     initial_state=initial_state, **kw)  # fmt: skip
+    ctx = RunContext(
+        recipe,
+        model,
+        data,
+        checkpoint_dir=checkpoint_dir if resume else None,
+        initial_state=initial_state,
+        **kw,
+    )
     ctx.start()
     ctx.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
     run_schedule(ctx)

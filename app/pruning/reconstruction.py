@@ -32,11 +32,19 @@ def _conv_rows(layer: nn.Module, x: Tensor, name: str) -> Tensor:
         return x.reshape(-1, x.shape[-1], 1)
     if isinstance(layer, nn.Conv1d):
         x = x.unsqueeze(2)
-        kw = {"kernel_size": (1, *layer.kernel_size), "dilation": (1, *layer.dilation),
-              "padding": (0, *layer.padding), "stride": (1, *layer.stride)}  # fmt: skip
+        kw = {
+            "kernel_size": (1, *layer.kernel_size),
+            "dilation": (1, *layer.dilation),
+            "padding": (0, *layer.padding),
+            "stride": (1, *layer.stride),
+        }
     else:
-        kw = {"kernel_size": layer.kernel_size, "dilation": layer.dilation,
-              "padding": layer.padding, "stride": layer.stride}  # fmt: skip
+        kw = {
+            "kernel_size": layer.kernel_size,
+            "dilation": layer.dilation,
+            "padding": layer.padding,
+            "stride": layer.stride,
+        }
     cols = F.unfold(x, **kw)  # (B, in*k, L)
     return cols.transpose(1, 2).reshape(-1, layer.in_channels, cols.shape[1] // layer.in_channels)
 

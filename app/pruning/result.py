@@ -98,6 +98,14 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
     final = ctx.measure()
     ctx.report("progress", {"fraction": 1.0, "message": "done"})
     return RunResult(
-        model=model, baseline=ctx.baseline, final=final, steps=ctx.steps, layers=ctx.layers,
-        histograms=hists, curve=ctx.curve, notes=ctx.notes, physical=physical, masks=ctx.masks,
-    )  # fmt: skip
+        model=model,
+        baseline=ctx.baseline,
+        final=final,
+        steps=ctx.steps,
+        layers=ctx.layers,
+        histograms=hists,
+        curve=ctx.curve,
+        notes=ctx.notes,
+        physical=physical,
+        masks=ctx.masks,
+    )

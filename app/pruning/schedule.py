@@ -168,8 +168,9 @@ def _run_agp(ctx: RunContext) -> None:
         state = {**training, "k": pending["k"], "before": pending["before"]}
         ctx.checkpoint(ctx.steps[-1]["step"], training=state)
 
-    ctx.finetune(step=1, hook=hook, epochs=epochs, span=(0.0, 1.0), on_epoch=on_epoch,
-                 resume=resume)  # fmt: skip
+    ctx.finetune(
+        step=1, hook=hook, epochs=epochs, span=(0.0, 1.0), on_epoch=on_epoch, resume=resume
+    )
     while pending["k"] < n:  # fewer iterations than updates: finish the ramp now
         hook(updates[pending["k"]], total)
     ctx.resume_training = None

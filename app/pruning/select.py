@@ -25,8 +25,10 @@ class Selection:
         (element magnitude criteria; never materialised for a whole model)."""
         self.spec, self.layers, self.notes = spec, layers, [NEVER_EMPTY_NOTE]
         self.absolute = absolute
-        self.views = {n: unit_view(m.weight, spec.granularity, spec.nm, transposed=is_transposed(m))
-                      for n, m in layers.items()}  # fmt: skip
+        self.views = {
+            n: unit_view(m.weight, spec.granularity, spec.nm, transposed=is_transposed(m))
+            for n, m in layers.items()
+        }
         self.scores = {n: s.float().cpu() for n, s in scores.items()}
         self.forced: dict[str, Tensor] = {}
         for n, prev in previous.items():
@@ -78,9 +80,10 @@ class Selection:
             if self.absolute:  # previously pruned units: +inf in the ranking, then added back
                 pruned, cut = global_lowest_abs([self.scores[n] for n in names], forced, k)
             else:
-                ranks = [self.scores[n] if f is None else
-                         torch.where(f, float("inf"), self.scores[n])
-                         for n, f in zip(names, forced, strict=True)]  # fmt: skip
+                ranks = [
+                    self.scores[n] if f is None else torch.where(f, float("inf"), self.scores[n])
+                    for n, f in zip(names, forced, strict=True)
+                ]
                 pruned, cut = global_lowest(ranks, k)
             for n, p in zip(names, pruned, strict=True):
                 self.pruned[n] = p | self.forced[n] if n in self.forced else p
@@ -88,8 +91,12 @@ class Selection:
                 self.thresholds.update(dict.fromkeys(names, cut))
             return
         ranks = torch.cat([self._ranking(n).flatten() for n in names])
-        sizes = torch.cat([torch.full((self.scores[n].numel(),), self.views[n].unit_size,
-                                      dtype=torch.float64) for n in names])  # fmt: skip
+        sizes = torch.cat(
+            [
+                torch.full((self.scores[n].numel(),), self.views[n].unit_size, dtype=torch.float64)
+                for n in names
+            ]
+        )
         order = torch.argsort(ranks, stable=True)
         cum = torch.cat([torch.zeros(1, dtype=torch.float64), sizes[order].cumsum(0)])
         count = int((cum - target * float(sizes.sum())).abs().argmin())
@@ -145,8 +152,16 @@ class Selection:
             self.requested.setdefault(n, 0.0)
             self.thresholds.setdefault(n, None)
         extra = filter_extras(model, masks) if self.spec.granularity == "filter" else {}
-        return MaskPlan(masks, self.requested, achieved, self.thresholds,
-                        channels or None, extra, self.notes, self.spec.granularity)  # fmt: skip
+        return MaskPlan(
+            masks,
+            self.requested,
+            achieved,
+            self.thresholds,
+            channels or None,
+            extra,
+            self.notes,
+            self.spec.granularity,
+        )
 
 
 def filter_extras(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -250,8 +265,10 @@ class _Ranked:
         q, n = min(k / self.total, 1.0), sample.size
         margin = 6.0 * (n * q * (1 - q)) ** 0.5 + 16
         lo_i, hi_i = int(q * n - margin), int(q * n + margin) + 1
-        return (float(sample[lo_i]) if lo_i >= 0 else -np.inf,
-                float(sample[hi_i]) if hi_i < n else np.inf)  # fmt: skip
+        return (
+            float(sample[lo_i]) if lo_i >= 0 else -np.inf,
+            float(sample[hi_i]) if hi_i < n else np.inf,
+        )
 
     def split(self, lo: float, hi: float, out: list[np.ndarray]):
         """One pass: ``out`` = rank < lo; returns that count and the values and (tensor,

@@ -44,9 +44,13 @@ def _evaluate(model: nn.Module, data: ArrayDataset, device: str) -> float:
 def _prune_one(model: nn.Module, pruning: Any, layer: str, others: list[str], s: float, **kw: Any):
     """Masks for ``layer`` alone at sparsity ``s`` (every other layer excluded), applied in place."""
     spec = dataclasses.replace(
-        pruning, scope="layerwise", sparsity=float(s), threshold=None,
-        exclude=tuple(others), overrides={},
-    )  # fmt: skip
+        pruning,
+        scope="layerwise",
+        sparsity=float(s),
+        threshold=None,
+        exclude=tuple(others),
+        overrides={},
+    )
     plan = masks_mod.compute_masks(
         model, spec, sparsity=float(s), data=kw["data"], device=kw["device"]
     )

@@ -2,7 +2,7 @@
 
 No torch import here: the web layer validates recipes and offers valid
 (criterion, granularity) pairs from these tables without loading torch.
-``importance.CRITERIA`` must agree with :data:`VALID_PAIRS` (a test checks it).
+The names it accepts come from :mod:`app.catalogue`.
 
 Example:
     >>> r = Recipe.from_dict({"kind": "prune", "name": "x",
@@ -17,37 +17,17 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-GRANULARITY_NAMES: tuple[str, ...] = (
-    "element", "vector", "kernel", "group", "filter", "channel", "nm", "layer",
-)  # fmt: skip
-CRITERION_NAMES: tuple[str, ...] = (
-    "l1", "l2", "threshold", "bn_gamma", "synaptic", "fpgm", "reconstruction",
-    "taylor", "snip", "apoz", "wanda", "random",
-)  # fmt: skip
-SCHEDULE_KINDS: tuple[str, ...] = ("oneshot", "iterative", "agp", "at_init", "retrain")
-RECIPE_KINDS: tuple[str, ...] = ("prune", "sensitivity", "train")
-SCOPES: tuple[str, ...] = ("global", "layerwise")
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
-LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step")
-RETRAIN_INITS: tuple[str, ...] = ("rewind", "reinit")
-
-_ALL = frozenset(GRANULARITY_NAMES)
-_FINE = frozenset({"element", "vector", "kernel", "group", "filter", "channel", "nm"})
-VALID_PAIRS: dict[str, frozenset[str]] = {
-    "l1": _ALL,
-    "l2": _ALL,
-    "threshold": frozenset({"element"}),
-    "bn_gamma": frozenset({"filter"}),
-    "synaptic": frozenset({"filter"}),
-    "fpgm": frozenset({"filter"}),
-    "reconstruction": frozenset({"channel"}),
-    "taylor": _FINE,
-    "snip": _FINE,
-    "apoz": frozenset({"filter"}),
-    "wanda": frozenset({"element", "nm", "channel"}),
-    "random": _ALL,
-}
-"""criterion -> the granularities it can score (torch-free copy of ``importance.CRITERIA``)."""
+from app.catalogue import (
+    CRITERION_NAMES,
+    GRANULARITY_NAMES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    RECIPE_KINDS,
+    RETRAIN_INITS,
+    SCHEDULE_KINDS,
+    SCOPES,
+    VALID_PAIRS,
+)
 
 # Keys of the POST /api/runs body that belong to the run row, not to the recipe.
 ENVELOPE_KEYS: frozenset[str] = frozenset({"model_id", "dataset_id"})
@@ -191,8 +171,9 @@ class ScheduleSpec:
     def __post_init__(self) -> None:
         _choice(self.kind, SCHEDULE_KINDS, "schedule.kind")
         _int(self.steps, "schedule.steps", 1)
-        _optional(self.max_accuracy_drop, _number, "schedule.max_accuracy_drop", 0.0, 1.0,
-                  hi_open=False)  # fmt: skip
+        _optional(
+            self.max_accuracy_drop, _number, "schedule.max_accuracy_drop", 0.0, 1.0, hi_open=False
+        )
         _choice(self.retrain_init, RETRAIN_INITS, "schedule.retrain_init")
 
     @classmethod
@@ -296,8 +277,12 @@ class Recipe:
         d = dict(_check_keys(d, cls, "the recipe", ENVELOPE_KEYS))
         for key in ENVELOPE_KEYS:
             d.pop(key, None)
-        sections = {"pruning": PruningSpec, "schedule": ScheduleSpec, "finetune": FinetuneSpec,
-                    "sensitivity": SensitivitySpec}  # fmt: skip
+        sections = {
+            "pruning": PruningSpec,
+            "schedule": ScheduleSpec,
+            "finetune": FinetuneSpec,
+            "sensitivity": SensitivitySpec,
+        }
         for key, section in sections.items():
             if key in d and d[key] is None:
                 d.pop(key)  # null means "not given": the section's defaults apply

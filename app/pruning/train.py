@@ -137,9 +137,14 @@ def _train_epoch(
 def _start_state(model: nn.Module, spec: Any, loader: Any, resume: dict | None, **kw: Any) -> dict:
     """The loop's state: optimizer, keeper, iteration counters; restored from ``resume``."""
     state = {
-        "optimizer": make_optimizer(model, spec), "it": 0, "epoch": 0,
-        "base_lr": float(spec.lr), "lr_schedule": str(spec.lr_schedule), "best": None, **kw,
-    }  # fmt: skip
+        "optimizer": make_optimizer(model, spec),
+        "it": 0,
+        "epoch": 0,
+        "base_lr": float(spec.lr),
+        "lr_schedule": str(spec.lr_schedule),
+        "best": None,
+        **kw,
+    }
     if resume is not None:
         state["optimizer"].load_state_dict(resume["optimizer"])
         loader.generator.set_state(resume["generator"].cpu())
@@ -151,10 +156,12 @@ def _start_state(model: nn.Module, spec: Any, loader: Any, resume: dict | None, 
 def training_state(state: dict, loader: Any) -> dict:
     """What :func:`fine_tune` needs to continue after this epoch (its ``resume`` argument)."""
     return {
-        "epoch": int(state["epoch"]), "it": int(state["it"]),
-        "optimizer": state["optimizer"].state_dict(), "generator": loader.generator.get_state(),
+        "epoch": int(state["epoch"]),
+        "it": int(state["it"]),
+        "optimizer": state["optimizer"].state_dict(),
+        "generator": loader.generator.get_state(),
         "rng": torch.get_rng_state(),
-    }  # fmt: skip
+    }
 
 
 def fine_tune(
@@ -216,10 +223,17 @@ def fine_tune(
     model.to(device)
     loader = data.loader("train", batch_size, shuffle=True, seed=int(seed) * 1009 + int(step))
     state = _start_state(
-        model, spec, loader, resume, keeper=keeper, total=n_epochs * len(loader),
-        bn_l1=float(bn_l1), tick=ProgressThrottle(report), span=span,
+        model,
+        spec,
+        loader,
+        resume,
+        keeper=keeper,
+        total=n_epochs * len(loader),
+        bn_l1=float(bn_l1),
+        tick=ProgressThrottle(report),
+        span=span,
         message=f"step {step}: training" if step else "training",
-    )  # fmt: skip
+    )
     loss_fn = nn.CrossEntropyLoss(
         label_smoothing=float(getattr(spec, "label_smoothing", 0.0) or 0.0)
     )
@@ -255,10 +269,13 @@ def fine_tune(
 def _epoch_point(model: nn.Module, data: ArrayDataset, device: str, state: dict, **kw: Any) -> dict:
     ev = _evaluate(model, data, device)
     return {
-        "epoch": int(kw["epoch"]), "step": int(kw["step"]), "loss": float(kw["loss"]),
-        "accuracy": float(ev["accuracy"]), "test_loss": float(ev["loss"]),
+        "epoch": int(kw["epoch"]),
+        "step": int(kw["step"]),
+        "loss": float(kw["loss"]),
+        "accuracy": float(ev["accuracy"]),
+        "test_loss": float(ev["loss"]),
         "lr": float(state["optimizer"].param_groups[0]["lr"]),
-    }  # fmt: skip
+    }
 
 
 def train(
@@ -289,6 +306,13 @@ def train(
     """
     torch.manual_seed(int(seed))
     return fine_tune(
-        model, data, spec, device=device, report=report, should_stop=should_stop,
-        step=0, bn_l1=bn_l1, seed=seed,
-    )  # fmt: skip
+        model,
+        data,
+        spec,
+        device=device,
+        report=report,
+        should_stop=should_stop,
+        step=0,
+        bn_l1=bn_l1,
+        seed=seed,
+    )

@@ -46,15 +46,21 @@ def save_step(session: Session, *, run_id: int, item: dict) -> None:
     """Insert or replace one steps item (live, as the worker finishes each step)."""
     step = int(item["step"])
     session.exec(delete(RunStep).where(RunStep.run_id == run_id, RunStep.step == step))  # type: ignore[call-overload]
-    extra = {k: v for k, v in item.items()
-             if k not in ("step", "target_sparsity", "before_finetune", "after_finetune")}  # fmt: skip
+    extra = {
+        k: v
+        for k, v in item.items()
+        if k not in ("step", "target_sparsity", "before_finetune", "after_finetune")
+    }
     session.add(
         RunStep(
-            run_id=run_id, step=step, target_sparsity=float(item.get("target_sparsity") or 0.0),
-            before_finetune=item.get("before_finetune"), after_finetune=item.get("after_finetune"),
+            run_id=run_id,
+            step=step,
+            target_sparsity=float(item.get("target_sparsity") or 0.0),
+            before_finetune=item.get("before_finetune"),
+            after_finetune=item.get("after_finetune"),
             extra=extra or None,
         )
-    )  # fmt: skip
+    )
     session.exec(update(Run).where(col(Run.id) == run_id).values(last_step=step))  # type: ignore[call-overload]
 
 
@@ -63,12 +69,27 @@ def add_curve_point(session: Session, *, run_id: int, point: dict) -> None:
 
 
 def _curve_row(run_id: int, p: dict) -> CurvePoint:
-    return CurvePoint(run_id=run_id, epoch=int(p.get("epoch", 0)), step=int(p.get("step", 0)),
-                      loss=p.get("loss"), accuracy=p.get("accuracy"), lr=p.get("lr"))  # fmt: skip
+    return CurvePoint(
+        run_id=run_id,
+        epoch=int(p.get("epoch", 0)),
+        step=int(p.get("step", 0)),
+        loss=p.get("loss"),
+        accuracy=p.get("accuracy"),
+        lr=p.get("lr"),
+    )
 
 
-_LAYER_KEYS = ("layer", "kind", "shape", "sparsity", "requested", "n_params", "n_nonzero",
-               "threshold", "flops")  # fmt: skip
+_LAYER_KEYS = (
+    "layer",
+    "kind",
+    "shape",
+    "sparsity",
+    "requested",
+    "n_params",
+    "n_nonzero",
+    "threshold",
+    "flops",
+)
 
 
 def replace_results(
@@ -92,15 +113,26 @@ def replace_results(
         fields["shape"] = list(fields["shape"]) if "shape" in fields else None
         session.add(LayerStat(run_id=run_id, step=int(row.get("step", 0)), **fields))
     for h in histograms:
-        session.add(Histogram(run_id=run_id, layer=h["layer"], phase=h["phase"],
-                              edges=list(h["edges"]), counts=[int(c) for c in h["counts"]],
-                              threshold=h.get("threshold")))  # fmt: skip
+        session.add(
+            Histogram(
+                run_id=run_id,
+                layer=h["layer"],
+                phase=h["phase"],
+                edges=list(h["edges"]),
+                counts=[int(c) for c in h["counts"]],
+                threshold=h.get("threshold"),
+            )
+        )
     session.add_all(_curve_row(run_id, p) for p in curve)
     session.add_all(
-        SensitivityRow(run_id=run_id, layer=r["layer"], sparsity=float(r["sparsity"]),
-                       accuracy=float(r["accuracy"]))
+        SensitivityRow(
+            run_id=run_id,
+            layer=r["layer"],
+            sparsity=float(r["sparsity"]),
+            accuracy=float(r["accuracy"]),
+        )
         for r in sensitivity
-    )  # fmt: skip
+    )
 
 
 def add_artifacts(session: Session, *, run_id: int, items: Iterable[dict]) -> None:
@@ -108,11 +140,17 @@ def add_artifacts(session: Session, *, run_id: int, items: Iterable[dict]) -> No
     for a in items:
         session.exec(delete(Artifact).where(Artifact.run_id == run_id, Artifact.name == a["name"]))  # type: ignore[call-overload]
         session.add(
-            Artifact(run_id=run_id, name=a["name"], kind=a.get("kind", "file"),
-                     size_bytes=int(a.get("size_bytes", 0)), verified=bool(a.get("verified")),
-                     max_abs_diff=a.get("max_abs_diff"), sha256=a.get("sha256"),
-                     storage_key=a["storage_key"])
-        )  # fmt: skip
+            Artifact(
+                run_id=run_id,
+                name=a["name"],
+                kind=a.get("kind", "file"),
+                size_bytes=int(a.get("size_bytes", 0)),
+                verified=bool(a.get("verified")),
+                max_abs_diff=a.get("max_abs_diff"),
+                sha256=a.get("sha256"),
+                storage_key=a["storage_key"],
+            )
+        )
 
 
 def list_steps(session: Session, *, run_id: int) -> list[RunStep]:
@@ -170,8 +208,9 @@ def create_sweep(
     sparsities: list[float],
     criteria: list[str],
 ) -> Sweep:
-    sweep = Sweep(name=name[:200], recipe=recipe, sparsities=sparsities, criteria=criteria,
-                  owner_id=owner_id)  # fmt: skip
+    sweep = Sweep(
+        name=name[:200], recipe=recipe, sparsities=sparsities, criteria=criteria, owner_id=owner_id
+    )
     session.add(sweep)
     session.flush()
     return sweep

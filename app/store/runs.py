@@ -128,8 +128,9 @@ def require_run(session: Session, *, run_id: int) -> Run:
     return run
 
 
-def _filtered(query: Any, status: str | None, model_id: int | None, owner_id: int | None,
-              sweep_id: int | None) -> Any:  # fmt: skip
+def _filtered(
+    query: Any, status: str | None, model_id: int | None, owner_id: int | None, sweep_id: int | None
+) -> Any:
     if status is not None:
         query = query.where(Run.status == status)
     if model_id is not None:
@@ -214,9 +215,17 @@ def claim_run(session: Session, *, run_id: int, worker_pid: int | None = None) -
     run = session.get(Run, run_id)
     attempt = (run.attempt if run else 0) + 1
     return transition(
-        session, run_id=run_id, from_=("queued",), to="running", started_at=now,
-        heartbeat_at=now, attempt=attempt, worker_pid=worker_pid, error=None, finished_at=None,
-    )  # fmt: skip
+        session,
+        run_id=run_id,
+        from_=("queued",),
+        to="running",
+        started_at=now,
+        heartbeat_at=now,
+        attempt=attempt,
+        worker_pid=worker_pid,
+        error=None,
+        finished_at=None,
+    )
 
 
 def set_runner_ref(
@@ -266,9 +275,15 @@ def queue_resume(session: Session, *, run_id: int) -> Run:
     """Interrupted -> queued; the next attempt continues from the last checkpoint."""
     run = require_run(session, run_id=run_id)
     ok = transition(
-        session, run_id=run_id, from_=("interrupted",), to="queued", cancel_requested=False,
-        finished_at=None, error=None, heartbeat_at=None,
-    )  # fmt: skip
+        session,
+        run_id=run_id,
+        from_=("interrupted",),
+        to="queued",
+        cancel_requested=False,
+        finished_at=None,
+        error=None,
+        heartbeat_at=None,
+    )
     if not ok:
         raise Conflict(f"run {run_id} is {run.status}; only an interrupted run can be resumed")
     session.refresh(run)

@@ -57,9 +57,12 @@ def runs_by_ids(session: Session, *, ids: Sequence[int]) -> list[Run]:
 
 
 def finished_runs(
-    session: Session, *, model_id: int | None = None, dataset_id: str | None = None,
+    session: Session,
+    *,
+    model_id: int | None = None,
+    dataset_id: str | None = None,
     limit: int = 500,
-) -> list[Run]:  # fmt: skip
+) -> list[Run]:
     """Succeeded prune runs with final metrics (the overview's scatter), newest first."""
     conds = [Run.status == "succeeded", Run.kind == "prune"]
     if model_id is not None:
@@ -73,15 +76,29 @@ def finished_runs(
 def run_steps(session: Session, *, run_id: int) -> list[dict]:
     stmt = select(RunStep).where(RunStep.run_id == run_id).order_by(col(RunStep.step))
     return [
-        {"step": s.step, "target_sparsity": s.target_sparsity,
-         "before_finetune": s.before_finetune or {}, "after_finetune": s.after_finetune or {},
-         **(s.extra or {})}
+        {
+            "step": s.step,
+            "target_sparsity": s.target_sparsity,
+            "before_finetune": s.before_finetune or {},
+            "after_finetune": s.after_finetune or {},
+            **(s.extra or {}),
+        }
         for s in session.exec(stmt).all()
-    ]  # fmt: skip
+    ]
 
 
-LAYER_COLUMNS = ("step", "layer", "kind", "shape", "sparsity", "requested", "n_params",
-                 "n_nonzero", "threshold", "flops")  # fmt: skip
+LAYER_COLUMNS = (
+    "step",
+    "layer",
+    "kind",
+    "shape",
+    "sparsity",
+    "requested",
+    "n_params",
+    "n_nonzero",
+    "threshold",
+    "flops",
+)
 
 
 def run_layers(session: Session, *, run_id: int) -> list[dict]:

@@ -54,8 +54,15 @@ def empty_figure(title: str, message: str) -> dict:
 
 
 def _note(text: str, *, x: float = 0.0, y: float = 1.08, size: int = 12) -> dict:
-    return {"text": text, "xref": "paper", "yref": "paper", "x": x, "y": y,
-            "showarrow": False, "font": {"size": size, "color": "#5b6577"}}  # fmt: skip
+    return {
+        "text": text,
+        "xref": "paper",
+        "yref": "paper",
+        "x": x,
+        "y": y,
+        "showarrow": False,
+        "font": {"size": size, "color": "#5b6577"},
+    }
 
 
 def _num(value: Any) -> float | None:
@@ -100,8 +107,10 @@ def sparsity_heatmap(layers: Iterable[dict]) -> dict:
     """Layers x pruning steps, coloured by achieved sparsity; hover shows requested vs achieved."""
     rows = [r for r in layers if r.get("step", 0) > 0] or list(layers)
     if not rows:
-        return empty_figure("Sparsity per layer", "No layer statistics yet: they appear after "
-                            "the first pruning step.")  # fmt: skip
+        return empty_figure(
+            "Sparsity per layer",
+            "No layer statistics yet: they appear after the first pruning step.",
+        )
     steps = sorted({int(r["step"]) for r in rows})
     names = list(dict.fromkeys(r["layer"] for r in rows))
     col = {s: i for i, s in enumerate(steps)}
@@ -113,12 +122,18 @@ def sparsity_heatmap(layers: Iterable[dict]) -> dict:
         z[i][j] = round(float(r["sparsity"]), 4)
         custom[i][j] = [_num(r.get("requested")), int(r.get("n_nonzero") or 0)]
     trace = {
-        "type": "heatmap", "z": z, "x": [f"step {s}" for s in steps], "y": names,
-        "customdata": custom, "zmin": 0, "zmax": 1, "colorscale": SEQ_SCALE,
+        "type": "heatmap",
+        "z": z,
+        "x": [f"step {s}" for s in steps],
+        "y": names,
+        "customdata": custom,
+        "zmin": 0,
+        "zmax": 1,
+        "colorscale": SEQ_SCALE,
         "colorbar": {"title": {"text": "sparsity"}, "tickformat": ".0%"},
         "hovertemplate": "%{y} · %{x}<br>achieved %{z:.1%}<br>requested %{customdata[0]:.1%}"
         "<br>non-zero %{customdata[1]:,}<extra></extra>",
-    }  # fmt: skip
+    }
     height = max(260, min(1600, 70 + 18 * len(names)))
     layout = base_layout("Sparsity per layer (achieved)", "pruning step", "layer", height=height)
     layout["yaxis"] |= {"autorange": "reversed", "automargin": True}
@@ -159,11 +174,16 @@ def mask_heatmap(mask: np.ndarray, *, layer: str, granularity: str) -> dict:
     if fr > 1 or fc > 1:
         title += f" (each cell averages {fr}x{fc})"
     trace = {
-        "type": "heatmap", "z": np.round(small, 3).tolist(), "zmin": 0, "zmax": 1,
-        "colorscale": [[0, "#ffffff"], [1, "#0072B2"]], "xgap": 0, "ygap": 0,
+        "type": "heatmap",
+        "z": np.round(small, 3).tolist(),
+        "zmin": 0,
+        "zmax": 1,
+        "colorscale": [[0, "#ffffff"], [1, "#0072B2"]],
+        "xgap": 0,
+        "ygap": 0,
         "colorbar": {"title": {"text": "kept"}, "tickformat": ".0%"},
         "hovertemplate": "row %{y} · col %{x}<br>kept %{z:.0%}<extra></extra>",
-    }  # fmt: skip
+    }
     layout = base_layout(title, x_title, y_title, height=420)
     layout["yaxis"] |= {"autorange": "reversed"}
     return {"data": [trace], "layout": layout}
@@ -178,8 +198,10 @@ def histogram_figure(rows: Iterable[dict], *, layer: str) -> dict:
     """Weight histograms of one layer per phase, overlaid on shared bins, thresholds drawn."""
     rows = [r for r in rows if r.get("layer") == layer and r.get("edges")]
     if not rows:
-        return empty_figure(f"Weights of {layer}", "No histograms for this layer yet: they are "
-                            "written when the run finishes.")  # fmt: skip
+        return empty_figure(
+            f"Weights of {layer}",
+            "No histograms for this layer yet: they are written when the run finishes.",
+        )
     order = list(PHASE_LABELS)
     rows.sort(key=lambda r: order.index(r["phase"]) if r["phase"] in order else 9)
     data, cuts, zeros = [], set(), []
@@ -187,29 +209,56 @@ def histogram_figure(rows: Iterable[dict], *, layer: str) -> dict:
         edges, counts = rebin(r["edges"], r["counts"])
         centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
         widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
-        data.append({
-            "type": "bar", "x": centers, "y": counts, "width": widths,
-            "name": PHASE_LABELS.get(r["phase"], r["phase"]), "opacity": 0.55,
-            "marker": {"color": PALETTE[i % len(PALETTE)]},
-            "hovertemplate": "weight %{x:.3g}<br>%{y:,} weights<extra>%{fullData.name}</extra>",
-        })  # fmt: skip
+        data.append(
+            {
+                "type": "bar",
+                "x": centers,
+                "y": counts,
+                "width": widths,
+                "name": PHASE_LABELS.get(r["phase"], r["phase"]),
+                "opacity": 0.55,
+                "marker": {"color": PALETTE[i % len(PALETTE)]},
+                "hovertemplate": "weight %{x:.3g}<br>%{y:,} weights<extra>%{fullData.name}</extra>",
+            }
+        )
         cuts.update(_thresholds(r.get("threshold")))
         if r.get("zeros"):
             zeros.append(f"{PHASE_LABELS.get(r['phase'], r['phase'])}: {r['zeros']:,}")
     shapes = [
-        {"type": "line", "x0": s * t, "x1": s * t, "yref": "paper", "y0": 0, "y1": 1,
-         "line": {"color": "#b3261e", "dash": "dash", "width": 1.5}}
-        for t in cuts for s in (-1, 1)
-    ]  # fmt: skip
-    layout = base_layout(f"Weights of {layer}", "weight value", "weights per bin (count)",
-                         barmode="overlay", bargap=0, shapes=shapes, height=360)  # fmt: skip
-    layout["updatemenus"] = [{
-        "type": "buttons", "direction": "right", "x": 1, "xanchor": "right", "y": 1.18,
-        "buttons": [
-            {"label": "linear", "method": "relayout", "args": [{"yaxis.type": "linear"}]},
-            {"label": "log", "method": "relayout", "args": [{"yaxis.type": "log"}]},
-        ],
-    }]  # fmt: skip
+        {
+            "type": "line",
+            "x0": s * t,
+            "x1": s * t,
+            "yref": "paper",
+            "y0": 0,
+            "y1": 1,
+            "line": {"color": "#b3261e", "dash": "dash", "width": 1.5},
+        }
+        for t in cuts
+        for s in (-1, 1)
+    ]
+    layout = base_layout(
+        f"Weights of {layer}",
+        "weight value",
+        "weights per bin (count)",
+        barmode="overlay",
+        bargap=0,
+        shapes=shapes,
+        height=360,
+    )
+    layout["updatemenus"] = [
+        {
+            "type": "buttons",
+            "direction": "right",
+            "x": 1,
+            "xanchor": "right",
+            "y": 1.18,
+            "buttons": [
+                {"label": "linear", "method": "relayout", "args": [{"yaxis.type": "linear"}]},
+                {"label": "log", "method": "relayout", "args": [{"yaxis.type": "log"}]},
+            ],
+        }
+    ]
     notes = []
     if cuts:
         notes.append("threshold ±" + ", ±".join(f"{t:.3g}" for t in cuts) + " (dashed)")
@@ -250,8 +299,10 @@ def tradeoff_figure(
     overhead). ``final`` adds the model handed back when it differs from the last step's
     (a physically pruned one).
     """
-    batch = next((m.get("batch") for s in steps for m in (s.get("after_finetune") or {},)
-                  if m.get("batch")), 1)  # fmt: skip
+    batch = next(
+        (m.get("batch") for s in steps for m in (s.get("after_finetune") or {},) if m.get("batch")),
+        1,
+    )
     x_title = TRADEOFF_AXES[axis][0].format(batch=batch)
     title = f"Accuracy vs {axis.replace('speedup', 'speed-up').replace('flops', 'FLOPs')}"
     if not steps:
@@ -262,20 +313,31 @@ def tradeoff_figure(
         pts = [(s["step"], s.get(phase) or {}) for s in steps]
         xs = [_x_value(m, base, axis) for _, m in pts]
         ys = [_num(m.get("accuracy")) for _, m in pts]
-        data.append({
-            "type": "scatter", "mode": "lines+markers", "x": xs, "y": ys,
-            "name": phase.replace("_", " ").replace("finetune", "fine-tuning"),
-            "customdata": [s for s, _ in pts], "marker": {"color": PALETTE[i], "size": 8},
-            "hovertemplate": "step %{customdata}<br>%{x:.2f}x · accuracy %{y:.2%}<extra></extra>",
-        })  # fmt: skip
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "x": xs,
+                "y": ys,
+                "name": phase.replace("_", " ").replace("finetune", "fine-tuning"),
+                "customdata": [s for s, _ in pts],
+                "marker": {"color": PALETTE[i], "size": 8},
+                "hovertemplate": "step %{customdata}<br>%{x:.2f}x · accuracy %{y:.2%}<extra></extra>",
+            }
+        )
     last = steps[-1].get("after_finetune") or {}
     if final and final.get("n_params") != last.get("n_params"):
-        data.append({
-            "type": "scatter", "mode": "markers", "name": "handed back (physically smaller)",
-            "x": [_x_value(final, base, axis)], "y": [_num(final.get("accuracy"))],
-            "marker": {"color": PALETTE[2], "size": 13, "symbol": "star"},
-            "hovertemplate": "final model<br>%{x:.2f}x · accuracy %{y:.2%}<extra></extra>",
-        })  # fmt: skip
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": "handed back (physically smaller)",
+                "x": [_x_value(final, base, axis)],
+                "y": [_num(final.get("accuracy"))],
+                "marker": {"color": PALETTE[2], "size": 13, "symbol": "star"},
+                "hovertemplate": "final model<br>%{x:.2f}x · accuracy %{y:.2%}<extra></extra>",
+            }
+        )
     layout = base_layout(title, x_title, "test accuracy", height=340)
     layout["yaxis"] |= {"tickformat": ".0%"}
     if axis == "speedup" and masks_only:
@@ -286,22 +348,42 @@ def tradeoff_figure(
 def curve_figure(curve: list[dict]) -> dict:
     """Fine-tuning loss (left axis) and accuracy (right axis) per epoch, in run order."""
     if not curve:
-        return empty_figure("Fine-tuning", "No epochs yet: the curves fill in while the run "
-                            "trains.")  # fmt: skip
+        return empty_figure(
+            "Fine-tuning", "No epochs yet: the curves fill in while the run trains."
+        )
     xs = list(range(1, len(curve) + 1))
     steps = [int(p.get("step") or 0) for p in curve]
     data = [
-        {"type": "scatter", "mode": "lines+markers", "name": "loss", "x": xs,
-         "y": [_num(p.get("loss")) for p in curve], "customdata": steps,
-         "marker": {"color": PALETTE[3]}, "hovertemplate": "epoch %{x} (step %{customdata})"
-         "<br>loss %{y:.4f}<extra></extra>"},
-        {"type": "scatter", "mode": "lines+markers", "name": "accuracy", "x": xs, "yaxis": "y2",
-         "y": [_num(p.get("accuracy")) for p in curve], "customdata": steps,
-         "marker": {"color": PALETTE[0]}, "hovertemplate": "epoch %{x} (step %{customdata})"
-         "<br>accuracy %{y:.2%}<extra></extra>"},
-    ]  # fmt: skip
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": "loss",
+            "x": xs,
+            "y": [_num(p.get("loss")) for p in curve],
+            "customdata": steps,
+            "marker": {"color": PALETTE[3]},
+            "hovertemplate": "epoch %{x} (step %{customdata})<br>loss %{y:.4f}<extra></extra>",
+        },
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": "accuracy",
+            "x": xs,
+            "yaxis": "y2",
+            "y": [_num(p.get("accuracy")) for p in curve],
+            "customdata": steps,
+            "marker": {"color": PALETTE[0]},
+            "hovertemplate": "epoch %{x} (step %{customdata})<br>accuracy %{y:.2%}<extra></extra>",
+        },
+    ]
     layout = base_layout("Fine-tuning curves", "epoch (cumulative over steps)", "loss", height=320)
     layout["margin"] |= {"r": 72}
-    layout["yaxis2"] = {"title": {"text": "test accuracy"}, "overlaying": "y", "side": "right",
-                        "tickformat": ".0%", "range": [0, 1.02], "showgrid": False}  # fmt: skip
+    layout["yaxis2"] = {
+        "title": {"text": "test accuracy"},
+        "overlaying": "y",
+        "side": "right",
+        "tickformat": ".0%",
+        "range": [0, 1.02],
+        "showgrid": False,
+    }
     return {"data": data, "layout": layout}

@@ -45,44 +45,73 @@ def overview_scatter(runs: list[dict]) -> dict:
     """Accuracy vs compression of all runs: colour = criterion, marker = granularity."""
     pts = [r for r in runs if _num((r.get("final") or {}).get("compression")) is not None]
     if not pts:
-        return empty_figure("Accuracy vs compression", "No finished prune runs yet: start one "
-                            "from “New run”.")  # fmt: skip
+        return empty_figure(
+            "Accuracy vs compression", "No finished prune runs yet: start one from “New run”."
+        )
     grans = sorted({r.get("granularity") or "?" for r in pts})
     data = []
     for i, crit in enumerate(sorted({r.get("criterion") or "?" for r in pts})):
         group = [r for r in pts if (r.get("criterion") or "?") == crit]
-        data.append({
-            "type": "scatter", "mode": "markers", "name": crit,
-            "x": [r["final"]["compression"] for r in group],
-            "y": [_num(r["final"].get("accuracy")) for r in group],
-            "customdata": [r["id"] for r in group],
-            "text": [f"#{r['id']} {r['name']} ({r.get('granularity')})" for r in group],
-            "marker": {"color": PALETTE[i % len(PALETTE)], "size": 11, "line": {"width": 1},
-                       "symbol": [SYMBOLS[grans.index(r.get("granularity") or "?") % 8]
-                                  for r in group]},
-            "hovertemplate": "%{text}<br>%{x:.2f}x · accuracy %{y:.2%}<br>click to open"
-            "<extra>%{fullData.name}</extra>",
-        })  # fmt: skip
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": crit,
+                "x": [r["final"]["compression"] for r in group],
+                "y": [_num(r["final"].get("accuracy")) for r in group],
+                "customdata": [r["id"] for r in group],
+                "text": [f"#{r['id']} {r['name']} ({r.get('granularity')})" for r in group],
+                "marker": {
+                    "color": PALETTE[i % len(PALETTE)],
+                    "size": 11,
+                    "line": {"width": 1},
+                    "symbol": [
+                        SYMBOLS[grans.index(r.get("granularity") or "?") % 8] for r in group
+                    ],
+                },
+                "hovertemplate": "%{text}<br>%{x:.2f}x · accuracy %{y:.2%}<br>click to open"
+                "<extra>%{fullData.name}</extra>",
+            }
+        )
     front = pareto_front(
         (r["final"]["compression"], r["final"]["accuracy"])
         for r in pts
         if _num(r["final"].get("accuracy")) is not None
     )
-    data.append({"type": "scatter", "mode": "lines", "name": "Pareto front",
-                 "x": [p[0] for p in front], "y": [p[1] for p in front], "hoverinfo": "skip",
-                 "line": {"color": "#5b6577", "dash": "dot", "shape": "hv"}})  # fmt: skip
-    layout = base_layout("Accuracy vs compression (all runs)",
-                         "compression (x fewer non-zero parameters)", "test accuracy",
-                         height=420)  # fmt: skip
+    data.append(
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": "Pareto front",
+            "x": [p[0] for p in front],
+            "y": [p[1] for p in front],
+            "hoverinfo": "skip",
+            "line": {"color": "#5b6577", "dash": "dot", "shape": "hv"},
+        }
+    )
+    layout = base_layout(
+        "Accuracy vs compression (all runs)",
+        "compression (x fewer non-zero parameters)",
+        "test accuracy",
+        height=420,
+    )
     layout["yaxis"] |= {
         "tickformat": ".0%",
         "autorangeoptions": {"maxallowed": 1.02},
     }
     layout["xaxis"] |= {"type": "log"}
     legend = ", ".join(f"{SYMBOLS[i % 8]} = {g}" for i, g in enumerate(grans))
-    layout["annotations"] = [{"text": f"marker: {legend}", "xref": "paper", "yref": "paper",
-                              "x": 0, "y": 1.08, "showarrow": False,
-                              "font": {"size": 11, "color": "#5b6577"}}]  # fmt: skip
+    layout["annotations"] = [
+        {
+            "text": f"marker: {legend}",
+            "xref": "paper",
+            "yref": "paper",
+            "x": 0,
+            "y": 1.08,
+            "showarrow": False,
+            "font": {"size": 11, "color": "#5b6577"},
+        }
+    ]
     return {"data": data, "layout": layout}
 
 
@@ -91,14 +120,19 @@ def compare_tradeoff(runs: list[dict]) -> dict:
     data = []
     for i, r in enumerate(runs):
         steps = r.get("steps") or []
-        data.append({
-            "type": "scatter", "mode": "lines+markers", "name": f"#{r['id']} {r['name']}",
-            "x": [_num((s.get("after_finetune") or {}).get("compression")) for s in steps],
-            "y": [_num((s.get("after_finetune") or {}).get("accuracy")) for s in steps],
-            "marker": {"color": PALETTE[i % len(PALETTE)], "symbol": SYMBOLS[i % 8], "size": 8},
-        })  # fmt: skip
-    layout = base_layout("Accuracy vs compression per step", "compression (x)", "test accuracy",
-                         height=360)  # fmt: skip
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": f"#{r['id']} {r['name']}",
+                "x": [_num((s.get("after_finetune") or {}).get("compression")) for s in steps],
+                "y": [_num((s.get("after_finetune") or {}).get("accuracy")) for s in steps],
+                "marker": {"color": PALETTE[i % len(PALETTE)], "symbol": SYMBOLS[i % 8], "size": 8},
+            }
+        )
+    layout = base_layout(
+        "Accuracy vs compression per step", "compression (x)", "test accuracy", height=360
+    )
     layout["yaxis"] |= {
         "tickformat": ".0%",
         "autorangeoptions": {"maxallowed": 1.02},
@@ -109,12 +143,16 @@ def compare_tradeoff(runs: list[dict]) -> dict:
 def compare_curves(runs: list[dict]) -> dict:
     """Fine-tuning accuracy per cumulative epoch, one line per run."""
     data = [
-        {"type": "scatter", "mode": "lines", "name": f"#{r['id']} {r['name']}",
-         "x": list(range(1, len(r.get("curve") or []) + 1)),
-         "y": [_num(p.get("accuracy")) for p in r.get("curve") or []],
-         "line": {"color": PALETTE[i % len(PALETTE)]}}
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": f"#{r['id']} {r['name']}",
+            "x": list(range(1, len(r.get("curve") or []) + 1)),
+            "y": [_num(p.get("accuracy")) for p in r.get("curve") or []],
+            "line": {"color": PALETTE[i % len(PALETTE)]},
+        }
         for i, r in enumerate(runs)
-    ]  # fmt: skip
+    ]
     layout = base_layout("Fine-tuning accuracy", "epoch (cumulative)", "test accuracy", height=320)
     layout["yaxis"] |= {
         "tickformat": ".0%",
@@ -130,12 +168,19 @@ def compare_layer_sparsity(runs: list[dict]) -> dict:
         layers = r.get("layers") or []
         last = max((int(x["step"]) for x in layers), default=0)
         final = [x for x in layers if int(x["step"]) == last]
-        data.append({"type": "bar", "name": f"#{r['id']} {r['name']}",
-                     "x": [x["layer"] for x in final], "y": [x["sparsity"] for x in final],
-                     "marker": {"color": PALETTE[i % len(PALETTE)]},
-                     "hovertemplate": "%{x}: %{y:.1%}<extra>%{fullData.name}</extra>"})  # fmt: skip
-    layout = base_layout("Final sparsity per layer", "layer", "sparsity", barmode="group",
-                         height=340)  # fmt: skip
+        data.append(
+            {
+                "type": "bar",
+                "name": f"#{r['id']} {r['name']}",
+                "x": [x["layer"] for x in final],
+                "y": [x["sparsity"] for x in final],
+                "marker": {"color": PALETTE[i % len(PALETTE)]},
+                "hovertemplate": "%{x}: %{y:.1%}<extra>%{fullData.name}</extra>",
+            }
+        )
+    layout = base_layout(
+        "Final sparsity per layer", "layer", "sparsity", barmode="group", height=340
+    )
     layout["yaxis"] |= {"tickformat": ".0%", "range": [0, 1]}
     return {"data": data, "layout": layout}
 
@@ -149,18 +194,25 @@ def compare_histograms(runs: list[dict], *, layer: str, phase: str = "after_fine
         if row is None:
             continue
         edges, counts = rebin(row["edges"], row["counts"])
-        data.append({
-            "type": "bar", "name": f"#{r['id']} {r['name']}", "opacity": 0.55,
-            "x": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)],
-            "width": [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)], "y": counts,
-            "marker": {"color": PALETTE[i % len(PALETTE)]},
-        })  # fmt: skip
+        data.append(
+            {
+                "type": "bar",
+                "name": f"#{r['id']} {r['name']}",
+                "opacity": 0.55,
+                "x": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)],
+                "width": [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)],
+                "y": counts,
+                "marker": {"color": PALETTE[i % len(PALETTE)]},
+            }
+        )
     if not data:
-        return empty_figure(f"Weights of {layer}", "None of these runs has histograms for "
-                            "this layer.")  # fmt: skip
+        return empty_figure(
+            f"Weights of {layer}", "None of these runs has histograms for this layer."
+        )
     title = f"Weights of {layer} across runs ({PHASE_LABELS.get(phase, phase)})"
-    layout = base_layout(title, "weight value", "weights per bin (count)", barmode="overlay",
-                         bargap=0, height=340)  # fmt: skip
+    layout = base_layout(
+        title, "weight value", "weights per bin (count)", barmode="overlay", bargap=0, height=340
+    )
     return {"data": data, "layout": layout}
 
 
@@ -186,19 +238,33 @@ def sweep_figure(runs: list[dict], *, axis: str) -> dict:
             final, base = r.get("final") or {}, r.get("baseline") or {}
             if (r.get("criterion") or "?") != crit or _num(final.get("accuracy")) is None:
                 continue
-            x = (_num(final.get("compression")) if axis == "compression"
-                 else _ratio(base.get("latency_ms"), final.get("latency_ms")))  # fmt: skip
+            x = (
+                _num(final.get("compression"))
+                if axis == "compression"
+                else _ratio(base.get("latency_ms"), final.get("latency_ms"))
+            )
             group.append((x, final["accuracy"], r["id"]))
         group.sort(key=lambda p: (p[0] is None, p[0] or 0))
         dash = "dot" if crit == "random" else "solid"
-        data.append({"type": "scatter", "mode": "lines+markers", "name": crit,
-                     "x": [p[0] for p in group], "y": [p[1] for p in group],
-                     "customdata": [p[2] for p in group],
-                     "line": {"color": PALETTE[i % len(PALETTE)], "dash": dash}})  # fmt: skip
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": crit,
+                "x": [p[0] for p in group],
+                "y": [p[1] for p in group],
+                "customdata": [p[2] for p in group],
+                "line": {"color": PALETTE[i % len(PALETTE)], "dash": dash},
+            }
+        )
     if not any(t["x"] for t in data):
         return empty_figure("Sweep", "No run of this sweep has finished yet.")
-    layout = base_layout(f"Accuracy vs {axis.replace('speedup', 'speed-up')}", label[axis],
-                         "test accuracy", height=360)  # fmt: skip
+    layout = base_layout(
+        f"Accuracy vs {axis.replace('speedup', 'speed-up')}",
+        label[axis],
+        "test accuracy",
+        height=360,
+    )
     layout["yaxis"] |= {
         "tickformat": ".0%",
         "autorangeoptions": {"maxallowed": 1.02},
@@ -226,12 +292,23 @@ def sensitivity_figure(rows: list[dict], *, baseline: float | None) -> dict:
     data = []
     for i, layer in enumerate(dict.fromkeys(r["layer"] for r in rows)):
         pts = sorted((r["sparsity"], r["accuracy"]) for r in rows if r["layer"] == layer)
-        data.append({"type": "scatter", "mode": "lines+markers", "name": layer,
-                     "x": [p[0] for p in pts], "y": [p[1] for p in pts],
-                     "line": {"color": PALETTE[i % len(PALETTE)]},
-                     "marker": {"symbol": SYMBOLS[(i // len(PALETTE)) % 8]}})  # fmt: skip
-    layout = base_layout("Sensitivity: accuracy when one layer is pruned",
-                         "sparsity of that layer", "test accuracy", height=380)  # fmt: skip
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": layer,
+                "x": [p[0] for p in pts],
+                "y": [p[1] for p in pts],
+                "line": {"color": PALETTE[i % len(PALETTE)]},
+                "marker": {"symbol": SYMBOLS[(i // len(PALETTE)) % 8]},
+            }
+        )
+    layout = base_layout(
+        "Sensitivity: accuracy when one layer is pruned",
+        "sparsity of that layer",
+        "test accuracy",
+        height=380,
+    )
     layout["xaxis"] |= {"tickformat": ".0%"}
     layout["yaxis"] |= {
         "tickformat": ".0%",

@@ -36,8 +36,9 @@ def _poll(engine: Engine, run_id: int, after: int) -> tuple[str | None, list[tup
         return status, [(e.id, e.type, e.data) for e in rows]
 
 
-async def stream(engine: Engine, run_id: int, after: int, poll_s: float = POLL_S
-                 ) -> AsyncIterator[ServerSentEvent]:  # fmt: skip
+async def stream(
+    engine: Engine, run_id: int, after: int, poll_s: float = POLL_S
+) -> AsyncIterator[ServerSentEvent]:
     """Events after ``after`` until the run has ended and its last event was sent.
 
     The status is read before the events: a finishing worker commits its ``status`` event
@@ -64,8 +65,9 @@ def _last_id(request: Request) -> int:
 
 
 @router.get("/runs/{run_id}/events", response_class=EventSourceResponse)
-def run_events(run_id: int, request: Request, session: SessionDep, _: CurrentUser
-               ) -> EventSourceResponse:  # fmt: skip
+def run_events(
+    run_id: int, request: Request, session: SessionDep, _: CurrentUser
+) -> EventSourceResponse:
     """Server-Sent Events of one run; resumes from ``Last-Event-ID``; closes when it ends."""
     if store.get_run(session, run_id=run_id) is None:
         raise HTTPException(404, f"run {run_id} does not exist")

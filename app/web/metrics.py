@@ -43,8 +43,10 @@ class RunCollector:
             "prunelab_queue_length", "Queued runs", value=counts.get("queued", 0)
         )
         durations = [(f - s).total_seconds() for s, f in done]
-        buckets = [(str(b) if b != float("inf") else "+Inf", sum(d <= b for d in durations))
-                   for b in DURATION_BUCKETS]  # fmt: skip
+        buckets = [
+            (str(b) if b != float("inf") else "+Inf", sum(d <= b for d in durations))
+            for b in DURATION_BUCKETS
+        ]
         yield HistogramMetricFamily(
             "prunelab_job_duration_seconds",
             "Duration of finished runs (last 5000)",

@@ -40,8 +40,13 @@ def parse_run_ids(text: str | None) -> list[int]:
 def pagination(total: int, page: int, per_page: int = PER_PAGE) -> dict:
     pages = max(1, math.ceil(total / per_page))
     page = min(max(1, page), pages)
-    return {"page": page, "pages": pages, "total": total, "offset": (page - 1) * per_page,
-            "per_page": per_page}  # fmt: skip
+    return {
+        "page": page,
+        "pages": pages,
+        "total": total,
+        "offset": (page - 1) * per_page,
+        "per_page": per_page,
+    }
 
 
 def run_summary(run: Run) -> dict:
@@ -49,13 +54,20 @@ def run_summary(run: Run) -> dict:
     pruning = (run.recipe or {}).get("pruning") or {}
     schedule = (run.recipe or {}).get("schedule") or {}
     return {
-        "id": run.id, "name": run.name or f"run {run.id}", "kind": run.kind,
-        "status": run.status, "progress": run.progress, "model_id": run.model_id,
-        "dataset_id": run.dataset_id, "created_at": run.created_at,
-        "criterion": pruning.get("criterion"), "granularity": pruning.get("granularity"),
-        "schedule": schedule.get("kind"), "final": run.final or {},
+        "id": run.id,
+        "name": run.name or f"run {run.id}",
+        "kind": run.kind,
+        "status": run.status,
+        "progress": run.progress,
+        "model_id": run.model_id,
+        "dataset_id": run.dataset_id,
+        "created_at": run.created_at,
+        "criterion": pruning.get("criterion"),
+        "granularity": pruning.get("granularity"),
+        "schedule": schedule.get("kind"),
+        "final": run.final or {},
         "baseline": run.baseline or {},
-    }  # fmt: skip
+    }
 
 
 def masks_only(run: Run) -> bool:
@@ -68,8 +80,10 @@ def final_layer_rows(layers: list[dict]) -> list[dict]:
 
 
 def overview_context(session: Session, *, model_id: int | None, dataset_id: str | None) -> dict:
-    runs = [run_summary(r) for r in views.finished_runs(
-        session, model_id=model_id, dataset_id=dataset_id)]  # fmt: skip
+    runs = [
+        run_summary(r)
+        for r in views.finished_runs(session, model_id=model_id, dataset_id=dataset_id)
+    ]
     recent, total = views.list_runs(session, limit=10)
     return {
         "figure": charts_runs.overview_scatter(runs),
@@ -85,20 +99,41 @@ def overview_context(session: Session, *, model_id: int | None, dataset_id: str 
 
 def dataset_choices(session: Session) -> list[dict]:
     """Every dataset, the built-in digits first even when it has no row yet."""
-    rows = [{"id": d.id, "name": d.name, "n_train": d.n_train, "n_test": d.n_test,
-             "input_shape": d.input_shape, "n_classes": d.n_classes, "format": d.format}
-            for d in views.list_datasets(session)]  # fmt: skip
+    rows = [
+        {
+            "id": d.id,
+            "name": d.name,
+            "n_train": d.n_train,
+            "n_test": d.n_test,
+            "input_shape": d.input_shape,
+            "n_classes": d.n_classes,
+            "format": d.format,
+        }
+        for d in views.list_datasets(session)
+    ]
     if not any(r["id"] == "digits" for r in rows):
-        rows.insert(0, {"id": "digits", "name": "digits (built-in, scikit-learn 8x8)",
-                        "n_train": 1257, "n_test": 540, "input_shape": [1, 8, 8],
-                        "n_classes": 10, "format": "builtin"})  # fmt: skip
+        rows.insert(
+            0,
+            {
+                "id": "digits",
+                "name": "digits (built-in, scikit-learn 8x8)",
+                "n_train": 1257,
+                "n_test": 540,
+                "input_shape": [1, 8, 8],
+                "n_classes": 10,
+                "format": "builtin",
+            },
+        )
     return rows
 
 
 def run_figures(
-    session: Session, run: Run, *, steps: list[dict] | None = None,
+    session: Session,
+    run: Run,
+    *,
+    steps: list[dict] | None = None,
     layers: list[dict] | None = None,
-) -> dict[str, dict]:  # fmt: skip
+) -> dict[str, dict]:
     """Every chart of the run page that comes from rows (the live refresh re-sends these)."""
     steps = views.run_steps(session, run_id=run.id) if steps is None else steps
     layers = views.run_layers(session, run_id=run.id) if layers is None else layers
@@ -200,9 +235,12 @@ def mask_figure(session: Session, run: Run, layer: str, artifacts_root: str) -> 
     except (OSError, ValueError, KeyError):
         mask = None
     if mask is None:
-        why = ("This run removed units physically: the pruned model is smaller and dense, so "
-               "there is no mask to draw." if not masks_only(run) and run.status == "succeeded"
-               else "The mask is drawn from the exported weights once the run has finished.")  # fmt: skip
+        why = (
+            "This run removed units physically: the pruned model is smaller and dense, so "
+            "there is no mask to draw."
+            if not masks_only(run) and run.status == "succeeded"
+            else "The mask is drawn from the exported weights once the run has finished."
+        )
         return charts.empty_figure(f"Mask of {layer}", why)
     return charts.mask_heatmap(mask, layer=layer, granularity=granularity)
 
@@ -216,8 +254,11 @@ def compare_context(session: Session, ids: list[int]) -> dict:
         r["curve"] = views.run_curve(session, run_id=run.id)
         r["layer_names"] = views.run_layer_names(session, run_id=run.id)
         runs.append(r)
-    common = [n for n in (runs[0]["layer_names"] if runs else [])
-              if all(n in r["layer_names"] for r in runs)]  # fmt: skip
+    common = [
+        n
+        for n in (runs[0]["layer_names"] if runs else [])
+        if all(n in r["layer_names"] for r in runs)
+    ]
     return {
         "runs": runs,
         "missing": [i for i in ids if i not in {r["id"] for r in runs}],

@@ -10,8 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from app import catalogue
 from app.models import RUN_STATUSES, Run
-from app.pruning import spec
 from app.store import views
 from app.web import page_data
 from app.web.charts_runs import fmt_metric
@@ -64,8 +64,12 @@ def runs_list(
     _, total = views.list_runs(session, status=status, limit=1)
     pag = page_data.pagination(total, page)
     rows, _ = views.list_runs(session, status=status, limit=pag["per_page"], offset=pag["offset"])
-    ctx = {"runs": [page_data.run_summary(r) for r in rows], "pag": pag, "status": status,
-           "statuses": RUN_STATUSES}  # fmt: skip
+    ctx = {
+        "runs": [page_data.run_summary(r) for r in rows],
+        "pag": pag,
+        "status": status,
+        "statuses": RUN_STATUSES,
+    }
     return render(request, "runs.html", user, ctx)
 
 
@@ -77,23 +81,25 @@ def run_new(
     model_id: Annotated[int | None, Query()] = None,
 ) -> Response:
     models = views.all_models(session)
-    pairs = {c: [g for g in spec.GRANULARITY_NAMES if g in spec.VALID_PAIRS[c]]
-             for c in spec.CRITERION_NAMES}  # fmt: skip
+    pairs = {
+        c: [g for g in catalogue.GRANULARITY_NAMES if g in catalogue.VALID_PAIRS[c]]
+        for c in catalogue.CRITERION_NAMES
+    }
     ctx = {
         "models": models,
         "model_id": model_id,
         "datasets": page_data.dataset_choices(session),
         "form_spec": {
             "pairs": pairs,
-            "granularities": list(spec.GRANULARITY_NAMES),
-            "criteria": list(spec.CRITERION_NAMES),
-            "schedules": list(spec.SCHEDULE_KINDS),
-            "optimizers": list(spec.OPTIMIZERS),
-            "scopes": list(spec.SCOPES),
+            "granularities": list(catalogue.GRANULARITY_NAMES),
+            "criteria": list(catalogue.CRITERION_NAMES),
+            "schedules": list(catalogue.SCHEDULE_KINDS),
+            "optimizers": list(catalogue.OPTIMIZERS),
+            "scopes": list(catalogue.SCOPES),
             "layers": {
                 m.id: [x["name"] for x in m.layers or [] if x.get("prunable", True)] for m in models
             },
-        },  # fmt: skip
+        },
     }
     return render(request, "run_new.html", user, ctx)
 
@@ -108,9 +114,14 @@ def run_page(request: Request, run_id: int, user: PageUser, session: SessionDep)
 def run_figures(run_id: int, user: PageUser, session: SessionDep) -> JSONResponse:
     """The run page's row-based charts and status, for the live refresh."""
     run = _run_or_404(session, run_id)
-    body = {"status": run.status, "progress": run.progress, "message": run.message,
-            "error": run.error, "figures": page_data.run_figures(session, run),
-            "layers": views.run_layer_names(session, run_id=run.id)}  # fmt: skip
+    body = {
+        "status": run.status,
+        "progress": run.progress,
+        "message": run.message,
+        "error": run.error,
+        "figures": page_data.run_figures(session, run),
+        "layers": views.run_layer_names(session, run_id=run.id),
+    }
     return _figure(body)
 
 

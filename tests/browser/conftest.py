@@ -22,9 +22,17 @@ from tests.conftest import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage"]  # fmt: skip
+CHROME_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 @dataclass
@@ -66,8 +74,15 @@ def _seed(data_dir: Path) -> tuple[dict[str, int], str]:
             model = seed.seed_model(s)
             art = Path(settings.artifacts)
             a = seed.seed_run(s, model=model, name="element l1 80%", artifacts_dir=art)
-            b = seed.seed_run(s, model=model, name="kernel l2 60%", criterion="l2",
-                              granularity="kernel", final_sparsity=0.6, artifacts_dir=art)  # fmt: skip
+            b = seed.seed_run(
+                s,
+                model=model,
+                name="kernel l2 60%",
+                criterion="l2",
+                granularity="kernel",
+                final_sparsity=0.6,
+                artifacts_dir=art,
+            )
             sens = seed.seed_sensitivity(s, model=model)
             sweep = seed.seed_sweep(s, model=model)
             admin = store.ensure_admin_user(s)
@@ -85,14 +100,32 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     token = "pl_test_" + secrets.token_urlsafe(24)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNELAB_")}
-    env |= {"PRUNELAB_DATA_DIR": str(data_dir), "PRUNELAB_ADMIN_TOKEN": token,
-            "PRUNELAB_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env |= {
+        "PRUNELAB_DATA_DIR": str(data_dir),
+        "PRUNELAB_ADMIN_TOKEN": token,
+        "PRUNELAB_DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",
+    }
     log = (tmp_path_factory.mktemp("log") / "server.log").open("w+")
     proc = subprocess.Popen(  # the app factory migrates the empty database on start
-        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, url)

@@ -63,8 +63,13 @@ def test_every_page_loads_clean_with_charts_of_the_right_type(
 
     charts = _open(browser_page, lab, f"/sweeps/{ids['sweep']}", "sweep")
     assert {"scatter"} == set(charts["chart-compression"]["types"])
-    for path, shot in [("/runs", "runs"), ("/models", "models"), (f"/models/{ids['model']}", "model"),
-                       ("/datasets", "datasets"), ("/compare", "compare-pick")]:  # fmt: skip
+    for path, shot in [
+        ("/runs", "runs"),
+        ("/models", "models"),
+        (f"/models/{ids['model']}", "model"),
+        ("/datasets", "datasets"),
+        ("/compare", "compare-pick"),
+    ]:
         _open(browser_page, lab, path, shot)
 
 
@@ -85,9 +90,17 @@ def test_run_page_reads_on_a_narrow_screen(browser_page: Watched, lab: Lab) -> N
 
 
 def _make_model(lab: Lab) -> int:
-    r = httpx.post(f"{lab.url}/api/models/from-architecture", headers=lab.headers, timeout=60,
-                   json={"arch": "mlp", "name": "mlp for the browser test", "num_classes": 10,
-                         "input_shape": [1, 1, 8, 8]})  # fmt: skip
+    r = httpx.post(
+        f"{lab.url}/api/models/from-architecture",
+        headers=lab.headers,
+        timeout=60,
+        json={
+            "arch": "mlp",
+            "name": "mlp for the browser test",
+            "num_classes": 10,
+            "input_shape": [1, 1, 8, 8],
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
@@ -116,8 +129,10 @@ def test_new_run_form_creates_a_run_that_updates_live(browser_page: Watched, lab
     page.evaluate("() => { window.__sameDocument = true; }")
     seen, deadline = set(), time.monotonic() + 150
     while time.monotonic() < deadline:
-        state = page.evaluate("() => [document.getElementById('run').dataset.status, "
-                              "document.getElementById('run-progress').value]")  # fmt: skip
+        state = page.evaluate(
+            "() => [document.getElementById('run').dataset.status, "
+            "document.getElementById('run-progress').value]"
+        )
         seen.add(round(state[1], 3))
         if state[0] in ("succeeded", "failed", "cancelled"):
             break

@@ -31,12 +31,21 @@ def _files(tmp: Path) -> dict[str, tuple[bytes, dict]]:
     m = _model()
     x = torch.zeros(1, 1, 8, 8)
     onnx_path, ts_path, pt2_path = tmp / "m.onnx", tmp / "m.ts", tmp / "m.pt2"
-    torch.onnx.export(m, (x,), str(onnx_path), dynamo=False, opset_version=17,
-                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    torch.onnx.export(
+        m,
+        (x,),
+        str(onnx_path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch"}},
+    )
     torch.jit.save(torch.jit.trace(m, x), str(ts_path))
     batch = torch.export.Dim("batch", min=1, max=1024)
-    torch.export.save(torch.export.export(m, (torch.zeros(2, 1, 8, 8),),
-                                          dynamic_shapes={"x": {0: batch}}), str(pt2_path))  # fmt: skip
+    torch.export.save(
+        torch.export.export(m, (torch.zeros(2, 1, 8, 8),), dynamic_shapes={"x": {0: batch}}),
+        str(pt2_path),
+    )
     weights = save({k: v.contiguous() for k, v in m.state_dict().items()})
     return {
         "safetensors": (weights, {"arch": "cnn_small", "input_shape": "1,8,8"}),
@@ -48,12 +57,20 @@ def _files(tmp: Path) -> dict[str, tuple[bytes, dict]]:
 
 def _recipe(model_id: int, granularity: str, physical: bool) -> dict:
     return {
-        "kind": "prune", "name": f"{granularity} physical={physical}", "model_id": model_id,
+        "kind": "prune",
+        "name": f"{granularity} physical={physical}",
+        "model_id": model_id,
         "dataset_id": "digits",
-        "pruning": {"granularity": granularity, "criterion": "l1", "sparsity": 0.5,
-                    "scope": "layerwise", "physical": physical},
-        "schedule": {"kind": "oneshot"}, "finetune": {"epochs": 1, "batch_size": 128},
-    }  # fmt: skip
+        "pruning": {
+            "granularity": granularity,
+            "criterion": "l1",
+            "sparsity": 0.5,
+            "scope": "layerwise",
+            "physical": physical,
+        },
+        "schedule": {"kind": "oneshot"},
+        "finetune": {"epochs": 1, "batch_size": 128},
+    }
 
 
 def _wait(client: TestClient, headers: dict, run_id: int, timeout: float = 240) -> dict:
@@ -69,16 +86,21 @@ def _wait(client: TestClient, headers: dict, run_id: int, timeout: float = 240) 
 @pytest.mark.slow
 def test_every_upload_format_reaches_a_prune_run(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PRUNELAB_WORKER_THREADS", "1")
-    settings = Settings(data_dir=tmp_path / "data", max_concurrent_jobs=2, heartbeat_s=0.5,
-                        device="cpu")  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path / "data", max_concurrent_jobs=2, heartbeat_s=0.5, device="cpu"
+    )
     files = _files(tmp_path)
     with TestClient(create_app(settings)) as client:
         with Session(client.app.state.engine) as s:
             _, headers = make_user(s, "formats", role="admin")
         runs: dict[str, int] = {}
         for fmt, (content, fields) in files.items():
-            r = client.post("/api/models", headers=headers, data=fields,
-                            files={"file": ("upload.bin", io.BytesIO(content))})  # fmt: skip
+            r = client.post(
+                "/api/models",
+                headers=headers,
+                data=fields,
+                files={"file": ("upload.bin", io.BytesIO(content))},
+            )
             assert r.status_code == 201, (fmt, r.text)
             assert r.json()["format"] == fmt
             model_id = r.json()["id"]
@@ -86,8 +108,9 @@ def test_every_upload_format_reaches_a_prune_run(tmp_path, monkeypatch) -> None:
                 [("filter", True)] if fmt in ("safetensors", "onnx") else []
             )
             for granularity, physical in jobs:
-                created = client.post("/api/runs", headers=headers,
-                                      json=_recipe(model_id, granularity, physical))  # fmt: skip
+                created = client.post(
+                    "/api/runs", headers=headers, json=_recipe(model_id, granularity, physical)
+                )
                 assert created.status_code == 201, (fmt, created.text)
                 runs[f"{fmt}/{granularity}"] = created.json()["id"]
         for label, run_id in runs.items():

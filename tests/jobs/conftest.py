@@ -24,14 +24,25 @@ def _one_thread_workers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def job_settings(data_dir: Path, **over: object) -> Settings:
-    values: dict = {"data_dir": data_dir, "heartbeat_s": 0.25, "stale_after_s": 5.0,
-                    "cancel_grace_s": 3.0, "device": "cpu"}  # fmt: skip
+    values: dict = {
+        "data_dir": data_dir,
+        "heartbeat_s": 0.25,
+        "stale_after_s": 5.0,
+        "cancel_grace_s": 3.0,
+        "device": "cpu",
+    }
     values.update(over)
     return Settings(**values)
 
 
-def add_model(session: Session, settings: Settings, *, arch: str = "mlp",
-              owner_id: int | None = None, train_epochs: int = 0) -> int:  # fmt: skip
+def add_model(
+    session: Session,
+    settings: Settings,
+    *,
+    arch: str = "mlp",
+    owner_id: int | None = None,
+    train_epochs: int = 0,
+) -> int:
     """Register a small zoo model (safetensors + arch) as a ModelRecord; returns its id."""
     from safetensors.torch import save_file
 
@@ -46,8 +57,16 @@ def add_model(session: Session, settings: Settings, *, arch: str = "mlp",
     path = ArtifactStore(settings.artifacts).local_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
-    fields = module_record_fields(module, path, fmt="safetensors", key=key, arch=arch,
-                                  input_shape=[1, 8, 8], num_classes=10, name=f"test {arch}")  # fmt: skip
+    fields = module_record_fields(
+        module,
+        path,
+        fmt="safetensors",
+        key=key,
+        arch=arch,
+        input_shape=[1, 8, 8],
+        num_classes=10,
+        name=f"test {arch}",
+    )
     record = store.add_model_record(session, owner_id=owner_id, **fields)
     session.commit()
     return int(record.id)
@@ -55,19 +74,26 @@ def add_model(session: Session, settings: Settings, *, arch: str = "mlp",
 
 def tiny_recipe(model_id: int | None, **over: object) -> dict:
     body: dict = {
-        "kind": "prune", "name": "tiny", "model_id": model_id, "dataset_id": "digits",
+        "kind": "prune",
+        "name": "tiny",
+        "model_id": model_id,
+        "dataset_id": "digits",
         "pruning": {"granularity": "element", "criterion": "l1", "sparsity": 0.5},
         "schedule": {"kind": "oneshot"},
         "finetune": {"epochs": 1, "batch_size": 128},
-    }  # fmt: skip
+    }
     body.update(over)
     return body
 
 
 def long_recipe(model_id: int, steps: int = 3, epochs: int = 40) -> dict:
     """Long enough to watch it run, cancel it or kill its server (tens of seconds)."""
-    return tiny_recipe(model_id, name="long", schedule={"kind": "iterative", "steps": steps},
-                       finetune={"epochs": epochs, "batch_size": 16})  # fmt: skip
+    return tiny_recipe(
+        model_id,
+        name="long",
+        schedule={"kind": "iterative", "steps": steps},
+        finetune={"epochs": epochs, "batch_size": 16},
+    )
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, every: float = 0.1) -> object:

@@ -35,8 +35,12 @@ def _users(engine, *names):
 
 def _queue(engine, owner_id, n=1):
     with Session(engine) as s:
-        ids = [store.create_run(s, owner_id=owner_id, recipe={"kind": "prune"}, model_id=None,
-                                dataset_id="digits").id for _ in range(n)]  # fmt: skip
+        ids = [
+            store.create_run(
+                s, owner_id=owner_id, recipe={"kind": "prune"}, model_id=None, dataset_id="digits"
+            ).id
+            for _ in range(n)
+        ]
         s.commit()
     return ids
 
@@ -196,8 +200,13 @@ class FakeRay:
 
 
 def test_ray_runner_submits_idempotently_and_reconciles_job_states(tmp_path) -> None:
-    settings = job_settings(tmp_path / "data", runner="ray", ray_address="http://127.0.0.1:1",
-                            ray_num_gpus=1.0, cancel_grace_s=0.0)  # fmt: skip
+    settings = job_settings(
+        tmp_path / "data",
+        runner="ray",
+        ray_address="http://127.0.0.1:1",
+        ray_num_gpus=1.0,
+        cancel_grace_s=0.0,
+    )
     db.upgrade(settings)
     engine = db.make_engine(settings)
     (alice,) = _users(engine, "alice")

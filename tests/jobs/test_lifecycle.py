@@ -14,8 +14,18 @@ from tests.jobs.conftest import add_model, long_recipe, tiny_recipe, wait_for
 
 pytestmark = pytest.mark.slow
 
-METRICS = ("accuracy", "loss", "sparsity", "n_params", "n_nonzero", "flops", "size_bytes",
-           "sparse_size_bytes", "latency_ms", "compression")  # fmt: skip
+METRICS = (
+    "accuracy",
+    "loss",
+    "sparsity",
+    "n_params",
+    "n_nonzero",
+    "flops",
+    "size_bytes",
+    "sparse_size_bytes",
+    "latency_ms",
+    "compression",
+)
 
 
 def _setup(client):
@@ -60,8 +70,10 @@ def test_prune_run_goes_queued_running_succeeded_with_every_result(job_client) -
     assert {h["phase"] for h in hists} == {"before", "after_prune", "after_finetune"}
     assert len(job_client.get(f"/api/runs/{run_id}/curve", headers=headers).json()) >= 1
 
-    arts = {a["name"]: a for a in job_client.get(f"/api/runs/{run_id}/artifacts",
-                                                 headers=headers).json()}  # fmt: skip
+    arts = {
+        a["name"]: a
+        for a in job_client.get(f"/api/runs/{run_id}/artifacts", headers=headers).json()
+    }
     assert {"pruned.pt", "pruned.onnx", "pruned.safetensors", "recipe.json"} <= set(arts)
     assert arts["pruned.onnx"]["verified"] is True
     got = job_client.get(f"/api/runs/{run_id}/artifacts/recipe.json", headers=headers)
@@ -120,8 +132,10 @@ def test_two_users_runs_both_finish_one_at_a_time_under_the_limit(job_client) ->
     headers_a, model_id = _setup(job_client)
     with Session(job_client.app.state.engine, expire_on_commit=False) as s:
         _, headers_b = make_user(s, "bob")
-    ids = [job_client.post("/api/runs", json=tiny_recipe(model_id), headers=h).json()["id"]
-           for h in (headers_a, headers_b)]  # fmt: skip
+    ids = [
+        job_client.post("/api/runs", json=tiny_recipe(model_id), headers=h).json()["id"]
+        for h in (headers_a, headers_b)
+    ]
     most = 0
 
     def both_done():

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.slow
 def _serve(env: dict, port: int, log: Path) -> subprocess.Popen:
     exe = Path(sys.executable).parent / "prunelab"
     with open(log, "ab") as fh:
-        proc = subprocess.Popen([str(exe), "serve", "--port", str(port)], env=env, stdout=fh,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [str(exe), "serve", "--port", str(port)], env=env, stdout=fh, stderr=subprocess.STDOUT
+        )
     wait_for(lambda: _health(port), timeout=60, every=0.2)
     return proc
 
@@ -54,8 +55,12 @@ def test_kill_9_of_the_server_interrupts_the_run_and_resume_completes_it(tmp_pat
     with Session(engine, expire_on_commit=False) as s:
         user, headers = make_user(s, "alice")
         model_id = add_model(s, settings, owner_id=user.id)
-    env = {**os.environ, "PRUNELAB_DATA_DIR": str(settings.data_dir),
-           "PRUNELAB_HEARTBEAT_S": "0.25", "PRUNELAB_STALE_AFTER_S": "5"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PRUNELAB_DATA_DIR": str(settings.data_dir),
+        "PRUNELAB_HEARTBEAT_S": "0.25",
+        "PRUNELAB_STALE_AFTER_S": "5",
+    }
     port = free_port()
     url = f"http://127.0.0.1:{port}/api/runs"
     server = _serve(env, port, tmp_path / "serve.log")
@@ -63,8 +68,11 @@ def test_kill_9_of_the_server_interrupts_the_run_and_resume_completes_it(tmp_pat
         r = httpx.post(url, json=long_recipe(model_id, steps=3, epochs=8), headers=headers)
         assert r.status_code == 201, r.text
         run_id = r.json()["id"]
-        wait_for(lambda: (httpx.get(f"{url}/{run_id}", headers=headers).json()["last_step"] or 0)
-                 >= 1, timeout=120, every=0.2)  # fmt: skip
+        wait_for(
+            lambda: (httpx.get(f"{url}/{run_id}", headers=headers).json()["last_step"] or 0) >= 1,
+            timeout=120,
+            every=0.2,
+        )
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=10)
     finally:
@@ -84,8 +92,15 @@ def test_kill_9_of_the_server_interrupts_the_run_and_resume_completes_it(tmp_pat
         assert httpx.get(f"{url}/{run_id}", headers=headers).json()["status"] == "interrupted"
         r = httpx.post(f"{url}/{run_id}/resume", headers=headers)
         assert r.status_code == 202, r.text
-        body = wait_for(lambda: (b := httpx.get(f"{url}/{run_id}", headers=headers).json())
-                        ["status"] not in ("queued", "running") and b, timeout=180, every=0.3)  # fmt: skip
+        body = wait_for(
+            lambda: (
+                (b := httpx.get(f"{url}/{run_id}", headers=headers).json())["status"]
+                not in ("queued", "running")
+                and b
+            ),
+            timeout=180,
+            every=0.3,
+        )
         assert body["status"] == "succeeded", body
         assert body["attempt"] == 2
         assert any(n.startswith("resumed after step") for n in body["notes"]), body["notes"]

@@ -36,8 +36,9 @@ def _execute(lab, body: dict, model_id: int | None = None) -> Run:
     if "arch" in body:
         recipe["arch"] = body["arch"]
     with Session(engine) as s:
-        run = store.create_run(s, owner_id=None, recipe=recipe, model_id=model_id,
-                               dataset_id="digits")  # fmt: skip
+        run = store.create_run(
+            s, owner_id=None, recipe=recipe, model_id=model_id, dataset_id="digits"
+        )
         s.commit()
         run_id = int(run.id)
         assert store.claim_run(s, run_id=run_id)
@@ -50,10 +51,18 @@ def _execute(lab, body: dict, model_id: int | None = None) -> Run:
 
 
 def _prune(granularity: str, sparsity: float, physical: bool) -> dict:
-    return {"kind": "prune", "name": f"{granularity} {sparsity}",
-            "pruning": {"granularity": granularity, "criterion": "l1", "sparsity": sparsity,
-                        "physical": physical},
-            "schedule": {"kind": "oneshot"}, "finetune": {"epochs": 0}}  # fmt: skip
+    return {
+        "kind": "prune",
+        "name": f"{granularity} {sparsity}",
+        "pruning": {
+            "granularity": granularity,
+            "criterion": "l1",
+            "sparsity": sparsity,
+            "physical": physical,
+        },
+        "schedule": {"kind": "oneshot"},
+        "finetune": {"epochs": 0},
+    }
 
 
 def _model(lab, model_id: int) -> ModelRecord:
@@ -63,8 +72,15 @@ def _model(lab, model_id: int) -> ModelRecord:
 
 @pytest.mark.slow
 def test_a_physically_pruned_result_is_safetensors_that_a_second_run_prunes_again(lab) -> None:
-    train = _execute(lab, {"kind": "train", "name": "t", "arch": "cnn_small",
-                           "finetune": {"epochs": 1, "batch_size": 128}})  # fmt: skip
+    train = _execute(
+        lab,
+        {
+            "kind": "train",
+            "name": "t",
+            "arch": "cnn_small",
+            "finetune": {"epochs": 1, "batch_size": 128},
+        },
+    )
     trained = _model(lab, train.result_model_id)
     assert trained.format == "safetensors" and trained.arch == "cnn_small"
 
@@ -84,8 +100,10 @@ def test_a_physically_pruned_result_is_safetensors_that_a_second_run_prunes_agai
 @pytest.mark.slow
 def test_masks_npz_keeps_the_original_shapes_of_a_physically_pruned_run(lab) -> None:
     settings, engine = lab
-    run = _execute(lab, {**_prune("filter", 0.5, physical=True), "arch": "cnn_small",
-                         "finetune": {"epochs": 0}})  # fmt: skip
+    run = _execute(
+        lab,
+        {**_prune("filter", 0.5, physical=True), "arch": "cnn_small", "finetune": {"epochs": 0}},
+    )
     with Session(engine) as s:
         art = store.get_artifact(s, run_id=run.id, name="masks.npz")
         assert art is not None and art.kind == "masks" and art.verified

@@ -22,8 +22,9 @@ def session(request, tmp_path):
 
 
 def _run(s, owner=None):
-    run = store.create_run(s, owner_id=owner, recipe={"kind": "prune", "name": "r"},
-                           model_id=None, dataset_id="digits")  # fmt: skip
+    run = store.create_run(
+        s, owner_id=owner, recipe={"kind": "prune", "name": "r"}, model_id=None, dataset_id="digits"
+    )
     s.commit()
     return run.id
 
@@ -58,22 +59,54 @@ def test_cancel_flags_running_runs_and_resume_requeues_only_interrupted(session)
 
 def test_results_replace_what_was_written_live(session) -> None:
     rid = _run(session)
-    store.save_step(session, run_id=rid, item={"step": 0, "target_sparsity": 0.0,
-                                               "before_finetune": {"accuracy": 0.5},
-                                               "after_finetune": {"accuracy": 0.5}})  # fmt: skip
+    store.save_step(
+        session,
+        run_id=rid,
+        item={
+            "step": 0,
+            "target_sparsity": 0.0,
+            "before_finetune": {"accuracy": 0.5},
+            "after_finetune": {"accuracy": 0.5},
+        },
+    )
     store.add_curve_point(session, run_id=rid, point={"epoch": 0, "loss": 2.0})
     store.replace_results(
-        session, run_id=rid,
-        steps=[{"step": 0, "target_sparsity": 0.0, "before_finetune": {}, "after_finetune": {}},
-               {"step": 1, "target_sparsity": 0.5, "before_finetune": {}, "after_finetune": {},
-                "latency_ms_batch": 1.0}],
-        layers=[{"step": 1, "layer": "fc1", "sparsity": 0.5, "n_params": 10, "n_nonzero": 5,
-                 "shape": (5, 2), "threshold": 0.1, "flops": 10}],
-        histograms=[{"layer": "fc1", "phase": "before", "edges": [0.0, 1.0], "counts": [3],
-                     "threshold": None}],
+        session,
+        run_id=rid,
+        steps=[
+            {"step": 0, "target_sparsity": 0.0, "before_finetune": {}, "after_finetune": {}},
+            {
+                "step": 1,
+                "target_sparsity": 0.5,
+                "before_finetune": {},
+                "after_finetune": {},
+                "latency_ms_batch": 1.0,
+            },
+        ],
+        layers=[
+            {
+                "step": 1,
+                "layer": "fc1",
+                "sparsity": 0.5,
+                "n_params": 10,
+                "n_nonzero": 5,
+                "shape": (5, 2),
+                "threshold": 0.1,
+                "flops": 10,
+            }
+        ],
+        histograms=[
+            {
+                "layer": "fc1",
+                "phase": "before",
+                "edges": [0.0, 1.0],
+                "counts": [3],
+                "threshold": None,
+            }
+        ],
         curve=[{"epoch": 0, "step": 1, "loss": 1.0, "accuracy": 0.9}],
         sensitivity=[{"layer": "fc1", "sparsity": 0.5, "accuracy": 0.8}],
-    )  # fmt: skip
+    )
     session.commit()
     assert [s.step for s in store.list_steps(session, run_id=rid)] == [0, 1]
     assert store.list_steps(session, run_id=rid)[1].extra == {"latency_ms_batch": 1.0}

@@ -58,9 +58,15 @@ def _lenet(num_classes: int = 10) -> nn.Module:
 
 def _onnx_export(model: nn.Module, path: Path) -> None:
     torch.onnx.export(
-        model, (torch.zeros(1, *SHAPE),), str(path), dynamo=False, opset_version=17,
-        external_data=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}},
-    )  # fmt: skip
+        model,
+        (torch.zeros(1, *SHAPE),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        external_data=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch"}},
+    )
 
 
 def _tiny_onnx(op: str, opset: int) -> onnx.ModelProto:
@@ -73,11 +79,12 @@ def _tiny_onnx(op: str, opset: int) -> onnx.ModelProto:
     else:
         nodes.append(helper.make_node(op, ["h"], ["y"], name="odd"))
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
         initializer=[w, shape],
-    )  # fmt: skip
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -120,8 +127,14 @@ def _hostile(d: Path, out: dict[str, Path], lenet: nn.Module) -> None:
         out[f"truncated_{key}"].write_bytes(data[: len(data) * 2 // 3])
     out["onnx_external"] = d / "ext.onnx"
     model = onnx.load(str(out["onnx"]))
-    onnx.save_model(model, str(out["onnx_external"]), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)  # fmt: skip
+    onnx.save_model(
+        model,
+        str(out["onnx_external"]),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
     out["onnx_hardmax"] = d / "hardmax.onnx"
     onnx.save_model(_tiny_onnx("Hardmax", 17), str(out["onnx_hardmax"]))
     out["onnx_opset19"] = d / "reshape19.onnx"

@@ -20,8 +20,13 @@ def test_safetensors_plus_arch_report_layers_groups_and_classes(files):
     assert r["input_shape"] == [1, 8, 8] and r["output_shape"] == [10] and r["num_classes"] == 10
     assert [row["name"] for row in r["layers"]] == LENET_LAYERS
     first = r["layers"][0]
-    assert first == {"name": "features.0", "kind": "Conv2d", "shape": [6, 1, 5, 5],
-                     "n_params": 156, "prunable": True}  # fmt: skip
+    assert first == {
+        "name": "features.0",
+        "kind": "Conv2d",
+        "shape": [6, 1, 5, 5],
+        "n_params": 156,
+        "prunable": True,
+    }
     assert r["n_params"] == sum(row["n_params"] for row in r["layers"])
     assert r["prunable_fraction"] == 1.0
     # cutting conv1's filters cuts conv2's input channels: one coupled group

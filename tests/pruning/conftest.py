@@ -24,10 +24,16 @@ def make_cnn(seed: int = 0, bn: bool = True) -> nn.Sequential:
     torch.manual_seed(seed)
     norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), norm(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), norm(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
-    )  # fmt: skip
+        nn.Conv2d(1, 8, 3, padding=1),
+        norm(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        norm(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
 
 
 class ResBlock(nn.Module):

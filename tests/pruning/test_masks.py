@@ -167,8 +167,11 @@ def test_mask_keeper_holds_weights_and_optimizer_state_at_zero(opt_name, vector_
     plan = compute_masks(model, PruningSpec("element", "l1", sparsity=0.6))
     apply_masks(model, plan)
     keeper = MaskKeeper(model, plan)
-    opt = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-           if opt_name == "sgd" else torch.optim.Adam(model.parameters(), lr=1e-2))  # fmt: skip
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        if opt_name == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=1e-2)
+    )
     x, y = vector_data.tensors("train")
     before = {n: model.get_submodule(n).weight.detach().clone() for n in plan.masks}
     for _ in range(5):
@@ -213,8 +216,13 @@ def test_element_magnitude_fast_path_equals_the_general_path(
             for p in model.parameters():
                 p.copy_((p * 8).round() / 8)
     previous = _random_masks(model, 0.4, seed) if with_previous else None
-    spec = PruningSpec("element", criterion, scope=scope, sparsity=sparsity,
-                       overrides={"3": 0.5} if seed % 2 else {})  # fmt: skip
+    spec = PruningSpec(
+        "element",
+        criterion,
+        scope=scope,
+        sparsity=sparsity,
+        overrides={"3": 0.5} if seed % 2 else {},
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(select_mod, "CHUNK", 7 + seed)  # many chunks, some split mid-layer
         fast = compute_masks(model, spec, previous=previous)
@@ -236,8 +244,10 @@ def test_global_lowest_abs_equals_global_lowest_of_the_ranks(sizes, frac, seed) 
     gen = torch.Generator().manual_seed(seed)
     weights = [(torch.randint(-9, 10, (n,), generator=gen).float() / 7) for n in sizes]
     forced = [None if i % 2 else torch.rand(n, generator=gen) < 0.3 for i, n in enumerate(sizes)]
-    ranks = [w.abs() if f is None else torch.where(f, float("inf"), w.abs())
-             for w, f in zip(weights, forced, strict=True)]  # fmt: skip
+    ranks = [
+        w.abs() if f is None else torch.where(f, float("inf"), w.abs())
+        for w, f in zip(weights, forced, strict=True)
+    ]
     k = round(frac * sum(sizes))
     expected, cut = global_lowest(ranks, k)
     with pytest.MonkeyPatch.context() as mp:

@@ -42,10 +42,15 @@ def trained(arch: str) -> torch.nn.Module:
 def recipe(
     pruning: dict, schedule: dict | None = None, finetune: dict | None = None, kind: str = "prune"
 ) -> Recipe:
-    return Recipe.from_dict({
-        "kind": kind, "name": "t", "pruning": pruning,
-        "schedule": schedule or {"kind": "oneshot"}, "finetune": finetune or FAST,
-    })  # fmt: skip
+    return Recipe.from_dict(
+        {
+            "kind": kind,
+            "name": "t",
+            "pruning": pruning,
+            "schedule": schedule or {"kind": "oneshot"},
+            "finetune": finetune or FAST,
+        }
+    )
 
 
 ELEMENT = {"granularity": "element", "criterion": "l1", "sparsity": 0.8}
@@ -61,8 +66,13 @@ FILTER = {
 
 def test_a_run_records_baseline_steps_layers_histograms_and_curve() -> None:
     events: list[tuple[str, dict]] = []
-    result = run_recipe(recipe(ELEMENT), trained("mlp"), load_digits(), latency=False,
-                        report=lambda e, p: events.append((e, p)))  # fmt: skip
+    result = run_recipe(
+        recipe(ELEMENT),
+        trained("mlp"),
+        load_digits(),
+        latency=False,
+        report=lambda e, p: events.append((e, p)),
+    )
     assert result.steps[0]["step"] == 0 and result.steps[0]["target_sparsity"] == 0.0
     assert result.baseline["accuracy"] > 0.9 and result.baseline["sparsity"] == 0.0
     assert {"accuracy", "loss", "sparsity", "n_nonzero", "flops", "compression"} <= set(
@@ -158,8 +168,14 @@ def test_agp_resumes_mid_training_at_the_next_epoch(tmp_path) -> None:
         return polls["n"] > 2 * per_epoch + 4 + 5
 
     with pytest.raises(Cancelled):
-        run_recipe(rec, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path,
-                   should_stop=stop_in_epoch_three)  # fmt: skip
+        run_recipe(
+            rec,
+            trained("mlp"),
+            load_digits(),
+            latency=False,
+            checkpoint_dir=tmp_path,
+            should_stop=stop_in_epoch_three,
+        )
     saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert saved["training"]["epoch"] == 2 and saved["training"]["k"] == 4
     assert [p["epoch"] for p in saved["curve"]] == [1, 2]
@@ -192,8 +208,14 @@ def test_at_init_resumes_mid_training_and_keeps_the_fallback_of_max_accuracy_dro
         return polls["n"] > 1 + 2 * per_epoch + 5
 
     with pytest.raises(Cancelled):
-        run_recipe(rec, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path,
-                   should_stop=stop_in_epoch_three)  # fmt: skip
+        run_recipe(
+            rec,
+            trained("mlp"),
+            load_digits(),
+            latency=False,
+            checkpoint_dir=tmp_path,
+            should_stop=stop_in_epoch_three,
+        )
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["training"]["epoch"] == 2
     full = run_recipe(rec, trained("mlp"), load_digits(), latency=False)
     resumed = run_recipe(rec, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path)

@@ -74,17 +74,27 @@ def test_within_drop_is_absolute_accuracy() -> None:
 
 def _recipe(kind: str, steps: int, sparsity: float = 0.8, **pruning: object) -> Recipe:
     body = {"granularity": "element", "criterion": "l1", "sparsity": sparsity, **pruning}
-    return Recipe.from_dict({
-        "kind": "prune", "name": kind, "pruning": body,
-        "schedule": {"kind": kind, "steps": steps}, "finetune": FAST,
-    })  # fmt: skip
+    return Recipe.from_dict(
+        {
+            "kind": "prune",
+            "name": kind,
+            "pruning": body,
+            "schedule": {"kind": kind, "steps": steps},
+            "finetune": FAST,
+        }
+    )
 
 
 @pytest.mark.parametrize(
     ("kind", "steps", "criterion"),
-    [("oneshot", 1, "l1"), ("iterative", 3, "l1"), ("agp", 4, "l1"),
-     ("at_init", 1, "snip"), ("retrain", 1, "l1")],
-)  # fmt: skip
+    [
+        ("oneshot", 1, "l1"),
+        ("iterative", 3, "l1"),
+        ("agp", 4, "l1"),
+        ("at_init", 1, "snip"),
+        ("retrain", 1, "l1"),
+    ],
+)
 def test_every_schedule_reaches_its_target_sparsity(kind: str, steps: int, criterion: str) -> None:
     result = run_recipe(
         _recipe(kind, steps, criterion=criterion), trained_mlp(), load_digits(), latency=False
@@ -128,12 +138,15 @@ def test_retrain_reinit_starts_from_new_weights() -> None:
 
 
 def test_max_accuracy_drop_stops_at_the_deepest_step_within_the_drop() -> None:
-    recipe = Recipe.from_dict({
-        "kind": "prune", "name": "stop",
-        "pruning": {"granularity": "element", "criterion": "l1", "sparsity": 0.99},
-        "schedule": {"kind": "iterative", "steps": 4, "max_accuracy_drop": 0.05},
-        "finetune": {**FAST, "epochs": 0},
-    })  # fmt: skip
+    recipe = Recipe.from_dict(
+        {
+            "kind": "prune",
+            "name": "stop",
+            "pruning": {"granularity": "element", "criterion": "l1", "sparsity": 0.99},
+            "schedule": {"kind": "iterative", "steps": 4, "max_accuracy_drop": 0.05},
+            "finetune": {**FAST, "epochs": 0},
+        }
+    )
     result = run_recipe(recipe, trained_mlp(), load_digits(), latency=False)
     assert len(result.steps) < 5  # stopped before the last step
     base = result.baseline["accuracy"]

@@ -47,9 +47,11 @@ def test_allocation_meets_the_global_target_and_spares_sensitive_layers(mlp) -> 
 
 def test_allocate_prefers_the_flat_curve() -> None:
     rows = [
-        {"layer": "a", "sparsity": 0.0, "accuracy": 0.9}, {"layer": "a", "sparsity": 0.9, "accuracy": 0.9},
-        {"layer": "b", "sparsity": 0.0, "accuracy": 0.9}, {"layer": "b", "sparsity": 0.9, "accuracy": 0.1},
-    ]  # fmt: skip
+        {"layer": "a", "sparsity": 0.0, "accuracy": 0.9},
+        {"layer": "a", "sparsity": 0.9, "accuracy": 0.9},
+        {"layer": "b", "sparsity": 0.0, "accuracy": 0.9},
+        {"layer": "b", "sparsity": 0.9, "accuracy": 0.1},
+    ]
     alloc = allocate(rows, {"a": 100, "b": 100}, 0.45)
     assert alloc == {"a": 0.9, "b": 0.0}
 

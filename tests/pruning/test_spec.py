@@ -24,13 +24,19 @@ API_EXAMPLE = {
     "model_id": 3,
     "dataset_id": "digits",
     "pruning": {
-        "granularity": "element", "criterion": "l1", "scope": "global", "sparsity": 0.9,
-        "nm": [2, 4], "exclude": ["fc3"], "overrides": {"conv1": 0.3}, "physical": True,
+        "granularity": "element",
+        "criterion": "l1",
+        "scope": "global",
+        "sparsity": 0.9,
+        "nm": [2, 4],
+        "exclude": ["fc3"],
+        "overrides": {"conv1": 0.3},
+        "physical": True,
     },
     "schedule": {"kind": "iterative", "steps": 5, "max_accuracy_drop": 0.01},
     "finetune": {"epochs": 2, "lr": 0.01, "optimizer": "sgd", "batch_size": 128},
     "seed": 0,
-}  # fmt: skip
+}
 
 
 def test_api_example_round_trips_through_json() -> None:

@@ -47,8 +47,7 @@ schema = _schema()
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(max_examples=8, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))  # fmt: skip
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_api_never_answers_5xx_and_matches_its_schema(case, fuzz_state) -> None:
     client: TestClient = fuzz_state["client"]
     for headers in (fuzz_state["headers"], {}):

@@ -46,12 +46,20 @@ def lab(tmp_path) -> Iterator[Lab]:
         client.app.state.dispatcher.stop()
         client.app.state.dispatcher = Dispatcher(settings, client.app.state.engine, FakeRunner())
         with Session(client.app.state.engine, expire_on_commit=False) as s:
-            made = {key: make_user(s, name, role)
-                    for key, name, role in (("admin", "root", "admin"), ("member", "alice", "member"),
-                                            ("other", "bob", "member"),
-                                            ("viewer", "vera", "viewer"))}  # fmt: skip
-        yield Lab(client, {k: h for k, (_, h) in made.items()},
-                  {k: int(u.id) for k, (u, _) in made.items()})  # fmt: skip
+            made = {
+                key: make_user(s, name, role)
+                for key, name, role in (
+                    ("admin", "root", "admin"),
+                    ("member", "alice", "member"),
+                    ("other", "bob", "member"),
+                    ("viewer", "vera", "viewer"),
+                )
+            }
+        yield Lab(
+            client,
+            {k: h for k, (_, h) in made.items()},
+            {k: int(u.id) for k, (u, _) in made.items()},
+        )
 
 
 def _session(lab: Lab) -> Session:
@@ -66,9 +74,18 @@ def _model(lab: Lab, owner: int) -> str:
 
 def _dataset(lab: Lab, owner: int) -> str:
     with _session(lab) as s:
-        store.add_dataset(s, id=f"ds{owner}", name="mine", format="npz", n_train=4, n_test=2,
-                          input_shape=[1, 8, 8], n_classes=10, storage_key=f"datasets/ds{owner}",
-                          owner_id=owner)  # fmt: skip
+        store.add_dataset(
+            s,
+            id=f"ds{owner}",
+            name="mine",
+            format="npz",
+            n_train=4,
+            n_test=2,
+            input_shape=[1, 8, 8],
+            n_classes=10,
+            storage_key=f"datasets/ds{owner}",
+            owner_id=owner,
+        )
         s.commit()
     return f"/api/datasets/ds{owner}"
 
@@ -76,8 +93,13 @@ def _dataset(lab: Lab, owner: int) -> str:
 def _run(lab: Lab, owner: int) -> int:
     """An interrupted run: it may be cancelled, resumed or deleted."""
     with _session(lab) as s:
-        run = store.create_run(s, owner_id=owner, recipe={"kind": "prune", "name": "r"},
-                               model_id=None, dataset_id="digits")  # fmt: skip
+        run = store.create_run(
+            s,
+            owner_id=owner,
+            recipe={"kind": "prune", "name": "r"},
+            model_id=None,
+            dataset_id="digits",
+        )
         assert store.transition(s, run_id=run.id, from_=("queued",), to="interrupted")
         s.commit()
         return int(run.id)
@@ -99,8 +121,13 @@ OWNED: dict[str, tuple[str, Callable[[Lab, int], str]]] = {
     "tokens revoke": ("DELETE", _token),
 }
 # (caller, whose resource) -> allowed; a viewer's own resources are those of a demoted member
-OWNED_CASES = [("admin", "member", True), ("member", "member", True), ("other", "member", False),
-               ("viewer", "member", False), ("viewer", "viewer", False)]  # fmt: skip
+OWNED_CASES = [
+    ("admin", "member", True),
+    ("member", "member", True),
+    ("other", "member", False),
+    ("viewer", "member", False),
+    ("viewer", "viewer", False),
+]
 
 
 def _allowed_owned(endpoint: str, caller: str, owner: str, allowed: bool) -> bool:
@@ -113,9 +140,15 @@ def _owned_params() -> list:
     out = []
     for endpoint in OWNED:
         for caller, owner, allowed in OWNED_CASES:
-            out.append(pytest.param(endpoint, caller, owner,
-                                    _allowed_owned(endpoint, caller, owner, allowed),
-                                    id=f"{endpoint}-{caller}-of-{owner}"))  # fmt: skip
+            out.append(
+                pytest.param(
+                    endpoint,
+                    caller,
+                    owner,
+                    _allowed_owned(endpoint, caller, owner, allowed),
+                    id=f"{endpoint}-{caller}-of-{owner}",
+                )
+            )
     return out
 
 
@@ -158,13 +191,21 @@ def _npz() -> bytes:
 def _create(lab: Lab, endpoint: str, headers: dict) -> object:
     c = lab.client
     if endpoint == "models upload":
-        return c.post("/api/models", headers=headers, data={"arch": "mlp", "name": "m"},
-                      files={"file": ("m.safetensors", io.BytesIO(_mlp_bytes()))})  # fmt: skip
+        return c.post(
+            "/api/models",
+            headers=headers,
+            data={"arch": "mlp", "name": "m"},
+            files={"file": ("m.safetensors", io.BytesIO(_mlp_bytes()))},
+        )
     if endpoint == "models from-architecture":
         return c.post("/api/models/from-architecture", json={"arch": "mlp"}, headers=headers)
     if endpoint == "datasets upload":
-        return c.post("/api/datasets", headers=headers, data={"name": "d"},
-                      files={"file": ("d.npz", io.BytesIO(_npz()))})  # fmt: skip
+        return c.post(
+            "/api/datasets",
+            headers=headers,
+            data={"name": "d"},
+            files={"file": ("d.npz", io.BytesIO(_npz()))},
+        )
     model_path = _model(lab, lab.ids["member"])
     model_id = int(model_path.rsplit("/", 1)[1])
     if endpoint == "runs create":
@@ -175,8 +216,14 @@ def _create(lab: Lab, endpoint: str, headers: dict) -> object:
     return c.post("/api/tokens", json={"name": "more"}, headers=headers)
 
 
-CREATE = ("models upload", "models from-architecture", "datasets upload", "runs create",
-          "sweeps create", "tokens create")  # fmt: skip
+CREATE = (
+    "models upload",
+    "models from-architecture",
+    "datasets upload",
+    "runs create",
+    "sweeps create",
+    "tokens create",
+)
 
 
 @pytest.mark.slow
@@ -191,24 +238,37 @@ def test_members_and_admins_create_viewers_do_not(lab: Lab, endpoint: str, calle
 @pytest.mark.parametrize("caller", ROLES)
 def test_only_admins_create_and_disable_users(lab: Lab, caller: str) -> None:
     c, headers = lab.client, lab.headers[caller]
-    _assert_outcome(c.post("/api/users", json={"name": "newbie"}, headers=headers),
-                    caller == "admin")  # fmt: skip
+    _assert_outcome(
+        c.post("/api/users", json={"name": "newbie"}, headers=headers), caller == "admin"
+    )
     r = c.patch(f"/api/users/{lab.ids['other']}", json={"disabled": True}, headers=headers)
     _assert_outcome(r, caller == "admin")
 
 
 def test_the_matrix_covers_every_mutating_api_route(lab: Lab) -> None:
     """A new POST/PATCH/PUT/DELETE under /api must be added to this file."""
-    covered = {("DELETE", "/api/models/{model_id}"), ("DELETE", "/api/datasets/{dataset_id}"),
-               ("POST", "/api/runs/{run_id}/cancel"), ("POST", "/api/runs/{run_id}/resume"),
-               ("DELETE", "/api/runs/{run_id}"), ("DELETE", "/api/tokens/{token_id}"),
-               ("POST", "/api/models"), ("POST", "/api/models/from-architecture"),
-               ("POST", "/api/datasets"), ("POST", "/api/runs"), ("POST", "/api/sweeps"),
-               ("POST", "/api/tokens"), ("POST", "/api/users"),
-               ("PATCH", "/api/users/{user_id}")}  # fmt: skip
-    found = {(m, route.path) for route in lab.client.app.routes
-             for m in getattr(route, "methods", set()) & {"POST", "PATCH", "PUT", "DELETE"}
-             if getattr(route, "path", "").startswith("/api")}  # fmt: skip
+    covered = {
+        ("DELETE", "/api/models/{model_id}"),
+        ("DELETE", "/api/datasets/{dataset_id}"),
+        ("POST", "/api/runs/{run_id}/cancel"),
+        ("POST", "/api/runs/{run_id}/resume"),
+        ("DELETE", "/api/runs/{run_id}"),
+        ("DELETE", "/api/tokens/{token_id}"),
+        ("POST", "/api/models"),
+        ("POST", "/api/models/from-architecture"),
+        ("POST", "/api/datasets"),
+        ("POST", "/api/runs"),
+        ("POST", "/api/sweeps"),
+        ("POST", "/api/tokens"),
+        ("POST", "/api/users"),
+        ("PATCH", "/api/users/{user_id}"),
+    }
+    found = {
+        (m, route.path)
+        for route in lab.client.app.routes
+        for m in getattr(route, "methods", set()) & {"POST", "PATCH", "PUT", "DELETE"}
+        if getattr(route, "path", "").startswith("/api")
+    }
     assert found <= covered, sorted(found - covered)
 
 
@@ -216,9 +276,15 @@ def test_the_matrix_covers_every_mutating_api_route(lab: Lab) -> None:
 def test_no_api_route_answers_2xx_without_valid_credentials_even_for_real_ids(lab: Lab) -> None:
     """Like test_auth's check, but every id in the path exists, so a 404 cannot hide a hole."""
     owner = lab.ids["member"]
-    real = {"model_id": _model(lab, owner).rsplit("/", 1)[1], "run_id": str(_run(lab, owner)),
-            "dataset_id": "digits", "token_id": _token(lab, owner).rsplit("/", 1)[1],
-            "user_id": str(owner), "name": "recipe.json", "sweep_id": "1"}  # fmt: skip
+    real = {
+        "model_id": _model(lab, owner).rsplit("/", 1)[1],
+        "run_id": str(_run(lab, owner)),
+        "dataset_id": "digits",
+        "token_id": _token(lab, owner).rsplit("/", 1)[1],
+        "user_id": str(owner),
+        "name": "recipe.json",
+        "sweep_id": "1",
+    }
     bad = [{}, {"Authorization": "Bearer pl_not-a-real-token"}, {"Authorization": "Basic eDp5"}]
     for route in lab.client.app.routes:
         path = getattr(route, "path", "")

@@ -12,10 +12,16 @@ from app.web import charts, charts_runs
 
 def _layers(n_layers: int, n_steps: int) -> list[dict]:
     return [
-        {"step": s, "layer": f"l{i}", "sparsity": s / (n_steps + 1), "requested": s / n_steps,
-         "n_nonzero": 100 - s}
-        for s in range(n_steps + 1) for i in range(n_layers)
-    ]  # fmt: skip
+        {
+            "step": s,
+            "layer": f"l{i}",
+            "sparsity": s / (n_steps + 1),
+            "requested": s / n_steps,
+            "n_nonzero": 100 - s,
+        }
+        for s in range(n_steps + 1)
+        for i in range(n_layers)
+    ]
 
 
 def test_sparsity_heatmap_is_layers_by_steps_with_requested_on_hover() -> None:
@@ -75,13 +81,22 @@ def test_large_mask_is_downsampled_under_the_payload_bound() -> None:
 
 
 def _hist(phase: str, counts: list[int], threshold=None, zeros=0) -> dict:
-    return {"layer": "fc", "phase": phase, "edges": [-1, -0.5, 0, 0.5, 1], "counts": counts,
-            "threshold": threshold, "zeros": zeros}  # fmt: skip
+    return {
+        "layer": "fc",
+        "phase": phase,
+        "edges": [-1, -0.5, 0, 0.5, 1],
+        "counts": counts,
+        "threshold": threshold,
+        "zeros": zeros,
+    }
 
 
 def test_histogram_overlays_phases_on_shared_bins_with_thresholds_and_log_toggle() -> None:
-    rows = [_hist("after_finetune", [2, 1, 1, 2], 0.3, zeros=4), _hist("before", [3, 4, 4, 3]),
-            _hist("after_prune", [3, 0, 0, 3], 0.3, zeros=8)]  # fmt: skip
+    rows = [
+        _hist("after_finetune", [2, 1, 1, 2], 0.3, zeros=4),
+        _hist("before", [3, 4, 4, 3]),
+        _hist("after_prune", [3, 0, 0, 3], 0.3, zeros=8),
+    ]
     fig = charts.histogram_figure(rows, layer="fc")
     names = [t["name"] for t in fig["data"]]
     assert names == ["before pruning", "after thresholding", "after fine-tuning"]
@@ -124,8 +139,10 @@ def test_masks_only_runs_say_no_speedup_expected() -> None:
 
 
 def test_curve_has_loss_and_accuracy_on_two_axes() -> None:
-    pts = [{"epoch": 0, "step": 1, "loss": 1.0, "accuracy": 0.5},
-           {"epoch": 1, "step": 1, "loss": 0.5, "accuracy": 0.8}]  # fmt: skip
+    pts = [
+        {"epoch": 0, "step": 1, "loss": 1.0, "accuracy": 0.5},
+        {"epoch": 1, "step": 1, "loss": 0.5, "accuracy": 0.8},
+    ]
     fig = charts.curve_figure(pts)
     assert [t["name"] for t in fig["data"]] == ["loss", "accuracy"]
     assert fig["data"][1]["yaxis"] == "y2" and fig["data"][1]["y"] == [0.5, 0.8]
@@ -138,13 +155,28 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
 
 def test_overview_colours_by_criterion_and_marks_granularity_and_run_ids() -> None:
     runs = [
-        {"id": 1, "name": "a", "criterion": "l1", "granularity": "element",
-         "final": {"compression": 5, "accuracy": 0.9}},
-        {"id": 2, "name": "b", "criterion": "random", "granularity": "filter",
-         "final": {"compression": 5, "accuracy": 0.6}},
-        {"id": 3, "name": "c", "criterion": "l1", "granularity": "filter",
-         "final": {"compression": 2, "accuracy": 0.95}},
-    ]  # fmt: skip
+        {
+            "id": 1,
+            "name": "a",
+            "criterion": "l1",
+            "granularity": "element",
+            "final": {"compression": 5, "accuracy": 0.9},
+        },
+        {
+            "id": 2,
+            "name": "b",
+            "criterion": "random",
+            "granularity": "filter",
+            "final": {"compression": 5, "accuracy": 0.6},
+        },
+        {
+            "id": 3,
+            "name": "c",
+            "criterion": "l1",
+            "granularity": "filter",
+            "final": {"compression": 2, "accuracy": 0.95},
+        },
+    ]
     fig = charts_runs.overview_scatter(runs)
     l1, rnd, front = fig["data"]
     assert (l1["name"], rnd["name"], front["name"]) == ("l1", "random", "Pareto front")
@@ -154,17 +186,25 @@ def test_overview_colours_by_criterion_and_marks_granularity_and_run_ids() -> No
 
 
 def test_best_cells_pick_highest_accuracy_and_lowest_latency() -> None:
-    runs = [{"id": 1, "final": {"accuracy": 0.9, "latency_ms": 3.0}},
-            {"id": 2, "final": {"accuracy": 0.8, "latency_ms": 1.0}}]  # fmt: skip
+    runs = [
+        {"id": 1, "final": {"accuracy": 0.9, "latency_ms": 3.0}},
+        {"id": 2, "final": {"accuracy": 0.8, "latency_ms": 1.0}},
+    ]
     best = charts_runs.best_cells(runs)
     assert best["accuracy"] == 1 and best["latency_ms"] == 2
     assert "loss" not in best  # nobody has it
 
 
 def test_sweep_plots_method_against_random_baseline_dotted() -> None:
-    runs = [{"id": i, "criterion": c, "final": {"compression": x, "accuracy": a, "latency_ms": 1},
-             "baseline": {"latency_ms": 1}}
-            for i, (c, x, a) in enumerate([("l1", 2, 0.9), ("l1", 4, 0.85), ("random", 2, 0.6)])]  # fmt: skip
+    runs = [
+        {
+            "id": i,
+            "criterion": c,
+            "final": {"compression": x, "accuracy": a, "latency_ms": 1},
+            "baseline": {"latency_ms": 1},
+        }
+        for i, (c, x, a) in enumerate([("l1", 2, 0.9), ("l1", 4, 0.85), ("random", 2, 0.6)])
+    ]
     fig = charts_runs.sweep_figure(runs, axis="compression")
     by_name = {t["name"]: t for t in fig["data"]}
     assert by_name["l1"]["x"] == [2, 4] and by_name["random"]["line"]["dash"] == "dot"
@@ -173,8 +213,10 @@ def test_sweep_plots_method_against_random_baseline_dotted() -> None:
 
 
 def test_sensitivity_allocation_takes_the_highest_sparsity_within_the_drop() -> None:
-    rows = [{"layer": "a", "sparsity": s, "accuracy": acc}
-            for s, acc in [(0.5, 0.95), (0.75, 0.945), (0.9, 0.90)]]  # fmt: skip
+    rows = [
+        {"layer": "a", "sparsity": s, "accuracy": acc}
+        for s, acc in [(0.5, 0.95), (0.75, 0.945), (0.9, 0.90)]
+    ]
     rows += [{"layer": "b", "sparsity": 0.5, "accuracy": 0.5}]
     assert charts_runs.suggest_allocation(rows, 0.95) == {"a": 0.75, "b": 0.0}
     fig = charts_runs.sensitivity_figure(rows, baseline=0.95)

@@ -21,8 +21,12 @@ def _files(settings) -> set[Path]:
 
 
 def _post(client, headers, content: bytes, filename: str, name: str = "mine"):
-    return client.post("/api/datasets", headers=headers, data={"name": name},
-                       files={"file": (filename, io.BytesIO(content))})  # fmt: skip
+    return client.post(
+        "/api/datasets",
+        headers=headers,
+        data={"name": name},
+        files={"file": (filename, io.BytesIO(content))},
+    )
 
 
 def test_digits_is_always_there(client: TestClient, member_headers) -> None:

@@ -48,8 +48,9 @@ def _parse(text: str) -> list[dict]:
 def _run_with_events(api) -> tuple[int, dict]:
     with Session(api.app.state.engine, expire_on_commit=False) as s:
         _, headers = make_user(s, "alice")
-        run = store.create_run(s, owner_id=None, recipe={"kind": "prune"}, model_id=None,
-                               dataset_id="digits")  # fmt: skip
+        run = store.create_run(
+            s, owner_id=None, recipe={"kind": "prune"}, model_id=None, dataset_id="digits"
+        )
         store.claim_run(s, run_id=run.id)
         store.add_event(s, run_id=run.id, type="progress", data={"fraction": 0.5, "message": "x"})
         store.add_event(s, run_id=run.id, type="metric", data={"epoch": 0, "loss": 1.5})
@@ -65,7 +66,10 @@ def test_a_finished_run_streams_all_its_events_in_order_then_closes(api) -> None
     events = [e for e in _parse(r.text) if "event" in e]
     assert [e["event"] for e in events] == ["status", "status", "progress", "metric", "status"]
     assert [json.loads(e["data"]).get("status") for e in events if e["event"] == "status"] == [
-        "queued", "running", "succeeded"]  # fmt: skip
+        "queued",
+        "running",
+        "succeeded",
+    ]
     assert json.loads(events[3]["data"]) == {"epoch": 0, "loss": 1.5}
     ids = [int(e["id"]) for e in events]
     assert ids == sorted(ids)
@@ -73,8 +77,11 @@ def test_a_finished_run_streams_all_its_events_in_order_then_closes(api) -> None
 
 def test_last_event_id_resumes_after_what_the_client_saw(api) -> None:
     run_id, headers = _run_with_events(api)
-    first = [e for e in _parse(api.get(f"/api/runs/{run_id}/events", headers=headers).text)
-             if "event" in e]  # fmt: skip
+    first = [
+        e
+        for e in _parse(api.get(f"/api/runs/{run_id}/events", headers=headers).text)
+        if "event" in e
+    ]
     seen = first[2]["id"]
     again = api.get(f"/api/runs/{run_id}/events", headers={**headers, "Last-Event-ID": seen})
     rest = [e for e in _parse(again.text) if "event" in e]
@@ -87,8 +94,9 @@ def test_a_live_stream_sends_keepalives_and_closes_when_the_run_ends(api) -> Non
     api.app.state.sse_ping_s = 0.2
     with Session(api.app.state.engine, expire_on_commit=False) as s:
         _, headers = make_user(s, "bob")
-        run = store.create_run(s, owner_id=None, recipe={"kind": "prune"}, model_id=None,
-                               dataset_id="digits")  # fmt: skip
+        run = store.create_run(
+            s, owner_id=None, recipe={"kind": "prune"}, model_id=None, dataset_id="digits"
+        )
         s.commit()
 
     def finish_later() -> None:

@@ -189,12 +189,12 @@ def test_viewers_cannot_upload_and_members_cannot_delete_others(client, db_sessi
 
 
 def test_architecture_table_matches_the_zoo():
-    from app.architectures import ARCHITECTURES
+    from app.catalogue import ARCHITECTURES
     from app.zoo import ARCHITECTURES as ZOO
 
     assert set(ARCHITECTURES) == set(ZOO)
     for name, info in ARCHITECTURES.items():
-        assert tuple(info["default_input_shape"]) == tuple(ZOO[name].default_input_shape)
+        assert tuple(info.default_input_shape) == tuple(ZOO[name].default_input_shape)
 
 
 def _forward_raises_torchscript(tmp_path) -> bytes:
@@ -216,8 +216,13 @@ def _forward_raises_torchscript(tmp_path) -> bytes:
 def test_model_whose_forward_raises_is_422_with_the_reason(
     client, admin_headers, settings, tmp_path
 ):
-    r = _upload(client, admin_headers, _forward_raises_torchscript(tmp_path), filename="b.pt",
-                input_shape="1,8,8")  # fmt: skip
+    r = _upload(
+        client,
+        admin_headers,
+        _forward_raises_torchscript(tmp_path),
+        filename="b.pt",
+        input_shape="1,8,8",
+    )
     assert r.status_code == 422, r.text
     assert "forward raised" in r.json()["detail"] and "refuses zeros" in r.json()["detail"]
     assert _files(settings) == set()
@@ -266,8 +271,13 @@ def test_twenty_concurrent_uploads_leave_exactly_the_good_ones(tmp_path):
     health: list[int] = []
 
     def send(content: bytes, fields: dict) -> None:
-        r = httpx.post(f"{base}/api/models", headers=headers, data=fields, timeout=120,
-                       files={"file": ("m.bin", content)})  # fmt: skip
+        r = httpx.post(
+            f"{base}/api/models",
+            headers=headers,
+            data=fields,
+            timeout=120,
+            files={"file": ("m.bin", content)},
+        )
         results.append(r.status_code)
 
     try:

@@ -26,18 +26,32 @@ def lab(client: TestClient, db_session: Session, settings) -> dict:
     model = seed.seed_model(db_session)
     art = Path(settings.artifacts)
     a = seed.seed_run(db_session, model=model, name="elem l1", artifacts_dir=art)
-    b = seed.seed_run(db_session, model=model, name="kernel l2", criterion="l2",
-                      granularity="kernel", artifacts_dir=art, final_sparsity=0.6)  # fmt: skip
+    b = seed.seed_run(
+        db_session,
+        model=model,
+        name="kernel l2",
+        criterion="l2",
+        granularity="kernel",
+        artifacts_dir=art,
+        final_sparsity=0.6,
+    )
     sens = seed.seed_sensitivity(db_session, model=model)
     sweep = seed.seed_sweep(db_session, model=model)
     db_session.commit()
-    return {"h": headers, "model": model.id, "a": a.id, "b": b.id, "sens": sens.id,
-            "sweep": sweep.id}  # fmt: skip
+    return {
+        "h": headers,
+        "model": model.id,
+        "a": a.id,
+        "b": b.id,
+        "sens": sens.id,
+        "sweep": sweep.id,
+    }
 
 
 def _figures(html: str) -> dict[str, dict]:
-    blocks = re.findall(r'<script type="application/json" id="fig-([\w-]+)">(.*?)</script>', html,
-                        flags=re.S)  # fmt: skip
+    blocks = re.findall(
+        r'<script type="application/json" id="fig-([\w-]+)">(.*?)</script>', html, flags=re.S
+    )
     return {name: json.loads(body) for name, body in blocks}
 
 
@@ -49,8 +63,14 @@ def test_pages_redirect_to_login_without_credentials(client: TestClient) -> None
 
 
 def test_every_page_renders_without_inline_script(client: TestClient, lab: dict) -> None:
-    pages = [*PAGES, f"/runs/{lab['a']}", f"/runs/{lab['sens']}", f"/models/{lab['model']}",
-             f"/sweeps/{lab['sweep']}", f"/compare?runs={lab['a']},{lab['b']}"]  # fmt: skip
+    pages = [
+        *PAGES,
+        f"/runs/{lab['a']}",
+        f"/runs/{lab['sens']}",
+        f"/models/{lab['model']}",
+        f"/sweeps/{lab['sweep']}",
+        f"/compare?runs={lab['a']},{lab['b']}",
+    ]
     for path in pages:
         r = client.get(path, headers=lab["h"])
         assert r.status_code == 200, path
@@ -91,8 +111,13 @@ def test_run_page_context_has_every_chart_and_the_layer_table(
     assert "Masks only: no speed-up expected" in r.text
     assert {a.name for a in ctx["artifacts"]} == {"pruned.safetensors", "recipe.json"}
     assert "✓ reloaded" in r.text
-    assert set(_figures(r.text)) >= {"sparsity", "tradeoff_compression", "tradeoff_flops",
-                                     "tradeoff_speedup", "curve"}  # fmt: skip
+    assert set(_figures(r.text)) >= {
+        "sparsity",
+        "tradeoff_compression",
+        "tradeoff_flops",
+        "tradeoff_speedup",
+        "curve",
+    }
     assert '"criterion": "l1"' in ctx["recipe_json"] and "&#34;criterion&#34;" in r.text
 
 

@@ -59,24 +59,46 @@ def test_create_persists_a_queued_run_and_the_dispatcher_starts_it(api, people) 
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"pruning": {"granularity": "filter", "criterion": "wanda", "sparsity": 0.5}},
-         "criterion 'wanda' does not support granularity 'filter'"),
-        ({"pruning": {"granularity": "element", "criterion": "l1", "sparsity": 1.5}},
-         "pruning.sparsity must be a number in [0, 1)"),
-        ({"pruning": {"granularity": "element", "criterion": "l1", "sparsity": 0.5,
-                      "exclude": ["conv9"]}},
-         "pruning.exclude names layer 'conv9'"),
-        ({"pruning": {"granularity": "element", "criterion": "l1", "sparsity": 0.5,
-                      "overrides": {"fc9": 0.2}}},
-         "pruning.overrides names layer 'fc9'"),
-        ({"pruning": {"granularity": "filter", "criterion": "bn_gamma", "sparsity": 0.5}},
-         "pruning.criterion 'bn_gamma' needs BatchNorm layers"),
+        (
+            {"pruning": {"granularity": "filter", "criterion": "wanda", "sparsity": 0.5}},
+            "criterion 'wanda' does not support granularity 'filter'",
+        ),
+        (
+            {"pruning": {"granularity": "element", "criterion": "l1", "sparsity": 1.5}},
+            "pruning.sparsity must be a number in [0, 1)",
+        ),
+        (
+            {
+                "pruning": {
+                    "granularity": "element",
+                    "criterion": "l1",
+                    "sparsity": 0.5,
+                    "exclude": ["conv9"],
+                }
+            },
+            "pruning.exclude names layer 'conv9'",
+        ),
+        (
+            {
+                "pruning": {
+                    "granularity": "element",
+                    "criterion": "l1",
+                    "sparsity": 0.5,
+                    "overrides": {"fc9": 0.2},
+                }
+            },
+            "pruning.overrides names layer 'fc9'",
+        ),
+        (
+            {"pruning": {"granularity": "filter", "criterion": "bn_gamma", "sparsity": 0.5}},
+            "pruning.criterion 'bn_gamma' needs BatchNorm layers",
+        ),
         ({"model_id": 999}, "model_id 999 does not exist"),
         ({"dataset_id": "mnist"}, "dataset_id 'mnist' does not exist"),
         ({"schedule": {"kind": "sometimes"}}, "schedule.kind 'sometimes' is not one of"),
         ({"colour": "red"}, "unknown key 'colour' in the recipe"),
     ],
-)  # fmt: skip
+)
 def test_bad_recipes_are_422_sentences_naming_the_field(api, people, change, expected) -> None:
     body = tiny_recipe(people["model_id"])
     body.update(change)
@@ -89,23 +111,41 @@ def test_bad_recipes_are_422_sentences_naming_the_field(api, people, change, exp
 
 def test_a_dataset_that_does_not_fit_the_model_is_refused(api, people) -> None:
     with Session(api.app.state.engine) as s:
-        store.add_dataset(s, id="wide", name="wide", format="npz", n_train=10, n_test=5,
-                          input_shape=[3, 32, 32], n_classes=10, storage_key="datasets/wide.npz")  # fmt: skip
+        store.add_dataset(
+            s,
+            id="wide",
+            name="wide",
+            format="npz",
+            n_train=10,
+            n_test=5,
+            input_shape=[3, 32, 32],
+            n_classes=10,
+            storage_key="datasets/wide.npz",
+        )
         s.commit()
-    r = api.post("/api/runs", json=tiny_recipe(people["model_id"], dataset_id="wide"),
-                 headers=people["alice"])  # fmt: skip
+    r = api.post(
+        "/api/runs",
+        json=tiny_recipe(people["model_id"], dataset_id="wide"),
+        headers=people["alice"],
+    )
     assert r.status_code == 422
     assert "takes inputs of shape [1, 8, 8]" in _detail(r)
 
 
 def test_a_train_run_may_name_an_architecture_instead_of_a_model(api, people) -> None:
-    body = {"kind": "train", "name": "fresh", "arch": "mlp", "dataset_id": "digits",
-            "finetune": {"epochs": 1}}  # fmt: skip
+    body = {
+        "kind": "train",
+        "name": "fresh",
+        "arch": "mlp",
+        "dataset_id": "digits",
+        "finetune": {"epochs": 1},
+    }
     r = api.post("/api/runs", json=body, headers=people["alice"])
     assert r.status_code == 201, r.text
     assert r.json()["recipe"]["arch"] == "mlp" and r.json()["model_id"] is None
-    missing = api.post("/api/runs", json={"kind": "prune", "pruning": {"sparsity": 0.5}},
-                       headers=people["alice"])  # fmt: skip
+    missing = api.post(
+        "/api/runs", json={"kind": "prune", "pruning": {"sparsity": 0.5}}, headers=people["alice"]
+    )
     assert missing.status_code == 422 and "model_id is required" in _detail(missing)
 
 
@@ -125,8 +165,9 @@ def test_owners_change_their_runs_admins_all_viewers_none(api, people) -> None:
 
 
 def test_running_runs_cannot_be_deleted_and_only_interrupted_ones_resume(api, people) -> None:
-    run_id = api.post("/api/runs", json=tiny_recipe(people["model_id"]),
-                      headers=people["alice"]).json()["id"]  # fmt: skip
+    run_id = api.post(
+        "/api/runs", json=tiny_recipe(people["model_id"]), headers=people["alice"]
+    ).json()["id"]
     api.app.state.dispatcher.tick()
     r = api.delete(f"/api/runs/{run_id}", headers=people["alice"])
     assert r.status_code == 409 and "cancel it before deleting" in _detail(r)
@@ -145,44 +186,65 @@ def test_running_runs_cannot_be_deleted_and_only_interrupted_ones_resume(api, pe
 
 def test_queued_runs_per_user_are_capped_with_429(api, people) -> None:
     for _ in range(5):
-        assert api.post("/api/runs", json=tiny_recipe(people["model_id"]),
-                        headers=people["alice"]).status_code == 201  # fmt: skip
+        assert (
+            api.post(
+                "/api/runs", json=tiny_recipe(people["model_id"]), headers=people["alice"]
+            ).status_code
+            == 201
+        )
     r = api.post("/api/runs", json=tiny_recipe(people["model_id"]), headers=people["alice"])
     assert r.status_code == 429 and "over the limit of 5" in _detail(r)
-    assert api.post("/api/runs", json=tiny_recipe(people["model_id"]),
-                    headers=people["bob"]).status_code == 201  # fmt: skip
+    assert (
+        api.post(
+            "/api/runs", json=tiny_recipe(people["model_id"]), headers=people["bob"]
+        ).status_code
+        == 201
+    )
 
 
 def test_list_filters_and_paginates_newest_first(api, people) -> None:
-    ids = [api.post("/api/runs", json=tiny_recipe(people["model_id"]),
-                    headers=h).json()["id"] for h in (people["alice"], people["bob"])]  # fmt: skip
+    ids = [
+        api.post("/api/runs", json=tiny_recipe(people["model_id"]), headers=h).json()["id"]
+        for h in (people["alice"], people["bob"])
+    ]
     with Session(api.app.state.engine) as s:
         store.request_cancel(s, run_id=ids[0])
         s.commit()
     r = api.get("/api/runs?limit=1", headers=people["alice"])
     assert [b["id"] for b in r.json()] == [ids[1]] and r.headers["x-total-count"] == "2"
-    assert [b["id"] for b in api.get("/api/runs?limit=1&offset=1",
-                                     headers=people["alice"]).json()] == [ids[0]]  # fmt: skip
-    assert [b["id"] for b in api.get("/api/runs?status=cancelled",
-                                     headers=people["alice"]).json()] == [ids[0]]  # fmt: skip
-    assert api.get(f"/api/runs?model_id={people['model_id'] + 1}",
-                   headers=people["alice"]).json() == []  # fmt: skip
+    assert [
+        b["id"] for b in api.get("/api/runs?limit=1&offset=1", headers=people["alice"]).json()
+    ] == [ids[0]]
+    assert [
+        b["id"] for b in api.get("/api/runs?status=cancelled", headers=people["alice"]).json()
+    ] == [ids[0]]
+    assert (
+        api.get(f"/api/runs?model_id={people['model_id'] + 1}", headers=people["alice"]).json()
+        == []
+    )
     bad = api.get("/api/runs?status=done", headers=people["alice"])
     assert bad.status_code == 422 and "status must be one of" in _detail(bad)
     assert api.get("/api/runs").status_code == 401
 
 
 def test_a_sweep_queues_one_run_per_criterion_and_sparsity_with_random(api, people) -> None:
-    body = {"name": "sw", "recipe": tiny_recipe(people["model_id"]),
-            "sparsities": [0.5, 0.75], "criteria": ["l1"]}  # fmt: skip
+    body = {
+        "name": "sw",
+        "recipe": tiny_recipe(people["model_id"]),
+        "sparsities": [0.5, 0.75],
+        "criteria": ["l1"],
+    }
     r = api.post("/api/sweeps", json=body, headers=people["bob"])
     assert r.status_code == 201, r.text
     assert len(r.json()["run_ids"]) == 4
     sweep = api.get(f"/api/sweeps/{r.json()['id']}", headers=people["alice"]).json()
     pairs = sorted((x["criterion"], x["sparsity"]) for x in sweep["runs"])
     assert pairs == [("l1", 0.5), ("l1", 0.75), ("random", 0.5), ("random", 0.75)]
-    no_base = api.post("/api/sweeps", json={**body, "baseline": False, "sparsities": [0.5]},
-                       headers=people["alice"])  # fmt: skip
+    no_base = api.post(
+        "/api/sweeps",
+        json={**body, "baseline": False, "sparsities": [0.5]},
+        headers=people["alice"],
+    )
     assert len(no_base.json()["run_ids"]) == 1
     bad = api.post("/api/sweeps", json={**body, "criteria": ["bn_gamma"]}, headers=people["alice"])
     assert bad.status_code == 422 and "bn_gamma" in _detail(bad)
@@ -190,8 +252,9 @@ def test_a_sweep_queues_one_run_per_criterion_and_sparsity_with_random(api, peop
 
 def test_results_of_an_unknown_run_or_artifact_are_404(api, people) -> None:
     assert api.get("/api/runs/77/steps", headers=people["alice"]).status_code == 404
-    run_id = api.post("/api/runs", json=tiny_recipe(people["model_id"]),
-                      headers=people["alice"]).json()["id"]  # fmt: skip
+    run_id = api.post(
+        "/api/runs", json=tiny_recipe(people["model_id"]), headers=people["alice"]
+    ).json()["id"]
     r = api.get(f"/api/runs/{run_id}/artifacts/..%2Fprunelab.db", headers=people["alice"])
     assert r.status_code == 404
     assert api.get(f"/api/runs/{run_id}/layers", headers=people["alice"]).json() == []

@@ -20,10 +20,16 @@ from app.web.uploads import receive_upload
 router = APIRouter(prefix="/api", tags=["datasets"])
 
 DIGITS = {
-    "id": "digits", "name": "digits (scikit-learn 8x8, built in)", "format": "builtin",
-    "n_train": 1257, "n_test": 540, "input_shape": [1, 8, 8], "n_classes": 10,
-    "builtin": True, "owner_id": None,
-}  # fmt: skip
+    "id": "digits",
+    "name": "digits (scikit-learn 8x8, built in)",
+    "format": "builtin",
+    "n_train": 1257,
+    "n_test": 540,
+    "input_shape": [1, 8, 8],
+    "n_classes": 10,
+    "builtin": True,
+    "owner_id": None,
+}
 
 
 class DatasetPublic(BaseModel):

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from app import store
-from app.architectures import ARCHITECTURES, check_arch
+from app.catalogue import ARCHITECTURES, check_arch
 from app.config import Settings
 from app.errors import Invalid
 from app.jobs.artifacts import ArtifactStore, content_disposition
@@ -32,8 +32,13 @@ router = APIRouter(prefix="/api", tags=["models"])
 # of uploads queues instead of exhausting the server's memory and CPU.
 PREFLIGHT_SLOTS = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))
 
-EXTENSIONS = {"safetensors": "safetensors", "state_dict": "pt", "onnx": "onnx",
-              "torchscript": "pt", "pt2": "pt2"}  # fmt: skip
+EXTENSIONS = {
+    "safetensors": "safetensors",
+    "state_dict": "pt",
+    "onnx": "onnx",
+    "torchscript": "pt",
+    "pt2": "pt2",
+}
 
 
 class LayerInfo(BaseModel):
@@ -278,11 +283,18 @@ def delete_model(
 @router.get("/architectures")
 def architectures(_: CurrentUser) -> list[dict]:
     """The built-in architectures and their default input shapes."""
-    return [{"name": k, **v} for k, v in ARCHITECTURES.items()]
+    return [
+        {
+            "name": a.name,
+            "default_input_shape": list(a.default_input_shape),
+            "description": a.description,
+        }
+        for a in ARCHITECTURES.values()
+    ]
 
 
 def _build_untrained(settings: Settings, body: FromArchitecture, out: Path) -> None:
-    shape = body.input_shape or ARCHITECTURES[body.arch]["default_input_shape"]
+    shape = body.input_shape or list(ARCHITECTURES[body.arch].default_input_shape)
     proc = subprocess.run(
         [
             sys.executable,
@@ -317,11 +329,18 @@ def create_from_architecture(
         out = Path(work) / "model.safetensors"
         _build_untrained(settings, body, out)
         sha = hashlib.sha256(out.read_bytes()).hexdigest()
-        shape = body.input_shape or ARCHITECTURES[body.arch]["default_input_shape"]
+        shape = body.input_shape or list(ARCHITECTURES[body.arch].default_input_shape)
         row, _ = _accept(
-            settings, session, user, out, sha, name=body.name or f"{body.arch} (untrained)",
-            arch=body.arch, input_shape=shape, num_classes=body.num_classes,
-        )  # fmt: skip
+            settings,
+            session,
+            user,
+            out,
+            sha,
+            name=body.name or f"{body.arch} (untrained)",
+            arch=body.arch,
+            input_shape=shape,
+            num_classes=body.num_classes,
+        )
     return row
 
 

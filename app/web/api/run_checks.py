@@ -42,26 +42,34 @@ def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
     want = data.get("input_shape")
     have = _shape(model.input_shape, want or [])
     if want and have and list(want) != have:
-        raise invalid(f"model_id {model.id} takes inputs of shape {have} but dataset_id has "
-                       f"samples of shape {list(want)}")  # fmt: skip
+        raise invalid(
+            f"model_id {model.id} takes inputs of shape {have} but dataset_id has "
+            f"samples of shape {list(want)}"
+        )
     if model.num_classes and data.get("n_classes") and model.num_classes != data["n_classes"]:
-        raise invalid(f"model_id {model.id} predicts {model.num_classes} classes but the "
-                       f"dataset has {data['n_classes']}")  # fmt: skip
+        raise invalid(
+            f"model_id {model.id} predicts {model.num_classes} classes but the "
+            f"dataset has {data['n_classes']}"
+        )
     names = {layer.get("name") for layer in model.layers or []}
     if not names:
         return
     kinds = {str(layer.get("kind", "")) for layer in model.layers or []}
     criterion = pruning.get("criterion")
     if criterion in NEEDS_BN and not any(k.startswith("BatchNorm") for k in kinds):
-        raise invalid(f"pruning.criterion {criterion!r} needs BatchNorm layers and model_id "
-                      f"{model.id} has none; try 'l1' or 'fpgm'")  # fmt: skip
+        raise invalid(
+            f"pruning.criterion {criterion!r} needs BatchNorm layers and model_id "
+            f"{model.id} has none; try 'l1' or 'fpgm'"
+        )
     asked = [("exclude", n) for n in pruning.get("exclude") or []]
     asked += [("overrides", n) for n in pruning.get("overrides") or {}]
     for field_name, name in asked:
         if name not in names:
             known = ", ".join(sorted(n for n in names if n)[:20])
-            raise invalid(f"pruning.{field_name} names layer {name!r}, which model_id "
-                           f"{model.id} does not have; its layers: {known}")  # fmt: skip
+            raise invalid(
+                f"pruning.{field_name} names layer {name!r}, which model_id "
+                f"{model.id} does not have; its layers: {known}"
+            )
 
 
 def validate_body(session: Session, body: dict) -> tuple[dict, int | None, str]:
@@ -106,9 +114,12 @@ def may_change(user: User, run: Run) -> None:
 def queue_room(session: Session, settings: Any, user: User, adding: int) -> None:
     queued = store.count_queued(session, owner_id=user.id)
     if queued + adding > settings.max_queued_per_user:
-        raise HTTPException(429, f"you have {queued} queued runs and this adds {adding}, over "
-                                 f"the limit of {settings.max_queued_per_user}; wait for some "
-                                 "to start or cancel them")  # fmt: skip
+        raise HTTPException(
+            429,
+            f"you have {queued} queued runs and this adds {adding}, over "
+            f"the limit of {settings.max_queued_per_user}; wait for some "
+            "to start or cancel them",
+        )
 
 
 def wake(request: Request) -> None:

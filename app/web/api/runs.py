@@ -31,9 +31,20 @@ from app.web.api.sweeps import SweepCreate, create_sweep, get_sweep, sweep_bodie
 from app.web.deps import CurrentUser, SessionDep, SettingsDep
 
 # split into ``run_checks`` and ``sweeps``; these names stay importable from here
-__all__ = ["router", "RunCreate", "RunPublic", "public", "BUILTIN_DATASETS", "validate_body",
-           "may_create", "may_change", "SweepCreate", "sweep_bodies", "create_sweep",
-           "get_sweep"]  # fmt: skip
+__all__ = [
+    "router",
+    "RunCreate",
+    "RunPublic",
+    "public",
+    "BUILTIN_DATASETS",
+    "validate_body",
+    "may_create",
+    "may_change",
+    "SweepCreate",
+    "sweep_bodies",
+    "create_sweep",
+    "get_sweep",
+]
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
@@ -86,14 +97,16 @@ def public(run: Run) -> RunPublic:
 
 # ---------------------------------------------------------------- routes
 @router.post("/runs", response_model=RunPublic, status_code=201)
-def create_run(body: RunCreate, request: Request, user: CurrentUser, session: SessionDep,
-               settings: SettingsDep) -> RunPublic:  # fmt: skip
+def create_run(
+    body: RunCreate, request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> RunPublic:
     """Validate the recipe, persist a queued run, then hand it to the dispatcher."""
     may_create(user)
     recipe, model_id, dataset_id = validate_body(session, body.model_dump(exclude_unset=True))
     queue_room(session, settings, user, 1)
-    run = store.create_run(session, owner_id=user.id, recipe=recipe, model_id=model_id,
-                           dataset_id=dataset_id)  # fmt: skip
+    run = store.create_run(
+        session, owner_id=user.id, recipe=recipe, model_id=model_id, dataset_id=dataset_id
+    )
     session.commit()
     wake(request)
     return public(run)
@@ -135,8 +148,9 @@ def cancel_run(run_id: int, request: Request, user: CurrentUser, session: Sessio
 
 
 @router.post("/runs/{run_id}/resume", response_model=RunPublic, status_code=202)
-def resume_run(run_id: int, request: Request, user: CurrentUser, session: SessionDep,
-               settings: SettingsDep) -> RunPublic:  # fmt: skip
+def resume_run(
+    run_id: int, request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> RunPublic:
     """Queue an interrupted run again; it continues after its last completed step."""
     may_change(user, run_or_404(session, run_id))
     queue_room(session, settings, user, 1)
@@ -158,53 +172,92 @@ def delete_run(run_id: int, user: CurrentUser, session: SessionDep, settings: Se
 @router.get("/runs/{run_id}/steps")
 def run_steps(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict]:
     run_or_404(session, run_id)
-    return [{"step": s.step, "target_sparsity": s.target_sparsity, **(s.extra or {}),
-             "before_finetune": s.before_finetune, "after_finetune": s.after_finetune}
-            for s in store.list_steps(session, run_id=run_id)]  # fmt: skip
+    return [
+        {
+            "step": s.step,
+            "target_sparsity": s.target_sparsity,
+            **(s.extra or {}),
+            "before_finetune": s.before_finetune,
+            "after_finetune": s.after_finetune,
+        }
+        for s in store.list_steps(session, run_id=run_id)
+    ]
 
 
 @router.get("/runs/{run_id}/layers")
 def run_layers(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict]:
     run_or_404(session, run_id)
-    keys = ("step", "layer", "kind", "shape", "sparsity", "requested", "n_params", "n_nonzero",
-            "threshold", "flops")  # fmt: skip
+    keys = (
+        "step",
+        "layer",
+        "kind",
+        "shape",
+        "sparsity",
+        "requested",
+        "n_params",
+        "n_nonzero",
+        "threshold",
+        "flops",
+    )
     return [{k: getattr(r, k) for k in keys} for r in store.list_layers(session, run_id=run_id)]
 
 
 @router.get("/runs/{run_id}/histograms")
-def run_histograms(run_id: int, session: SessionDep, _: CurrentUser,
-                   layer: str | None = None) -> list[dict]:  # fmt: skip
+def run_histograms(
+    run_id: int, session: SessionDep, _: CurrentUser, layer: str | None = None
+) -> list[dict]:
     run_or_404(session, run_id)
     rows = store.list_histograms(session, run_id=run_id, layer=layer)
-    return [{"layer": h.layer, "phase": h.phase, "edges": h.edges, "counts": h.counts,
-             "threshold": h.threshold} for h in rows]  # fmt: skip
+    return [
+        {
+            "layer": h.layer,
+            "phase": h.phase,
+            "edges": h.edges,
+            "counts": h.counts,
+            "threshold": h.threshold,
+        }
+        for h in rows
+    ]
 
 
 @router.get("/runs/{run_id}/curve")
 def run_curve(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict]:
     run_or_404(session, run_id)
-    return [{"epoch": p.epoch, "step": p.step, "loss": p.loss, "accuracy": p.accuracy,
-             "lr": p.lr} for p in store.list_curve(session, run_id=run_id)]  # fmt: skip
+    return [
+        {"epoch": p.epoch, "step": p.step, "loss": p.loss, "accuracy": p.accuracy, "lr": p.lr}
+        for p in store.list_curve(session, run_id=run_id)
+    ]
 
 
 @router.get("/runs/{run_id}/sensitivity")
 def run_sensitivity(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict]:
     run_or_404(session, run_id)
-    return [{"layer": r.layer, "sparsity": r.sparsity, "accuracy": r.accuracy}
-            for r in store.list_sensitivity(session, run_id=run_id)]  # fmt: skip
+    return [
+        {"layer": r.layer, "sparsity": r.sparsity, "accuracy": r.accuracy}
+        for r in store.list_sensitivity(session, run_id=run_id)
+    ]
 
 
 @router.get("/runs/{run_id}/artifacts")
 def run_artifacts(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict]:
     run_or_404(session, run_id)
-    return [{"name": a.name, "kind": a.kind, "size_bytes": a.size_bytes, "verified": a.verified,
-             "max_abs_diff": a.max_abs_diff, "sha256": a.sha256}
-            for a in store.list_artifacts(session, run_id=run_id)]  # fmt: skip
+    return [
+        {
+            "name": a.name,
+            "kind": a.kind,
+            "size_bytes": a.size_bytes,
+            "verified": a.verified,
+            "max_abs_diff": a.max_abs_diff,
+            "sha256": a.sha256,
+        }
+        for a in store.list_artifacts(session, run_id=run_id)
+    ]
 
 
 @router.get("/runs/{run_id}/artifacts/{name}")
-def download_artifact(run_id: int, name: str, session: SessionDep, _: CurrentUser,
-                      settings: SettingsDep) -> StreamingResponse:  # fmt: skip
+def download_artifact(
+    run_id: int, name: str, session: SessionDep, _: CurrentUser, settings: SettingsDep
+) -> StreamingResponse:
     """One artifact as an attachment (streamed from a local folder or an fsspec store)."""
     run_or_404(session, run_id)
     row = store.get_artifact(session, run_id=run_id, name=name)
@@ -213,7 +266,10 @@ def download_artifact(run_id: int, name: str, session: SessionDep, _: CurrentUse
         raise HTTPException(404, f"run {run_id} has no artifact named {name!r}")
     session.close()  # no transaction held while the file streams
     media = "application/json" if name.endswith(".json") else "application/octet-stream"
-    headers = {"Content-Disposition": content_disposition(name),
-               "Content-Length": str(artifacts.size(row.storage_key))}  # fmt: skip
-    return StreamingResponse(artifacts.iter_bytes(row.storage_key), media_type=media,
-                             headers=headers)  # fmt: skip
+    headers = {
+        "Content-Disposition": content_disposition(name),
+        "Content-Length": str(artifacts.size(row.storage_key)),
+    }
+    return StreamingResponse(
+        artifacts.iter_bytes(row.storage_key), media_type=media, headers=headers
+    )

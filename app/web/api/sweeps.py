@@ -41,18 +41,32 @@ def sweep_bodies(body: SweepCreate) -> list[dict]:
 
 
 @router.post("/sweeps", status_code=201)
-def create_sweep(body: SweepCreate, request: Request, user: CurrentUser, session: SessionDep,
-                 settings: SettingsDep) -> dict:  # fmt: skip
+def create_sweep(
+    body: SweepCreate,
+    request: Request,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> dict:
     """Queue one run per (criterion, sparsity) of one recipe (ShrinkBench-style reporting)."""
     may_create(user)
     bodies = sweep_bodies(body)
     checked = [validate_body(session, b) for b in bodies]
     queue_room(session, settings, user, len(checked))
-    sweep = store.create_sweep(session, owner_id=user.id, name=body.name, recipe=body.recipe,
-                               sparsities=body.sparsities,
-                               criteria=sorted({b["pruning"]["criterion"] for b in bodies}))  # fmt: skip
-    runs = [store.create_run(session, owner_id=user.id, recipe=r, model_id=m, dataset_id=d,
-                             sweep_id=sweep.id) for r, m, d in checked]  # fmt: skip
+    sweep = store.create_sweep(
+        session,
+        owner_id=user.id,
+        name=body.name,
+        recipe=body.recipe,
+        sparsities=body.sparsities,
+        criteria=sorted({b["pruning"]["criterion"] for b in bodies}),
+    )
+    runs = [
+        store.create_run(
+            session, owner_id=user.id, recipe=r, model_id=m, dataset_id=d, sweep_id=sweep.id
+        )
+        for r, m, d in checked
+    ]
     session.commit()
     wake(request)
     return {"id": sweep.id, "run_ids": [r.id for r in runs]}
@@ -64,10 +78,21 @@ def get_sweep(sweep_id: int, session: SessionDep, _: CurrentUser) -> dict:
     sweep = store.get_sweep(session, sweep_id=sweep_id)
     runs = store.list_runs(session, sweep_id=sweep_id, limit=1000)
     return {
-        "id": sweep.id, "name": sweep.name, "sparsities": sweep.sparsities,
-        "criteria": sweep.criteria, "created_at": sweep.created_at,
-        "runs": [{"id": r.id, "name": r.name, "status": r.status,
-                  "criterion": (r.recipe or {}).get("pruning", {}).get("criterion"),
-                  "sparsity": (r.recipe or {}).get("pruning", {}).get("sparsity"),
-                  "baseline": r.baseline, "final": r.final} for r in reversed(runs)],
-    }  # fmt: skip
+        "id": sweep.id,
+        "name": sweep.name,
+        "sparsities": sweep.sparsities,
+        "criteria": sweep.criteria,
+        "created_at": sweep.created_at,
+        "runs": [
+            {
+                "id": r.id,
+                "name": r.name,
+                "status": r.status,
+                "criterion": (r.recipe or {}).get("pruning", {}).get("criterion"),
+                "sparsity": (r.recipe or {}).get("pruning", {}).get("sparsity"),
+                "baseline": r.baseline,
+                "final": r.final,
+            }
+            for r in reversed(runs)
+        ],
+    }
