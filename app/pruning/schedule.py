@@ -30,54 +30,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from app.catalogue import SCHEDULE_KINDS
+from app.pruning.spec import schedule_targets
+
 if TYPE_CHECKING:
     from app.pruning.pipeline import RunContext
 
-SCHEDULES = ("oneshot", "iterative", "agp", "at_init", "retrain")
 AGP_RAMP = 0.75  # share of the training iterations over which AGP ramps up
-
-
-def agp_sparsity(t: int, n: int, final: float, initial: float = 0.0) -> float:
-    """Zhu & Gupta's cubic ramp at update ``t`` of ``n``: ``s_f + (s_i - s_f)(1 - t/n)^3``.
-
-    Example:
-        >>> agp_sparsity(4, 4, 0.9)
-        0.9
-    """
-    if n < 1:
-        raise ValueError(f"schedule.steps must be at least 1; got {n}")
-    frac = min(max(t / n, 0.0), 1.0)
-    return float(final + (initial - final) * (1.0 - frac) ** 3)
-
-
-def targets(spec: Any, final_sparsity: float) -> list[float]:
-    """Per-step target sparsities for a ``ScheduleSpec`` ending at ``final_sparsity``.
-
-    Args:
-        spec: a ``ScheduleSpec`` (``kind``, ``steps``).
-        final_sparsity: the fraction of prunable weights removed at the end.
-
-    Returns:
-        One target per pruning step, non-decreasing, the last equal to ``final_sparsity``.
-
-    Raises:
-        ValueError: an unknown schedule kind or a sparsity outside [0, 1).
-
-    Example:
-        >>> targets(ScheduleSpec(kind="iterative", steps=2), 0.75)
-        [0.5, 0.75]
-    """
-    s_f = float(final_sparsity)
-    if not 0.0 <= s_f < 1.0:
-        raise ValueError(f"pruning.sparsity must be in [0, 1); got {s_f}")
-    n = int(spec.steps)
-    if spec.kind in ("oneshot", "at_init", "retrain"):
-        return [s_f]
-    if spec.kind == "iterative":
-        return [1.0 - (1.0 - s_f) ** (k / n) if k < n else s_f for k in range(1, n + 1)]
-    if spec.kind == "agp":
-        return [agp_sparsity(k, n, s_f) for k in range(1, n + 1)]
-    raise ValueError(f"schedule.kind must be one of {', '.join(SCHEDULES)}; got {spec.kind!r}")
 
 
 def agp_update_iterations(n: int, total_iterations: int, ramp: float | None = None) -> list[int]:
@@ -103,7 +62,7 @@ def run_schedule(ctx: RunContext) -> None:
     elif kind == "retrain":
         _run_from_scratch(ctx, prune_first=True)
     else:
-        raise ValueError(f"schedule.kind must be one of {', '.join(SCHEDULES)}; got {kind!r}")
+        raise ValueError(f"schedule.kind must be one of {', '.join(SCHEDULE_KINDS)}; got {kind!r}")
 
 
 def _final_sparsity(ctx: RunContext) -> float | None:
@@ -116,7 +75,7 @@ def _step_targets(ctx: RunContext) -> list[float | None]:
     final = _final_sparsity(ctx)
     if final is None:
         return [None]
-    return list(targets(ctx.recipe.schedule, final))
+    return list(schedule_targets(ctx.recipe.schedule, final))
 
 
 def _run_stepwise(ctx: RunContext) -> None:

@@ -11,8 +11,9 @@ import torch
 from app import zoo
 from app.datasets import load_digits
 from app.pruning.pipeline import run_recipe
-from app.pruning.schedule import agp_sparsity, agp_update_iterations, targets, within_drop
-from app.pruning.spec import FinetuneSpec, Recipe, ScheduleSpec
+from app.pruning.schedule import agp_update_iterations, within_drop
+from app.pruning.spec import FinetuneSpec, Recipe, ScheduleSpec, agp_sparsity
+from app.pruning.spec import schedule_targets as targets
 from app.pruning.train import train
 
 torch.set_num_threads(1)
