@@ -1,4 +1,4 @@
-"""What each page shows: reads rows through :mod:`app.store.views`, shapes them for templates.
+"""What each page shows: reads rows through :mod:`app.store`, shapes them for templates.
 
 No torch here: masks are read from the run's exported safetensors (or ``masks.npz``) with
 numpy only.
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from sqlmodel import Session
 
+from app import store
 from app.models import FINISHED_STATUSES, Run
 from app.store import views
 from app.web import charts, charts_runs
@@ -84,13 +85,13 @@ def overview_context(session: Session, *, model_id: int | None, dataset_id: str 
         run_summary(r)
         for r in views.finished_runs(session, model_id=model_id, dataset_id=dataset_id)
     ]
-    recent, total = views.list_runs(session, limit=10)
+    recent = store.list_runs(session, limit=10)
     return {
         "figure": charts_runs.overview_scatter(runs),
         "n_points": len(runs),
         "recent": [run_summary(r) for r in recent],
-        "n_runs": total,
-        "models": views.all_models(session),
+        "n_runs": store.count_runs(session),
+        "models": store.list_models(session, limit=500),
         "datasets": dataset_choices(session),
         "model_id": model_id,
         "dataset_id": dataset_id,
@@ -109,7 +110,7 @@ def dataset_choices(session: Session) -> list[dict]:
             "n_classes": d.n_classes,
             "format": d.format,
         }
-        for d in views.list_datasets(session)
+        for d in store.list_datasets(session)
     ]
     if not any(r["id"] == "digits" for r in rows):
         rows.insert(
@@ -172,7 +173,7 @@ def run_context(session: Session, run: Run) -> dict:
         "layer_rows": final_layer_rows(layers),
         "steps": steps,
         "masks_only": masks_only(run),
-        "artifacts": views.run_artifacts(session, run_id=run.id),
+        "artifacts": store.list_artifacts(session, run_id=run.id),
         "recipe_json": json.dumps(run.recipe or {}, indent=2),
         "last_event_id": views.latest_event_id(session, run_id=run.id),
         "metric_keys": [k for k, _, _ in charts_runs.FINAL_COLUMNS],
@@ -202,7 +203,7 @@ def _artifact_path(artifacts_root: str, storage_key: str) -> Path | None:
 
 def load_mask(session: Session, run: Run, layer: str, artifacts_root: str) -> np.ndarray | None:
     """The kept-weights mask of ``layer``: from ``masks.npz`` or the masked safetensors export."""
-    arts = {a.name: a for a in views.run_artifacts(session, run_id=run.id)}
+    arts = {a.name: a for a in store.list_artifacts(session, run_id=run.id)}
     for name in MASK_ARTIFACTS:
         if name in arts and (path := _artifact_path(artifacts_root, arts[name].storage_key)):
             found = _read_tensor(path, (layer, f"{layer}.weight"))
@@ -247,7 +248,7 @@ def mask_figure(session: Session, run: Run, layer: str, artifacts_root: str) -> 
 
 def compare_context(session: Session, ids: list[int]) -> dict:
     runs = []
-    for run in views.runs_by_ids(session, ids=ids):
+    for run in store.runs_by_ids(session, ids=ids):
         r = run_summary(run)
         r["steps"] = views.run_steps(session, run_id=run.id)
         r["layers"] = views.run_layers(session, run_id=run.id)
@@ -276,16 +277,16 @@ def compare_context(session: Session, ids: list[int]) -> dict:
 def compare_histogram(session: Session, ids: list[int], layer: str) -> dict:
     runs = [
         {**run_summary(r), "histograms": views.run_histograms(session, run_id=r.id, layer=layer)}
-        for r in views.runs_by_ids(session, ids=ids)
+        for r in store.runs_by_ids(session, ids=ids)
     ]
     return charts_runs.compare_histograms(runs, layer=layer)
 
 
 def sweep_context(session: Session, sweep_id: int) -> dict | None:
-    sweep = views.get_sweep(session, sweep_id=sweep_id)
+    sweep = store.get_sweep(session, sweep_id=sweep_id)
     if sweep is None:
         return None
-    rows, _ = views.list_runs(session, sweep_id=sweep_id, limit=500)
+    rows = store.list_runs(session, sweep_id=sweep_id, limit=500)
     runs = [run_summary(r) for r in rows]
     return {
         "sweep": sweep,
