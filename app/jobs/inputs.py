@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from app.jobs.artifacts import ArtifactStore
+from app.artifacts import ArtifactStore
 from app.models import DatasetRecord, ModelRecord, Run
 
 

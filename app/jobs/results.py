@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.jobs.artifacts import ArtifactStore, artifact_key
+from app.artifacts import ArtifactStore, artifact_key
 
 log = logging.getLogger(__name__)
 MASKS_NAME = "masks.npz"

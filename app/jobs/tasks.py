@@ -24,9 +24,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app import store
+from app.artifacts import ArtifactStore, checkpoint_key, run_prefix
 from app.config import Settings
 from app.db import make_engine, session_scope
-from app.jobs.artifacts import ArtifactStore, checkpoint_key, run_prefix
 from app.jobs.inputs import build_recipe, load_dataset, load_model_for
 from app.jobs.results import jsonable, module_record_fields, store_files
 from app.models import Run

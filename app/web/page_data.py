@@ -15,6 +15,7 @@ import numpy as np
 from sqlmodel import Session
 
 from app import store
+from app.artifacts import ArtifactStore
 from app.models import FINISHED_STATUSES, Run
 from app.store import views
 from app.web import charts, charts_runs
@@ -192,29 +193,22 @@ def histogram_figure(session: Session, run: Run, layer: str) -> dict:
     return charts.histogram_figure(rows, layer=layer)
 
 
-def _artifact_path(artifacts_root: str, storage_key: str) -> Path | None:
-    path = Path(storage_key)
-    if not path.is_absolute():
-        if "://" in artifacts_root:
-            return None
-        path = Path(artifacts_root) / storage_key
-    return path if path.is_file() else None
-
-
 def load_mask(session: Session, run: Run, layer: str, artifacts_root: str) -> np.ndarray | None:
     """The kept-weights mask of ``layer``: from ``masks.npz`` or the masked safetensors export."""
+    artifacts = ArtifactStore(artifacts_root)
     arts = {a.name: a for a in store.list_artifacts(session, run_id=run.id)}
     for name in MASK_ARTIFACTS:
-        if name in arts and (path := _artifact_path(artifacts_root, arts[name].storage_key)):
-            found = _read_tensor(path, (layer, f"{layer}.weight"))
+        if name in arts and artifacts.exists(key := arts[name].storage_key):
+            with artifacts.local_file(key) as path:
+                found = _read_tensor(path, (layer, f"{layer}.weight"))
             if found is not None:
                 return found.astype(bool)
     art = arts.get("pruned.safetensors")
     physical = any("physically removed" in n for n in run.notes or [])
-    if art is None or physical:
+    if art is None or physical or not artifacts.exists(art.storage_key):
         return None
-    path = _artifact_path(artifacts_root, art.storage_key)
-    weight = _read_tensor(path, (f"{layer}.weight",)) if path else None
+    with artifacts.local_file(art.storage_key) as path:
+        weight = _read_tensor(path, (f"{layer}.weight",))
     return None if weight is None else weight != 0
 
 

@@ -47,7 +47,7 @@ def add_model(
     from safetensors.torch import save_file
 
     from app import datasets, store, zoo
-    from app.jobs.artifacts import ArtifactStore
+    from app.artifacts import ArtifactStore
     from app.jobs.tasks import module_record_fields
 
     torch.manual_seed(0)

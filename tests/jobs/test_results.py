@@ -10,7 +10,7 @@ import torch
 from sqlmodel import Session
 
 from app import db, store
-from app.jobs.artifacts import ArtifactStore
+from app.artifacts import ArtifactStore
 from app.jobs.tasks import execute_run
 from app.models import ModelRecord, Run
 from app.pruning.spec import Recipe

@@ -11,8 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from app import store
+from app.artifacts import ArtifactStore
 from app.config import Settings
-from app.jobs.artifacts import ArtifactStore
 from app.models import DatasetRecord, Run, User
 from app.web.deps import CurrentUser, SessionDep, SettingsDep
 from app.web.uploads import receive_upload

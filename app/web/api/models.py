@@ -17,10 +17,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from app import store
+from app.artifacts import ArtifactStore, content_disposition
 from app.catalogue import ARCHITECTURES, check_arch
 from app.config import Settings
 from app.errors import Invalid
-from app.jobs.artifacts import ArtifactStore, content_disposition
 from app.modelio.detect import check_code_format_allowed, detect_format
 from app.modelio.preflight import run_preflight
 from app.models import ModelRecord, User

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import store
-from app.jobs.artifacts import ArtifactStore, content_disposition, log_path, run_prefix
+from app.artifacts import ArtifactStore, content_disposition, log_path, run_prefix
 from app.models import RUN_STATUSES, Run
 from app.web.api.run_checks import (
     BUILTIN_DATASETS,
