@@ -48,7 +48,7 @@ def add_model(
 
     from app import datasets, store, zoo
     from app.artifacts import ArtifactStore
-    from app.jobs.tasks import module_record_fields
+    from app.runs.results import module_record_fields
 
     torch.manual_seed(0)
     data = datasets.load_digits()

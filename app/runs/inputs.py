@@ -1,11 +1,12 @@
-"""What a run attempt starts from: its dataset, its model and its recipe (part of ``tasks``).
+"""What a run starts from: its dataset, its model and its recipe.
 
-The rows are read in the worker's session; the files come from the artifact store (a local
-copy is made when the store is remote).
+A server run reads its rows in the worker's session and its files from the artifact store (a
+local copy is made when the store is remote); ``prunelab run`` reads local files.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ from sqlmodel import Session
 
 from app.artifacts import ArtifactStore
 from app.models import DatasetRecord, ModelRecord, Run
+
+# Keys reference recipes carry for people and tests; the recipe loader does not know them.
+ANNOTATION_KEYS = ("expected", "description", "comment")
 
 
 def fetch(artifacts: ArtifactStore, key: str, tmp: Path) -> Path:
@@ -77,3 +81,71 @@ def build_recipe(body: dict) -> Any:
     from app.pruning.spec import Recipe
 
     return Recipe.from_dict({k: v for k, v in body.items() if k != "arch"})
+
+
+def read_recipe_dict(path: str | Path) -> dict:
+    """A recipe file (JSON, or YAML by its ``.yaml``/``.yml`` suffix) as a dict, minus annotations.
+
+    Raises:
+        ValueError: the file is not a JSON/YAML object.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        body = yaml.safe_load(text)
+    else:
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"recipe {path.name} is not valid JSON: {exc.msg} (line {exc.lineno})"
+            ) from None
+    if not isinstance(body, dict):
+        raise ValueError(f"recipe {path.name} must hold one JSON/YAML object")
+    return {k: v for k, v in body.items() if k not in ANNOTATION_KEYS}
+
+
+def load_recipe(path: str | Path) -> Any:
+    """Read and validate a recipe file into a ``spec.Recipe`` (the name defaults to the file's)."""
+    from app.pruning.spec import Recipe
+
+    body = read_recipe_dict(path)
+    body.setdefault("name", Path(path).stem)
+    return Recipe.from_dict(body)
+
+
+def load_data_file(data: str) -> Any:
+    """``digits`` (built in) or an ``.npz`` with ``x``, ``y`` and optional ``x_test``/``y_test``."""
+    from app import datasets
+
+    if data in datasets.BUILTIN_DATASETS:
+        return datasets.load_builtin(data)
+    path = Path(data)
+    if not path.exists():
+        raise ValueError(f"--data {data!r} is neither a built-in dataset nor an existing file")
+    return datasets.load_dataset_file(path, name=path.stem)
+
+
+def load_model_file(
+    model_path: str | Path | None,
+    *,
+    arch: str | None,
+    input_shape: tuple[int, ...] | None,
+    num_classes: int,
+) -> tuple[Any, bool, list[str]]:
+    """``(module, rebuildable, notes)`` from a model file, or a fresh ``arch`` when no file."""
+    from app import zoo
+
+    if model_path is None:
+        if arch is None:
+            raise ValueError("give --model FILE, or --arch NAME to start from an untrained model")
+        return zoo.build(arch, num_classes=num_classes, input_shape=input_shape), True, []
+    from app.modelio.detect import detect_format
+    from app.modelio.load import load_model
+
+    path = Path(model_path)
+    fmt = detect_format(path)
+    loaded = load_model(path, fmt, arch=arch, num_classes=num_classes, input_shape=input_shape)
+    return loaded.module, bool(loaded.rebuildable), list(loaded.notes)
