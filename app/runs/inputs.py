@@ -33,7 +33,7 @@ def fetch(artifacts: ArtifactStore, key: str, tmp: Path) -> Path:
 
 def load_dataset(session: Session, artifacts: ArtifactStore, dataset_id: str, tmp: Path) -> Any:
     """The run's dataset as an ``ArrayDataset`` (built-in ``digits`` or an uploaded one)."""
-    from app import datasets
+    from app.intake import datasets
 
     if dataset_id in datasets.BUILTIN_DATASETS:
         return datasets.load_builtin(dataset_id)
@@ -118,7 +118,7 @@ def load_recipe(path: str | Path) -> Any:
 
 def load_data_file(data: str) -> Any:
     """``digits`` (built in) or an ``.npz`` with ``x``, ``y`` and optional ``x_test``/``y_test``."""
-    from app import datasets
+    from app.intake import datasets
 
     if data in datasets.BUILTIN_DATASETS:
         return datasets.load_builtin(data)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
 from app.pruning.pipeline import CHECKPOINT, run_recipe
 from app.pruning.report import Cancelled
 from app.pruning.spec import FinetuneSpec, Recipe

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
 from app.pruning.pipeline import run_recipe
 from app.pruning.schedule import agp_update_iterations, within_drop
 from app.pruning.spec import FinetuneSpec, Recipe, ScheduleSpec, agp_sparsity

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
 from app.pruning.report import Cancelled
 from app.pruning.spec import FinetuneSpec
 from app.pruning.train import fine_tune, lr_factor, train

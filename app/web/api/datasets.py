@@ -1,9 +1,11 @@
-"""Datasets: the built-in ``digits`` and uploads (.npz, .csv, .zip of class folders)."""
+"""Datasets: the built-in ``digits`` and uploads (.npz, .csv, .zip of class folders).
+
+Thin routes: parsing, validation and the new row are ``app.intake.datasets``'s.
+"""
 
 from __future__ import annotations
 
-import secrets
-import tempfile
+from functools import partial
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
@@ -12,8 +14,8 @@ from pydantic import BaseModel
 
 from app import store
 from app.artifacts import ArtifactStore
-from app.config import Settings
-from app.models import DatasetRecord, Run, User
+from app.intake.datasets import ingest_dataset
+from app.models import DatasetRecord, Run
 from app.web.deps import CurrentUser, SessionDep, SettingsDep
 from app.web.uploads import receive_upload
 
@@ -48,48 +50,6 @@ def _public(row: DatasetRecord) -> DatasetPublic:
     return DatasetPublic(**row.model_dump(exclude={"sha256", "storage_key", "created_at"}))
 
 
-def _format_of(path: Path, filename: str) -> str:
-    with path.open("rb") as fh:
-        head = fh.read(4)
-    if head.startswith(b"PK"):
-        return "npz" if filename.lower().endswith(".npz") else "zip"
-    return "csv"
-
-
-def _ingest(
-    settings: Settings, session, user: User, path: Path, filename: str, name: str, sha: str
-) -> DatasetRecord:
-    """Parse and validate the file, store it normalised as .npz, add the row."""
-    from app import datasets
-
-    ds = datasets.load_dataset_file(path, name=name)
-    ds_id = "ds_" + secrets.token_hex(5)
-    key = f"datasets/{ds_id}/dataset.npz"
-    artifacts = ArtifactStore(settings.artifacts)
-    with tempfile.TemporaryDirectory(dir=path.parent) as work:
-        artifacts.put_file(datasets.save_dataset(ds, Path(work)), key)
-    try:
-        row = store.add_dataset(
-            session,
-            id=ds_id,
-            name=name,
-            format=_format_of(path, filename),
-            n_train=ds.n_train,
-            n_test=ds.n_test,
-            input_shape=list(ds.input_shape),
-            n_classes=ds.n_classes,
-            sha256=sha,
-            storage_key=key,
-            owner_id=user.id,
-        )
-        session.commit()
-    except Exception:
-        session.rollback()
-        artifacts.delete_prefix(f"datasets/{ds_id}")
-        raise
-    return row
-
-
 @router.post("/datasets", response_model=DatasetPublic, status_code=201)
 async def upload_dataset(
     request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
@@ -105,7 +65,16 @@ async def upload_dataset(
         filename = upload.filename or "dataset"
         name = (upload.fields.get("name") or Path(filename).stem)[:200]
         row = await run_in_threadpool(
-            _ingest, settings, session, user, upload.path, filename, name, upload.sha256
+            partial(
+                ingest_dataset,
+                settings,
+                session,
+                user,
+                upload.path,
+                filename=filename,
+                name=name,
+                sha256=upload.sha256,
+            )
         )
     finally:
         upload.discard()
