@@ -73,7 +73,7 @@ def run_summary(run: Run) -> dict:
 
 
 def masks_only(run: Run) -> bool:
-    return any("masks only" in n for n in run.notes or [])
+    return bool(run.masks_only)
 
 
 def final_layer_rows(layers: list[dict]) -> list[dict]:
@@ -204,8 +204,7 @@ def load_mask(session: Session, run: Run, layer: str, artifacts_root: str) -> np
             if found is not None:
                 return found.astype(bool)
     art = arts.get("pruned.safetensors")
-    physical = any("physically removed" in n for n in run.notes or [])
-    if art is None or physical or not artifacts.exists(art.storage_key):
+    if art is None or run.physical or not artifacts.exists(art.storage_key):
         return None
     with artifacts.local_file(art.storage_key) as path:
         weight = _read_tensor(path, (f"{layer}.weight",))

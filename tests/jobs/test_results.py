@@ -135,6 +135,7 @@ def test_prunelab_run_writes_the_same_artifacts_as_a_server_run(lab, tmp_path: P
         key = s.get(ModelRecord, model_id).storage_key
     body = {**_prune("filter", 0.5, physical=True), "arch": "cnn_small"}
     server = _execute(lab, body, model_id)
+    assert server.physical is True and server.masks_only is False
     with Session(engine) as s:
         stored = {a.name for a in store.list_artifacts(s, run_id=server.id)}
 

@@ -88,6 +88,12 @@ class RunPublic(BaseModel):
     baseline: dict | None
     final: dict | None
     notes: list[str] | None
+    physical: bool | None = Field(
+        description="units were physically removed (a smaller model); null until it succeeds"
+    )
+    masks_only: bool | None = Field(
+        description="pruned with masks only: weights zeroed in place, no speed-up expected"
+    )
     result_model_id: int | None
 
 
