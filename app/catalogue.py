@@ -46,6 +46,8 @@ class DatasetInfo:
     input_shape: tuple[int, ...]
     n_classes: int
     description: str
+    n_train: int
+    n_test: int
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ DATASETS: dict[str, DatasetInfo] = {
         (1, 8, 8),
         10,
         "1,797 handwritten digits, 8x8 grey levels; stratified 70/30 split, seed 0",
+        n_train=1257,
+        n_test=540,
     ),
 }
 BUILTIN_DATASETS: tuple[str, ...] = tuple(DATASETS)

@@ -19,6 +19,7 @@ from app.logs import install_redaction
 from app.web import auth_pages, metrics, pages
 from app.web import events as events_api
 from app.web.api import auth as auth_api
+from app.web.api import catalogue as catalogue_api
 from app.web.api import datasets as datasets_api
 from app.web.api import models as models_api
 from app.web.api import runs as runs_api
@@ -105,7 +106,16 @@ def create_app(
     app.mount(
         "/vendor/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger"
     )
-    routers = (system_api, auth_api, models_api, datasets_api, runs_api, sweeps_api, events_api)
+    routers = (
+        system_api,
+        auth_api,
+        catalogue_api,
+        models_api,
+        datasets_api,
+        runs_api,
+        sweeps_api,
+        events_api,
+    )
     for router in [m.router for m in routers] + [auth_pages.router, pages.router, metrics.router]:
         app.include_router(router)
     _openapi_route(app)

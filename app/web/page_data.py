@@ -14,13 +14,12 @@ from typing import Any
 import numpy as np
 from sqlmodel import Session
 
-from app import store
+from app import catalogue, store
 from app.artifacts import ArtifactStore
 from app.models import FINISHED_STATUSES, Run
 from app.store import views
 from app.web import charts, charts_runs
 
-MAX_COMPARE = 6
 PER_PAGE = 25
 MASK_ARTIFACTS = ("masks.npz", "masks.safetensors")
 
@@ -34,8 +33,10 @@ def parse_run_ids(text: str | None) -> list[int]:
         raise ValueError(
             "runs must be a comma-separated list of run ids, e.g. runs=1,2,3."
         ) from None
-    if not 2 <= len(ids) <= MAX_COMPARE:
-        raise ValueError(f"runs must name 2 to {MAX_COMPARE} runs to compare; got {len(ids)}.")
+    if not 2 <= len(ids) <= catalogue.MAX_COMPARE:
+        raise ValueError(
+            f"runs must name 2 to {catalogue.MAX_COMPARE} runs to compare; got {len(ids)}."
+        )
     return ids
 
 
@@ -100,7 +101,7 @@ def overview_context(session: Session, *, model_id: int | None, dataset_id: str 
 
 
 def dataset_choices(session: Session) -> list[dict]:
-    """Every dataset, the built-in digits first even when it has no row yet."""
+    """Every dataset, the built-in ones first (from the catalogue)."""
     rows = [
         {
             "id": d.id,
@@ -113,20 +114,20 @@ def dataset_choices(session: Session) -> list[dict]:
         }
         for d in store.list_datasets(session)
     ]
-    if not any(r["id"] == "digits" for r in rows):
-        rows.insert(
-            0,
-            {
-                "id": "digits",
-                "name": "digits (built-in, scikit-learn 8x8)",
-                "n_train": 1257,
-                "n_test": 540,
-                "input_shape": [1, 8, 8],
-                "n_classes": 10,
-                "format": "builtin",
-            },
-        )
-    return rows
+    builtins = [
+        {
+            "id": d.id,
+            "name": d.name,
+            "n_train": d.n_train,
+            "n_test": d.n_test,
+            "input_shape": list(d.input_shape),
+            "n_classes": d.n_classes,
+            "format": "builtin",
+        }
+        for d in catalogue.DATASETS.values()
+        if not any(r["id"] == d.id for r in rows)
+    ]
+    return builtins + rows
 
 
 def run_figures(

@@ -80,21 +80,16 @@ def run_new(
     model_id: Annotated[int | None, Query()] = None,
 ) -> Response:
     models = store.list_models(session, limit=500)
-    pairs = {
-        c: [g for g in catalogue.GRANULARITY_NAMES if g in catalogue.VALID_PAIRS[c]]
-        for c in catalogue.CRITERION_NAMES
-    }
     ctx = {
         "models": models,
         "model_id": model_id,
         "datasets": page_data.dataset_choices(session),
         "form_spec": {
-            "pairs": pairs,
-            "granularities": list(catalogue.GRANULARITY_NAMES),
-            "criteria": list(catalogue.CRITERION_NAMES),
-            "schedules": list(catalogue.SCHEDULE_KINDS),
-            "optimizers": list(catalogue.OPTIMIZERS),
-            "scopes": list(catalogue.SCOPES),
+            "catalogue": catalogue.as_json(),
+            "pairs": {
+                c.name: [g for g in catalogue.GRANULARITY_NAMES if g in c.granularities]
+                for c in catalogue.CRITERIA.values()
+            },
             "layers": {
                 m.id: [x["name"] for x in m.layers or [] if x.get("prunable", True)] for m in models
             },
@@ -154,7 +149,11 @@ def compare(
         ids = page_data.parse_run_ids(runs)
     except ValueError as exc:
         recent = store.list_runs(session, limit=20)
-        ctx = {"error": str(exc), "recent": [page_data.run_summary(r) for r in recent]}
+        ctx = {
+            "error": str(exc),
+            "recent": [page_data.run_summary(r) for r in recent],
+            "max_compare": catalogue.MAX_COMPARE,
+        }
         return render(request, "compare_pick.html", user, ctx, status=422 if runs else 200)
     return render(request, "compare.html", user, page_data.compare_context(session, ids))
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from app import store
+from app import catalogue, store
 from app.artifacts import ArtifactStore
 from app.intake.datasets import ingest_dataset
 from app.models import DatasetRecord, Run
@@ -20,18 +20,6 @@ from app.web.deps import CurrentUser, SessionDep, SettingsDep
 from app.web.uploads import receive_upload
 
 router = APIRouter(prefix="/api", tags=["datasets"])
-
-DIGITS = {
-    "id": "digits",
-    "name": "digits (scikit-learn 8x8, built in)",
-    "format": "builtin",
-    "n_train": 1257,
-    "n_test": 540,
-    "input_shape": [1, 8, 8],
-    "n_classes": 10,
-    "builtin": True,
-    "owner_id": None,
-}
 
 
 class DatasetPublic(BaseModel):
@@ -44,6 +32,19 @@ class DatasetPublic(BaseModel):
     n_classes: int
     builtin: bool = False
     owner_id: int | None = None
+
+
+def _builtin(info: catalogue.DatasetInfo) -> DatasetPublic:
+    return DatasetPublic(
+        id=info.id,
+        name=info.name,
+        format="builtin",
+        n_train=info.n_train,
+        n_test=info.n_test,
+        input_shape=list(info.input_shape),
+        n_classes=info.n_classes,
+        builtin=True,
+    )
 
 
 def _public(row: DatasetRecord) -> DatasetPublic:
@@ -83,14 +84,15 @@ async def upload_dataset(
 
 @router.get("/datasets", response_model=list[DatasetPublic])
 def list_datasets(_: CurrentUser, session: SessionDep) -> list[DatasetPublic]:
-    """The built-in digits first, then uploads (oldest first)."""
-    return [DatasetPublic(**DIGITS)] + [_public(r) for r in store.list_datasets(session)]
+    """The built-in datasets first, then uploads (oldest first)."""
+    builtins = [_builtin(d) for d in catalogue.DATASETS.values()]
+    return builtins + [_public(r) for r in store.list_datasets(session)]
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetPublic)
 def get_dataset(dataset_id: str, _: CurrentUser, session: SessionDep) -> DatasetPublic:
-    if dataset_id == "digits":
-        return DatasetPublic(**DIGITS)
+    if (info := catalogue.DATASETS.get(dataset_id)) is not None:
+        return _builtin(info)
     row = session.get(DatasetRecord, dataset_id)
     if row is None:
         raise HTTPException(404, f"dataset {dataset_id!r} does not exist")
@@ -103,8 +105,8 @@ def delete_dataset(
 ) -> None:
     if user.role == "viewer":
         raise HTTPException(403, "viewers cannot delete datasets; ask an admin for the member role")
-    if dataset_id == "digits":
-        raise HTTPException(409, "the built-in digits dataset cannot be deleted")
+    if dataset_id in catalogue.DATASETS:
+        raise HTTPException(409, f"the built-in {dataset_id} dataset cannot be deleted")
     row = session.get(DatasetRecord, dataset_id)
     if row is None:
         raise HTTPException(404, f"dataset {dataset_id!r} does not exist")

@@ -18,7 +18,6 @@ from app import store
 from app.artifacts import ArtifactStore, content_disposition, log_path, run_prefix
 from app.models import RUN_STATUSES, Run
 from app.web.api.run_checks import (
-    BUILTIN_DATASETS,
     invalid,
     may_change,
     may_create,
@@ -27,24 +26,7 @@ from app.web.api.run_checks import (
     validate_body,
     wake,
 )
-from app.web.api.sweeps import SweepCreate, create_sweep, get_sweep, sweep_bodies
 from app.web.deps import CurrentUser, SessionDep, SettingsDep
-
-# split into ``run_checks`` and ``sweeps``; these names stay importable from here
-__all__ = [
-    "router",
-    "RunCreate",
-    "RunPublic",
-    "public",
-    "BUILTIN_DATASETS",
-    "validate_body",
-    "may_create",
-    "may_change",
-    "SweepCreate",
-    "sweep_bodies",
-    "create_sweep",
-    "get_sweep",
-]
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
