@@ -15,6 +15,7 @@ from sqlmodel import Session
 from app import __version__, db, store
 from app.config import Settings, load_settings
 from app.errors import LabError
+from app.jobs.runner import Runner
 from app.logs import install_redaction
 from app.web import auth_pages, metrics, pages
 from app.web import events as events_api
@@ -42,20 +43,25 @@ def _bootstrap(settings: Settings, engine) -> None:  # noqa: ANN001
             session.commit()
 
 
-def _start_dispatcher(settings: Settings, engine):  # noqa: ANN001, ANN202
-    """The one dispatcher thread (recovers unfinished runs first); tests may set their own."""
+def _start_dispatcher(settings: Settings, engine, runner: Runner | None):  # noqa: ANN001, ANN202
+    """The one dispatcher thread (recovers unfinished runs first) driving ``runner``."""
     from app.jobs.dispatcher import Dispatcher
     from app.jobs.runner import make_runner
 
-    dispatcher = Dispatcher(settings, engine, make_runner(settings))
+    dispatcher = Dispatcher(settings, engine, runner or make_runner(settings))
     dispatcher.start()
     return dispatcher
 
 
 def create_app(
-    settings: Settings | None = None, *, migrate: bool = True, demo: bool = False
+    settings: Settings | None = None,
+    *,
+    runner: Runner | None = None,
+    migrate: bool = True,
+    demo: bool = False,
 ) -> FastAPI:
-    """Build the app. The lifespan owns the engine (and, later, the runner)."""
+    """Build the app. The lifespan owns the engine and the dispatcher driving ``runner``
+    (default: the one ``settings`` name, local worker processes or Ray jobs)."""
     settings = settings or load_settings()
 
     @asynccontextmanager
@@ -67,7 +73,7 @@ def create_app(
         app.state.engine = engine
         app.state.metrics_registry, app.state.http_latency = make_registry(engine)
         _bootstrap(settings, engine)
-        app.state.dispatcher = _start_dispatcher(settings, engine)
+        app.state.dispatcher = _start_dispatcher(settings, engine, runner)
         seeder = None
         if demo:
             from app.demo import DemoSeeder
