@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from app.pruning import masks as masks_mod
+from app.pruning.masks.keeper import MaskKeeper
+from app.pruning.masks.plan import MaskPlan
 
 if TYPE_CHECKING:
     from app.pruning.pipeline import RunContext
@@ -53,7 +54,7 @@ def _best_state(best: dict | None) -> dict | None:
 
 def _load_best(best: dict) -> dict:
     plan = best["plan"]
-    return {**best, "plan": None if plan is None else masks_mod.MaskPlan(**plan)}
+    return {**best, "plan": None if plan is None else MaskPlan(**plan)}
 
 
 def save_checkpoint(ctx: RunContext, step: int, *, training: dict | None = None) -> None:
@@ -103,8 +104,8 @@ def load_checkpoint(ctx: RunContext) -> bool:
     for key in _RECORDS:
         setattr(ctx, key, state[key])
     if state["plan"] is not None:
-        ctx.plan = masks_mod.MaskPlan(**state["plan"])
-        ctx.keeper = masks_mod.MaskKeeper(ctx.model, ctx.plan)
+        ctx.plan = MaskPlan(**state["plan"])
+        ctx.keeper = MaskKeeper(ctx.model, ctx.plan)
     ctx.start_step, ctx._extra = int(state["step"]), state.get("extra") or {}
     ctx.resume_training = state.get("training")
     if state.get("best") is not None:

@@ -24,12 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.pruning import masks as masks_mod
 from app.pruning import measure as measure_mod
 from app.pruning import structural
 from app.pruning.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from app.pruning.data import ArrayDataset
 from app.pruning.kinds import run_sensitivity_kind, run_train_kind
+from app.pruning.masks.compute import compute_masks, validate
+from app.pruning.masks.keeper import MaskKeeper, apply_masks
 from app.pruning.report import NEVER, NULL_REPORT, Report, ShouldStop, check_cancelled
 from app.pruning.result import MASKS_ONLY_NOTE, RunResult, finish_run, prunable_weights
 from app.pruning.schedule import run_schedule, within_drop
@@ -136,7 +137,7 @@ class RunContext:
         """Compute and apply the masks for ``target``; returns the metrics before fine-tuning."""
         check_cancelled(self.should_stop)
         spec = self.recipe.pruning
-        plan = masks_mod.compute_masks(
+        plan = compute_masks(
             self.model,
             spec,
             sparsity=target,
@@ -146,8 +147,8 @@ class RunContext:
             seed=int(self.recipe.seed),
         )
         self.plan, self.masks = plan, plan.masks
-        masks_mod.apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
-        self.keeper = masks_mod.MaskKeeper(self.model, plan)
+        apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
+        self.keeper = MaskKeeper(self.model, plan)
         self._extra = self._settle_structure()
         self.hist_after_prune = prunable_weights(self.model)
         return self.measure()
@@ -178,8 +179,8 @@ class RunContext:
             torch.manual_seed(int(self.recipe.seed))
             reset_parameters(self.model)
         if self.plan is not None:
-            masks_mod.apply_masks(self.model, self.plan)
-            self.keeper = masks_mod.MaskKeeper(self.model, self.plan)
+            apply_masks(self.model, self.plan)
+            self.keeper = MaskKeeper(self.model, self.plan)
             if self.structured:
                 self._settle_structure()
 
@@ -338,7 +339,7 @@ def run_recipe(
         return run_train_kind(recipe, model, data, **kw)
     if recipe.kind == "sensitivity":
         return run_sensitivity_kind(recipe, model, data, **kw)
-    masks_mod.validate(recipe.pruning, model)
+    validate(recipe.pruning, model)
     ctx = RunContext(
         recipe,
         model,

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from app.pruning import masks as masks_mod
 from app.pruning.data import ArrayDataset
 from app.pruning.granularity import prunable_layers
+from app.pruning.masks.compute import compute_masks
+from app.pruning.masks.keeper import apply_masks
 from app.pruning.report import NEVER, NULL_REPORT, Report, ShouldStop, check_cancelled
 
 ALLOCATION_STEP = 0.01  # sparsity increment of the greedy allocation
@@ -51,10 +52,8 @@ def _prune_one(model: nn.Module, pruning: Any, layer: str, others: list[str], s:
         exclude=tuple(others),
         overrides={},
     )
-    plan = masks_mod.compute_masks(
-        model, spec, sparsity=float(s), data=kw["data"], device=kw["device"]
-    )
-    masks_mod.apply_masks(model, plan.masks)
+    plan = compute_masks(model, spec, sparsity=float(s), data=kw["data"], device=kw["device"])
+    apply_masks(model, plan.masks)
 
 
 def run_sensitivity(

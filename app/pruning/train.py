@@ -78,7 +78,7 @@ def lr_factor(kind: str, it: int, total: int) -> float:
 def _bn_penalty(model: nn.Module, strength: float) -> torch.Tensor | None:
     if strength <= 0:
         return None
-    from app.pruning.importance import bn_l1_penalty
+    from app.pruning.criteria.magnitude import bn_l1_penalty
 
     return bn_l1_penalty(model, strength).to(next(model.parameters()).device)
 

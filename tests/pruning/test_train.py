@@ -62,7 +62,7 @@ def test_cosine_lr_decays_to_zero_and_step_divides_by_ten() -> None:
 
 
 def test_masked_weights_stay_zero_through_fine_tuning() -> None:
-    from app.pruning.masks import MaskKeeper, apply_masks
+    from app.pruning.masks.keeper import MaskKeeper, apply_masks
 
     model = _mlp()
     masks = {
