@@ -47,6 +47,11 @@ METRICS = (
 MAX_BINS = 64
 
 
+def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of every prunable layer's weight (for the before/after histograms)."""
+    return {n: m.weight.detach().clone().cpu() for n, m in _prunable(model).items()}
+
+
 def _prunable(model: nn.Module) -> dict[str, nn.Module]:
     """Conv/Linear layers, TorchScript and torch.export ones included (one source of truth)."""
     from app.pruning.granularity import prunable_layers

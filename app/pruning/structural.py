@@ -38,9 +38,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from app.catalogue import CHANNEL_LEVELS
+
 logger = logging.getLogger(__name__)
 
-PHYSICAL_GRANULARITIES = ("filter", "channel")
 COUPLING = ("intersection", "union")
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
 # autograd ops whose channel handling Torch-Pruning models correctly (others are guessed).
@@ -151,7 +152,7 @@ def plan_removal(
     Raises:
         ValueError: unknown granularity/coupling, or a mask naming no layer of the model.
     """
-    if granularity not in PHYSICAL_GRANULARITIES:
+    if granularity not in CHANNEL_LEVELS:
         raise ValueError(
             f"physical removal supports granularity 'filter' or 'channel', not {granularity!r}"
         )

@@ -9,9 +9,10 @@ import torch
 
 from app import zoo
 from app.datasets import load_digits
+from app.pruning.optim import lr_factor
 from app.pruning.report import Cancelled
 from app.pruning.spec import FinetuneSpec
-from app.pruning.train import fine_tune, lr_factor, train
+from app.pruning.train import fine_tune, train
 
 torch.set_num_threads(1)
 

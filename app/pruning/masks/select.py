@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from app.catalogue import CHANNEL_LEVELS
 from app.pruning.granularity import following_bn, is_transposed, nm_mask, unit_view
 from app.pruning.masks.plan import NEVER_EMPTY_NOTE, MaskPlan
 from app.pruning.masks.ranking import count_true, global_lowest, global_lowest_abs, invert
@@ -161,7 +162,7 @@ class Selection:
             if n in self.previous:
                 keep &= self.previous[n].bool().cpu()
             masks[n] = keep
-            if self.spec.granularity in ("filter", "channel"):
+            if self.spec.granularity in CHANNEL_LEVELS:
                 channels[n] = ~pruned.flatten()
         for n in layers:
             if n not in masks and n in self.previous:
