@@ -124,11 +124,11 @@ def _jsonable(value: Any) -> Any:
 
 def _export(result: Any, data: Any, out: Path, recipe: Any, arch: str | None) -> list[dict]:
     from app.modelio.export import export_all
-    from app.pruning import structural
+    from app.pruning.structural.rebuild import architecture_config
 
     config = None
     if result.physical and arch is not None:
-        config = structural.architecture_config(
+        config = architecture_config(
             result.model, arch=arch, num_classes=data.n_classes, input_shape=data.input_shape
         )
     example = data.sample_batch(8)

@@ -80,7 +80,7 @@ def load_rebuilt(
 ):
     """A ``LoadedModel`` of the rebuilt (smaller) architecture holding ``state``."""
     from app.modelio.load import LoadedModel, _check_fit
-    from app.pruning.structural import rebuild
+    from app.pruning.structural.rebuild import rebuild
 
     name = config.get("arch")
     if arch and name and arch != name:

@@ -36,13 +36,14 @@ from torch import Tensor, nn
 
 from app.catalogue import CHANNEL_LEVELS
 from app.pruning import measure as measure_mod
-from app.pruning import structural
 from app.pruning.data import ArrayDataset
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import MaskKeeper, apply_masks
 from app.pruning.masks.plan import MaskPlan
 from app.pruning.report import Report, ShouldStop, check_cancelled
 from app.pruning.spec import Recipe
+from app.pruning.structural.bn import recalibrate_bn
+from app.pruning.structural.remove import removal_blockers, zero_removed_units
 from app.pruning.targets import within_drop
 from app.pruning.train import BatchHook, EpochHook, fine_tune
 from app.zoo import reset_parameters
@@ -173,8 +174,8 @@ class RunContext:
         if not self.structured or self.plan is None:
             return None
         gran = self.recipe.pruning.granularity
-        if not structural.removal_blockers(self.model, self.example):
-            structural.zero_removed_units(self.model, self.plan, self.example, granularity=gran)
+        if not removal_blockers(self.model, self.example):
+            zero_removed_units(self.model, self.plan, self.example, granularity=gran)
         if not _has_bn(self.model):
             return None
         acc_before = float(self.evaluate()["accuracy"])
@@ -182,7 +183,7 @@ class RunContext:
         loader = self.data.loader(
             "train", int(self.recipe.finetune.batch_size), seed=self.recipe.seed
         )
-        structural.recalibrate_bn(self.model, loader, batches=20)
+        recalibrate_bn(self.model, loader, batches=20)
         self.model.train(was_training)
         return acc_before
 

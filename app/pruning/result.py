@@ -22,8 +22,8 @@ from torch import nn
 
 from app.catalogue import MASKS_ONLY_NOTE
 from app.pruning import measure as measure_mod
-from app.pruning import structural
 from app.pruning.context import RunContext
+from app.pruning.structural.remove import physical_prune, removal_blockers
 
 
 @dataclass
@@ -86,13 +86,11 @@ def final_model(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
         ctx.notes.append(f"{MASKS_ONLY_NOTE} (pruning.physical is false)")
         return ctx.model, False
     blockers = [] if rebuildable else ["this model format cannot be rebuilt (TorchScript, .pt2)"]
-    blockers = blockers or structural.removal_blockers(ctx.model, ctx.example)
+    blockers = blockers or removal_blockers(ctx.model, ctx.example)
     if blockers:
         ctx.notes.append(f"{MASKS_ONLY_NOTE}: physical removal is not possible, {blockers[0]}")
         return ctx.model, False
-    small = structural.physical_prune(
-        ctx.model, ctx.plan, ctx.example, granularity=spec.granularity
-    )
+    small = physical_prune(ctx.model, ctx.plan, ctx.example, granularity=spec.granularity)
     diff = max_abs_diff(ctx.model, small, ctx.example)
     ctx.notes.append(f"physically removed {spec.granularity}s: max output difference {diff:.2e}")
     return small, True

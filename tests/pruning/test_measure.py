@@ -21,7 +21,7 @@ from app.pruning.measure import (
     measure_latency,
     sparse_size_bytes,
 )
-from app.pruning.structural import physical_prune
+from app.pruning.structural.remove import physical_prune
 
 torch.set_num_threads(1)
 
