@@ -36,7 +36,9 @@ from torch import Tensor, nn
 
 from app.catalogue import CHANNEL_LEVELS
 from app.pruning import measure as measure_mod
+from app.pruning.counts import layer_stats
 from app.pruning.data import ArrayDataset
+from app.pruning.histograms import prunable_weights
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import MaskKeeper, apply_masks
 from app.pruning.masks.plan import MaskPlan
@@ -104,7 +106,7 @@ class RunContext:
         self.example = self.data.sample_batch(32).to(self.device)
         self.structured = self.recipe.pruning.granularity in CHANNEL_LEVELS
         self.initial_state = copy.deepcopy(self.initial_state or self.model.state_dict())
-        self.hist_before = measure_mod.prunable_weights(self.model)
+        self.hist_before = prunable_weights(self.model)
 
     @property
     def baseline_accuracy(self) -> float:
@@ -163,7 +165,7 @@ class RunContext:
         apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
         self.keeper = MaskKeeper(self.model, plan)
         self.accuracy_before_bn = self._settle_structure()
-        self.hist_after_prune = measure_mod.prunable_weights(self.model)
+        self.hist_after_prune = prunable_weights(self.model)
         return self.measure()
 
     def _settle_structure(self) -> float | None:
@@ -241,7 +243,7 @@ class RunContext:
     # -- recording --------------------------------------------------------------------------
     def _record_layers(self, step: int) -> None:
         plan = self.plan
-        rows = measure_mod.layer_stats(
+        rows = layer_stats(
             self.model,
             thresholds=None if plan is None else plan.thresholds,
             requested=None if plan is None else plan.requested,

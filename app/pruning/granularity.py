@@ -73,7 +73,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def layer_kinds(model: nn.Module) -> dict[str, str]:
     """Module path -> its class name (``Conv2d``), also inside TorchScript and exported graphs."""
-    exported = _exported_kinds(model)
+    exported = exported_kinds(model)
     kinds = {}
     for name, module in model.named_modules():
         kind = type(module).__name__
@@ -85,7 +85,7 @@ def layer_kinds(model: nn.Module) -> dict[str, str]:
     return kinds
 
 
-def _exported_kinds(model: nn.Module) -> dict[str, str]:
+def exported_kinds(model: nn.Module) -> dict[str, str]:
     """Module path -> class name, from a ``torch.export`` graph's ``nn_module_stack``."""
     graph = getattr(model, "graph", None)
     if graph is None or isinstance(model, torch.jit.ScriptModule):

@@ -23,6 +23,7 @@ from __future__ import annotations
 from torch import nn
 
 from app.pruning import measure as measure_mod
+from app.pruning.counts import layer_stats
 from app.pruning.data import ArrayDataset
 from app.pruning.report import Report, ShouldStop
 from app.pruning.result import RunResult
@@ -60,7 +61,7 @@ def run_train_kind(
     final = measure_mod.measure(
         model, data, device=device, latency=latency, baseline_nonzero=base["n_nonzero"]
     )
-    layers = measure_mod.layer_stats(model, input_shape=data.input_shape)
+    layers = layer_stats(model, input_shape=data.input_shape)
     step0 = {"step": 0, "target_sparsity": 0.0, "before_finetune": base, "after_finetune": final}
     return RunResult(
         model, base, final, steps=[step0], layers=[{"step": 0, **r} for r in layers], curve=curve

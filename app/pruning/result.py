@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from app.catalogue import MASKS_ONLY_NOTE
-from app.pruning import measure as measure_mod
 from app.pruning.context import RunContext
+from app.pruning.histograms import histograms, prunable_weights
 from app.pruning.structural.remove import physical_prune, removal_blockers
 
 
@@ -98,9 +98,9 @@ def final_model(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
 
 def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
     """Histograms, the final model and its measurements, as a :class:`RunResult`."""
-    after_finetune = measure_mod.prunable_weights(ctx.model)
+    after_finetune = prunable_weights(ctx.model)
     thresholds = {} if ctx.plan is None else dict(ctx.plan.thresholds)
-    hists = measure_mod.histograms(
+    hists = histograms(
         ctx.hist_before, ctx.hist_after_prune or after_finetune, after_finetune, thresholds
     )
     model, physical = final_model(ctx, rebuildable)
