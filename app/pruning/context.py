@@ -11,7 +11,6 @@ Example:
     >>> from app.pruning.data import ArrayDataset
     >>> from app.pruning.report import NEVER, NULL_REPORT
     >>> from app.pruning.spec import Recipe
-from app.pruning.targets import within_drop
     >>> x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
     >>> data = ArrayDataset("toy", x, np.arange(40) % 2, x, np.arange(40) % 2, 2)
     >>> recipe = Recipe.from_dict({"kind": "prune", "name": "toy",

@@ -101,8 +101,17 @@ def measure(
         A flat dict of JSON numbers (see the module docstring for each definition).
 
     Example:
-        >>> base = measure(model, data)
-        >>> after = measure(pruned, data, baseline_nonzero=base["n_nonzero"])
+        >>> import numpy as np
+        >>> from app.pruning.data import ArrayDataset
+        >>> x = np.random.default_rng(0).normal(size=(20, 6)).astype(np.float32)
+        >>> data = ArrayDataset("toy", x, np.arange(20) % 2, x, np.arange(20) % 2, 2)
+        >>> model = nn.Linear(6, 2)
+        >>> base = measure(model, data, latency=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight[:, :3].zero_()
+        >>> after = measure(model, data, baseline_nonzero=base["n_nonzero"], latency=False)
+        >>> after["sparsity"], round(after["compression"], 2), after["latency_ms"] is None
+        (0.5, 1.75, True)
     """
     weights = [m.weight for m in prunable_layers(model).values()]
     n_weights = sum(w.numel() for w in weights)

@@ -25,6 +25,10 @@ schedule kind, and when a checkpoint is written.
 ``max_accuracy_drop`` (absolute, 0.01 = one point): the schedule stops at the first step whose
 accuracy after fine-tuning falls more than that below the baseline, and the run returns the
 deepest step that was within the drop (or the dense model when none was).
+
+Example:
+    >>> agp_update_iterations(4, 100)  # AGP's mask updates over the first 75 iterations
+    [0, 18, 37, 56]
 """
 
 from __future__ import annotations

@@ -24,6 +24,15 @@ those in place, and ``physical_prune`` of that model gives the same outputs (BN 
 mode; activations with f(0) = 0 such as ReLU/GELU). With ``coupled="union"`` the cut also
 drops non-zero channels; ``zero_removed_units`` with the same arguments gives the masked model
 that matches it.
+
+Example:
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    >>> keep = torch.ones(6, 4, dtype=torch.bool)
+    >>> keep[:2] = False
+    >>> dg = build_graph(model, torch.randn(2, 4))
+    >>> plan_removal(model, {"0": keep}, dg, granularity="filter", coupled="intersection").removed
+    {'0': 2}
 """
 
 from __future__ import annotations

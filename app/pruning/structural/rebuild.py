@@ -4,7 +4,7 @@ Conv/Linear/norm layer's shape, ``rebuild`` makes a model of those shapes to loa
 Example:
     >>> from app import zoo
     >>> model = zoo.build("mlp")
-    >>> config = architecture_config(model)
+    >>> config = architecture_config(model, arch="mlp", num_classes=10, input_shape=(1, 8, 8))
     >>> rebuilt = rebuild(config)
     >>> [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
     True

@@ -71,7 +71,12 @@ def physical_prune(
             changed the output shape.
 
     Example:
-        >>> small = physical_prune(masked, plan, x[:8], granularity="filter")
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        >>> keep = torch.ones(4, 1, 3, 3, dtype=torch.bool)
+        >>> keep[0] = False
+        >>> small = physical_prune(model, {"0": keep}, torch.randn(2, 1, 8, 8), granularity="filter")
+        >>> small[0].out_channels, small[3].in_features
+        (3, 108)
     """
     blockers = removal_blockers(model, example_input)
     if blockers:
