@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class GranularityInfo:
-    """A unit level: what one unit is, and whether whole channels go (physically removable)."""
+    """A unit level: what one unit is, whether it is structured (whole channels or blocks go)
+    and whether whole channels go (then physical removal can shrink the layers)."""
 
     name: str
     description: str
     structured: bool
+    channels: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,15 +68,17 @@ GRANULARITIES: dict[str, GranularityInfo] = {
         GranularityInfo("vector", "a 1-D row inside a kernel, W[o, i, r, :]", False),
         GranularityInfo("kernel", "a whole kernel W[o, i, :, :]", False),
         GranularityInfo("group", "the same (in, kh, kw) positions in every filter", False),
-        GranularityInfo("filter", "an output channel / Linear row, with its bias", True),
-        GranularityInfo("channel", "an input channel / Linear column", True),
+        GranularityInfo("filter", "an output channel / Linear row, with its bias", True, True),
+        GranularityInfo("channel", "an input channel / Linear column", True, True),
         GranularityInfo("nm", "at most N non-zeros in every M weights along the input", False),
         GranularityInfo("layer", "a whole residual branch (identity shortcut kept)", True),
     )
 }
 GRANULARITY_NAMES: tuple[str, ...] = tuple(GRANULARITIES)
 STRUCTURED: frozenset[str] = frozenset(n for n, g in GRANULARITIES.items() if g.structured)
-"""Levels that remove whole channels or blocks (the ones `physical: true` can shrink)."""
+"""Levels that remove whole channels or blocks (residual branches)."""
+CHANNEL_LEVELS: frozenset[str] = frozenset(n for n, g in GRANULARITIES.items() if g.channels)
+"""Levels that remove whole channels: the ones physical removal (`physical: true`) can shrink."""
 
 _ALL = frozenset(GRANULARITY_NAMES)
 _FINE = frozenset({"element", "vector", "kernel", "group", "filter", "channel", "nm"})
@@ -116,6 +120,8 @@ CRITERION_NAMES: tuple[str, ...] = tuple(CRITERIA)
 VALID_PAIRS: dict[str, frozenset[str]] = {n: c.granularities for n, c in CRITERIA.items()}
 """criterion -> the granularities it can score."""
 NEEDS_BN: frozenset[str] = frozenset(n for n, c in CRITERIA.items() if c.needs_bn)
+MASKS_ONLY_NOTE = "masks only: no speed-up expected"
+"""The one note a run (or a model format) gets when its pruned weights stay in place as zeros."""
 
 SCHEDULE_KINDS: tuple[str, ...] = ("oneshot", "iterative", "agp", "at_init", "retrain")
 RECIPE_KINDS: tuple[str, ...] = ("prune", "sensitivity", "train")

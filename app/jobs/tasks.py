@@ -290,16 +290,10 @@ def _save_success(
             final=jsonable(result.final),
             notes=notes,
             physical=bool(result.physical),
-            masks_only=_masks_only(result),
+            masks_only=bool(result.masks_only),
             result_model_id=result_id,
         )
         if not ok:
             s.rollback()  # cancelled or taken over meanwhile: write nothing
     if ok:
         artifacts.delete_prefix(f"{run_prefix(run_id)}/checkpoints")  # no resume after success
-
-
-def _masks_only(result: Any) -> bool:
-    """Pruned, but not physically: masks were applied and the tensors keep their shapes (the
-    engine's own rule; train and sensitivity runs apply no masks)."""
-    return result.masks is not None and not result.physical

@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from app.catalogue import MASKS_ONLY_NOTE
 from app.errors import Invalid, UnsupportedMedia
 from app.modelio.detect import CONVERT_HINT, FORMATS
 from app.modelio.rebuilt import read_architecture, rebuild_module
 
 Shape = tuple[int, ...]
-MASKS_ONLY_NOTE = (
-    "{fmt} models can be pruned with masks only (weights zeroed in place); they cannot be "
-    "physically shrunk or rebuilt, so structured pruning brings no speed-up"
+FORMAT_NOTE = (
+    "{fmt} models: " + MASKS_ONLY_NOTE + " (weights are zeroed in place; they cannot be "
+    "physically shrunk or rebuilt)"
 )
 
 
@@ -92,7 +93,7 @@ def load_model(
             raise UnsupportedMedia(
                 f"the TorchScript archive could not be loaded: {_short(exc)}"
             ) from exc
-        return LoadedModel(module, fmt, shape, False, notes=[MASKS_ONLY_NOTE.format(fmt=fmt)])
+        return LoadedModel(module, fmt, shape, False, notes=[FORMAT_NOTE.format(fmt=fmt)])
     return _load_pt2(Path(path), shape)
 
 
@@ -232,7 +233,7 @@ def _load_pt2(path: Path, shape: Shape | None) -> LoadedModel:
     _fix_mode(module)
     found, batch = _pt2_input_shape(program)
     notes = [
-        MASKS_ONLY_NOTE.format(fmt="pt2"),
+        FORMAT_NOTE.format(fmt="pt2"),
         "a torch.export program keeps BatchNorm/Dropout in the mode it was exported in",
     ]
     if batch and batch > 1:

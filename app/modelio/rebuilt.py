@@ -76,7 +76,7 @@ def rebuild_module(config: dict, state: Mapping[str, torch.Tensor], arch: str | 
 
     The module comes back with fresh weights; ``load_model`` checks ``state`` fits and loads it.
     """
-    from app.pruning.structural import rebuild
+    from app.pruning.structural.rebuild import rebuild
 
     name = config.get("arch")
     if arch and name and arch != name:

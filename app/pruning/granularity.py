@@ -24,27 +24,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from app.pruning.spec import GRANULARITY_NAMES
-
-
-@dataclass(frozen=True)
-class Granularity:
-    name: str
-    description: str
-    structured: bool  # whole output/input channels: physically removable
-
-
-GRANULARITIES: dict[str, Granularity] = {
-    "element": Granularity("element", "single weights", False),
-    "vector": Granularity("vector", "a 1-D row inside a kernel, W[o, i, r, :]", False),
-    "kernel": Granularity("kernel", "a whole kernel W[o, i, :, :]", False),
-    "group": Granularity("group", "the same (in, kh, kw) positions in every filter", False),
-    "filter": Granularity("filter", "an output channel / Linear row, with its bias", True),
-    "channel": Granularity("channel", "an input channel / Linear column", True),
-    "nm": Granularity("nm", "at most N non-zeros in every M weights along the input", False),
-    "layer": Granularity("layer", "a whole residual branch (identity shortcut kept)", True),
-}
-assert tuple(GRANULARITIES) == GRANULARITY_NAMES
+from app.catalogue import GRANULARITIES
 
 PRUNABLE_TYPES = (
     nn.Linear,
@@ -93,7 +73,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def layer_kinds(model: nn.Module) -> dict[str, str]:
     """Module path -> its class name (``Conv2d``), also inside TorchScript and exported graphs."""
-    exported = _exported_kinds(model)
+    exported = exported_kinds(model)
     kinds = {}
     for name, module in model.named_modules():
         kind = type(module).__name__
@@ -105,7 +85,7 @@ def layer_kinds(model: nn.Module) -> dict[str, str]:
     return kinds
 
 
-def _exported_kinds(model: nn.Module) -> dict[str, str]:
+def exported_kinds(model: nn.Module) -> dict[str, str]:
     """Module path -> class name, from a ``torch.export`` graph's ``nn_module_stack``."""
     graph = getattr(model, "graph", None)
     if graph is None or isinstance(model, torch.jit.ScriptModule):
@@ -211,7 +191,7 @@ def unit_view(
 
     Args:
         weight: a Linear/Conv weight (ConvTranspose with ``transposed=True``).
-        granularity: a name of :data:`GRANULARITIES`.
+        granularity: a name of :data:`app.catalogue.GRANULARITIES`.
         nm: (N, M) for ``nm``; its units are elements, selected by :func:`nm_mask`.
         transposed: the weight is stored ``(in, out, *k)``.
 

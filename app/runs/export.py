@@ -39,9 +39,9 @@ def arch_config(result: Any, data: Any, arch: str | None) -> dict | None:
     pruned.pt, and pruned.safetensors is checked by loading it into the pruned module."""
     if not result.physical or arch is None:
         return None
-    from app.pruning import structural
+    from app.pruning.structural.rebuild import architecture_config
 
-    return structural.architecture_config(
+    return architecture_config(
         result.model, arch=arch, num_classes=data.n_classes, input_shape=data.input_shape
     )
 

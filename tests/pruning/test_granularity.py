@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from app.pruning.granularity import following_bn, prunable_layers, residual_blocks, unit_view
-from app.pruning.masks import compute_masks
+from app.pruning.masks.compute import compute_masks
 from app.pruning.spec import PruningSpec
 from tests.pruning.conftest import TinyResNet, make_cnn
 

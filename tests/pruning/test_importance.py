@@ -7,10 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from app.pruning.criteria import CRITERIA
+from app.pruning.criteria.magnitude import bn_l1_penalty
+from app.pruning.criteria.reconstruction import reconstruct_next_layer
 from app.pruning.data import ArrayDataset
 from app.pruning.granularity import prunable_layers
-from app.pruning.importance import CRITERIA, bn_l1_penalty, reconstruct_next_layer
-from app.pruning.masks import compute_masks
+from app.pruning.masks.compute import compute_masks
 from app.pruning.spec import PruningSpec
 from tests.pruning.conftest import make_cnn, make_data, make_mlp
 

@@ -10,7 +10,8 @@ import torch
 
 from app import zoo
 from app.intake.datasets import load_digits
-from app.pruning.pipeline import CHECKPOINT, run_recipe
+from app.pruning.checkpoint import CHECKPOINT
+from app.pruning.pipeline import run_recipe
 from app.pruning.report import Cancelled
 from app.pruning.spec import FinetuneSpec, Recipe
 from app.pruning.train import train

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from app.pruning.importance import CRITERIA
+from app.pruning.criteria import CRITERIA
 from app.pruning.spec import (
     CRITERION_NAMES,
     GRANULARITY_NAMES,

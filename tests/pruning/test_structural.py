@@ -9,14 +9,9 @@ import torch
 from torch import nn
 
 from app import zoo
-from app.pruning.structural import (
-    architecture_config,
-    physical_prune,
-    rebuild,
-    recalibrate_bn,
-    removal_blockers,
-    zero_removed_units,
-)
+from app.pruning.structural.bn import recalibrate_bn
+from app.pruning.structural.rebuild import architecture_config, rebuild
+from app.pruning.structural.remove import physical_prune, removal_blockers, zero_removed_units
 
 torch.set_num_threads(1)
 

@@ -280,7 +280,8 @@ def test_catalogue_endpoint_lists_every_criterion_and_granularity(
 def test_schedule_preview_equals_the_engine_targets(
     client: TestClient, member_headers: dict, kind: str, steps: int
 ) -> None:
-    from app.pruning.spec import ScheduleSpec, schedule_targets
+    from app.pruning.spec import ScheduleSpec
+    from app.pruning.targets import schedule_targets
 
     r = client.get(
         f"/api/schedule/preview?kind={kind}&steps={steps}&sparsity=0.9", headers=member_headers

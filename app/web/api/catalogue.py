@@ -10,7 +10,8 @@ from pydantic import BaseModel
 
 from app import catalogue
 from app.errors import Invalid
-from app.pruning.spec import ScheduleSpec, schedule_targets
+from app.pruning.spec import ScheduleSpec
+from app.pruning.targets import schedule_targets
 from app.web.deps import CurrentUser
 
 router = APIRouter(prefix="/api", tags=["catalogue"])

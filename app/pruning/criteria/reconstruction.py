@@ -1,18 +1,30 @@
 """Output reconstruction (ThiNet / He et al. 2017): the ``reconstruction`` criterion and the
 least-squares re-fit of the next layer after its input channels are pruned.
+
+Example:
+    >>> import numpy as np
+    >>> from app.pruning.data import ArrayDataset
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> x = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    >>> data = ArrayDataset("toy", x, np.arange(64) % 2, x, np.arange(64) % 2, 2)
+    >>> keep = torch.ones(8, dtype=torch.bool)
+    >>> keep[:2] = False
+    >>> err = reconstruct_next_layer(model, "2", keep, data)
+    >>> bool(model[2].weight[:, :2].eq(0).all()), 0.0 <= err < 1.0
+    (True, True)
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from app.pruning.criteria.context import CalibrationData, ScoreContext, Scores, forward_hooked
 from app.pruning.granularity import check_layer
-from app.pruning.scoring import ScoreContext, Scores, forward_hooked
 
 
 def _check_rows_layer(name: str, layer: nn.Module) -> None:
@@ -89,6 +101,7 @@ def _greedy_removal_scores(gram: Tensor) -> Tensor:
 
 
 def reconstruction(ctx: ScoreContext) -> Scores:
+    """ThiNet's greedy removal order of each layer's input channels (first removed = lowest)."""
     rows = _layer_rows(ctx, max_rows=256)
     out = {}
     gen = torch.Generator().manual_seed(ctx.seed)
@@ -110,7 +123,7 @@ def reconstruct_next_layer(
     model: nn.Module,
     layer_name: str,
     keep: Tensor,
-    data: Any,
+    data: CalibrationData,
     *,
     batches: int = 4,
     device: str | torch.device = "cpu",
