@@ -68,7 +68,9 @@ GRANULARITIES: dict[str, GranularityInfo] = {
         GranularityInfo("group", "the same (in, kh, kw) positions in every filter", False),
         GranularityInfo("filter", "an output channel / Linear row, with its bias", True, True),
         GranularityInfo("channel", "an input channel / Linear column", True, True),
-        GranularityInfo("nm", "at most N non-zeros in every M weights along the input", False),
+        GranularityInfo(
+            "nm", "at most N non-zeros in every M consecutive input channels or features", False
+        ),
         GranularityInfo("layer", "a whole residual branch (identity shortcut kept)", True),
     )
 }

@@ -21,7 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from app.catalogue import CHANNEL_LEVELS
-from app.pruning.granularity import following_bn, is_transposed, nm_mask, unit_view
+from app.pruning.granularity import (
+    following_bn,
+    is_transposed,
+    nm_dense_reason,
+    nm_mask,
+    unit_view,
+)
 from app.pruning.masks.plan import NEVER_EMPTY_NOTE, MaskPlan
 from app.pruning.masks.ranking import count_true, global_lowest, global_lowest_abs, invert
 from app.pruning.spec import PruningSpec
@@ -65,8 +71,15 @@ class Selection:
         return torch.where(self.forced[n], float("-inf"), s) if n in self.forced else s
 
     def select_nm(self) -> None:
+        """N:M along the reduction dimension; layers it cannot cut stay dense, with a note."""
         n_keep, m = self.spec.nm
         for n, layer in self.layers.items():
+            reason = nm_dense_reason(layer, m)
+            if reason is not None:
+                self.pruned[n] = torch.zeros(self.scores[n].shape, dtype=torch.bool)
+                self.requested[n] = 0.0
+                self.notes.append(f"'{n}' left dense by {n_keep}:{m} sparsity: {reason}")
+                continue
             keep = nm_mask(self._ranking(n), n_keep, m, transposed=is_transposed(layer))
             self.pruned[n] = ~keep
             self.requested[n] = 1.0 - n_keep / m
