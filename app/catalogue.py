@@ -126,6 +126,8 @@ MASKS_ONLY_NOTE = "masks only: no speed-up expected"
 SCHEDULE_KINDS: tuple[str, ...] = ("oneshot", "iterative", "agp", "at_init", "retrain")
 RECIPE_KINDS: tuple[str, ...] = ("prune", "sensitivity", "train")
 SCOPES: tuple[str, ...] = ("global", "layerwise")
+WANDA_GROUPS: tuple[str, ...] = ("row", "layer")
+"""What wanda's element scores are compared within: each output row (as published) or the layer."""
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step")
 RETRAIN_INITS: tuple[str, ...] = ("rewind", "reinit")
@@ -176,6 +178,7 @@ def as_json() -> dict:
         "schedules": list(SCHEDULE_KINDS),
         "recipe_kinds": list(RECIPE_KINDS),
         "scopes": list(SCOPES),
+        "wanda_groups": list(WANDA_GROUPS),
         "optimizers": list(OPTIMIZERS),
         "lr_schedules": list(LR_SCHEDULES),
         "retrain_inits": list(RETRAIN_INITS),

@@ -110,6 +110,32 @@ def test_reconstruct_next_layer_refits_better_than_zeroing(vector_data) -> None:
     assert abs(float(refit) - err) < 0.05
 
 
+def test_wanda_compares_weights_within_each_output_row(vector_data) -> None:
+    model = make_mlp()
+    with torch.no_grad():
+        model[0].weight[:8] *= 10.0  # loud rows: a layer-wide ranking prunes the quiet rows
+    per_row = compute_masks(model, PruningSpec("element", "wanda", sparsity=0.5), data=vector_data)
+    for name, mask in per_row.masks.items():
+        kept = mask.sum(1)
+        assert int(kept.max() - kept.min()) <= 1, name
+        assert abs(per_row.achieved[name] - 0.5) < 0.05, name
+    spec = PruningSpec("element", "wanda", sparsity=0.5, wanda_group="layer")
+    kept = compute_masks(model, spec, data=vector_data).masks["0"].sum(1)
+    assert int(kept.max() - kept.min()) > 1
+
+
+def test_wanda_per_row_is_the_reference_selection(vector_data) -> None:
+    """locuslab/wanda: sort |W| * ||X||_2 along each row, prune the lowest share of it."""
+    model = make_mlp(seed=3)
+    spec = PruningSpec("element", "wanda", scope="layerwise", sparsity=0.25)
+    mask = compute_masks(model, spec, data=vector_data).masks["0"]
+    x = vector_data.tensors("train")[0][:64]
+    metric = model[0].weight.detach().abs() * x.norm(dim=0)
+    reference = torch.ones_like(mask)
+    reference.scatter_(1, metric.sort(dim=-1, stable=True).indices[:, :3], False)
+    assert torch.equal(mask, reference)
+
+
 def test_random_is_seeded() -> None:
     model = make_mlp()
     a = CRITERIA["random"].score(model, {"0": model[0]}, "filter", seed=1)["0"]

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from app.catalogue import CHANNEL_LEVELS
 from app.pruning.granularity import (
+    canonical,
     following_bn,
     is_transposed,
     nm_dense_reason,
@@ -94,6 +95,9 @@ class Selection:
 
     def select_sparsity(self, target: float, overrides: dict[str, float]) -> None:
         local = {n: overrides.get(n, target) for n in self.layers}
+        if self._per_row():
+            self._select_rows(local)
+            return
         pool = [n for n in self.layers if n not in overrides] if self.spec.scope == "global" else []
         for n in self.layers:
             self.requested[n] = local[n]
@@ -103,6 +107,31 @@ class Selection:
             self._select_global(pool, target)
         self._never_empty()
         self._round_to()
+
+    def _per_row(self) -> bool:
+        spec = self.spec
+        return (spec.criterion, spec.granularity, spec.wanda_group) == ("wanda", "element", "row")
+
+    def _select_rows(self, local: dict[str, float]) -> None:
+        """Wanda as published: prune the lowest ``round(s * row length)`` scores of every output
+        row (each layer at its own target ``s``); earlier masks stay pruned."""
+        for n, layer in self.layers.items():
+            self.requested[n] = local[n]
+            rank = canonical(self._ranking(n), is_transposed(layer))
+            rows = rank.reshape(rank.shape[0], -1)
+            k = round(local[n] * rows.shape[1])
+            pruned = torch.zeros(rows.shape, dtype=torch.bool)
+            pruned.scatter_(1, rows.sort(dim=1, stable=True).indices[:, :k], True)
+            pruned = canonical(pruned.reshape(rank.shape), is_transposed(layer)).contiguous()
+            self.pruned[n] = pruned | self.forced[n] if n in self.forced else pruned
+        glob = self.spec.scope == "global"
+        scope = "; scope 'global' ranks nothing across layers here" if glob else ""
+        self.notes.append(
+            "wanda compared weights within each output row (pruning.wanda_group 'row', as "
+            f"published): every row of a layer keeps the same share{scope}; "
+            "wanda_group 'layer' ranks whole layers"
+        )
+        self._never_empty()
 
     def _select_global(self, names: list[str], target: float) -> None:
         if len({self.views[n].unit_size for n in names}) == 1:  # equal units: exact fast path
