@@ -129,7 +129,7 @@ class Selection:
         self.notes.append(
             "wanda compared weights within each output row (pruning.wanda_group 'row', as "
             f"published): every row of a layer keeps the same share{scope}; "
-            "wanda_group 'layer' ranks whole layers"
+            "wanda_group 'layer' ranks each layer as a whole"
         )
         self._never_empty()
 
