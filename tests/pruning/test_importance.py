@@ -145,6 +145,21 @@ def test_reconstruction_run_refits_the_next_layer_and_reports_the_error(vector_d
     assert [n for n in result.notes if "re-fit" in n and "'2'" in n]
 
 
+def test_reconstruction_refits_a_conv_fed_by_a_conv(image_data) -> None:
+    model, original = make_cnn(bn=False), make_cnn(bn=False)
+    pruning = {"granularity": "channel", "criterion": "reconstruction", "sparsity": 0.5}
+    pruning |= {"scope": "layerwise", "exclude": ["0", "8"]}
+    recipe = Recipe.from_dict(
+        {"kind": "prune", "name": "c", "pruning": pruning, "finetune": {"epochs": 0}}
+    )
+    result = run_recipe(recipe, model, image_data, latency=False)
+    keep = model[3].weight.detach().abs().sum(dim=(0, 2, 3)) > 0
+    assert int(keep.sum()) == 4
+    assert not torch.equal(model[3].weight[:, keep], original[3].weight[:, keep])
+    (row,) = result.steps[1]["reconstruction"]
+    assert row["layer"] == "3" and row["error_after"] < 0.9 * row["error_before"]
+
+
 def test_wanda_compares_weights_within_each_output_row(vector_data) -> None:
     model = make_mlp()
     with torch.no_grad():
