@@ -70,7 +70,9 @@ GRANULARITIES: dict[str, GranularityInfo] = {
         GranularityInfo("group", "the same (in, kh, kw) positions in every filter", False),
         GranularityInfo("filter", "an output channel / Linear row, with its bias", True, True),
         GranularityInfo("channel", "an input channel / Linear column", True, True),
-        GranularityInfo("nm", "at most N non-zeros in every M weights along the input", False),
+        GranularityInfo(
+            "nm", "at most N non-zeros in every M consecutive input channels or features", False
+        ),
         GranularityInfo("layer", "a whole residual branch (identity shortcut kept)", True),
     )
 }
@@ -126,6 +128,8 @@ MASKS_ONLY_NOTE = "masks only: no speed-up expected"
 SCHEDULE_KINDS: tuple[str, ...] = ("oneshot", "iterative", "agp", "at_init", "retrain")
 RECIPE_KINDS: tuple[str, ...] = ("prune", "sensitivity", "train")
 SCOPES: tuple[str, ...] = ("global", "layerwise")
+WANDA_GROUPS: tuple[str, ...] = ("row", "layer")
+"""What wanda's element scores are compared within: each output row (as published) or the layer."""
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step")
 RETRAIN_INITS: tuple[str, ...] = ("rewind", "reinit")
@@ -178,6 +182,7 @@ def as_json() -> dict:
         "schedules": list(SCHEDULE_KINDS),
         "recipe_kinds": list(RECIPE_KINDS),
         "scopes": list(SCOPES),
+        "wanda_groups": list(WANDA_GROUPS),
         "optimizers": list(OPTIMIZERS),
         "lr_schedules": list(LR_SCHEDULES),
         "retrain_inits": list(RETRAIN_INITS),

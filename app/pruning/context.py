@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from app.catalogue import CHANNEL_LEVELS
 from app.pruning import measure as measure_mod
 from app.pruning.counts import layer_stats
+from app.pruning.criteria.reconstruction import refit_layers, refit_note
 from app.pruning.data import ArrayDataset
 from app.pruning.histograms import prunable_weights
 from app.pruning.masks.compute import compute_masks
@@ -50,6 +51,7 @@ from app.pruning.train import BatchHook, EpochHook, fine_tune
 from app.zoo import reset_parameters
 
 BN_NOTE_KEY = "accuracy_before_bn_recalibration"
+REFIT_KEY = "reconstruction"  # a step's ThiNet re-fit: [{"layer", "error_before", "error_after"}]
 
 
 def _has_bn(model: nn.Module) -> bool:
@@ -99,6 +101,7 @@ class RunContext:
     start_step: int = 0
     resume_training: dict | None = None
     accuracy_before_bn: float | None = None  # structured levels with BN: before recalibration
+    refits: list[dict] = field(default_factory=list)  # the last prune's ThiNet re-fit errors
 
     def __post_init__(self) -> None:
         self.model = self.model.to(self.device)
@@ -161,11 +164,30 @@ class RunContext:
             seed=int(self.recipe.seed),
         )
         self.plan, self.masks = plan, plan.masks
+        self.refits = self._refit(plan, step)
         apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
         self.keeper = MaskKeeper(self.model, plan)
         self.accuracy_before_bn = self._settle_structure()
         self.hist_after_prune = prunable_weights(self.model)
         return self.measure()
+
+    def _refit(self, plan: MaskPlan, step: int) -> list[dict]:
+        """``reconstruction`` (ThiNet): re-fit every layer that lost input channels by least
+        squares on calibration data, before the masks zero them; noted with the errors."""
+        spec = self.recipe.pruning
+        if spec.criterion != "reconstruction" or not plan.channels:
+            return []
+        errors = refit_layers(
+            self.model,
+            plan.channels,
+            self.data,
+            batches=spec.calibration_batches,
+            device=self.device,
+            seed=int(self.recipe.seed),
+        )
+        if errors:
+            self.notes.append(refit_note(step, errors))
+        return [e.as_dict() for e in errors]
 
     def _settle_structure(self) -> float | None:
         """Channel levels: zero what physical removal would delete, then re-estimate BN.
@@ -260,6 +282,8 @@ class RunContext:
         }
         if self.accuracy_before_bn is not None:
             item[BN_NOTE_KEY] = self.accuracy_before_bn
+        if self.refits:
+            item[REFIT_KEY] = self.refits
         self.steps.append(item)
         self._record_layers(k)
         self.report("step", item)

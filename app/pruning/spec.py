@@ -27,6 +27,7 @@ from app.catalogue import (
     SCHEDULE_KINDS,
     SCOPES,
     VALID_PAIRS,
+    WANDA_GROUPS,
 )
 
 # Keys of the POST /api/runs body that belong to the run row, not to the recipe.
@@ -87,6 +88,7 @@ class PruningSpec:
     round_to: int | None = None
     calibration_batches: int = 4
     bn_l1: float = 0.0  # L1 sparsity-training strength on BN gamma (applied by the trainer)
+    wanda_group: str = "row"  # wanda (element) compares scores per output row or per layer
 
     def __post_init__(self) -> None:
         _choice(self.granularity, GRANULARITY_NAMES, "pruning.granularity")
@@ -122,6 +124,11 @@ class PruningSpec:
             )
         _int(self.calibration_batches, "pruning.calibration_batches", 1)
         _number(self.bn_l1, "pruning.bn_l1", 0.0, math.inf)
+        _choice(self.wanda_group, WANDA_GROUPS, "pruning.wanda_group")
+        if self.wanda_group != "row" and (self.criterion, self.granularity) != ("wanda", "element"):
+            raise ValueError(
+                "pruning.wanda_group applies to criterion 'wanda' at granularity 'element' only."
+            )
 
     def check_target(self) -> None:
         """Raise ValueError unless exactly one of sparsity/threshold is set (nm needs neither)."""
