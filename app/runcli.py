@@ -18,6 +18,8 @@ from typing import Annotated, Any
 
 import typer
 
+from app.pruning.notes import info, warning
+
 # Keys reference recipes carry for people and tests; the recipe loader does not know them.
 ANNOTATION_KEYS = ("expected", "description", "comment")
 ARTIFACT_KEYS = ("name", "kind", "size_bytes", "verified", "max_abs_diff", "error")
@@ -204,8 +206,9 @@ def run_command(
             rebuildable=rebuildable,
             checkpoint_dir=out / "checkpoints",
         )
-    result.notes[:0] = notes
+    result.notes[:0] = [info(n) for n in notes]
     artifacts = [] if recipe.kind == "sensitivity" else _export(result, dataset, out, recipe, arch)
+    result.notes.extend(warning(a["error"]) for a in artifacts if a.get("error"))
     summary = _summary(recipe, result, started, artifacts, model=str(model_path), dataset_id=data)
     _write_json(out / "summary.json", summary)
     _write_json(out / "histograms.json", result.histograms)

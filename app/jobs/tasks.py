@@ -30,6 +30,7 @@ from app.jobs.artifacts import ArtifactStore, checkpoint_key, run_prefix
 from app.jobs.inputs import build_recipe, load_dataset, load_model_for
 from app.jobs.results import jsonable, module_record_fields, store_files
 from app.models import Run
+from app.pruning.notes import warning
 
 # moved to ``inputs`` and ``results``; still importable from here
 __all__ = [
@@ -293,7 +294,7 @@ def _save_success(
                 s, owner_id=run.owner_id, source_run_id=run_id, **files.model_fields
             )
             result_id = record.id
-        notes = list(result.notes) + [r["error"] for r in rows if r.get("error")]
+        notes = list(result.notes) + [warning(r["error"]) for r in rows if r.get("error")]
         ok = store.transition(
             s,
             run_id=run_id,

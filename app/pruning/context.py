@@ -41,6 +41,7 @@ from app.pruning.histograms import prunable_weights
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import MaskKeeper, apply_masks
 from app.pruning.masks.plan import MaskPlan
+from app.pruning.notes import Note, add_notes, warning
 from app.pruning.report import Report, ShouldStop, check_cancelled
 from app.pruning.spec import Recipe
 from app.pruning.structural.bn import recalibrate_bn
@@ -92,7 +93,7 @@ class RunContext:
     steps: list[dict] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     hist_before: dict[str, Tensor] = field(default_factory=dict)
     hist_after_prune: dict[str, Tensor] | None = None
     best: BestStep | None = None
@@ -159,7 +160,9 @@ class RunContext:
             device=self.device,
             previous=self.masks,
             seed=int(self.recipe.seed),
+            example=self.example,
         )
+        add_notes(self.notes, plan.notes)
         self.plan, self.masks = plan, plan.masks
         apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
         self.keeper = MaskKeeper(self.model, plan)
@@ -272,8 +275,10 @@ class RunContext:
             return True
         best = self.best
         self.notes.append(
-            f"step {k} lost {self.baseline_accuracy - after['accuracy']:.4f} accuracy, more than "
-            f"max_accuracy_drop {max_drop}; kept step {0 if best is None else best.step}"
+            warning(
+                f"step {k} lost {self.baseline_accuracy - after['accuracy']:.4f} accuracy, more than "
+                f"max_accuracy_drop {max_drop}; kept step {0 if best is None else best.step}"
+            )
         )
         if best is not None:
             self.model.load_state_dict(best.state)

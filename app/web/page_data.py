@@ -15,6 +15,7 @@ import numpy as np
 from sqlmodel import Session
 
 from app.models import FINISHED_STATUSES, Run
+from app.pruning.notes import Note, as_note
 from app.store import views
 from app.web import charts, charts_runs
 
@@ -70,8 +71,13 @@ def run_summary(run: Run) -> dict:
     }
 
 
+def run_notes(run: Run) -> list[Note]:
+    """The run's notes as structured notes (older runs stored plain sentences)."""
+    return [as_note(n) for n in run.notes or []]
+
+
 def masks_only(run: Run) -> bool:
-    return any("masks only" in n for n in run.notes or [])
+    return any("masks only" in n["text"] for n in run_notes(run))
 
 
 def final_layer_rows(layers: list[dict]) -> list[dict]:
@@ -172,6 +178,7 @@ def run_context(session: Session, run: Run) -> dict:
         "layer_rows": final_layer_rows(layers),
         "steps": steps,
         "masks_only": masks_only(run),
+        "notes": run_notes(run),
         "artifacts": views.run_artifacts(session, run_id=run.id),
         "recipe_json": json.dumps(run.recipe or {}, indent=2),
         "last_event_id": views.latest_event_id(session, run_id=run.id),
@@ -209,7 +216,7 @@ def load_mask(session: Session, run: Run, layer: str, artifacts_root: str) -> np
             if found is not None:
                 return found.astype(bool)
     art = arts.get("pruned.safetensors")
-    physical = any("physically removed" in n for n in run.notes or [])
+    physical = any("physically removed" in n["text"] for n in run_notes(run))
     if art is None or physical:
         return None
     path = _artifact_path(artifacts_root, art.storage_key)

@@ -12,11 +12,12 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app import store
 from app.jobs.artifacts import ArtifactStore, content_disposition, log_path, run_prefix
 from app.models import RUN_STATUSES, Run
+from app.pruning.notes import Note, as_note
 from app.web.api.run_checks import (
     BUILTIN_DATASETS,
     invalid,
@@ -87,8 +88,14 @@ class RunPublic(BaseModel):
     last_step: int | None
     baseline: dict | None
     final: dict | None
-    notes: list[str] | None
+    notes: list[Note] | None
     result_model_id: int | None
+
+    @field_validator("notes", mode="before")
+    @classmethod
+    def _structured(cls, notes: list | None) -> list[Note] | None:
+        """Older runs stored plain sentences: they read as info notes."""
+        return None if notes is None else [as_note(n) for n in notes]
 
 
 def public(run: Run) -> RunPublic:
