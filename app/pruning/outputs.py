@@ -138,6 +138,7 @@ def example_input(data: CalibrationData | None, model: nn.Module) -> Tensor | No
         x = first if isinstance(first, Tensor) else first[0]
         return x[:2]
     layers = list(prunable_layers(model).values())
-    if layers and isinstance(layers[0], nn.Linear):
-        return torch.randn(2, layers[0].in_features, device=layers[0].weight.device)
+    if layers and layers[0].weight.dim() == 2:  # a Linear (also inside TorchScript, .pt2)
+        weight = layers[0].weight
+        return torch.randn(2, weight.shape[1], device=weight.device, dtype=weight.dtype)
     return None

@@ -146,12 +146,12 @@ class Selection:
             need = min(self._min_keep(), pruned.numel())
             if kept < need:
                 self._keep_best(n, need)
-                self.notes.append(self._emptied_note(n, need))
+                text = f"'{n}' would have been emptied; its best {need} unit(s) kept"
+                self.notes.append(self._emptied_note(n, text))
             if n in self.outputs and self.spec.granularity in _ROW_UNITS:
                 self._keep_rows(n)
 
-    def _emptied_note(self, n: str, need: int) -> Note:
-        text = f"'{n}' would have been emptied; its best {need} unit(s) kept"
+    def _emptied_note(self, n: str, text: str) -> Note:
         if self.spec.threshold is not None:
             text += (
                 "; the threshold is too high for this layer: give it its own sparsity "
@@ -171,13 +171,11 @@ class Selection:
         idx = dead.nonzero().flatten()
         rows[idx, best[idx]] = False
         self.pruned[n] = canonical(pruned, flip).contiguous()
-        self.notes.append(
-            warning(
-                f"{len(idx)} output unit(s) of '{n}' would have been emptied; their best "
-                "weight kept (the model's outputs are never cut)",
-                layer=n,
-            )
+        text = (
+            f"{len(idx)} output unit(s) of '{n}' would have been emptied; their best weight "
+            "kept (the model's outputs are never cut)"
         )
+        self.notes.append(self._emptied_note(n, text))
 
     def _round_to(self) -> None:
         r = self.spec.round_to

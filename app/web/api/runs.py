@@ -66,6 +66,14 @@ class RunCreate(BaseModel):
     sensitivity: dict[str, Any] | None = None
 
 
+class NotePublic(BaseModel):
+    """One note of a run: ``level`` "info" or "warning", the ``layer`` it is about, if any."""
+
+    level: str
+    layer: str | None
+    text: str
+
+
 class RunPublic(BaseModel):
     id: int
     name: str
@@ -88,7 +96,7 @@ class RunPublic(BaseModel):
     last_step: int | None
     baseline: dict | None
     final: dict | None
-    notes: list[Note] | None
+    notes: list[NotePublic] | None
     result_model_id: int | None
 
     @field_validator("notes", mode="before")
