@@ -37,8 +37,10 @@ from app.pruning.criteria.context import CalibrationData
 from app.pruning.criteria.magnitude import no_bn_error
 from app.pruning.granularity import (
     Block,
+    canonical,
     check_layer,
     following_bn,
+    is_transposed,
     prunable_layers,
     residual_blocks,
 )
@@ -175,7 +177,13 @@ def compute_masks(
         ctx.select_threshold(threshold)
     else:
         ctx.select_sparsity(target, spec.overrides)
-    return ctx.plan(model, layers)
+    plan = ctx.plan(model, layers)
+    for n in outputs - set(plan.masks) - set(spec.exclude):  # protected: kept whole
+        plan.masks[n] = torch.ones_like(layers[n].weight, dtype=torch.bool, device="cpu")
+        if plan.channels is not None:
+            units = canonical(plan.masks[n], is_transposed(layers[n])).shape[0]
+            plan.channels[n] = torch.ones(units, dtype=torch.bool)
+    return plan
 
 
 def _outputs(
