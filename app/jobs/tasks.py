@@ -28,6 +28,7 @@ from app.artifacts import ArtifactStore, checkpoint_key, run_prefix
 from app.config import Settings
 from app.db import make_engine, session_scope
 from app.models import Run
+from app.pruning.notes import warning
 from app.runs.inputs import build_recipe, load_dataset, load_model_for
 from app.runs.results import jsonable, store_files
 
@@ -278,7 +279,7 @@ def _save_success(
                 s, owner_id=run.owner_id, source_run_id=run_id, **files.model_fields
             )
             result_id = record.id
-        notes = list(result.notes) + [r["error"] for r in rows if r.get("error")]
+        notes = list(result.notes) + [warning(r["error"]) for r in rows if r.get("error")]
         ok = store.transition(
             s,
             run_id=run_id,

@@ -42,6 +42,7 @@ from app.pruning.histograms import prunable_weights
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import MaskKeeper, apply_masks
 from app.pruning.masks.plan import MaskPlan
+from app.pruning.notes import Note, add_notes, info, warning
 from app.pruning.report import Report, ShouldStop, check_cancelled
 from app.pruning.spec import Recipe
 from app.pruning.structural.bn import recalibrate_bn
@@ -94,7 +95,7 @@ class RunContext:
     steps: list[dict] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     hist_before: dict[str, Tensor] = field(default_factory=dict)
     hist_after_prune: dict[str, Tensor] | None = None
     best: BestStep | None = None
@@ -162,7 +163,9 @@ class RunContext:
             device=self.device,
             previous=self.masks,
             seed=int(self.recipe.seed),
+            example=self.example,
         )
+        add_notes(self.notes, plan.notes)
         self.plan, self.masks = plan, plan.masks
         self.refits = self._refit(plan, step)
         apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
@@ -186,7 +189,7 @@ class RunContext:
             seed=int(self.recipe.seed),
         )
         if errors:
-            self.notes.append(refit_note(step, errors))
+            self.notes.append(info(refit_note(step, errors)))
         return [e.as_dict() for e in errors]
 
     def _settle_structure(self) -> float | None:
@@ -296,8 +299,10 @@ class RunContext:
             return True
         best = self.best
         self.notes.append(
-            f"step {k} lost {self.baseline_accuracy - after['accuracy']:.4f} accuracy, more than "
-            f"max_accuracy_drop {max_drop}; kept step {0 if best is None else best.step}"
+            warning(
+                f"step {k} lost {self.baseline_accuracy - after['accuracy']:.4f} accuracy, more than "
+                f"max_accuracy_drop {max_drop}; kept step {0 if best is None else best.step}"
+            )
         )
         if best is not None:
             self.model.load_state_dict(best.state)

@@ -122,6 +122,11 @@ class PruningSpec:
                 "pruning.round_to applies to granularities 'filter' and 'channel' only, "
                 f"not '{self.granularity}'."
             )
+        if self.granularity == "layer" and self.threshold is not None:
+            raise ValueError(
+                "pruning.threshold does not apply to granularity 'layer' (whole blocks go by "
+                "their share of the parameters); set pruning.sparsity instead."
+            )
         _int(self.calibration_batches, "pruning.calibration_batches", 1)
         _number(self.bn_l1, "pruning.bn_l1", 0.0, math.inf)
         _choice(self.wanda_group, WANDA_GROUPS, "pruning.wanda_group")

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from app.pruning.notes import info, warning
 from app.runs.inputs import load_data_file, load_model_file, load_recipe
 
 ARTIFACT_KEYS = ("name", "kind", "size_bytes", "verified", "max_abs_diff", "error")
@@ -117,10 +118,11 @@ def run_command(
             rebuildable=rebuildable,
             checkpoint_dir=out / "checkpoints",
         )
-    result.notes[:0] = notes
+    result.notes[:0] = [info(n) for n in notes]
     artifacts = []
     if recipe.kind != "sensitivity":
         artifacts, _ = write_run_files(out, recipe, result, dataset, arch)
+    result.notes.extend(warning(a["error"]) for a in artifacts if a.get("error"))
     summary = _summary(recipe, result, started, artifacts, model=str(model_path), dataset_id=data)
     _write_json(out / "summary.json", summary)
     _write_json(out / "histograms.json", result.histograms)

@@ -17,6 +17,7 @@ from sqlmodel import Session
 from app import catalogue, store
 from app.artifacts import ArtifactStore
 from app.models import FINISHED_STATUSES, Run
+from app.pruning.notes import Note, as_note
 from app.store import views
 from app.web import charts, charts_runs
 
@@ -71,6 +72,11 @@ def run_summary(run: Run) -> dict:
         "final": run.final or {},
         "baseline": run.baseline or {},
     }
+
+
+def run_notes(run: Run) -> list[Note]:
+    """The run's notes as structured notes (older runs stored plain sentences)."""
+    return [as_note(n) for n in run.notes or []]
 
 
 def masks_only(run: Run) -> bool:
@@ -175,6 +181,7 @@ def run_context(session: Session, run: Run) -> dict:
         "layer_rows": final_layer_rows(layers),
         "steps": steps,
         "masks_only": masks_only(run),
+        "notes": run_notes(run),
         "artifacts": store.list_artifacts(session, run_id=run.id),
         "recipe_json": json.dumps(run.recipe or {}, indent=2),
         "last_event_id": views.latest_event_id(session, run_id=run.id),

@@ -85,7 +85,7 @@ def test_a_physically_pruned_result_is_safetensors_that_a_second_run_prunes_agai
     assert trained.format == "safetensors" and trained.arch == "cnn_small"
 
     filt = _execute(lab, _prune("filter", 0.5, physical=True), trained.id)
-    assert any("physically removed" in n for n in filt.notes)
+    assert any("physically removed" in n["text"] for n in filt.notes)
     small = _model(lab, filt.result_model_id)
     assert small.format == "safetensors" and small.arch == "cnn_small" and small.structured_ok
     assert small.n_params == filt.final["n_params"] < trained.n_params

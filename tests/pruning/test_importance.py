@@ -142,7 +142,7 @@ def test_reconstruction_run_refits_the_next_layer_and_reports_the_error(vector_d
     assert set(rows) == {"2"}
     assert rows["2"]["error_after"] < rows["2"]["error_before"]
     assert abs(rows["2"]["error_before"] - float(zeroed)) < 0.05
-    assert [n for n in result.notes if "re-fit" in n and "'2'" in n]
+    assert [n for n in result.notes if "re-fit" in n["text"] and "'2'" in n["text"]]
 
 
 def test_reconstruction_refits_a_conv_fed_by_a_conv(image_data) -> None:

@@ -118,3 +118,8 @@ def test_spec_module_does_not_import_torch() -> None:
     code = "import sys, app.pruning.spec; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_threshold_on_the_layer_level_is_refused_not_dropped() -> None:
+    with pytest.raises(ValueError, match="threshold does not apply to granularity 'layer'"):
+        PruningSpec.from_dict({"granularity": "layer", "criterion": "l1", "threshold": 0.2})

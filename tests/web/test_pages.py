@@ -293,3 +293,22 @@ def test_schedule_preview_equals_the_engine_targets(
 def test_schedule_preview_names_a_bad_kind(client: TestClient, member_headers: dict) -> None:
     r = client.get("/api/schedule/preview?kind=cubic&steps=2&sparsity=0.5", headers=member_headers)
     assert r.status_code == 422 and "schedule.kind" in r.text
+
+
+def test_run_page_shows_structured_warnings_and_old_sentences(
+    client: TestClient, lab: dict, db_session: Session
+) -> None:
+    run = db_session.get(Run, lab["a"])
+    run.notes = [
+        "an old plain sentence",
+        {"level": "warning", "layer": "fc", "text": "'fc' would have been emptied"},
+    ]
+    db_session.add(run)
+    db_session.commit()
+    r = client.get(f"/runs/{lab['a']}", headers=lab["h"])
+    assert [n["level"] for n in r.context["notes"]] == ["info", "warning"]
+    assert '<li class="warn"><strong>warning</strong>: <code>fc</code>:' in r.text
+    assert "an old plain sentence" in r.text
+    body = client.get(f"/api/runs/{lab['a']}", headers=lab["h"]).json()
+    assert body["notes"][0] == {"level": "info", "layer": None, "text": "an old plain sentence"}
+    assert body["notes"][1]["level"] == "warning"

@@ -31,9 +31,11 @@ from app.pruning.granularity import (
 )
 from app.pruning.masks.plan import NEVER_EMPTY_NOTE, MaskPlan
 from app.pruning.masks.ranking import count_true, global_lowest, global_lowest_abs, invert
+from app.pruning.notes import Note, info, warning
 from app.pruning.spec import PruningSpec
 
 MAGNITUDE = ("l1", "l2", "threshold")
+_ROW_UNITS = ("element", "vector", "kernel")  # levels whose units lie inside one output row
 
 
 class Selection:
@@ -47,10 +49,14 @@ class Selection:
         previous: dict[str, Tensor],
         *,
         absolute: bool = False,
+        outputs: frozenset[str] = frozenset(),
     ) -> None:
         """``absolute``: ``scores`` are float32 CPU weights and the score is their ``|w|``
-        (element magnitude criteria; never materialised for a whole model)."""
-        self.spec, self.layers, self.notes = spec, layers, [NEVER_EMPTY_NOTE]
+        (element magnitude criteria; never materialised for a whole model). ``outputs``: the
+        model's output layers; each of their output rows keeps at least one unit."""
+        self.spec, self.layers = spec, layers
+        self.notes: list[Note] = [info(NEVER_EMPTY_NOTE)]
+        self.outputs = outputs
         self.absolute = absolute
         self.views = {
             n: unit_view(m.weight, spec.granularity, spec.nm, transposed=is_transposed(m))
@@ -182,7 +188,36 @@ class Selection:
             need = min(self._min_keep(), pruned.numel())
             if kept < need:
                 self._keep_best(n, need)
-                self.notes.append(f"'{n}' would have been emptied; its best {need} unit(s) kept")
+                text = f"'{n}' would have been emptied; its best {need} unit(s) kept"
+                self.notes.append(self._emptied_note(n, text))
+            if n in self.outputs and self.spec.granularity in _ROW_UNITS:
+                self._keep_rows(n)
+
+    def _emptied_note(self, n: str, text: str) -> Note:
+        if self.spec.threshold is not None:
+            text += (
+                "; the threshold is too high for this layer: give it its own sparsity "
+                "(pruning.overrides), exclude it, or prune by sparsity instead"
+            )
+        return warning(text, layer=n)
+
+    def _keep_rows(self, n: str) -> None:
+        """Every output row of an output layer keeps its best unit (no class is cut off)."""
+        flip = self.spec.granularity == "element" and is_transposed(self.layers[n])
+        pruned = canonical(self.pruned[n], flip).contiguous()
+        rows = pruned.reshape(pruned.shape[0], -1)
+        dead = rows.all(dim=1)
+        if not bool(dead.any()):
+            return
+        best = canonical(self._ranking(n), flip).reshape(rows.shape).argmax(dim=1)
+        idx = dead.nonzero().flatten()
+        rows[idx, best[idx]] = False
+        self.pruned[n] = canonical(pruned, flip).contiguous()
+        text = (
+            f"{len(idx)} output unit(s) of '{n}' would have been emptied; their best weight "
+            "kept (the model's outputs are never cut)"
+        )
+        self.notes.append(self._emptied_note(n, text))
 
     def _round_to(self) -> None:
         r = self.spec.round_to
@@ -193,7 +228,7 @@ class Selection:
             rounded = min(units, -(-kept // r) * r)
             if rounded != kept:
                 self._keep_best(n, rounded)
-        self.notes.append(f"kept filter/channel counts rounded up to a multiple of {r}")
+        self.notes.append(info(f"kept filter/channel counts rounded up to a multiple of {r}"))
 
     def plan(self, model: nn.Module, layers: dict[str, nn.Module]) -> MaskPlan:
         masks, achieved, channels = {}, {}, {}

@@ -12,11 +12,12 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app import store
 from app.artifacts import ArtifactStore, content_disposition, log_path, run_prefix
 from app.models import RUN_STATUSES, Run
+from app.pruning.notes import Note, as_note
 from app.web.api.run_checks import (
     invalid,
     may_change,
@@ -47,6 +48,14 @@ class RunCreate(BaseModel):
     sensitivity: dict[str, Any] | None = None
 
 
+class NotePublic(BaseModel):
+    """One note of a run: ``level`` "info" or "warning", the ``layer`` it is about, if any."""
+
+    level: str
+    layer: str | None
+    text: str
+
+
 class RunPublic(BaseModel):
     id: int
     name: str
@@ -69,7 +78,7 @@ class RunPublic(BaseModel):
     last_step: int | None
     baseline: dict | None
     final: dict | None
-    notes: list[str] | None
+    notes: list[NotePublic] | None
     physical: bool | None = Field(
         description="units were physically removed (a smaller model); null until it succeeds"
     )
@@ -77,6 +86,12 @@ class RunPublic(BaseModel):
         description="pruned with masks only: weights zeroed in place, no speed-up expected"
     )
     result_model_id: int | None
+
+    @field_validator("notes", mode="before")
+    @classmethod
+    def _structured(cls, notes: list | None) -> list[Note] | None:
+        """Older runs stored plain sentences: they read as info notes."""
+        return None if notes is None else [as_note(n) for n in notes]
 
 
 def public(run: Run) -> RunPublic:
