@@ -19,7 +19,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from app import store
-from app.web.deps import CurrentUser, SessionDep
+from app.web.deps import RunDep, SessionDep
 
 router = APIRouter(prefix="/api", tags=["runs"])
 PING_S = 15.0
@@ -65,12 +65,9 @@ def _last_id(request: Request) -> int:
 
 
 @router.get("/runs/{run_id}/events", response_class=EventSourceResponse)
-def run_events(
-    run_id: int, request: Request, session: SessionDep, _: CurrentUser
-) -> EventSourceResponse:
+def run_events(run: RunDep, request: Request, session: SessionDep) -> EventSourceResponse:
     """Server-Sent Events of one run; resumes from ``Last-Event-ID``; closes when it ends."""
-    if store.get_run(session, run_id=run_id) is None:
-        raise HTTPException(404, f"run {run_id} does not exist")
+    run_id = run.id
     session.close()  # the stream polls with its own short sessions
     after = _last_id(request)
     ping = getattr(request.app.state, "sse_ping_s", PING_S)
