@@ -20,7 +20,6 @@ from safetensors.torch import save
 from sqlmodel import Session
 
 from app import store, zoo
-from app.jobs.dispatcher import Dispatcher
 from app.jobs.runner import FakeRunner
 from app.models import User
 from tests.conftest import make_user
@@ -42,9 +41,7 @@ def lab(tmp_path) -> Iterator[Lab]:
     from app.main import create_app
 
     settings = job_settings(tmp_path / "data")
-    with TestClient(create_app(settings)) as client:
-        client.app.state.dispatcher.stop()
-        client.app.state.dispatcher = Dispatcher(settings, client.app.state.engine, FakeRunner())
+    with TestClient(create_app(settings, runner=FakeRunner(), dispatch_thread=False)) as client:
         with Session(client.app.state.engine, expire_on_commit=False) as s:
             made = {
                 key: make_user(s, name, role)

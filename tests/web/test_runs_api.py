@@ -10,7 +10,6 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from app import store
-from app.jobs.dispatcher import Dispatcher
 from app.jobs.runner import FakeRunner
 from app.models import Run
 from tests.conftest import make_user
@@ -24,9 +23,7 @@ def api(tmp_path) -> Iterator[TestClient]:
     from app.main import create_app
 
     settings = job_settings(tmp_path / "data", max_queued_per_user=5)
-    with TestClient(create_app(settings)) as client:
-        client.app.state.dispatcher.stop()
-        client.app.state.dispatcher = Dispatcher(settings, client.app.state.engine, FakeRunner())
+    with TestClient(create_app(settings, runner=FakeRunner(), dispatch_thread=False)) as client:
         yield client
 
 
