@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app import __version__, db, store
@@ -33,6 +35,9 @@ from app.web.ratelimit import LoginLimiter
 from app.web.security_headers import SecurityHeadersMiddleware
 from app.web.templating import STATIC_DIR
 
+if TYPE_CHECKING:
+    from app.jobs.dispatcher import Dispatcher
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +48,9 @@ def _bootstrap(settings: Settings, engine) -> None:  # noqa: ANN001
             session.commit()
 
 
-def _start_dispatcher(settings: Settings, engine, runner: Runner | None, *, thread: bool):  # noqa: ANN001, ANN202
+def _start_dispatcher(
+    settings: Settings, engine: Engine, runner: Runner | None, *, thread: bool
+) -> Dispatcher:
     """The one dispatcher (recovers unfinished runs first) driving ``runner``; without its
     thread it only moves when :meth:`~app.jobs.dispatcher.Dispatcher.tick` is called."""
     from app.jobs.dispatcher import Dispatcher
