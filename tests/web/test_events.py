@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from app import store
 from app.jobs.runner import FakeRunner
-from tests.conftest import make_user
+from tests.factories import make_run, make_user
 from tests.jobs.conftest import job_settings
 
 
@@ -44,9 +44,7 @@ def _parse(text: str) -> list[dict]:
 def _run_with_events(api) -> tuple[int, dict]:
     with Session(api.app.state.engine, expire_on_commit=False) as s:
         _, headers = make_user(s, "alice")
-        run = store.create_run(
-            s, owner_id=None, recipe={"kind": "prune"}, model_id=None, dataset_id="digits"
-        )
+        run = make_run(s)
         store.claim_run(s, run_id=run.id)
         store.add_event(s, run_id=run.id, type="progress", data={"fraction": 0.5, "message": "x"})
         store.add_event(s, run_id=run.id, type="metric", data={"epoch": 0, "loss": 1.5})
@@ -89,10 +87,7 @@ def test_last_event_id_resumes_after_what_the_client_saw(api) -> None:
 def test_a_live_stream_sends_keepalives_and_closes_when_the_run_ends(api) -> None:
     with Session(api.app.state.engine, expire_on_commit=False) as s:
         _, headers = make_user(s, "bob")
-        run = store.create_run(
-            s, owner_id=None, recipe={"kind": "prune"}, model_id=None, dataset_id="digits"
-        )
-        s.commit()
+        run = make_run(s)
 
     def finish_later() -> None:
         time.sleep(1.0)

@@ -12,8 +12,8 @@ from sqlmodel import Session
 from app import store
 from app.jobs.runner import FakeRunner
 from app.models import Run
-from tests.conftest import make_user
-from tests.jobs.conftest import add_model, job_settings, tiny_recipe
+from tests.factories import make_dataset_record, make_model_record, make_user
+from tests.jobs.conftest import job_settings, tiny_recipe
 
 torch.set_num_threads(1)
 
@@ -34,7 +34,7 @@ def people(api):
         _, hb = make_user(s, "bob")
         _, hv = make_user(s, "vera", role="viewer")
         _, hadmin = make_user(s, "root", role="admin")
-        model_id = add_model(s, api.app.state.settings, owner_id=alice.id)
+        model_id = make_model_record(s, api.app.state.settings, owner_id=alice.id).id
     return {"alice": ha, "bob": hb, "viewer": hv, "admin": hadmin, "model_id": model_id}
 
 
@@ -108,18 +108,14 @@ def test_bad_recipes_are_422_sentences_naming_the_field(api, people, change, exp
 
 def test_a_dataset_that_does_not_fit_the_model_is_refused(api, people) -> None:
     with Session(api.app.state.engine) as s:
-        store.add_dataset(
+        make_dataset_record(
             s,
             id="wide",
-            name="wide",
-            format="npz",
             n_train=10,
             n_test=5,
             input_shape=[3, 32, 32],
-            n_classes=10,
             storage_key="datasets/wide.npz",
         )
-        s.commit()
     r = api.post(
         "/api/runs",
         json=tiny_recipe(people["model_id"], dataset_id="wide"),
@@ -275,7 +271,7 @@ def test_the_app_dispatches_to_the_runner_it_is_given(tmp_path) -> None:
     with TestClient(create_app(settings, runner=fake)) as client:
         with Session(client.app.state.engine, expire_on_commit=False) as s:
             alice, headers = make_user(s, "alice")
-            model_id = add_model(s, settings, owner_id=alice.id)
+            model_id = make_model_record(s, settings, owner_id=alice.id).id
         r = client.post("/api/runs", json=tiny_recipe(model_id), headers=headers)
         assert r.status_code == 201, r.text
         wait_for(lambda: fake.launched, timeout=10)
