@@ -12,7 +12,7 @@ from sqlmodel import Session
 from app import store
 from app.jobs.runner import FakeRunner
 from app.models import Run
-from tests.factories import make_dataset_record, make_model_record, make_user
+from tests.factories import make_dataset_record, make_model_record, make_sweep, make_user
 from tests.jobs.conftest import job_settings, tiny_recipe
 
 torch.set_num_threads(1)
@@ -241,6 +241,16 @@ def test_a_sweep_queues_one_run_per_criterion_and_sparsity_with_random(api, peop
     assert len(no_base.json()["run_ids"]) == 1
     bad = api.post("/api/sweeps", json={**body, "criteria": ["bn_gamma"]}, headers=people["alice"])
     assert bad.status_code == 422 and "bn_gamma" in _detail(bad)
+
+
+def test_a_sweep_is_read_by_id_and_an_unknown_one_is_404(api, people) -> None:
+    with Session(api.app.state.engine, expire_on_commit=False) as s:
+        sweep_id = make_sweep(s, name="empty").id
+    r = api.get(f"/api/sweeps/{sweep_id}", headers=people["viewer"])
+    assert r.status_code == 200 and r.json()["name"] == "empty" and r.json()["runs"] == []
+    missing = api.get("/api/sweeps/999", headers=people["viewer"])
+    assert missing.status_code == 404 and _detail(missing) == "sweep 999 does not exist"
+    assert api.get(f"/api/sweeps/{sweep_id}").status_code == 401
 
 
 def test_results_of_an_unknown_run_or_artifact_are_404(api, people) -> None:
