@@ -98,6 +98,8 @@ class RayPreflight:
         return "failed", self._late(status)
 
     def _late(self, status: str | None) -> str:
+        if status == "STOPPED":
+            return "the test job was stopped on the Ray cluster before it finished"
         s = self.runner.settings
         return (
             f"the test job did not finish within {self.timeout_s:g} s (Ray status: "

@@ -155,3 +155,7 @@ def test_the_local_runner_has_no_preflight_and_the_admin_page_says_so(
     page = client.get("/admin", headers=admin_headers)
     assert page.status_code == 200
     assert "there is no cluster to check" in page.text
+    assert 'href="/admin"' in page.text  # the admin's menu leads there
+    with Session(client.app.state.engine) as s:
+        _, member = make_user(s, "carol")
+    assert 'href="/admin"' not in client.get("/runs", headers=member).text

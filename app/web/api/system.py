@@ -52,14 +52,15 @@ def health(request: Request, session: SessionDep, settings: SettingsDep) -> Heal
         database = "unavailable"
     preflight = ray_preflight(request)
     ok = database == "ok" and (preflight is None or preflight.state != "failed")
-    fields: dict = {"ray_preflight": preflight} if preflight is not None else {}
-    return Health(
+    body = Health(
         status="ok" if ok else "degraded",
         version=__version__,
         database=database,
         runner=settings.runner,
-        **fields,
     )
+    if preflight is not None:
+        body.ray_preflight = preflight  # only then in the answer (response_model_exclude_unset)
+    return body
 
 
 @router.get("/me", response_model=UserPublic)
