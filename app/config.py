@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     preflight_memory_mb: int = Field(default=8192, ge=256)
     ray_num_gpus: float = Field(default=0.0, ge=0)
     ray_num_cpus: float = Field(default=1.0, ge=0)
+    ray_preflight_timeout_s: float = Field(default=300.0, gt=0)
     metrics_token: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -17,9 +17,10 @@ from sqlmodel import Session
 from app import __version__, db, store
 from app.config import Settings, load_settings
 from app.errors import LabError
-from app.jobs.runner import Runner
+from app.jobs.ray_preflight import RayPreflight
+from app.jobs.runner import RayRunner, Runner
 from app.logs import install_redaction
-from app.web import auth_pages, metrics, pages
+from app.web import admin_pages, auth_pages, metrics, pages
 from app.web import events as events_api
 from app.web.api import auth as auth_api
 from app.web.api import catalogue as catalogue_api
@@ -64,6 +65,15 @@ def _start_dispatcher(
     return dispatcher
 
 
+def _start_ray_preflight(settings: Settings, runner: Runner) -> RayPreflight | None:
+    """Team mode: check in the background that the cluster can run a worker (None otherwise)."""
+    if not isinstance(runner, RayRunner):
+        return None
+    preflight = RayPreflight(runner, timeout_s=settings.ray_preflight_timeout_s)
+    preflight.start()
+    return preflight
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -89,6 +99,7 @@ def create_app(
         app.state.metrics_registry, app.state.http_latency = make_registry(engine)
         _bootstrap(settings, engine)
         app.state.dispatcher = _start_dispatcher(settings, engine, runner, thread=dispatch_thread)
+        app.state.ray_preflight = _start_ray_preflight(settings, app.state.dispatcher.runner)
         seeder = None
         if demo:
             from app.demo import DemoSeeder
@@ -115,6 +126,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.dispatcher = None
+    app.state.ray_preflight = None
     app.state.login_limiter = LoginLimiter()
     _install_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
@@ -137,7 +149,12 @@ def create_app(
         sweeps_api,
         events_api,
     )
-    for router in [m.router for m in routers] + [auth_pages.router, pages.router, metrics.router]:
+    for router in [m.router for m in routers] + [
+        auth_pages.router,
+        pages.router,
+        admin_pages.router,
+        metrics.router,
+    ]:
         app.include_router(router)
     _openapi_route(app)
     return app

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from app.artifacts import log_path
 from app.config import Settings
+from app.jobs.ray_errors import explain_job_log
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -190,18 +191,22 @@ class RayRunner:
         env["RAY_JOB_STOP_WAIT_TIME_S"] = str(int(max(30, 3 * self.settings.cancel_grace_s)))
         return {"env_vars": env}
 
-    def launch(self, run_id: int, attempt: int) -> str:
-        sub_id = self.submission_id(run_id, attempt)
-        kwargs: dict = {"entrypoint_num_cpus": self.settings.ray_num_cpus}
+    def entrypoint_resources(self) -> dict[str, float]:
+        """What each job reserves on its node (the preflight's test job asks for the same)."""
+        kwargs = {"entrypoint_num_cpus": self.settings.ray_num_cpus}
         if self.settings.ray_num_gpus > 0:
             kwargs["entrypoint_num_gpus"] = self.settings.ray_num_gpus
+        return kwargs
+
+    def launch(self, run_id: int, attempt: int) -> str:
+        sub_id = self.submission_id(run_id, attempt)
         try:
             self.client.submit_job(
                 entrypoint=f"python -m {WORKER_MODULE} --run {run_id}",
                 submission_id=sub_id,
                 runtime_env=self.runtime_env(),
                 metadata={"prunelab_run": str(run_id)},
-                **kwargs,
+                **self.entrypoint_resources(),
             )
         except RuntimeError as exc:
             if "already exists" not in str(exc):  # idempotent: the same attempt submitted twice
@@ -235,11 +240,11 @@ class RayRunner:
             raise
 
     def job_error(self, ref: str) -> str:
+        """A failed job's log in one sentence (a missing package: install PruneLab there)."""
         try:
-            logs = self.client.get_job_logs(ref).strip().splitlines()
+            return explain_job_log(self.client.get_job_logs(ref))
         except RuntimeError:
             return ""
-        return logs[-1].strip()[:500] if logs else ""
 
     def shutdown(self) -> None:
         """Ray jobs outlive the server on purpose; the next start reconciles them."""

@@ -77,3 +77,42 @@ def job_client(tmp_path: Path) -> Iterator[TestClient]:
 
     with TestClient(create_app(job_settings(tmp_path / "data"))) as client:
         yield client
+
+
+class FakeRay:
+    """Stands in for JobSubmissionClient in unit tests (the real one runs in test_ray.py)."""
+
+    def __init__(
+        self,
+        *,
+        outcome: str = "RUNNING",
+        logs: str = "Traceback...\nRuntimeError: CUDA out of memory\n",
+    ) -> None:
+        self.jobs: dict[str, str] = {}
+        self.submitted: list[dict] = []
+        self.stopped: list[str] = []
+        self.outcome, self.logs = outcome, logs
+
+    def submit_job(self, **kw):
+        if kw["submission_id"] in self.jobs:
+            raise RuntimeError(f"Job with submission_id {kw['submission_id']} already exists.")
+        self.submitted.append(kw)
+        self.jobs[kw["submission_id"]] = self.outcome
+        return kw["submission_id"]
+
+    def get_job_status(self, ref):
+        if ref not in self.jobs:
+            raise RuntimeError(f"Request failed with status code 404: Job {ref} does not exist.")
+
+        class S:
+            value = self.jobs[ref]
+
+        return S()
+
+    def stop_job(self, ref):
+        self.stopped.append(ref)
+        self.jobs[ref] = "STOPPED"
+        return True
+
+    def get_job_logs(self, ref):
+        return self.logs
