@@ -10,6 +10,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DataError
 from sqlmodel import Session
 
 from app import __version__, db, store
@@ -166,6 +167,18 @@ def _install_handlers(app: FastAPI) -> None:
             )
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        log.info("out-of-range number on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {
+                "detail": "a number in this request is out of range: ids and counts are at most "
+                "2^63-1, so nothing with that id exists"
+            },
+            status_code=422,
         )
 
     @app.exception_handler(Exception)

@@ -20,7 +20,8 @@ from app import store
 from app.catalogue import ARCHITECTURES, check_arch
 from app.config import Settings
 from app.errors import Invalid
-from app.jobs.artifacts import ArtifactStore, content_disposition
+from app.jobs.artifacts import ArtifactStore, content_disposition, run_prefix
+from app.limits import check_input_shape, over
 from app.modelio.detect import check_code_format_allowed, detect_format
 from app.modelio.preflight import run_preflight
 from app.models import ModelRecord, User
@@ -187,6 +188,11 @@ async def upload_model(
         num_classes = f.get("num_classes")
         if num_classes is not None and not num_classes.strip().isdigit():
             raise Invalid(f"num_classes must be a positive integer; got {num_classes!r}")
+        shape = parse_shape(f.get("input_shape"))
+        if shape:
+            check_input_shape(shape, settings)
+        if num_classes and int(num_classes) > settings.max_classes:
+            raise over("num_classes", int(num_classes), settings.max_classes, "max_classes")
         row, created = await run_in_threadpool(
             _accept,
             settings,
@@ -196,7 +202,7 @@ async def upload_model(
             upload.sha256,
             name=(f.get("name") or Path(upload.filename or "model").stem)[:200],
             arch=(f.get("arch") or None),
-            input_shape=parse_shape(f.get("input_shape")),
+            input_shape=shape,
             num_classes=int(num_classes) if num_classes else None,
         )
     finally:
@@ -254,30 +260,38 @@ def delete_model(
     settings: SettingsDep,
     cascade: bool = False,
 ) -> None:
-    """Delete a model; 409 naming the runs that use it unless ``?cascade=true``."""
+    """Delete a model; 409 naming the runs that use it unless ``?cascade=true``, which also
+    deletes those runs (all of them must be the caller's, or the caller an admin)."""
     _require_writer(user)
     row = get_model_or_404(session, model_id)
     if user.role != "admin" and row.owner_id != user.id:
         raise HTTPException(403, "you can only delete your own models")
-    run_ids = store.runs_using_model(session, model_id=model_id)
-    if run_ids and not cascade:
+    runs = [
+        store.require_run(session, run_id=i)
+        for i in store.runs_using_model(session, model_id=model_id)
+    ]
+    if runs and not cascade:
         raise HTTPException(
             409,
-            f"model {model_id} is used by runs {run_ids}; delete them first "
+            f"model {model_id} is used by runs {sorted(r.id for r in runs)}; delete them first "
             "or send ?cascade=true to delete them too",
         )
-    from app.models import Run
-
-    for rid in run_ids:
-        run = session.get(Run, rid)
-        if run is not None and run.status == "running":
-            raise HTTPException(409, f"run {rid} of this model is running; cancel it first")
-        session.delete(run)
-    key = row.storage_key
+    others = sorted(r.id for r in runs if user.role != "admin" and r.owner_id != user.id)
+    if others:
+        raise HTTPException(
+            403, f"model {model_id} is used by runs {others} of other users; ask an admin"
+        )
+    for run in runs:
+        store.delete_run(session, run_id=run.id)  # 409 for a queued or running run
+    session.flush()  # the runs go before the model they point at
+    key, sha = row.storage_key, row.sha256
     session.delete(row)
     session.commit()
-    if store.model_by_sha(session, sha256=row.sha256) is None:
-        ArtifactStore(settings.artifacts).delete_prefix(key)
+    artifacts = ArtifactStore(settings.artifacts)
+    for run in runs:
+        artifacts.delete_prefix(run_prefix(run.id))
+    if store.model_by_sha(session, sha256=sha) is None:
+        artifacts.delete_prefix(key)
 
 
 @router.get("/architectures")
@@ -323,6 +337,7 @@ def create_from_architecture(
         check_arch(body.arch)
     except ValueError as exc:
         raise Invalid(str(exc)) from None
+    check_input_shape(body.input_shape or ARCHITECTURES[body.arch].default_input_shape, settings)
     tmp = tmp_dir(settings)
     tmp.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=tmp) as work:

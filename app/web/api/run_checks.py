@@ -4,12 +4,12 @@ model and dataset rows (no model is loaded), who may change a run, and the per-u
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import HTTPException, Request
 from sqlmodel import Session
 
 from app import store
+from app.config import Settings
+from app.limits import MAX_ID, check_recipe
 from app.models import DatasetRecord, ModelRecord, Run, User
 
 BUILTIN_DATASETS = {"digits": {"input_shape": [1, 8, 8], "n_classes": 10}}
@@ -72,8 +72,9 @@ def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
             )
 
 
-def validate_body(session: Session, body: dict) -> tuple[dict, int | None, str]:
-    """The stored recipe, model id and dataset id of a valid body; 422 with a sentence if not."""
+def validate_body(session: Session, body: dict, settings: Settings) -> tuple[dict, int | None, str]:
+    """The stored recipe, model id and dataset id of a valid body; 422 with a sentence if not
+    (also for a number over one of this server's limits, naming the setting)."""
     from app.pruning.spec import Recipe  # torch-free
 
     envelope = {"model_id", "dataset_id", "arch"}
@@ -84,6 +85,7 @@ def validate_body(session: Session, body: dict) -> tuple[dict, int | None, str]:
     except ValueError as exc:
         raise invalid(str(exc)) from None
     stored = recipe.to_dict()
+    check_recipe(stored, settings)
     model_id, dataset_id = body.get("model_id"), str(body.get("dataset_id") or "digits")
     data = _dataset_meta(session, dataset_id)
     if model_id is None:
@@ -92,7 +94,7 @@ def validate_body(session: Session, body: dict) -> tuple[dict, int | None, str]:
             raise invalid("model_id is required (a train run may give arch instead)")
         stored["arch"] = str(arch)
         return stored, None, dataset_id
-    model = session.get(ModelRecord, model_id)
+    model = session.get(ModelRecord, model_id) if 0 <= model_id <= MAX_ID else None
     if model is None:
         raise invalid(f"model_id {model_id} does not exist")
     _check_model(model, data, stored["pruning"])
@@ -111,7 +113,7 @@ def may_change(user: User, run: Run) -> None:
         raise HTTPException(403, f"run {run.id} belongs to another user; you can change only yours")
 
 
-def queue_room(session: Session, settings: Any, user: User, adding: int) -> None:
+def queue_room(session: Session, settings: Settings, user: User, adding: int) -> None:
     queued = store.count_queued(session, owner_id=user.id)
     if queued + adding > settings.max_queued_per_user:
         raise HTTPException(

@@ -102,7 +102,9 @@ def create_run(
 ) -> RunPublic:
     """Validate the recipe, persist a queued run, then hand it to the dispatcher."""
     may_create(user)
-    recipe, model_id, dataset_id = validate_body(session, body.model_dump(exclude_unset=True))
+    recipe, model_id, dataset_id = validate_body(
+        session, body.model_dump(exclude_unset=True), settings
+    )
     queue_room(session, settings, user, 1)
     run = store.create_run(
         session, owner_id=user.id, recipe=recipe, model_id=model_id, dataset_id=dataset_id
