@@ -83,6 +83,22 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters long (use a random string)")
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        import ipaddress
+
+        for part in (p.strip() for p in value.split(",")):
+            if part:
+                try:
+                    ipaddress.ip_network(part, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{part!r} is not an IP address or network; list proxies as "
+                        "10.0.0.1, 192.168.0.0/24"
+                    ) from None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
