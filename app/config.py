@@ -28,6 +28,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("./prunelab-data"), description="uploads, artifacts, DB")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL")
+    database_password_file: Path | None = Field(
+        default=None, description="a file holding the database password (kept out of the URL)"
+    )
     runner: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     artifact_url: str | None = None
@@ -122,6 +125,11 @@ class Settings(BaseSettings):
             url = self.database_url
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url[len("postgresql://") :]
+            if self.database_password_file is not None:
+                from sqlalchemy.engine import make_url
+
+                password = self.database_password_file.read_text().strip()
+                return make_url(url).set(password=password).render_as_string(hide_password=False)
             return url
         return f"sqlite:///{(self.data_dir / 'prunelab.db').resolve()}"
 

@@ -28,6 +28,7 @@ from app.config import Settings
 from app.db import make_engine, session_scope
 from app.jobs.artifacts import ArtifactStore, checkpoint_key, run_prefix
 from app.jobs.inputs import build_recipe, load_dataset, load_model_for
+from app.jobs.limits import memory_sentence
 from app.jobs.results import jsonable, module_record_fields, store_files
 from app.models import Run
 
@@ -146,7 +147,7 @@ def execute_run(
         return _end(engine, run_id, _stopped_status(engine, run_id, stop), None)
     except Exception as exc:  # noqa: BLE001 - the one catch-all: a one-line error on the row
         log.exception("run %s failed", run_id)
-        return _end(engine, run_id, "failed", one_line(exc))
+        return _end(engine, run_id, "failed", memory_sentence(exc, settings) or one_line(exc))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if own_engine:
