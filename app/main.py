@@ -31,6 +31,7 @@ from app.web.metrics import LatencyMiddleware, make_registry
 from app.web.ratelimit import LoginLimiter
 from app.web.security_headers import SecurityHeadersMiddleware
 from app.web.templating import STATIC_DIR
+from app.web.uploads import remove_partial_uploads
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def create_app(
             db.upgrade(settings)
         engine = db.make_engine(settings)
         app.state.engine = engine
+        if removed := remove_partial_uploads(settings.data_dir / "tmp"):
+            log.info("removed %d partial uploads left by an earlier server", removed)
         app.state.metrics_registry, app.state.http_latency = make_registry(engine)
         _bootstrap(settings, engine)
         app.state.dispatcher = _start_dispatcher(settings, engine)
