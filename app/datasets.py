@@ -13,6 +13,7 @@ import os
 import warnings
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
@@ -55,7 +56,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_IMAGE_PIXELS = 4096 * 4096
 
 
-def load_dataset_file(path: Path, *, name: str) -> ArrayDataset:
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What an upload may hold (from ``app.limits.dataset_limits``; defaults for the CLI)."""
+
+    max_classes: int = 10_000
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+
+
+def load_dataset_file(
+    path: Path, *, name: str, limits: DecodeLimits = DecodeLimits()
+) -> ArrayDataset:
     """Read and validate an uploaded dataset, recognised from its content.
 
     Args:
@@ -78,9 +89,9 @@ def load_dataset_file(path: Path, *, name: str) -> ArrayDataset:
         with _open_zip(path) as zf:
             infos = check_zip(zf)
             if infos and all(i.filename.endswith(".npy") for i in infos if not i.is_dir()):
-                return _from_npz(path, name)
-            return _from_image_zip(zf, infos, name)
-    return _from_csv(path, name)
+                return _from_npz(path, name, limits)
+            return _from_image_zip(zf, infos, name, limits)
+    return _from_csv(path, name, limits)
 
 
 def dataset_summary(ds: ArrayDataset) -> dict:
@@ -160,7 +171,7 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         raise UnsupportedMedia(f"the dataset archive is truncated or damaged ({exc})") from exc
 
 
-def _from_npz(path: Path, name: str) -> ArrayDataset:
+def _from_npz(path: Path, name: str, limits: DecodeLimits) -> ArrayDataset:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test") if k in z.files}
@@ -172,10 +183,11 @@ def _from_npz(path: Path, name: str) -> ArrayDataset:
         raise Invalid("the .npz needs arrays named 'x' (samples) and 'y' (integer labels)")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise Invalid("the .npz has only one of 'x_test' and 'y_test'; give both or neither")
-    return _build(name, arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test"))
+    x, y = arrays["x"], arrays["y"]
+    return _build(name, x, y, arrays.get("x_test"), arrays.get("y_test"), limits)
 
 
-def _from_csv(path: Path, name: str) -> ArrayDataset:
+def _from_csv(path: Path, name: str, limits: DecodeLimits) -> ArrayDataset:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))
@@ -201,10 +213,12 @@ def _from_csv(path: Path, name: str) -> ArrayDataset:
             raise Invalid(f"CSV line {i} holds a value that is not a number ({exc})") from exc
     if len(header) < 2:
         raise Invalid("the CSV has a 'label' column but no feature columns")
-    return _build(name, np.asarray(x, dtype=np.float64), np.asarray(y), None, None)
+    return _build(name, np.asarray(x, dtype=np.float64), np.asarray(y), None, None, limits)
 
 
-def _from_image_zip(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], name: str) -> ArrayDataset:
+def _from_image_zip(
+    zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], name: str, limits: DecodeLimits
+) -> ArrayDataset:
     files = [i for i in infos if not i.is_dir() and not _hidden(i.filename)]
     parts = [PurePosixPath(i.filename).parts for i in files]
     if parts and len({p[0] for p in parts}) == 1 and all(len(p) == 3 for p in parts):
@@ -215,7 +229,7 @@ def _from_image_zip(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], name: str
     if bad:
         raise Invalid(f"the dataset zip holds {bad!r}, which is not a .png or .jpg image")
     classes = sorted({p[0] for p in parts})
-    images = [_read_image(zf, info) for info in files]
+    images = [_read_image(zf, info, limits.max_image_pixels) for info in files]
     rgb = any(im.mode not in ("L", "1", "I", "I;16", "F") for im in images)
     arrays = []
     for info, im in zip(files, images, strict=True):
@@ -228,14 +242,14 @@ def _from_image_zip(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], name: str
         arr = np.asarray(im.convert("RGB" if rgb else "L"), dtype=np.float32) / 255.0
         arrays.append(arr.transpose(2, 0, 1) if rgb else arr[None])
     y = np.array([classes.index(p[0]) for p in parts], dtype=np.int64)
-    return _build(name, np.stack(arrays), y, None, None)
+    return _build(name, np.stack(arrays), y, None, None, limits)
 
 
 def _hidden(filename: str) -> bool:
     return any(part.startswith((".", "__MACOSX")) for part in PurePosixPath(filename).parts)
 
 
-def _read_image(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
+def _read_image(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_pixels: int):
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
@@ -243,7 +257,14 @@ def _read_image(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
         with zf.open(info) as fh, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(fh.read()))
+            if im.size[0] * im.size[1] > max_pixels:  # from the header, before decoding
+                raise Invalid(
+                    f"image {info.filename!r} is {im.size[0]}x{im.size[1]} pixels, over this "
+                    f"server's limit of {max_pixels} pixels per image (PRUNELAB_MAX_IMAGE_PIXELS)"
+                )
             im.load()
+    except Invalid:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLarge(f"image {info.filename!r} has too many pixels") from exc
     except Exception as exc:
@@ -266,7 +287,7 @@ def _samples(x: np.ndarray, part: str) -> np.ndarray:
     return x
 
 
-def _labels(y: np.ndarray, n: int, part: str) -> np.ndarray:
+def _labels(y: np.ndarray, n: int, part: str, max_classes: int) -> np.ndarray:
     if y.dtype.kind not in "biuf" or y.ndim != 1:
         raise Invalid(
             f"{part} must be a 1-D array of integer labels; got {y.dtype} {list(y.shape)}"
@@ -275,18 +296,23 @@ def _labels(y: np.ndarray, n: int, part: str) -> np.ndarray:
         raise Invalid(f"{part} has {y.shape[0]} labels for {n} samples")
     if y.dtype.kind == "f" and (not np.isfinite(y).all() or (y != np.round(y)).any()):
         raise Invalid(f"{part} holds labels that are not whole numbers")
+    if y.size and y.max() >= max_classes:  # before any per-class array is allocated
+        raise Invalid(
+            f"{part} holds the label {y.max():g}, over this server's limit of {max_classes} "
+            "classes (labels 0 .. n_classes-1; PRUNELAB_MAX_CLASSES)"
+        )
     y = y.astype(np.int64)
     if (y < 0).any():
         raise Invalid(f"{part} holds negative labels; labels must be 0 .. n_classes-1")
     return y
 
 
-def _build(name: str, x, y, x_test, y_test) -> ArrayDataset:
+def _build(name: str, x, y, x_test, y_test, limits: DecodeLimits) -> ArrayDataset:
     x = _samples(np.asarray(x), "x")
-    y = _labels(np.asarray(y), x.shape[0], "y")
+    y = _labels(np.asarray(y), x.shape[0], "y", limits.max_classes)
     if x_test is not None:
         x_test = _samples(np.asarray(x_test), "x_test")
-        y_test = _labels(np.asarray(y_test), x_test.shape[0], "y_test")
+        y_test = _labels(np.asarray(y_test), x_test.shape[0], "y_test", limits.max_classes)
         if x_test.shape[1:] != x.shape[1:]:
             raise Invalid(
                 f"x_test samples have shape {list(x_test.shape[1:])} but x samples have "

@@ -88,13 +88,3 @@ def check_id(value: int, what: str) -> None:
     """Database ids are signed 64-bit; anything bigger cannot exist (404 upstream)."""
     if not 0 <= value <= MAX_ID:
         raise Invalid(f"{what} must be between 0 and 2^63-1; got {value}")
-
-
-def dataset_limits(settings: Settings) -> dict[str, int]:
-    """What the dataset-decoding child enforces (see ``app.modelio.dataset_sandbox``)."""
-    return {
-        "max_classes": settings.max_classes,
-        "max_image_pixels": settings.max_image_pixels,
-        "max_dataset_values": settings.max_dataset_mb * 1024 * 1024 // 4,
-        "max_dataset_mb": settings.max_dataset_mb,
-    }

@@ -62,7 +62,10 @@ def _ingest(
     """Parse and validate the file, store it normalised as .npz, add the row."""
     from app import datasets
 
-    ds = datasets.load_dataset_file(path, name=name)
+    limits = datasets.DecodeLimits(
+        max_classes=settings.max_classes, max_image_pixels=settings.max_image_pixels
+    )
+    ds = datasets.load_dataset_file(path, name=name, limits=limits)
     ds_id = "ds_" + secrets.token_hex(5)
     key = f"datasets/{ds_id}/dataset.npz"
     artifacts = ArtifactStore(settings.artifacts)
