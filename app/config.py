@@ -64,12 +64,9 @@ class Settings(BaseSettings):
     max_input_elements: int = Field(default=3 * 224 * 224, ge=1)
     max_classes: int = Field(default=10_000, ge=2)
     max_image_pixels: int = Field(default=1024 * 1024, ge=1)
-    max_dataset_mb: int = Field(default=2048, ge=1)
-    dataset_timeout_s: float = Field(default=120.0, gt=0)
     # Worker limits (local runner): address space and wall time of one attempt.
     worker_memory_mb: int = Field(default=16384, ge=256)
     worker_max_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
-    auto_resume: bool | None = None
     trusted_proxies: str = ""
 
     @field_validator("device")
@@ -137,11 +134,6 @@ class Settings(BaseSettings):
     def artifacts(self) -> str:
         """Where models, checkpoints and exports live (a path or an fsspec URL)."""
         return self.artifact_url or str((self.data_dir / "artifacts").resolve())
-
-    @property
-    def resumes_automatically(self) -> bool:
-        """``PRUNELAB_AUTO_RESUME``; unset means on for the local runner, off for Ray."""
-        return self.runner == "local" if self.auto_resume is None else self.auto_resume
 
     @property
     def is_sqlite(self) -> bool:
