@@ -190,7 +190,10 @@ def _from_npz(path: Path, name: str, limits: DecodeLimits) -> ArrayDataset:
 def _from_csv(path: Path, name: str, limits: DecodeLimits) -> ArrayDataset:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
+            reader = csv.reader(fh)
+            rows = list(reader)
+    except csv.Error as exc:
+        raise Invalid(_csv_error(reader.line_num, exc)) from exc
     except UnicodeDecodeError as exc:
         raise UnsupportedMedia(
             "not a dataset file we recognise: expected .npz, .csv with a 'label' column, "
@@ -214,6 +217,15 @@ def _from_csv(path: Path, name: str, limits: DecodeLimits) -> ArrayDataset:
     if len(header) < 2:
         raise Invalid("the CSV has a 'label' column but no feature columns")
     return _build(name, np.asarray(x, dtype=np.float64), np.asarray(y), None, None, limits)
+
+
+def _csv_error(line: int, exc: csv.Error) -> str:
+    if "field larger than field limit" in str(exc):
+        return (
+            f"CSV line {line} has a field longer than {csv.field_size_limit()} characters; "
+            "each field holds one number"
+        )
+    return f"CSV line {line} cannot be read as CSV ({exc})"
 
 
 def _from_image_zip(

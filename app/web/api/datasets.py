@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from app import store
 from app.config import Settings
 from app.jobs.artifacts import ArtifactStore
+from app.modelio.dataset_preflight import decode_dataset
 from app.models import DatasetRecord, Run, User
 from app.web.deps import CurrentUser, SessionDep, SettingsDep
 from app.web.uploads import receive_upload
@@ -59,18 +60,13 @@ def _format_of(path: Path, filename: str) -> str:
 def _ingest(
     settings: Settings, session, user: User, path: Path, filename: str, name: str, sha: str
 ) -> DatasetRecord:
-    """Parse and validate the file, store it normalised as .npz, add the row."""
-    from app import datasets
-
-    limits = datasets.DecodeLimits(
-        max_classes=settings.max_classes, max_image_pixels=settings.max_image_pixels
-    )
-    ds = datasets.load_dataset_file(path, name=name, limits=limits)
+    """Decode and validate the file in a limited child, store it normalised, add the row."""
     ds_id = "ds_" + secrets.token_hex(5)
     key = f"datasets/{ds_id}/dataset.npz"
     artifacts = ArtifactStore(settings.artifacts)
     with tempfile.TemporaryDirectory(dir=path.parent) as work:
-        artifacts.put_file(datasets.save_dataset(ds, Path(work)), key)
+        ds = decode_dataset(path, name=name, out_dir=Path(work), settings=settings)
+        artifacts.put_file(ds.path, key)
     try:
         row = store.add_dataset(
             session,
@@ -79,7 +75,7 @@ def _ingest(
             format=_format_of(path, filename),
             n_train=ds.n_train,
             n_test=ds.n_test,
-            input_shape=list(ds.input_shape),
+            input_shape=ds.input_shape,
             n_classes=ds.n_classes,
             sha256=sha,
             storage_key=key,
