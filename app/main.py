@@ -28,6 +28,7 @@ from app.web.api import system as system_api
 from app.web.deps import LoginRequired
 from app.web.limits import BodyLimitMiddleware
 from app.web.metrics import LatencyMiddleware, make_registry
+from app.web.openapi import install_openapi
 from app.web.ratelimit import LoginLimiter
 from app.web.security_headers import SecurityHeadersMiddleware
 from app.web.templating import STATIC_DIR
@@ -112,6 +113,7 @@ def create_app(
     routers = (system_api, auth_api, models_api, datasets_api, runs_api, sweeps_api, events_api)
     for router in [m.router for m in routers] + [auth_pages.router, pages.router, metrics.router]:
         app.include_router(router)
+    install_openapi(app)
     _openapi_route(app)
     return app
 
