@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     worker_memory_mb: int = Field(default=16384, ge=256)
     worker_max_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
     trusted_proxies: str = ""
+    # Queue interrupted runs again at start (default: on for the local runner, off for Ray).
+    auto_resume: bool | None = None
 
     @field_validator("device")
     @classmethod
@@ -134,6 +136,11 @@ class Settings(BaseSettings):
     def artifacts(self) -> str:
         """Where models, checkpoints and exports live (a path or an fsspec URL)."""
         return self.artifact_url or str((self.data_dir / "artifacts").resolve())
+
+    @property
+    def resumes_automatically(self) -> bool:
+        """PRUNELAB_AUTO_RESUME, or on for the local runner when it is not set."""
+        return self.auto_resume if self.auto_resume is not None else self.runner == "local"
 
     @property
     def is_sqlite(self) -> bool:

@@ -47,10 +47,13 @@ def _bootstrap(settings: Settings, engine) -> None:  # noqa: ANN001
 def _start_dispatcher(settings: Settings, engine):  # noqa: ANN001, ANN202
     """The one dispatcher thread (recovers unfinished runs first); tests may set their own."""
     from app.jobs.dispatcher import Dispatcher
+    from app.jobs.recovery import resume_interrupted
     from app.jobs.runner import make_runner
 
     dispatcher = Dispatcher(settings, engine, make_runner(settings))
     dispatcher.start()
+    if resume_interrupted(settings, engine):
+        dispatcher.wake()
     return dispatcher
 
 

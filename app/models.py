@@ -176,6 +176,8 @@ class Run(SQLModel, table=True):
     final: dict | None = _json()
     notes: list[str] | None = _json()
     result_model_id: int | None = None
+    interrupted_at: datetime | None = None
+    interrupted_reason: str | None = Field(default=None, max_length=500)
 
 
 class RunStep(SQLModel, table=True):

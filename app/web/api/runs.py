@@ -89,6 +89,8 @@ class RunPublic(BaseModel):
     final: dict | None
     notes: list[str] | None
     result_model_id: int | None
+    interrupted_at: datetime | None = None
+    interrupted_reason: str | None = None
 
 
 def public(run: Run) -> RunPublic:
