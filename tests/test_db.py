@@ -26,7 +26,7 @@ EXPECTED_TABLES = {
 }
 
 
-HEAD = "0002_run_interruptions"  # the newest migration
+HEAD = "0003"  # the newest migration
 
 
 def _check_schema(settings: Settings) -> None:

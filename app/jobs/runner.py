@@ -22,8 +22,8 @@ from typing import Protocol
 
 from sqlalchemy.engine import make_url
 
+from app.artifacts import log_path
 from app.config import Settings
-from app.jobs.artifacts import log_path
 from app.jobs.environment import inherited_env, worker_env, write_password_file
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.datasets import DecodeLimits, dataset_summary, load_dataset_file, save_dataset
 from app.errors import Invalid, LabError
+from app.modelio.dataset_files import dataset_summary, save_dataset
+from app.modelio.dataset_formats import DecodeLimits, load_dataset_file
 from app.modelio.dataset_preflight import memory_sentence
 
 MAX_NPY_HEADER = 10_000  # numpy's own bound for headers it loads without allow_pickle

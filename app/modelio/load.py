@@ -20,13 +20,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from app.catalogue import MASKS_ONLY_NOTE
 from app.errors import Invalid, UnsupportedMedia
 from app.modelio.detect import CONVERT_HINT, FORMATS
+from app.modelio.rebuilt import read_architecture, rebuild_module
 
 Shape = tuple[int, ...]
-MASKS_ONLY_NOTE = (
-    "{fmt} models can be pruned with masks only (weights zeroed in place); they cannot be "
-    "physically shrunk or rebuilt, so structured pruning brings no speed-up"
+FORMAT_NOTE = (
+    "{fmt} models: " + MASKS_ONLY_NOTE + " (weights are zeroed in place; they cannot be "
+    "physically shrunk or rebuilt)"
 )
 
 
@@ -91,7 +93,7 @@ def load_model(
             raise UnsupportedMedia(
                 f"the TorchScript archive could not be loaded: {_short(exc)}"
             ) from exc
-        return LoadedModel(module, fmt, shape, False, notes=[MASKS_ONLY_NOTE.format(fmt=fmt)])
+        return LoadedModel(module, fmt, shape, False, notes=[FORMAT_NOTE.format(fmt=fmt)])
     return _load_pt2(Path(path), shape)
 
 
@@ -125,11 +127,10 @@ def _load_weights(
     path: Path, fmt: str, arch: str | None, num_classes: int | None, shape: Shape | None
 ) -> LoadedModel:
     from app import zoo
-    from app.modelio.rebuilt import load_rebuilt, read_architecture
 
     config = read_architecture(path) if fmt == "safetensors" else None
     if config is not None:  # a physically pruned model: its own layer shapes, not the arch's
-        return load_rebuilt(read_state_dict(path, fmt), config, fmt, arch, shape)
+        return _load_rebuilt(read_state_dict(path, fmt), config, fmt, arch, shape)
     if not arch:
         known = ", ".join(zoo.ARCHITECTURES)
         raise Invalid(
@@ -146,6 +147,23 @@ def _load_weights(
     module.load_state_dict(state, strict=True)
     shape = shape or tuple(zoo.ARCHITECTURES[arch].default_input_shape)
     return LoadedModel(module, fmt, shape, True, arch=arch)
+
+
+def _load_rebuilt(
+    state: Mapping[str, torch.Tensor],
+    config: dict,
+    fmt: str,
+    arch: str | None,
+    shape: Shape | None,
+) -> LoadedModel:
+    """A ``LoadedModel`` of the rebuilt (smaller) architecture holding ``state``."""
+    module = rebuild_module(config, state, arch)
+    name = config.get("arch")
+    _check_fit(module, state, str(name))
+    module.load_state_dict(state, strict=True)
+    found = config.get("input_shape")
+    shape = shape or (tuple(int(d) for d in found) if found else None)
+    return LoadedModel(module, fmt, shape, True, arch=name)
 
 
 def _infer_num_classes(arch: str, state: Mapping[str, torch.Tensor], shape: Shape | None) -> int:
@@ -215,7 +233,7 @@ def _load_pt2(path: Path, shape: Shape | None) -> LoadedModel:
     _fix_mode(module)
     found, batch = _pt2_input_shape(program)
     notes = [
-        MASKS_ONLY_NOTE.format(fmt="pt2"),
+        FORMAT_NOTE.format(fmt="pt2"),
         "a torch.export program keeps BatchNorm/Dropout in the mode it was exported in",
     ]
     if batch and batch > 1:

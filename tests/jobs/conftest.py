@@ -46,12 +46,13 @@ def add_model(
     """Register a small zoo model (safetensors + arch) as a ModelRecord; returns its id."""
     from safetensors.torch import save_file
 
-    from app import datasets, store, zoo
-    from app.jobs.artifacts import ArtifactStore
-    from app.jobs.tasks import module_record_fields
+    from app import store, zoo
+    from app.artifacts import ArtifactStore
+    from app.modelio.dataset_files import load_digits
+    from app.runs.results import module_record_fields
 
     torch.manual_seed(0)
-    data = datasets.load_digits()
+    data = load_digits()
     module = zoo.build(arch, num_classes=10, input_shape=data.input_shape)
     key = f"models/test-{arch}-{time.monotonic_ns()}.safetensors"
     path = ArtifactStore(settings.artifacts).local_path(key)

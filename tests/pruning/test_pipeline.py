@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
-from app.pruning.pipeline import CHECKPOINT, run_recipe
+from app.modelio.dataset_files import load_digits
+from app.pruning.checkpoint import CHECKPOINT
+from app.pruning.pipeline import run_recipe
 from app.pruning.report import Cancelled
 from app.pruning.spec import FinetuneSpec, Recipe
 from app.pruning.train import train

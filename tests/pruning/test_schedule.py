@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
+from app.modelio.dataset_files import load_digits
 from app.pruning.pipeline import run_recipe
-from app.pruning.schedule import agp_update_iterations, within_drop
-from app.pruning.spec import FinetuneSpec, Recipe, ScheduleSpec, agp_sparsity
-from app.pruning.spec import schedule_targets as targets
+from app.pruning.schedule import agp_update_iterations
+from app.pruning.spec import FinetuneSpec, Recipe, ScheduleSpec
+from app.pruning.targets import agp_sparsity, within_drop
+from app.pruning.targets import schedule_targets as targets
 from app.pruning.train import train
 
 torch.set_num_threads(1)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from app.pruning.importance import CRITERIA
+from app.pruning.criteria import CRITERIA
 from app.pruning.spec import (
     CRITERION_NAMES,
     GRANULARITY_NAMES,
@@ -70,6 +70,8 @@ def _with(section: str, **changes) -> dict:
             "criterion 'fpgm' does not support granularity 'element'",
         ),
         ("pruning", {"round_to": 8}, "pruning.round_to applies to granularities"),
+        ("pruning", {"wanda_group": "column"}, "pruning.wanda_group 'column' is not one of"),
+        ("pruning", {"wanda_group": "layer"}, "pruning.wanda_group applies to criterion 'wanda'"),
         ("pruning", {"colour": "red"}, "unknown key 'colour' in pruning"),
         ("finetune", {"epochs": -1}, "finetune.epochs must be an integer >= 0"),
         ("finetune", {"lr": 0}, "finetune.lr must be greater than 0"),

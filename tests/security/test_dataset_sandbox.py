@@ -88,7 +88,8 @@ def test_the_web_process_never_imports_the_decoders(tmp_path) -> None:
             r = c.post("/api/datasets", files=files, headers=headers)
             assert r.status_code == 201, r.text
             assert r.json()["n_classes"] == 2 and r.json()["input_shape"] == [2], r.text
-        print(sorted(m for m in ("app.datasets", "torch", "sklearn") if m in sys.modules))
+        decoders = ("app.modelio.dataset_formats", "app.modelio.dataset_files", "app.pruning.data")
+        print(sorted(m for m in (*decoders, "torch", "sklearn") if m in sys.modules))
         """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNELAB_")}

@@ -15,10 +15,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import store
-from app.jobs.artifacts import ArtifactStore, content_disposition, log_path, run_prefix
+from app.artifacts import ArtifactStore, content_disposition, log_path, run_prefix
 from app.models import RUN_STATUSES, Run
 from app.web.api.run_checks import (
-    BUILTIN_DATASETS,
     invalid,
     may_change,
     may_create,
@@ -27,24 +26,7 @@ from app.web.api.run_checks import (
     validate_body,
     wake,
 )
-from app.web.api.sweeps import SweepCreate, create_sweep, get_sweep, sweep_bodies
 from app.web.deps import CurrentUser, SessionDep, SettingsDep
-
-# split into ``run_checks`` and ``sweeps``; these names stay importable from here
-__all__ = [
-    "router",
-    "RunCreate",
-    "RunPublic",
-    "public",
-    "BUILTIN_DATASETS",
-    "validate_body",
-    "may_create",
-    "may_change",
-    "SweepCreate",
-    "sweep_bodies",
-    "create_sweep",
-    "get_sweep",
-]
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
@@ -88,6 +70,12 @@ class RunPublic(BaseModel):
     baseline: dict | None
     final: dict | None
     notes: list[str] | None
+    physical: bool | None = Field(
+        description="units were physically removed (a smaller model); null until it succeeds"
+    )
+    masks_only: bool | None = Field(
+        description="pruned with masks only: weights zeroed in place, no speed-up expected"
+    )
     result_model_id: int | None
     interrupted_at: datetime | None = None
     interrupted_reason: str | None = None

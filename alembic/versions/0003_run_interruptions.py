@@ -1,7 +1,7 @@
 """runs: why and when a run was last interrupted
 
-Revision ID: 0002_run_interruptions
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-04
 """
 
@@ -14,8 +14,8 @@ import sqlmodel
 
 from alembic import op
 
-revision: str = "0002_run_interruptions"
-down_revision: str | None = "0001"
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -4,9 +4,9 @@ Masks are bool tensors shaped like each layer's weight, True = kept (as in
 ``torch.nn.utils.prune``). They are applied by zeroing in place: no hooks, no
 ``weight_orig``, so a pruned model saves, copies and exports like any other.
 
-The work is split: :mod:`app.pruning.select` ranks and chooses units,
-:mod:`app.pruning.keeper` applies and keeps masks, :mod:`app.pruning.plan` holds
-:class:`MaskPlan`; every public name stays importable from here.
+This module validates a spec and computes a :class:`~app.pruning.masks.plan.MaskPlan`;
+:mod:`~app.pruning.masks.select` chooses the units, :mod:`~app.pruning.masks.keeper` applies
+and keeps the masks.
 
 Rules every plan follows (and states in ``plan.notes``):
 * a layer is never emptied: at least one unit (``round_to`` units for filter/channel)
@@ -16,39 +16,35 @@ Rules every plan follows (and states in ``plan.notes``):
   removes units until half of the parameters in scope are gone.
 
 Example:
-    >>> plan = compute_masks(model, PruningSpec("element", "l1", sparsity=0.9))
+    >>> from torch import nn
+    >>> from app.pruning.masks.keeper import apply_masks
+    >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    >>> plan = compute_masks(model, PruningSpec("element", "l1", scope="layerwise", sparsity=0.9))
+    >>> round(plan.achieved["0"], 2), plan.masks["0"].shape
+    (0.9, torch.Size([16, 8]))
     >>> apply_masks(model, plan)
-    >>> keeper = MaskKeeper(model, plan)   # call keeper.after_step(opt) after each step
+    >>> round(float((model[0].weight == 0).float().mean()), 2)
+    0.9
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from app.pruning.granularity import check_layer, following_bn, prunable_layers, residual_blocks
-from app.pruning.importance import CRITERIA
-from app.pruning.keeper import MaskKeeper, PrunedEntries, apply_masks, mask_pairs
-from app.pruning.plan import NEVER_EMPTY_NOTE, MaskPlan
-from app.pruning.select import MAGNITUDE, Selection, global_lowest
+from app.pruning.criteria import CRITERIA
+from app.pruning.criteria.context import CalibrationData
+from app.pruning.criteria.magnitude import no_bn_error
+from app.pruning.granularity import (
+    Block,
+    check_layer,
+    following_bn,
+    prunable_layers,
+    residual_blocks,
+)
+from app.pruning.masks.plan import MaskPlan
+from app.pruning.masks.select import MAGNITUDE, Selection
 from app.pruning.spec import PruningSpec
-
-__all__ = [
-    "NEVER_EMPTY_NOTE",
-    "MaskKeeper",
-    "MaskPlan",
-    "PrunedEntries",
-    "apply_masks",
-    "compute_masks",
-    "global_lowest",
-    "mask_pairs",
-    "validate",
-]
-
-logger = logging.getLogger(__name__)
 
 
 def _layer_error(
@@ -91,10 +87,7 @@ def validate(spec: PruningSpec, model: nn.Module) -> None:
             f"it supports: {', '.join(sorted(crit.granularities))}."
         )
     if crit.needs_bn and not following_bn(model):
-        raise ValueError(
-            f"criterion '{crit.name}' needs BatchNorm layers after the pruned layers; "
-            "this model has none (try l1 or fpgm)."
-        )
+        raise no_bn_error(crit.name)
     for name, layer in targets.items():
         check_layer(name, layer, spec.granularity)
     if spec.granularity == "layer" and not _blocks_in(model, targets):
@@ -104,7 +97,7 @@ def validate(spec: PruningSpec, model: nn.Module) -> None:
         )
 
 
-def _blocks_in(model: nn.Module, targets: dict[str, nn.Module]):
+def _blocks_in(model: nn.Module, targets: dict[str, nn.Module]) -> list[Block]:
     return [b for b in residual_blocks(model) if all(n in targets for n in b.layers)]
 
 
@@ -113,7 +106,7 @@ def compute_masks(
     spec: PruningSpec,
     *,
     sparsity: float | None = None,
-    data: Any = None,
+    data: CalibrationData | None = None,
     device: str | torch.device = "cpu",
     previous: dict[str, Tensor] | None = None,
     seed: int = 0,
@@ -187,7 +180,15 @@ def _raw_magnitude(spec: PruningSpec, targets: dict[str, nn.Module]) -> bool:
     )
 
 
-def _layer_plan(model, spec, targets, layers, target, previous, seed) -> MaskPlan:
+def _layer_plan(
+    model: nn.Module,
+    spec: PruningSpec,
+    targets: dict[str, nn.Module],
+    layers: dict[str, nn.Module],
+    target: float,
+    previous: dict[str, Tensor],
+    seed: int,
+) -> MaskPlan:
     """Granularity ``layer``: remove whole residual branches, lowest score first, until
     ``target`` of the parameters in scope are gone."""
     blocks = _blocks_in(model, targets)
