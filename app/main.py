@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError
 from sqlmodel import Session
 
 from app import __version__, db, store
@@ -32,9 +33,11 @@ from app.web.api import system as system_api
 from app.web.deps import LoginRequired
 from app.web.limits import BodyLimitMiddleware
 from app.web.metrics import LatencyMiddleware, make_registry
+from app.web.openapi import install_openapi
 from app.web.ratelimit import LoginLimiter
 from app.web.security_headers import SecurityHeadersMiddleware
 from app.web.templating import STATIC_DIR
+from app.web.uploads import remove_partial_uploads
 
 if TYPE_CHECKING:
     from app.jobs.dispatcher import Dispatcher
@@ -55,6 +58,7 @@ def _start_dispatcher(
     """The one dispatcher (recovers unfinished runs first) driving ``runner``; without its
     thread it only moves when :meth:`~app.jobs.dispatcher.Dispatcher.tick` is called."""
     from app.jobs.dispatcher import Dispatcher
+    from app.jobs.recovery import resume_interrupted
     from app.jobs.runner import make_runner
 
     dispatcher = Dispatcher(settings, engine, runner or make_runner(settings))
@@ -62,6 +66,8 @@ def _start_dispatcher(
         dispatcher.start()
     else:
         dispatcher.recover()
+    if resume_interrupted(settings, engine):
+        dispatcher.wake()
     return dispatcher
 
 
@@ -96,6 +102,8 @@ def create_app(
             db.upgrade(settings)
         engine = db.make_engine(settings)
         app.state.engine = engine
+        if removed := remove_partial_uploads(settings.data_dir / "tmp"):
+            log.info("removed %d partial uploads left by an earlier server", removed)
         app.state.metrics_registry, app.state.http_latency = make_registry(engine)
         _bootstrap(settings, engine)
         app.state.dispatcher = _start_dispatcher(settings, engine, runner, thread=dispatch_thread)
@@ -156,6 +164,7 @@ def create_app(
         metrics.router,
     ]:
         app.include_router(router)
+    install_openapi(app)
     _openapi_route(app)
     return app
 
@@ -214,6 +223,18 @@ def _install_handlers(app: FastAPI) -> None:
             )
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        log.info("out-of-range number on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {
+                "detail": "a number in this request is out of range: ids and counts are at most "
+                "2^63-1, so nothing with that id exists"
+            },
+            status_code=422,
         )
 
     @app.exception_handler(Exception)

@@ -11,7 +11,8 @@ from sqlmodel import Session
 
 from app import db, store
 from app.jobs.dispatcher import Dispatcher, pick_fair
-from app.jobs.runner import FakeRunner, RayRunner, worker_env
+from app.jobs.environment import worker_env
+from app.jobs.runner import FakeRunner, RayRunner
 from app.models import Run, utcnow
 from tests.factories import make_run
 from tests.jobs.conftest import FakeRay, job_settings

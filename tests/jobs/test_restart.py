@@ -61,6 +61,7 @@ def test_kill_9_of_the_server_interrupts_the_run_and_resume_completes_it(tmp_pat
         "PRUNELAB_DATA_DIR": str(settings.data_dir),
         "PRUNELAB_HEARTBEAT_S": "0.25",
         "PRUNELAB_STALE_AFTER_S": "5",
+        "PRUNELAB_AUTO_RESUME": "false",  # resumed by hand below
     }
     port = free_port()
     url = f"http://127.0.0.1:{port}/api/runs"

@@ -1,6 +1,7 @@
 """Datasets: the built-in ``digits`` and uploads (.npz, .csv, .zip of class folders).
 
-Thin routes: parsing, validation and the new row are ``app.intake.datasets``'s.
+Thin routes: decoding (in a limited child), validation and the new row are
+``app.intake.datasets``'s.
 """
 
 from __future__ import annotations

@@ -14,10 +14,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from app import store
-from app.artifacts import ArtifactStore, content_disposition
+from app.artifacts import ArtifactStore, content_disposition, run_prefix
 from app.catalogue import ARCHITECTURES
 from app.errors import Invalid
 from app.intake import models as intake
+from app.limits import check_input_shape, over
 from app.models import ModelRecord
 from app.web.deps import (
     CurrentUser,
@@ -91,6 +92,11 @@ async def upload_model(
         num_classes = f.get("num_classes")
         if num_classes is not None and not num_classes.strip().isdigit():
             raise Invalid(f"num_classes must be a positive integer; got {num_classes!r}")
+        shape = intake.parse_shape(f.get("input_shape"))
+        if shape:
+            check_input_shape(shape, settings)
+        if num_classes and int(num_classes) > settings.max_classes:
+            raise over("num_classes", int(num_classes), settings.max_classes, "max_classes")
         row, created = await run_in_threadpool(
             intake.accept_model,
             settings,
@@ -100,7 +106,7 @@ async def upload_model(
             upload.sha256,
             name=(f.get("name") or Path(upload.filename or "model").stem)[:200],
             arch=(f.get("arch") or None),
-            input_shape=intake.parse_shape(f.get("input_shape")),
+            input_shape=shape,
             num_classes=int(num_classes) if num_classes else None,
         )
     finally:
@@ -144,29 +150,41 @@ def download_model(row: ModelDep, settings: SettingsDep):
 
 @router.delete("/models/{model_id}", status_code=204)
 def delete_model(
-    row: OwnedModelDep, session: SessionDep, settings: SettingsDep, cascade: bool = False
+    row: OwnedModelDep,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    cascade: bool = False,
 ) -> None:
-    """Delete a model; 409 naming the runs that use it unless ``?cascade=true``."""
+    """Delete a model; 409 naming the runs that use it unless ``?cascade=true``, which also
+    deletes those runs (all of them must be the caller's, or the caller an admin)."""
     model_id = row.id
-    run_ids = store.runs_using_model(session, model_id=model_id)
-    if run_ids and not cascade:
+    runs = [
+        store.require_run(session, run_id=i)
+        for i in store.runs_using_model(session, model_id=model_id)
+    ]
+    if runs and not cascade:
         raise HTTPException(
             409,
-            f"model {model_id} is used by runs {run_ids}; delete them first "
+            f"model {model_id} is used by runs {sorted(r.id for r in runs)}; delete them first "
             "or send ?cascade=true to delete them too",
         )
-    from app.models import Run
-
-    for rid in run_ids:
-        run = session.get(Run, rid)
-        if run is not None and run.status == "running":
-            raise HTTPException(409, f"run {rid} of this model is running; cancel it first")
-        session.delete(run)
-    key = row.storage_key
+    others = sorted(r.id for r in runs if user.role != "admin" and r.owner_id != user.id)
+    if others:
+        raise HTTPException(
+            403, f"model {model_id} is used by runs {others} of other users; ask an admin"
+        )
+    for run in runs:
+        store.delete_run(session, run_id=run.id)  # 409 for a queued or running run
+    session.flush()  # the runs go before the model they point at
+    key, sha = row.storage_key, row.sha256
     session.delete(row)
     session.commit()
-    if store.model_by_sha(session, sha256=row.sha256) is None:
-        ArtifactStore(settings.artifacts).delete_prefix(key)
+    artifacts = ArtifactStore(settings.artifacts)
+    for run in runs:
+        artifacts.delete_prefix(run_prefix(run.id))
+    if store.model_by_sha(session, sha256=sha) is None:
+        artifacts.delete_prefix(key)
 
 
 @router.get("/architectures")

@@ -10,6 +10,7 @@ from sqlmodel import Session
 
 from app import catalogue, store
 from app.config import Settings
+from app.limits import MAX_ID, check_recipe
 from app.models import ModelRecord, User
 
 
@@ -67,8 +68,9 @@ def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
             )
 
 
-def validate_body(session: Session, body: dict) -> tuple[dict, int | None, str]:
-    """The stored recipe, model id and dataset id of a valid body; 422 with a sentence if not."""
+def validate_body(session: Session, body: dict, settings: Settings) -> tuple[dict, int | None, str]:
+    """The stored recipe, model id and dataset id of a valid body; 422 with a sentence if not
+    (also for a number over one of this server's limits, naming the setting)."""
     from app.pruning.spec import Recipe  # torch-free
 
     envelope = {"model_id", "dataset_id", "arch"}
@@ -79,6 +81,7 @@ def validate_body(session: Session, body: dict) -> tuple[dict, int | None, str]:
     except ValueError as exc:
         raise invalid(str(exc)) from None
     stored = recipe.to_dict()
+    check_recipe(stored, settings)
     model_id, dataset_id = body.get("model_id"), str(body.get("dataset_id") or "digits")
     data = _dataset_meta(session, dataset_id)
     if model_id is None:
@@ -87,7 +90,7 @@ def validate_body(session: Session, body: dict) -> tuple[dict, int | None, str]:
             raise invalid("model_id is required (a train run may give arch instead)")
         stored["arch"] = str(arch)
         return stored, None, dataset_id
-    model = store.get_model(session, model_id=model_id)
+    model = store.get_model(session, model_id=model_id) if 0 <= model_id <= MAX_ID else None
     if model is None:
         raise invalid(f"model_id {model_id} does not exist")
     _check_model(model, data, stored["pruning"])

@@ -78,6 +78,8 @@ class RunPublic(BaseModel):
         description="pruned with masks only: weights zeroed in place, no speed-up expected"
     )
     result_model_id: int | None
+    interrupted_at: datetime | None = None
+    interrupted_reason: str | None = None
 
     @field_validator("notes", mode="before")
     @classmethod
@@ -97,7 +99,9 @@ def create_run(
 ) -> RunPublic:
     """Validate the recipe, persist a queued run, then hand it to the dispatcher."""
     may_create(user)
-    recipe, model_id, dataset_id = validate_body(session, body.model_dump(exclude_unset=True))
+    recipe, model_id, dataset_id = validate_body(
+        session, body.model_dump(exclude_unset=True), settings
+    )
     queue_room(session, settings, user, 1)
     run = store.create_run(
         session, owner_id=user.id, recipe=recipe, model_id=model_id, dataset_id=dataset_id

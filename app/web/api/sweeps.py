@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from app import store
+from app.limits import check_sweep
 from app.web.api.run_checks import queue_room, validate_body, wake
 from app.web.deps import CurrentUser, SessionDep, SettingsDep, SweepDep, may_create
 
@@ -18,8 +19,8 @@ router = APIRouter(prefix="/api", tags=["sweeps"])
 class SweepCreate(BaseModel):
     name: str = Field(default="sweep", max_length=200)
     recipe: dict[str, Any]
-    sparsities: list[float] = Field(min_length=1, max_length=50)
-    criteria: list[str] = Field(min_length=1, max_length=20)
+    sparsities: list[float] = Field(min_length=1, max_length=1000)
+    criteria: list[str] = Field(min_length=1, max_length=100)
     baseline: bool = True
 
 
@@ -50,8 +51,10 @@ def create_sweep(
 ) -> dict:
     """Queue one run per (criterion, sparsity) of one recipe (ShrinkBench-style reporting)."""
     may_create(user)
+    n_criteria = len(set(body.criteria) | ({"random"} if body.baseline else set()))
+    check_sweep(len(body.sparsities), n_criteria, body.recipe, settings)
     bodies = sweep_bodies(body)
-    checked = [validate_body(session, b) for b in bodies]
+    checked = [validate_body(session, b, settings) for b in bodies]
     queue_room(session, settings, user, len(checked))
     sweep = store.create_sweep(
         session,
