@@ -14,7 +14,7 @@ from app.jobs.ray_errors import explain_job_log
 from app.jobs.ray_preflight import RayPreflight
 from app.jobs.runner import RayRunner
 from app.models import Run
-from tests.conftest import make_user
+from tests.factories import make_user
 from tests.jobs.conftest import FakeRay, job_settings
 
 NO_TORCH = (

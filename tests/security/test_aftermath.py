@@ -30,7 +30,7 @@ def _orphan(data_dir) -> tuple[int, dict[str, str]]:
 
     from app import db, store
     from app.models import Run
-    from tests.conftest import make_user
+    from tests.factories import make_user
 
     settings = Settings(data_dir=data_dir)
     db.upgrade(settings)

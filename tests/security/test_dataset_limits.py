@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import make_user
+from tests.factories import make_user
 
 
 @pytest.fixture

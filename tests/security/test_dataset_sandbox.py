@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from tests.browser.conftest import _wait_ready
-from tests.conftest import free_port, make_user
+from tests.conftest import free_port
+from tests.factories import make_user
 from tests.security.hostile import hostile_uploads
 
 HOSTILE = hostile_uploads()
@@ -79,7 +80,7 @@ def test_the_web_process_never_imports_the_decoders(tmp_path) -> None:
         from sqlmodel import Session
         from app.config import Settings
         from app.main import create_app
-        from tests.conftest import make_user
+        from tests.factories import make_user
 
         with TestClient(create_app(Settings(data_dir={str(tmp_path / "d")!r}))) as c:
             with Session(c.app.state.engine) as s:
