@@ -113,6 +113,10 @@ class PruningSpec:
             or not 1 <= nm[0] < nm[1]
         ):
             raise ValueError(f"pruning.nm must be [N, M] with 1 <= N < M, got {list(nm)}.")
+        if tuple(nm) != (2, 4) and self.granularity != "nm":
+            raise ValueError(
+                f"pruning.nm applies to granularity 'nm' only, not '{self.granularity}'."
+            )
         for name in self.exclude:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"pruning.exclude must list layer names, got {name!r}.")
