@@ -18,8 +18,10 @@ Example:
     >>> plan = compute_masks(model, PruningSpec("layer", "l1", sparsity=0.3))
     >>> apply_masks(model, plan)
     >>> small, notes = remove_blocks(model, plan.masks, torch.randn(2, 3, 8, 8))
-    >>> isinstance(small.layer1[1], nn.Identity), len(notes)
-    (True, 1)
+    >>> notes[0].startswith("block layer") and "replaced by Identity" in notes[0]
+    True
+    >>> sum(isinstance(m, nn.Identity) for m in small.modules()) == len(notes)
+    True
 """
 
 from __future__ import annotations
