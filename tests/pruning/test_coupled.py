@@ -117,3 +117,19 @@ def test_max_layer_sparsity_is_validated_and_only_where_it_applies() -> None:
         PruningSpec(granularity="element", max_layer_sparsity=0.5)
     with pytest.raises(ValueError, match="max_layer_sparsity applies to scope 'global'"):
         PruningSpec(granularity="filter", scope="layerwise", max_layer_sparsity=0.5)
+
+
+def test_an_override_on_one_member_sets_its_whole_group() -> None:
+    model, x = _resnet(4), torch.randn(4, *SHAPE)
+    spec = PruningSpec(
+        "filter",
+        "l1",
+        scope="layerwise",
+        sparsity=0.5,
+        overrides={"layer1.1.conv2": 0.25, "conv1": 0.75},
+        physical=True,
+    )
+    small, notes, plan = _cut(model, spec, x)
+    assert notes == []
+    assert {_out(small, n) for n in STREAMS[16]} == {12}  # the smallest override: 25% of 16
+    assert {plan.requested[n] for n in STREAMS[16]} == {0.25}

@@ -67,12 +67,11 @@ class Coupling:
         return sizes[name] if group is None else sum(sizes[n] for n in group.members)
 
     def override(self, name: str, overrides: dict[str, float]) -> float | None:
-        """The override set on any member of ``name``'s group (or on the layer itself)."""
+        """The sparsity asked of ``name``'s group: the smallest override of its members (the
+        most sensitive member decides), None when no member has one."""
         group = self.groups.get(name)
-        for n in group.members if group is not None else (name,):
-            if n in overrides:
-                return overrides[n]
-        return None
+        asked = [overrides[n] for n in (group.members if group else (name,)) if n in overrides]
+        return min(asked) if asked else None
 
     def spread(self, pruned: dict[str, Tensor], requested: dict[str, float | None]) -> None:
         """In place: every follower prunes the channels its leader prunes."""
