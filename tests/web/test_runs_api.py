@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from app import store
 from app.jobs.runner import FakeRunner
-from app.models import Run
+from app.models import ModelRecord, Run
 from tests.factories import make_dataset_record, make_model_record, make_sweep, make_user
 from tests.jobs.conftest import job_settings, tiny_recipe
 
@@ -123,6 +123,38 @@ def test_a_dataset_that_does_not_fit_the_model_is_refused(api, people) -> None:
     )
     assert r.status_code == 422
     assert "takes inputs of shape [1, 8, 8]" in _detail(r)
+
+
+def _with_preflight_blocks(api, arch: str) -> int:
+    """A model record whose preflight lists the residual blocks, as an upload's does."""
+    from app import zoo
+    from app.modelio.preflight_worker import removable_blocks
+
+    blocks = removable_blocks(zoo.build(arch, input_shape=(1, 8, 8)))
+    with Session(api.app.state.engine) as s:
+        model_id = make_model_record(s, api.app.state.settings, arch=arch).id
+        record = s.get(ModelRecord, model_id)
+        record.preflight = {"residual_blocks": blocks}
+        s.add(record)
+        s.commit()
+    return model_id
+
+
+def test_level_layer_on_a_model_without_removable_blocks_is_422(api, people) -> None:
+    layer = {"granularity": "layer", "criterion": "l1", "sparsity": 0.3, "physical": True}
+    mlp = _with_preflight_blocks(api, "mlp")
+    r = api.post("/api/runs", json=tiny_recipe(mlp, pruning=layer), headers=people["alice"])
+    assert r.status_code == 422, r.text
+    assert "has none that can be removed (try 'filter')" in _detail(r)
+    resnet = _with_preflight_blocks(api, "resnet20")
+    ok = api.post("/api/runs", json=tiny_recipe(resnet, pruning=layer), headers=people["alice"])
+    assert ok.status_code == 201, ok.text
+    every = [f"layer{stage}.{b}.conv1" for stage in (1, 2, 3) for b in range(3)]
+    excluded = {**layer, "exclude": every}
+    r = api.post("/api/runs", json=tiny_recipe(resnet, pruning=excluded), headers=people["alice"])
+    assert r.status_code == 422 and "outside pruning.exclude" in _detail(r)
+    with Session(api.app.state.engine) as s:
+        assert store.count_runs(s) == 1
 
 
 def test_a_train_run_may_name_an_architecture_instead_of_a_model(api, people) -> None:

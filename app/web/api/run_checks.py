@@ -47,6 +47,8 @@ def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
             f"model_id {model.id} predicts {model.num_classes} classes but the "
             f"dataset has {data['n_classes']}"
         )
+    if pruning.get("granularity") == "layer":
+        _check_blocks(model, pruning)
     names = {layer.get("name") for layer in model.layers or []}
     if not names:
         return
@@ -66,6 +68,20 @@ def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
                 f"pruning.{field_name} names layer {name!r}, which model_id "
                 f"{model.id} does not have; its layers: {known}"
             )
+
+
+def _check_blocks(model: ModelRecord, pruning: dict) -> None:
+    """Granularity 'layer' needs a removable residual block (from the model's preflight)."""
+    blocks = (model.preflight or {}).get("residual_blocks")
+    if blocks is None:
+        return  # a record from before preflight listed blocks: the worker checks
+    excluded = set(pruning.get("exclude") or [])
+    if not any(not set(block) & excluded for block in blocks):
+        where = " outside pruning.exclude" if blocks else ""
+        raise invalid(
+            "pruning.granularity 'layer' removes residual blocks with an identity shortcut "
+            f"(x + f(x)); model_id {model.id} has none that can be removed{where} (try 'filter')"
+        )
 
 
 def validate_body(session: Session, body: dict, settings: Settings) -> tuple[dict, int | None, str]:
