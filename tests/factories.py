@@ -42,11 +42,11 @@ def make_model_record(
 
     from app import zoo
     from app.artifacts import ArtifactStore
-    from app.intake import datasets
+    from app.modelio.dataset_files import load_digits
     from app.runs.results import module_record_fields
 
     torch.manual_seed(0)
-    data = datasets.load_digits()
+    data = load_digits()
     module = zoo.build(arch, num_classes=10, input_shape=data.input_shape)
     key = f"models/test-{arch}-{time.monotonic_ns()}.safetensors"
     path = ArtifactStore(settings.artifacts).local_path(key)

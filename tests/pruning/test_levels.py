@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from app import zoo
-from app.intake.datasets import load_digits
+from app.modelio.dataset_files import load_digits
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import PruningSpec, Recipe
 from app.pruning.structural.rebuild import architecture_config, rebuild
