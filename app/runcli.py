@@ -2,10 +2,12 @@
 
 ``run_command`` is the implementation; ``register(typer_app)`` adds it to the Typer app as
 ``prunelab run RECIPE --model FILE --data digits|FILE --out DIR [--arch NAME]
-[--input-shape 1,1,8,8] [--device cpu]``. The output folder receives ``summary.json`` (the
-``GET /api/runs/{id}`` body plus ``steps``, ``layers`` and ``notes``), ``histograms.json``,
-``curve.json``, ``sensitivity.json`` for sensitivity runs, and the exported artifacts
-(``pruned.pt``, ``pruned.onnx``, ``pruned.safetensors``, ``recipe.json``).
+[--input-shape 1,1,8,8] [--device cpu] [--resume]``. The output folder receives ``summary.json``
+(the ``GET /api/runs/{id}`` body plus ``steps``, ``layers`` and ``notes``), ``histograms.json``,
+``curve.json``, ``sensitivity.json`` for sensitivity runs, and the artifacts a server run
+writes (``pruned.pt``, ``pruned.onnx``, ``pruned.safetensors``, ``recipe.json``, ``masks.npz``).
+A checkpoint left in ``--out`` is resumed only with ``--resume`` and only by the same recipe,
+model and dataset (``app.outfolder``).
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _export(result: Any, data: Any, out: Path, recipe: Any, arch: str | None) -> list[dict]:
+    from app.jobs.results import MASKS_NAME, write_masks
     from app.modelio.export import export_all
     from app.pruning.structural.rebuild import architecture_config
 
@@ -132,9 +135,10 @@ def _export(result: Any, data: Any, out: Path, recipe: Any, arch: str | None) ->
             result.model, arch=arch, num_classes=data.n_classes, input_shape=data.input_shape
         )
     example = data.sample_batch(8)
-    return export_all(
+    rows = export_all(
         result.model.cpu().eval(), example, out, recipe=recipe.to_dict(), arch_config=config
     )
+    return rows + write_masks(result.masks, out / MASKS_NAME)
 
 
 def _summary(recipe: Any, result: Any, started: str, artifacts: list[dict], **extra: Any) -> dict:
@@ -170,6 +174,7 @@ def run_command(
     input_shape: str | tuple[int, ...] | None = None,
     device: str = "cpu",
     progress: bool = True,
+    resume: bool = False,
 ) -> dict:
     """Run one recipe file on one model and dataset, writing the results into ``out_dir``.
 
@@ -177,8 +182,10 @@ def run_command(
         The summary written to ``summary.json``.
 
     Raises:
-        ValueError: a bad recipe, model, dataset or shape, named in one sentence.
+        ValueError: a bad recipe, model, dataset or shape, or an ``out_dir`` holding another
+            run's checkpoint (or this run's without ``resume``), named in one sentence.
     """
+    from app.outfolder import claim_out_dir, file_digest, release_out_dir
     from app.pruning.pipeline import run_recipe
     from app.pruning.report import ProgressBar
 
@@ -193,7 +200,13 @@ def run_command(
         num_classes=dataset.n_classes,
     )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    identity = {
+        "recipe": recipe.to_dict(),
+        "model": file_digest(model_path, arch),
+        "data": data,
+        "arch": arch,
+    }
+    resumed = claim_out_dir(out, identity, resume=resume)
     with ProgressBar(enabled=progress, desc=recipe.name or recipe.kind) as bar:
         result = run_recipe(
             recipe,
@@ -203,7 +216,9 @@ def run_command(
             report=bar,
             rebuildable=rebuildable,
             checkpoint_dir=out / "checkpoints",
+            resume=resumed,
         )
+    release_out_dir(out)
     result.notes[:0] = notes
     artifacts = [] if recipe.kind == "sensitivity" else _export(result, dataset, out, recipe, arch)
     summary = _summary(recipe, result, started, artifacts, model=str(model_path), dataset_id=data)
@@ -231,6 +246,9 @@ def register(typer_app: Any) -> None:
         input_shape: Annotated[str | None, typer.Option(help="e.g. 1,1,8,8")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1")] = "cpu",
         progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+        resume: Annotated[
+            bool, typer.Option(help="continue the unfinished run of this recipe in --out")
+        ] = False,
     ) -> None:
         """Run one recipe without a server, writing metrics and artifacts into --out."""
         try:
@@ -243,6 +261,7 @@ def register(typer_app: Any) -> None:
                 input_shape=input_shape,
                 device=device,
                 progress=progress,
+                resume=resume,
             )
         except (ValueError, LabError) as exc:
             typer.echo(f"error: {exc}", err=True)

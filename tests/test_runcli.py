@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from app import zoo
 from app.datasets import load_digits
+from app.outfolder import claim_out_dir, file_digest
+from app.pruning.pipeline import run_recipe
 from app.pruning.spec import FinetuneSpec
 from app.pruning.train import train
 from app.runcli import load_recipe, parse_shape, run_command
@@ -87,6 +90,10 @@ def test_run_command_writes_summary_histograms_curve_and_artifacts(tmp_path, wei
         "pruned.onnx",
         "pruned.safetensors",
     }
+    assert "masks.npz" in names and "masks.npz" in {a["name"] for a in body["artifacts"]}
+    with np.load(out / "masks.npz") as masks:
+        assert {"features.0", "features.4", "features.8"} <= set(masks.files)
+        assert masks["features.0"].dtype == bool and masks["features.0"].shape[0] == 16
 
 
 def test_yaml_recipes_load_like_json(tmp_path) -> None:
@@ -141,3 +148,67 @@ def test_prunelab_run_from_the_command_line(tmp_path, weights) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "compression" in proc.stdout
     assert (out / "summary.json").exists() and (out / "pruned.onnx").exists()
+
+
+MLP_RECIPE = {
+    "kind": "prune",
+    "pruning": {"granularity": "element", "criterion": "l1", "sparsity": 0.5},
+    "schedule": {"kind": "oneshot"},
+    "finetune": {"epochs": 1, "lr": 0.003, "optimizer": "adam", "batch_size": 128},
+}
+
+
+def _mlp_recipe(tmp_path: Path, name: str, sparsity: float) -> Path:
+    path = tmp_path / f"{name}.json"
+    body = {**MLP_RECIPE, "pruning": {**MLP_RECIPE["pruning"], "sparsity": sparsity}}
+    path.write_text(json.dumps(body))
+    return path
+
+
+def test_a_finished_run_leaves_no_checkpoint_for_the_next_recipe_in_the_same_out(tmp_path) -> None:
+    out = tmp_path / "out"
+    first = _mlp_recipe(tmp_path, "half", 0.5)
+    run_command(first, None, "digits", out, arch="mlp", progress=False)
+    assert not (out / "checkpoints").exists()
+    second = run_command(
+        _mlp_recipe(tmp_path, "most", 0.8), None, "digits", out, arch="mlp", progress=False
+    )
+    assert not any(n.startswith("resumed") for n in second["notes"])
+    assert abs(second["final"]["sparsity"] - 0.8) < 0.01
+
+
+def _leave_unfinished_checkpoint(recipe_path: Path, out: Path) -> None:
+    """What an interrupted ``prunelab run`` of ``recipe_path`` leaves in ``out``."""
+    recipe = load_recipe(recipe_path)
+    identity = {
+        "recipe": recipe.to_dict(),
+        "model": file_digest(None, "mlp"),
+        "data": "digits",
+        "arch": "mlp",
+    }
+    assert claim_out_dir(out, identity, resume=False) is False
+    model = zoo.build("mlp")
+    run_recipe(recipe, model, load_digits(), checkpoint_dir=out / "checkpoints", latency=False)
+
+
+def test_an_out_holding_another_recipes_checkpoint_is_refused(tmp_path) -> None:
+    out = tmp_path / "out"
+    half = _mlp_recipe(tmp_path, "half", 0.5)
+    _leave_unfinished_checkpoint(half, out)
+    other = _mlp_recipe(tmp_path, "most", 0.8)
+    for resume in (False, True):
+        with pytest.raises(ValueError, match="checkpoint of another run .its recipe differs"):
+            run_command(other, None, "digits", out, arch="mlp", progress=False, resume=resume)
+    with pytest.raises(ValueError, match="checkpoint of another run .its model differs"):
+        run_command(half, None, "digits", out, arch="lenet5", progress=False, resume=True)
+
+
+def test_the_same_recipe_resumes_only_with_resume(tmp_path) -> None:
+    out = tmp_path / "out"
+    half = _mlp_recipe(tmp_path, "half", 0.5)
+    _leave_unfinished_checkpoint(half, out)
+    with pytest.raises(ValueError, match="pass --resume"):
+        run_command(half, None, "digits", out, arch="mlp", progress=False)
+    summary = run_command(half, None, "digits", out, arch="mlp", progress=False, resume=True)
+    assert "resumed after step 1" in summary["notes"]
+    assert (out / "masks.npz").exists() and not (out / "checkpoints").exists()
