@@ -127,6 +127,7 @@ SCOPES: tuple[str, ...] = ("global", "layerwise")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step")
 RETRAIN_INITS: tuple[str, ...] = ("rewind", "reinit")
+REWIND_POINTS: tuple[str, ...] = ("init", "early")
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(
@@ -177,6 +178,7 @@ def as_json() -> dict:
         "optimizers": list(OPTIMIZERS),
         "lr_schedules": list(LR_SCHEDULES),
         "retrain_inits": list(RETRAIN_INITS),
+        "rewind_points": list(REWIND_POINTS),
         "datasets": [{**asdict(d), "input_shape": list(d.input_shape)} for d in DATASETS.values()],
         "architectures": [
             {**asdict(a), "default_input_shape": list(a.default_input_shape)}

@@ -5,7 +5,9 @@
 [--input-shape 1,1,8,8] [--device cpu] [--resume]``. The output folder receives ``summary.json``
 (the ``GET /api/runs/{id}`` body plus ``steps``, ``layers`` and ``notes``), ``histograms.json``,
 ``curve.json``, ``sensitivity.json`` for sensitivity runs, and the artifacts a server run
-writes (``pruned.pt``, ``pruned.onnx``, ``pruned.safetensors``, ``recipe.json``, ``masks.npz``).
+writes (``pruned.pt``, ``pruned.onnx``, ``pruned.safetensors``, ``recipe.json``, ``masks.npz``;
+a train run's ``init.safetensors``/``rewind.safetensors``, which a ``retrain_init: rewind`` run
+of its ``pruned.safetensors`` finds next to that file).
 A checkpoint left in ``--out`` is resumed only with ``--resume`` and only by the same recipe,
 model and dataset (``app.outfolder``).
 """
@@ -126,6 +128,7 @@ def _jsonable(value: Any) -> Any:
 
 def _export(result: Any, data: Any, out: Path, recipe: Any, arch: str | None) -> list[dict]:
     from app.jobs.results import MASKS_NAME, write_masks
+    from app.jobs.rewind_files import write_rewind
     from app.modelio.export import export_all
     from app.pruning.structural.rebuild import architecture_config
 
@@ -138,7 +141,7 @@ def _export(result: Any, data: Any, out: Path, recipe: Any, arch: str | None) ->
     rows = export_all(
         result.model.cpu().eval(), example, out, recipe=recipe.to_dict(), arch_config=config
     )
-    return rows + write_masks(result.masks, out / MASKS_NAME)
+    return rows + write_masks(result.masks, out / MASKS_NAME) + write_rewind(result.rewind, out)
 
 
 def _summary(recipe: Any, result: Any, started: str, artifacts: list[dict], **extra: Any) -> dict:
@@ -185,6 +188,7 @@ def run_command(
         ValueError: a bad recipe, model, dataset or shape, or an ``out_dir`` holding another
             run's checkpoint (or this run's without ``resume``), named in one sentence.
     """
+    from app.jobs.rewind_files import read_rewind_folder
     from app.outfolder import claim_out_dir, file_digest, release_out_dir
     from app.pruning.pipeline import run_recipe
     from app.pruning.report import ProgressBar
@@ -206,6 +210,8 @@ def run_command(
         "data": data,
         "arch": arch,
     }
+    # a train run's --out holds its rewind weights next to its model
+    rewind = read_rewind_folder(recipe, Path(model_path).parent if model_path else None)
     resumed = claim_out_dir(out, identity, resume=resume)
     with ProgressBar(enabled=progress, desc=recipe.name or recipe.kind) as bar:
         result = run_recipe(
@@ -217,6 +223,7 @@ def run_command(
             rebuildable=rebuildable,
             checkpoint_dir=out / "checkpoints",
             resume=resumed,
+            initial_state=rewind,
         )
     release_out_dir(out)
     result.notes[:0] = notes

@@ -212,3 +212,21 @@ def test_the_same_recipe_resumes_only_with_resume(tmp_path) -> None:
     summary = run_command(half, None, "digits", out, arch="mlp", progress=False, resume=True)
     assert "resumed after step 1" in summary["notes"]
     assert (out / "masks.npz").exists() and not (out / "checkpoints").exists()
+
+
+def test_a_cli_train_run_leaves_rewind_weights_that_a_retrain_of_its_model_uses(tmp_path) -> None:
+    train_recipe = tmp_path / "train.json"
+    train_recipe.write_text(json.dumps({"kind": "train", "finetune": {"epochs": 2}}))
+    trained = tmp_path / "trained"
+    run_command(train_recipe, None, "digits", trained, arch="mlp", progress=False)
+    assert {"init.safetensors", "rewind.safetensors"} <= {p.name for p in trained.iterdir()}
+    body = {**MLP_RECIPE, "schedule": {"kind": "retrain"}, "finetune": {"epochs": 0}}
+    lottery = tmp_path / "lottery.json"
+    lottery.write_text(json.dumps(body))
+    model = trained / "pruned.safetensors"
+    summary = run_command(lottery, model, "digits", tmp_path / "o", arch="mlp", progress=False)
+    assert summary["final"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    (trained / "rewind.safetensors").unlink()
+    (trained / "init.safetensors").unlink()
+    with pytest.raises(ValueError, match='use "retrain_init": "reinit"'):
+        run_command(lottery, model, "digits", tmp_path / "o2", arch="mlp", progress=False)

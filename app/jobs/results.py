@@ -1,4 +1,5 @@
-"""The files a finished run leaves (part of ``tasks``): exports, ``masks.npz``, the result model.
+"""The files a finished run leaves (part of ``tasks``): exports, ``masks.npz``, a train run's
+rewind points (``rewind_files``), the result model.
 
 Nothing here writes the database: :func:`store_files` puts the files in the artifact store and
 returns the artifact rows and the ``ModelRecord`` columns that ``tasks`` records in the one
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.jobs.artifacts import ArtifactStore, artifact_key
+from app.jobs.rewind_files import write_rewind
 
 log = logging.getLogger(__name__)
 MASKS_NAME = "masks.npz"
@@ -64,6 +66,7 @@ def store_files(
         result.model.cpu().eval(), example, out, recipe=recipe.to_dict(), arch_config=config
     )
     rows += write_masks(result.masks, out / MASKS_NAME)
+    rows += write_rewind(result.rewind, out)
     for row in rows:
         row["storage_key"] = artifact_key(run_id, row["name"])
         if (out / row["name"]).is_file():  # a failed export removed its file

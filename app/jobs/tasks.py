@@ -29,6 +29,7 @@ from app.db import make_engine, session_scope
 from app.jobs.artifacts import ArtifactStore, checkpoint_key, run_prefix
 from app.jobs.inputs import build_recipe, load_dataset, load_model_for
 from app.jobs.results import jsonable, module_record_fields, store_files
+from app.jobs.rewind_files import rewind_state_for
 from app.models import Run
 
 # moved to ``inputs`` and ``results``; still importable from here
@@ -198,6 +199,7 @@ def _run_attempt(
         recipe = build_recipe(run.recipe or {})
         data = load_dataset(s, artifacts, run.dataset_id, tmp)
         model, rebuildable, arch = load_model_for(s, artifacts, run, data, tmp)
+        rewind = rewind_state_for(s, artifacts, run.model_id, recipe, tmp)
         attempt = run.attempt
     ckpt_dir, resumed = _checkpoint_dir(artifacts, run_id, attempt, tmp)
     syncer = CheckpointSync(artifacts, run_id, ckpt_dir / "checkpoint.pt")
@@ -219,6 +221,7 @@ def _run_attempt(
             checkpoint_dir=ckpt_dir,
             rebuildable=rebuildable,
             resume=resumed,
+            initial_state=rewind,
         )
     finally:
         syncer.sync()  # a stopped attempt leaves its last completed step for resume

@@ -71,8 +71,9 @@ class BestStep:
 class RunContext:
     """The state of one prune run: model, masks, keeper, and what has been recorded so far.
 
-    ``initial_state`` (the weights ``retrain_init="rewind"`` goes back to) defaults to the
-    model's weights at the start. ``start_step``/``resume_training`` say where a resumed run
+    ``initial_state``: the earlier weights ``retrain_init="rewind"`` goes back to (a train
+    run's rewind point; ``rewind.py``), None for every other schedule.
+    ``start_step``/``resume_training`` say where a resumed run
     goes on (set by ``checkpoint.load_checkpoint``).
     """
 
@@ -104,7 +105,8 @@ class RunContext:
         self.model = self.model.to(self.device)
         self.example = self.data.sample_batch(32).to(self.device)
         self.structured = self.recipe.pruning.granularity in CHANNEL_LEVELS
-        self.initial_state = copy.deepcopy(self.initial_state or self.model.state_dict())
+        if self.initial_state is not None:
+            self.initial_state = copy.deepcopy(self.initial_state)
         self.hist_before = prunable_weights(self.model)
 
     @property

@@ -36,6 +36,7 @@ from app.pruning.kinds import run_sensitivity_kind, run_train_kind
 from app.pruning.masks.compute import validate
 from app.pruning.report import NEVER, NULL_REPORT, Report, ShouldStop
 from app.pruning.result import RunResult, finish_run
+from app.pruning.rewind import NO_REWIND, needs_rewind
 from app.pruning.schedule import run_schedule
 from app.pruning.spec import Recipe
 
@@ -67,14 +68,15 @@ def run_recipe(
         rebuildable: False for formats that cannot be rebuilt (TorchScript, .pt2): masks only.
         resume: continue after the last completed step found in ``checkpoint_dir``.
         latency: measure latency (tests switch it off for speed).
-        initial_state: the weights ``retrain_init="rewind"`` goes back to (default: the
-            weights at the start of the run).
+        initial_state: the weights ``retrain_init="rewind"`` goes back to (a train run's
+            ``rewind`` point, ``rewind.py``); required by that schedule.
 
     Returns:
         A :class:`~app.pruning.result.RunResult`; ``steps[0]`` is the baseline.
 
     Raises:
-        ValueError: an invalid recipe for this model (unknown layer names, bad pairs).
+        ValueError: an invalid recipe for this model (unknown layer names, bad pairs), or
+            ``retrain_init="rewind"`` without ``initial_state``.
         Cancelled: ``should_stop()`` turned true.
     """
     torch.manual_seed(int(recipe.seed))
@@ -91,6 +93,8 @@ def run_recipe(
             latency=latency,
         )
     validate(recipe.pruning, model)
+    if needs_rewind(recipe.schedule) and initial_state is None:
+        raise ValueError(NO_REWIND)
     ctx = RunContext(
         recipe,
         model,

@@ -32,6 +32,7 @@ class RunResult:
 
     ``physical``: the model handed back is physically smaller. ``masks_only``: pruned weights
     stay in place as zeros (no speed-up expected); both False for runs that pruned nothing.
+    ``rewind``: a train run's earlier weights by rewind point (``rewind.REWIND_FILES``).
     """
 
     model: nn.Module
@@ -47,6 +48,7 @@ class RunResult:
     masks_only: bool = False
     masks: dict[str, torch.Tensor] | None = None
     allocation: dict[str, float] | None = None
+    rewind: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def summary(self) -> dict:
         """The JSON-able part: measurements, records, notes and the typed flags."""

@@ -24,6 +24,7 @@ from app.catalogue import (
     OPTIMIZERS,
     RECIPE_KINDS,
     RETRAIN_INITS,
+    REWIND_POINTS,
     SCHEDULE_KINDS,
     SCOPES,
     VALID_PAIRS,
@@ -167,6 +168,7 @@ class ScheduleSpec:
     steps: int = 1
     max_accuracy_drop: float | None = None
     retrain_init: str = "rewind"
+    rewind_from: str | None = None  # "init" | "early" (default: early when the model has it)
 
     def __post_init__(self) -> None:
         _choice(self.kind, SCHEDULE_KINDS, "schedule.kind")
@@ -175,6 +177,7 @@ class ScheduleSpec:
             self.max_accuracy_drop, _number, "schedule.max_accuracy_drop", 0.0, 1.0, hi_open=False
         )
         _choice(self.retrain_init, RETRAIN_INITS, "schedule.retrain_init")
+        _optional(self.rewind_from, _choice, REWIND_POINTS, "schedule.rewind_from")
 
     @classmethod
     def from_dict(cls, d: dict) -> ScheduleSpec:

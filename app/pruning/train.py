@@ -281,6 +281,7 @@ def train(
     should_stop: ShouldStop = NEVER,
     bn_l1: float = 0.0,
     seed: int = 0,
+    on_epoch: EpochHook | None = None,
 ) -> list[dict]:
     """Train a (usually fresh) model densely: the ``kind: "train"`` run.
 
@@ -288,7 +289,7 @@ def train(
         model: the network, trained in place.
         data: the dataset.
         spec: its epochs/lr/optimizer/schedule drive the training.
-        device, report, should_stop, bn_l1, seed: as in :func:`fine_tune`.
+        device, report, should_stop, bn_l1, seed, on_epoch: as in :func:`fine_tune`.
 
     Returns:
         The curve points, as :func:`fine_tune`.
@@ -308,4 +309,5 @@ def train(
         step=0,
         bn_l1=bn_l1,
         seed=seed,
+        on_epoch=on_epoch,
     )

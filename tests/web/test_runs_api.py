@@ -12,7 +12,7 @@ from sqlmodel import Session
 from app import store
 from app.jobs.dispatcher import Dispatcher
 from app.jobs.runner import FakeRunner
-from app.models import Run
+from app.models import ModelRecord, Run
 from tests.conftest import make_user
 from tests.jobs.conftest import add_model, job_settings, tiny_recipe
 
@@ -267,3 +267,41 @@ def test_null_recipe_sections_mean_the_defaults_not_a_500(api, people) -> None:
     assert r.json()["recipe"]["schedule"]["kind"] == "oneshot"
     r = api.post("/api/runs", json={**body, "pruning": None}, headers=people["alice"])
     assert r.status_code == 422 and "pruning.sparsity" in _detail(r)
+
+
+def _with_rewind_points(api, model_id: int) -> int:
+    """A model record produced by a (finished) train run that stored its rewind weights."""
+    with Session(api.app.state.engine) as s:
+        run = store.create_run(
+            s, owner_id=None, recipe={"kind": "train"}, model_id=None, dataset_id="digits"
+        )
+        s.flush()
+        rows = [
+            {"name": n, "kind": "rewind", "storage_key": f"runs/{run.id}/{n}"}
+            for n in ("init.safetensors", "rewind.safetensors")
+        ]
+        store.add_artifacts(s, run_id=int(run.id), items=rows)
+        s.get(ModelRecord, model_id).source_run_id = run.id
+        s.commit()
+    return model_id
+
+
+def test_retrain_rewind_needs_a_model_trained_here_else_422_saying_what_to_use(api, people) -> None:
+    retrain = {"kind": "retrain", "retrain_init": "rewind"}
+    r = api.post(
+        "/api/runs", json=tiny_recipe(people["model_id"], schedule=retrain), headers=people["alice"]
+    )
+    assert r.status_code == 422
+    assert '"retrain_init": "reinit", or train the model here first' in _detail(r)
+    reinit = {"kind": "retrain", "retrain_init": "reinit"}
+    r = api.post(
+        "/api/runs", json=tiny_recipe(people["model_id"], schedule=reinit), headers=people["alice"]
+    )
+    assert r.status_code == 201, r.text
+    trained = _with_rewind_points(api, people["model_id"])
+    for point in (None, "init", "early"):
+        schedule = {**retrain, "rewind_from": point}
+        r = api.post(
+            "/api/runs", json=tiny_recipe(trained, schedule=schedule), headers=people["alice"]
+        )
+        assert r.status_code == 201, r.text

@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 from app import store
 from app.models import DatasetRecord, ModelRecord, Run, User
+from app.web.api.run_sources import check_sources
 
 BUILTIN_DATASETS = {"digits": {"input_shape": [1, 8, 8], "n_classes": 10}}
 
@@ -96,6 +97,10 @@ def validate_body(session: Session, body: dict) -> tuple[dict, int | None, str]:
     if model is None:
         raise invalid(f"model_id {model_id} does not exist")
     _check_model(model, data, stored["pruning"])
+    try:
+        check_sources(session, recipe, model)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
     return stored, model_id, dataset_id
 
 
