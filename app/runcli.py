@@ -2,8 +2,9 @@
 
 ``run_command`` is the implementation; ``register(typer_app)`` adds it to the Typer app as
 ``prunelab run RECIPE --model FILE --data digits|FILE --out DIR [--arch NAME]
-[--input-shape 1,1,8,8] [--device cpu] [--resume]``. The output folder receives ``summary.json``
-(the ``GET /api/runs/{id}`` body plus ``steps``, ``layers`` and ``notes``), ``histograms.json``,
+[--input-shape 1,1,8,8] [--device cpu] [--resume] [--pretrain]`` (``--pretrain --arch NAME``
+first trains a fresh model as the recipe file's ``pretrain`` block says: ``app.pretrain``).
+The output folder receives ``summary.json`` (the ``GET /api/runs/{id}`` body plus ``steps``, ``layers`` and ``notes``), ``histograms.json``,
 ``curve.json``, ``sensitivity.json`` for sensitivity runs, and the artifacts a server run
 writes (``pruned.pt``, ``pruned.onnx``, ``pruned.safetensors``, ``recipe.json``, ``masks.npz``;
 a train run's ``init.safetensors``/``rewind.safetensors``, which a ``retrain_init: rewind`` run
@@ -23,12 +24,13 @@ from typing import Annotated, Any
 import typer
 
 # Keys reference recipes carry for people and tests; the recipe loader does not know them.
-ANNOTATION_KEYS = ("expected", "description", "comment")
+ANNOTATION_KEYS = ("expected", "description", "comment", "pretrain")
 ARTIFACT_KEYS = ("name", "kind", "size_bytes", "verified", "max_abs_diff", "error")
 
 
-def read_recipe_dict(path: str | Path) -> dict:
-    """A recipe file (JSON, or YAML by its ``.yaml``/``.yml`` suffix) as a dict, minus annotations.
+def read_recipe_dict(path: str | Path, *, annotations: bool = False) -> dict:
+    """A recipe file (JSON, or YAML by its ``.yaml``/``.yml`` suffix) as a dict, minus
+    annotations (``expected``, ``pretrain`` ...) unless ``annotations``.
 
     Raises:
         ValueError: the file is not a JSON/YAML object.
@@ -48,7 +50,7 @@ def read_recipe_dict(path: str | Path) -> dict:
             ) from None
     if not isinstance(body, dict):
         raise ValueError(f"recipe {path.name} must hold one JSON/YAML object")
-    return {k: v for k, v in body.items() if k not in ANNOTATION_KEYS}
+    return {k: v for k, v in body.items() if annotations or k not in ANNOTATION_KEYS}
 
 
 def load_recipe(path: str | Path) -> Any:
@@ -178,6 +180,8 @@ def run_command(
     device: str = "cpu",
     progress: bool = True,
     resume: bool = False,
+    pretrain: bool = False,
+    latency: bool = True,
 ) -> dict:
     """Run one recipe file on one model and dataset, writing the results into ``out_dir``.
 
@@ -190,6 +194,7 @@ def run_command(
     """
     from app.jobs.rewind_files import read_rewind_folder
     from app.outfolder import claim_out_dir, file_digest, release_out_dir
+    from app.pretrain import pretrain_from_recipe
     from app.pruning.pipeline import run_recipe
     from app.pruning.report import ProgressBar
 
@@ -197,16 +202,24 @@ def run_command(
     recipe = load_recipe(recipe_path)
     dataset = load_data(data)
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
-    model, rebuildable, notes = load_model_file(
-        model_path,
-        arch=arch,
-        input_shape=shape or dataset.input_shape,
-        num_classes=dataset.n_classes,
-    )
+    if pretrain:
+        body = read_recipe_dict(recipe_path, annotations=True)
+        model, model_id, note = pretrain_from_recipe(
+            body, arch=arch, model_given=model_path is not None, data=dataset, device=device
+        )
+        rebuildable, notes = True, [note]
+    else:
+        model_id = file_digest(model_path, arch)
+        model, rebuildable, notes = load_model_file(
+            model_path,
+            arch=arch,
+            input_shape=shape or dataset.input_shape,
+            num_classes=dataset.n_classes,
+        )
     out = Path(out_dir)
     identity = {
         "recipe": recipe.to_dict(),
-        "model": file_digest(model_path, arch),
+        "model": model_id,
         "data": data,
         "arch": arch,
     }
@@ -224,6 +237,7 @@ def run_command(
             checkpoint_dir=out / "checkpoints",
             resume=resumed,
             initial_state=rewind,
+            latency=latency,
         )
     release_out_dir(out)
     result.notes[:0] = notes
@@ -256,6 +270,10 @@ def register(typer_app: Any) -> None:
         resume: Annotated[
             bool, typer.Option(help="continue the unfinished run of this recipe in --out")
         ] = False,
+        pretrain: Annotated[
+            bool, typer.Option(help="first train a fresh --arch as the recipe file's pretrain says")
+        ] = False,
+        latency: Annotated[bool, typer.Option(help="measure latency at every step")] = True,
     ) -> None:
         """Run one recipe without a server, writing metrics and artifacts into --out."""
         try:
@@ -269,6 +287,8 @@ def register(typer_app: Any) -> None:
                 device=device,
                 progress=progress,
                 resume=resume,
+                pretrain=pretrain,
+                latency=latency,
             )
         except (ValueError, LabError) as exc:
             typer.echo(f"error: {exc}", err=True)
