@@ -269,13 +269,16 @@ class RunContext:
     def accept_step(self, k: int, after: dict) -> bool:
         """Keep step ``k`` when within ``max_accuracy_drop``; else restore the best and stop."""
         max_drop = self.recipe.schedule.max_accuracy_drop
-        if within_drop(self.baseline_accuracy, float(after["accuracy"]), max_drop):
+        key = "val_accuracy" if "val_accuracy" in after else "accuracy"  # choose on validation
+        lost = float(self.baseline[key]) - float(after[key])
+        if within_drop(float(self.baseline[key]), float(after[key]), max_drop):
             self.remember_best(k)
             return True
         best = self.best
+        split = "validation" if key == "val_accuracy" else "test"
         self.notes.append(
-            f"step {k} lost {self.baseline_accuracy - after['accuracy']:.4f} accuracy, more than "
-            f"max_accuracy_drop {max_drop}; kept step {0 if best is None else best.step}"
+            f"step {k} lost {lost:.4f} {split} accuracy, more than max_accuracy_drop "
+            f"{max_drop}; kept step {0 if best is None else best.step}"
         )
         if best is not None:
             self.model.load_state_dict(best.state)

@@ -39,6 +39,7 @@ from app.pruning.result import RunResult, finish_run
 from app.pruning.rewind import NO_REWIND, needs_rewind
 from app.pruning.schedule import run_schedule
 from app.pruning.spec import Recipe
+from app.pruning.validation import carve_validation, needs_validation, validation_note
 
 
 def run_recipe(
@@ -60,7 +61,9 @@ def run_recipe(
     Args:
         recipe: the recipe.
         model: the trained model (untrained for ``kind: "train"``); changed in place.
-        data: the dataset (train split for fine-tuning and calibration, test for metrics).
+        data: the dataset (train split for fine-tuning and calibration, test for metrics). A
+            recipe that chooses from accuracy carves a validation split off its train split
+            and chooses on it (``validation.py``; a note says so).
         device: torch device string.
         report: progress callback (``progress``, ``metric``, ``step``, ``status`` events).
         should_stop: polled between batches; the run raises ``Cancelled`` when it is true.
@@ -81,9 +84,13 @@ def run_recipe(
     """
     torch.manual_seed(int(recipe.seed))
     report("status", {"status": "running"})
+    note = None
+    if needs_validation(recipe) and not data.has_val:
+        data = carve_validation(data, seed=int(recipe.seed))
+        note = validation_note(data, seed=int(recipe.seed))
     if recipe.kind in ("train", "sensitivity"):
         run_kind = run_train_kind if recipe.kind == "train" else run_sensitivity_kind
-        return run_kind(
+        result = run_kind(
             recipe,
             model,
             data,
@@ -92,21 +99,25 @@ def run_recipe(
             should_stop=should_stop,
             latency=latency,
         )
-    validate(recipe.pruning, model)
-    if needs_rewind(recipe.schedule) and initial_state is None:
-        raise ValueError(NO_REWIND)
-    ctx = RunContext(
-        recipe,
-        model,
-        data,
-        report,
-        should_stop,
-        device=device,
-        latency=latency,
-        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
-        initial_state=initial_state,
-    )
-    if not (resume and load_checkpoint(ctx)):
-        ctx.record_baseline()
-    run_schedule(ctx)
-    return finish_run(ctx, rebuildable)
+    else:
+        validate(recipe.pruning, model)
+        if needs_rewind(recipe.schedule) and initial_state is None:
+            raise ValueError(NO_REWIND)
+        ctx = RunContext(
+            recipe,
+            model,
+            data,
+            report,
+            should_stop,
+            device=device,
+            latency=latency,
+            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+            initial_state=initial_state,
+        )
+        if not (resume and load_checkpoint(ctx)):
+            ctx.record_baseline()
+        run_schedule(ctx)
+        result = finish_run(ctx, rebuildable)
+    if note is not None:
+        result.notes.insert(0, note)
+    return result

@@ -153,7 +153,7 @@ def _train_epoch(state: TrainState, loop: Loop) -> float:
 
 def _epoch_point(state: TrainState, data: ArrayDataset, loop: Loop, step: int, loss: float) -> dict:
     ev = evaluate(state.model, data, device=loop.device)
-    return {
+    point = {
         "epoch": int(state.epoch),
         "step": int(step),
         "loss": float(loss),
@@ -161,6 +161,11 @@ def _epoch_point(state: TrainState, data: ArrayDataset, loop: Loop, step: int, l
         "test_loss": float(ev["loss"]),
         "lr": float(state.optimizer.param_groups[0]["lr"]),
     }
+    if data.has_val:  # early stopping chooses on it
+        point["val_accuracy"] = float(
+            evaluate(state.model, data, device=loop.device, split="val")["accuracy"]
+        )
+    return point
 
 
 def _stop_early(state: TrainState, accuracy: float, patience: int | None) -> bool:
@@ -264,7 +269,8 @@ def fine_tune(
         report("metric", dict(point))
         if on_epoch is not None:
             on_epoch(dict(point), state.training_state(loader))
-        if _stop_early(state, float(point["accuracy"]), spec.early_stop_patience):
+        chosen_on = point.get("val_accuracy", point["accuracy"])
+        if _stop_early(state, float(chosen_on), spec.early_stop_patience):
             break
     if spec.early_stop_patience is not None and state.best is not None:
         model.load_state_dict(state.best)

@@ -255,3 +255,19 @@ def test_web_pages_do_not_import_torch() -> None:
     code = "import sys, app.web.pages, app.web.page_data; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_run_page_shows_validation_and_test_accuracy_side_by_side(
+    client: TestClient, lab: dict, db_session: Session
+) -> None:
+    run = db_session.get(Run, lab["a"])
+    run.baseline = {**(run.baseline or {}), "accuracy": 0.95, "val_accuracy": 0.97}
+    run.final = {**(run.final or {}), "accuracy": 0.93, "val_accuracy": 0.9612}
+    db_session.add(run)
+    db_session.commit()
+    r = client.get(f"/runs/{lab['a']}", headers=lab["h"])
+    keys = r.context["metric_keys"]
+    assert keys[keys.index("accuracy") + 1] == "val_accuracy"
+    assert ">val accuracy<" in r.text and "96.12%" in r.text and "93.00%" in r.text
+    plain = client.get(f"/runs/{lab['b']}", headers=lab["h"])
+    assert "val_accuracy" not in plain.context["metric_keys"]
