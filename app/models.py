@@ -176,6 +176,7 @@ class Run(SQLModel, table=True):
     final: dict | None = _json()
     notes: list[str] | None = _json()
     result_model_id: int | None = None
+    allocation: dict[str, float] | None = _json()  # a sensitivity run's per-layer sparsity
 
 
 class RunStep(SQLModel, table=True):

@@ -33,8 +33,9 @@ def _check_schema(settings: Settings) -> None:
     try:
         tables = set(inspect(engine).get_table_names())
         assert tables >= EXPECTED_TABLES
+        assert "allocation" in {c["name"] for c in inspect(engine).get_columns("runs")}
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     finally:
         engine.dispose()
 

@@ -308,6 +308,7 @@ def _save_success(
             final=_jsonable(result.final),
             notes=notes,
             result_model_id=result_id,
+            allocation=_jsonable(result.allocation),
         )
         if not ok:
             s.rollback()  # cancelled or taken over meanwhile: write nothing

@@ -88,6 +88,7 @@ class PruningSpec:
     round_to: int | None = None
     calibration_batches: int = 4
     bn_l1: float = 0.0  # L1 sparsity-training strength on BN gamma (applied by the trainer)
+    allocation_from: int | None = None  # a sensitivity run whose allocation becomes overrides
 
     def __post_init__(self) -> None:
         _choice(self.granularity, GRANULARITY_NAMES, "pruning.granularity")
@@ -123,6 +124,7 @@ class PruningSpec:
             )
         _int(self.calibration_batches, "pruning.calibration_batches", 1)
         _number(self.bn_l1, "pruning.bn_l1", 0.0, math.inf)
+        _optional(self.allocation_from, _int, "pruning.allocation_from", 1)
 
     def check_target(self) -> None:
         """Raise ValueError unless exactly one of sparsity/threshold is set (nm needs neither)."""

@@ -188,7 +188,7 @@ def run_context(session: Session, run: Run) -> dict:
     }
     if run.kind == "sensitivity":
         rows = views.run_sensitivity(session, run_id=run.id)
-        stored = (run.final or {}).get("allocation")
+        stored = run.allocation or (run.final or {}).get("allocation")
         ctx["allocation"] = stored or charts_runs.suggest_allocation(
             rows, (run.baseline or {}).get("accuracy")
         )

@@ -115,3 +115,15 @@ def job_client(tmp_path: Path) -> Iterator[TestClient]:
 
     with TestClient(create_app(job_settings(tmp_path / "data"))) as client:
         yield client
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    """``(settings, engine)`` of a migrated database and artifact store, no server."""
+    from app import db
+
+    settings = job_settings(tmp_path / "data")
+    db.upgrade(settings)
+    engine = db.make_engine(settings)
+    yield settings, engine
+    engine.dispose()

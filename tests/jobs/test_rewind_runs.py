@@ -9,23 +9,12 @@ import torch
 from safetensors.torch import load_file
 from sqlmodel import Session
 
-from app import db, store
+from app import store
 from app.jobs.artifacts import ArtifactStore
 from app.models import Run
 from tests.jobs.test_results import _execute
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture
-def lab(tmp_path: Path):
-    from tests.jobs.conftest import job_settings
-
-    settings = job_settings(tmp_path / "data")
-    db.upgrade(settings)
-    engine = db.make_engine(settings)
-    yield settings, engine
-    engine.dispose()
 
 
 def _artifact(lab, run: Run, name: str) -> Path:

@@ -271,3 +271,15 @@ def test_run_page_shows_validation_and_test_accuracy_side_by_side(
     assert ">val accuracy<" in r.text and "96.12%" in r.text and "93.00%" in r.text
     plain = client.get(f"/runs/{lab['b']}", headers=lab["h"])
     assert "val_accuracy" not in plain.context["metric_keys"]
+
+
+def test_sensitivity_run_page_shows_the_stored_allocation(
+    client: TestClient, lab: dict, db_session: Session
+) -> None:
+    run = db_session.get(Run, lab["sens"])
+    run.allocation = {"conv1": 0.8, "conv2": 0.4, "fc": 0.1}
+    db_session.add(run)
+    db_session.commit()
+    r = client.get(f"/runs/{lab['sens']}", headers=lab["h"])
+    assert r.context["allocation"] == {"conv1": 0.8, "conv2": 0.4, "fc": 0.1}
+    assert '<td>conv2</td><td class="num">40%</td>' in r.text

@@ -305,3 +305,51 @@ def test_retrain_rewind_needs_a_model_trained_here_else_422_saying_what_to_use(a
             "/api/runs", json=tiny_recipe(trained, schedule=schedule), headers=people["alice"]
         )
         assert r.status_code == 201, r.text
+
+
+def _sweep_run(api, of_model: int, **fields: object) -> int:
+    row = {
+        "kind": "sensitivity",
+        "status": "succeeded",
+        "model_id": of_model,
+        "allocation": {"fc1": 0.9, "fc2": 0.5},
+        **fields,
+    }
+    with Session(api.app.state.engine) as s:
+        run = Run(name="sweep", dataset_id="digits", recipe={"kind": row["kind"]}, **row)
+        s.add(run)
+        s.commit()
+        return int(run.id)
+
+
+def test_allocation_from_a_finished_sweep_of_the_model_becomes_overrides(api, people) -> None:
+    model_id = people["model_id"]
+    sweep = _sweep_run(api, model_id)
+    pruning = {"granularity": "element", "criterion": "l1", "sparsity": 0.5, "exclude": ["fc2"]}
+    body = tiny_recipe(model_id, pruning={**pruning, "allocation_from": sweep})
+    r = api.post("/api/runs", json=body, headers=people["alice"])
+    assert r.status_code == 201, r.text
+    assert r.json()["recipe"]["pruning"]["overrides"] == {"fc1": 0.9}  # fc2 is excluded
+    got = api.get(f"/api/runs/{sweep}", headers=people["bob"]).json()
+    assert got["allocation"] == {"fc1": 0.9, "fc2": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"kind": "prune"}, "is a prune run; name a finished sensitivity run"),
+        ({"status": "running"}, "has not succeeded (it is running)"),
+        ({"allocation": None}, "has no allocation: run the sweep with a sensitivity.target"),
+        ({"model_id": None}, "swept model None, not model_id"),
+    ],
+)
+def test_allocation_from_an_unusable_run_is_422(api, people, fields, expected) -> None:
+    model_id = people["model_id"]
+    sweep = _sweep_run(api, model_id, **fields)
+    pruning = {"granularity": "element", "criterion": "l1", "sparsity": 0.5}
+    body = tiny_recipe(model_id, pruning={**pruning, "allocation_from": sweep})
+    r = api.post("/api/runs", json=body, headers=people["alice"])
+    assert r.status_code == 422 and expected in _detail(r)
+    missing = tiny_recipe(model_id, pruning={**pruning, "allocation_from": 9999})
+    r = api.post("/api/runs", json=missing, headers=people["alice"])
+    assert r.status_code == 422 and "run 9999 does not exist" in _detail(r)

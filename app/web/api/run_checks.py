@@ -98,7 +98,7 @@ def validate_body(session: Session, body: dict) -> tuple[dict, int | None, str]:
         raise invalid(f"model_id {model_id} does not exist")
     _check_model(model, data, stored["pruning"])
     try:
-        check_sources(session, recipe, model)
+        stored = check_sources(session, recipe, model, stored)
     except ValueError as exc:
         raise invalid(str(exc)) from None
     return stored, model_id, dataset_id

@@ -89,6 +89,7 @@ class RunPublic(BaseModel):
     final: dict | None
     notes: list[str] | None
     result_model_id: int | None
+    allocation: dict[str, float] | None = None
 
 
 def public(run: Run) -> RunPublic:
