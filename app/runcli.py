@@ -59,7 +59,13 @@ def load_recipe(path: str | Path) -> Any:
 
     body = read_recipe_dict(path)
     body.setdefault("name", Path(path).stem)
-    return Recipe.from_dict(body)
+    recipe = Recipe.from_dict(body)
+    if recipe.pruning.allocation_from is not None:
+        raise ValueError(
+            "pruning.allocation_from names a run of the server; prunelab run takes the "
+            "allocation of a sensitivity run's summary.json as pruning.overrides"
+        )
+    return recipe
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -169,6 +175,35 @@ def _summary(recipe: Any, result: Any, started: str, artifacts: list[dict], **ex
     }
 
 
+def _starting_model(
+    recipe_path: str | Path,
+    model_path: str | Path | None,
+    dataset: Any,
+    *,
+    arch: str | None,
+    shape: tuple[int, ...] | None,
+    device: str,
+    pretrain: bool,
+) -> tuple[Any, bool, list[str], str]:
+    """``(module, rebuildable, notes, identity)`` of the model the recipe starts from."""
+    from app.outfolder import file_digest
+    from app.pretrain import pretrain_from_recipe
+
+    if pretrain:
+        body = read_recipe_dict(recipe_path, annotations=True)
+        model, identity, note = pretrain_from_recipe(
+            body, arch=arch, model_given=model_path is not None, data=dataset, device=device
+        )
+        return model, True, [note], identity
+    model, rebuildable, notes = load_model_file(
+        model_path,
+        arch=arch,
+        input_shape=shape or dataset.input_shape,
+        num_classes=dataset.n_classes,
+    )
+    return model, rebuildable, notes, file_digest(model_path, arch)
+
+
 def run_command(
     recipe_path: str | Path,
     model_path: str | Path | None,
@@ -193,8 +228,7 @@ def run_command(
             run's checkpoint (or this run's without ``resume``), named in one sentence.
     """
     from app.jobs.rewind_files import read_rewind_folder
-    from app.outfolder import claim_out_dir, file_digest, release_out_dir
-    from app.pretrain import pretrain_from_recipe
+    from app.outfolder import claim_out_dir, release_out_dir
     from app.pruning.pipeline import run_recipe
     from app.pruning.report import ProgressBar
 
@@ -202,27 +236,11 @@ def run_command(
     recipe = load_recipe(recipe_path)
     dataset = load_data(data)
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
-    if pretrain:
-        body = read_recipe_dict(recipe_path, annotations=True)
-        model, model_id, note = pretrain_from_recipe(
-            body, arch=arch, model_given=model_path is not None, data=dataset, device=device
-        )
-        rebuildable, notes = True, [note]
-    else:
-        model_id = file_digest(model_path, arch)
-        model, rebuildable, notes = load_model_file(
-            model_path,
-            arch=arch,
-            input_shape=shape or dataset.input_shape,
-            num_classes=dataset.n_classes,
-        )
+    model, rebuildable, notes, model_id = _starting_model(
+        recipe_path, model_path, dataset, arch=arch, shape=shape, device=device, pretrain=pretrain
+    )
     out = Path(out_dir)
-    identity = {
-        "recipe": recipe.to_dict(),
-        "model": model_id,
-        "data": data,
-        "arch": arch,
-    }
+    identity = {"recipe": recipe.to_dict(), "model": model_id, "data": data, "arch": arch}
     # a train run's --out holds its rewind weights next to its model
     rewind = read_rewind_folder(recipe, Path(model_path).parent if model_path else None)
     resumed = claim_out_dir(out, identity, resume=resume)

@@ -230,3 +230,11 @@ def test_a_cli_train_run_leaves_rewind_weights_that_a_retrain_of_its_model_uses(
     (trained / "init.safetensors").unlink()
     with pytest.raises(ValueError, match='use "retrain_init": "reinit"'):
         run_command(lottery, model, "digits", tmp_path / "o2", arch="mlp", progress=False)
+
+
+def test_allocation_from_a_server_run_is_refused_by_the_cli_with_what_to_use(tmp_path) -> None:
+    path = tmp_path / "r.json"
+    body = {**MLP_RECIPE, "pruning": {**MLP_RECIPE["pruning"], "allocation_from": 3}}
+    path.write_text(json.dumps(body))
+    with pytest.raises(ValueError, match="summary.json as pruning.overrides"):
+        load_recipe(path)
