@@ -73,8 +73,8 @@ class RunContext:
 
     ``initial_state``: the earlier weights ``retrain_init="rewind"`` goes back to (a train
     run's rewind point; ``rewind.py``), None for every other schedule.
-    ``start_step``/``resume_training`` say where a resumed run
-    goes on (set by ``checkpoint.load_checkpoint``).
+    ``start_step``/``resume_training`` say where a resumed run goes on (set by
+    ``checkpoint.load_checkpoint``).
     """
 
     recipe: Recipe
@@ -108,10 +108,6 @@ class RunContext:
         if self.initial_state is not None:
             self.initial_state = copy.deepcopy(self.initial_state)
         self.hist_before = prunable_weights(self.model)
-
-    @property
-    def baseline_accuracy(self) -> float:
-        return float(self.baseline["accuracy"])
 
     # -- measuring ---------------------------------------------------------------------------
     def measure(self) -> dict:
