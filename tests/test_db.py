@@ -2,10 +2,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from app import db
 from app.config import Settings
+
+HEAD = ScriptDirectory.from_config(db.alembic_config("sqlite://")).get_current_head()
 
 EXPECTED_TABLES = {
     "users",
@@ -34,8 +37,11 @@ def _check_schema(settings: Settings) -> None:
         tables = set(inspect(engine).get_table_names())
         assert tables >= EXPECTED_TABLES
         assert "allocation" in {c["name"] for c in inspect(engine).get_columns("runs")}
+        assert {"physical", "masks_only"} <= {
+            c["name"] for c in inspect(engine).get_columns("runs")
+        }
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
     finally:
         engine.dispose()
 

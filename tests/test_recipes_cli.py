@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.runcli import run_command
+from app.runs.cli import run_command
 from tests.test_recipes import CHEAP, RECIPES, expected
 
 torch.set_num_threads(1)
@@ -52,7 +52,7 @@ def test_cheap_recipe_reproduces_from_the_cli_with_its_own_pretraining(name, tmp
         latency=False,
     )
     pretrain = json.loads(path.read_text())["expected"]["pretrain"]
-    assert any(f"pre-trained a fresh {exp['arch']}" in n for n in summary["notes"])
+    assert any(f"pre-trained a fresh {exp['arch']}" in n["text"] for n in summary["notes"])
     assert summary["baseline"]["accuracy"] > 0.9, f"pre-training {pretrain} did not train"
     assert _band_failures(name, summary, exp) == []
     assert (tmp_path / name / "masks.npz").exists()

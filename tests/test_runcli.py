@@ -13,12 +13,13 @@ import torch
 from safetensors.torch import save_file
 
 from app import zoo
-from app.datasets import load_digits
-from app.outfolder import claim_out_dir, file_digest
+from app.intake.datasets import load_digits
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import FinetuneSpec
 from app.pruning.train import train
-from app.runcli import load_recipe, parse_shape, run_command
+from app.runs.cli import parse_shape, run_command
+from app.runs.inputs import load_recipe
+from app.runs.outfolder import claim_out_dir, file_digest
 
 torch.set_num_threads(1)
 RECIPE = {
@@ -173,7 +174,7 @@ def test_a_finished_run_leaves_no_checkpoint_for_the_next_recipe_in_the_same_out
     second = run_command(
         _mlp_recipe(tmp_path, "most", 0.8), None, "digits", out, arch="mlp", progress=False
     )
-    assert not any(n.startswith("resumed") for n in second["notes"])
+    assert not any(n["text"].startswith("resumed") for n in second["notes"])
     assert abs(second["final"]["sparsity"] - 0.8) < 0.01
 
 
@@ -210,7 +211,7 @@ def test_the_same_recipe_resumes_only_with_resume(tmp_path) -> None:
     with pytest.raises(ValueError, match="pass --resume"):
         run_command(half, None, "digits", out, arch="mlp", progress=False)
     summary = run_command(half, None, "digits", out, arch="mlp", progress=False, resume=True)
-    assert "resumed after step 1" in summary["notes"]
+    assert "resumed after step 1" in [n["text"] for n in summary["notes"]]
     assert (out / "masks.npz").exists() and not (out / "checkpoints").exists()
 
 

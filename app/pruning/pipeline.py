@@ -36,9 +36,9 @@ from app.pruning.kinds import run_sensitivity_kind, run_train_kind
 from app.pruning.masks.compute import validate
 from app.pruning.report import NEVER, NULL_REPORT, Report, ShouldStop
 from app.pruning.result import RunResult, finish_run
-from app.pruning.rewind import NO_REWIND, needs_rewind
 from app.pruning.schedule import run_schedule
 from app.pruning.spec import Recipe
+from app.pruning.targets import NO_REWIND, needs_rewind
 from app.pruning.validation import carve_validation, needs_validation, validation_note
 
 

@@ -21,8 +21,11 @@ import torch
 from torch import nn
 
 from app.catalogue import MASKS_ONLY_NOTE
+from app.pruning.checks import chance_note, sparsity_notes
 from app.pruning.context import RunContext
+from app.pruning.granularity import prunable_layers
 from app.pruning.histograms import histograms, prunable_weights
+from app.pruning.notes import Note, add_notes, info, warning
 from app.pruning.structural.remove import physical_prune, removal_blockers
 
 
@@ -32,7 +35,7 @@ class RunResult:
 
     ``physical``: the model handed back is physically smaller. ``masks_only``: pruned weights
     stay in place as zeros (no speed-up expected); both False for runs that pruned nothing.
-    ``rewind``: a train run's earlier weights by rewind point (``rewind.REWIND_FILES``).
+    ``rewind``: a train run's earlier weights by rewind point (``catalogue.REWIND_FILES``).
     """
 
     model: nn.Module
@@ -43,7 +46,7 @@ class RunResult:
     histograms: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     physical: bool = False
     masks_only: bool = False
     masks: dict[str, torch.Tensor] | None = None
@@ -82,20 +85,45 @@ def final_model(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
     if ctx.masks is None or ctx.plan is None:
         return ctx.model, False
     if not ctx.structured:
-        ctx.notes.append(MASKS_ONLY_NOTE)
+        ctx.notes.append(info(MASKS_ONLY_NOTE))
         return ctx.model, False
     if not spec.physical:
-        ctx.notes.append(f"{MASKS_ONLY_NOTE} (pruning.physical is false)")
+        ctx.notes.append(info(f"{MASKS_ONLY_NOTE} (pruning.physical is false)"))
         return ctx.model, False
     blockers = [] if rebuildable else ["this model format cannot be rebuilt (TorchScript, .pt2)"]
     blockers = blockers or removal_blockers(ctx.model, ctx.example)
     if blockers:
-        ctx.notes.append(f"{MASKS_ONLY_NOTE}: physical removal is not possible, {blockers[0]}")
+        text = f"{MASKS_ONLY_NOTE}: physical removal is not possible, {blockers[0]}"
+        ctx.notes.append(warning(text))
         return ctx.model, False
-    small = physical_prune(ctx.model, ctx.plan, ctx.example, granularity=spec.granularity)
+    removal: list[str] = []
+    small = physical_prune(
+        ctx.model, ctx.plan, ctx.example, granularity=spec.granularity, notes=removal
+    )
+    add_notes(ctx.notes, [warning(f"physical removal {n}") for n in removal])
     diff = max_abs_diff(ctx.model, small, ctx.example)
-    ctx.notes.append(f"physically removed {spec.granularity}s: max output difference {diff:.2e}")
+    ctx.notes.append(
+        info(f"physically removed {spec.granularity}s: max output difference {diff:.2e}")
+    )
     return small, True
+
+
+def result_notes(ctx: RunContext, model: nn.Module, final: dict, *, physical: bool) -> None:
+    """Warn when the result is far from what was asked (sparsity, chance accuracy)."""
+    spec = ctx.recipe.pruning
+    if ctx.plan is not None and spec.granularity != "nm":
+        total = sum(w.numel() for w in ctx.hist_before.values())
+        kept = sum(int(torch.count_nonzero(m.weight)) for m in prunable_layers(model).values())
+        achieved = 1.0 - kept / total if total else 0.0
+        add_notes(ctx.notes, sparsity_notes(ctx.plan, achieved, physical=physical))
+    note = chance_note(
+        float(final["accuracy"]),
+        float(ctx.baseline["accuracy"]),
+        ctx.data.n_classes,
+        threshold=spec.threshold,
+    )
+    if note is not None:
+        ctx.notes.append(note)
 
 
 def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
@@ -108,6 +136,7 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
     model, physical = final_model(ctx, rebuildable)
     ctx.model = model
     final = ctx.measure()
+    result_notes(ctx, model, final, physical=physical)
     ctx.report("progress", {"fraction": 1.0, "message": "done"})
     return RunResult(
         model=model,

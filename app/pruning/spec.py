@@ -28,6 +28,7 @@ from app.catalogue import (
     SCHEDULE_KINDS,
     SCOPES,
     VALID_PAIRS,
+    WANDA_GROUPS,
 )
 
 # Keys of the POST /api/runs body that belong to the run row, not to the recipe.
@@ -88,6 +89,7 @@ class PruningSpec:
     round_to: int | None = None
     calibration_batches: int = 4
     bn_l1: float = 0.0  # L1 sparsity-training strength on BN gamma (applied by the trainer)
+    wanda_group: str = "row"  # wanda (element) compares scores per output row or per layer
     allocation_from: int | None = None  # a sensitivity run whose allocation becomes overrides
 
     def __post_init__(self) -> None:
@@ -122,8 +124,18 @@ class PruningSpec:
                 "pruning.round_to applies to granularities 'filter' and 'channel' only, "
                 f"not '{self.granularity}'."
             )
+        if self.granularity == "layer" and self.threshold is not None:
+            raise ValueError(
+                "pruning.threshold does not apply to granularity 'layer' (whole blocks go by "
+                "their share of the parameters); set pruning.sparsity instead."
+            )
         _int(self.calibration_batches, "pruning.calibration_batches", 1)
         _number(self.bn_l1, "pruning.bn_l1", 0.0, math.inf)
+        _choice(self.wanda_group, WANDA_GROUPS, "pruning.wanda_group")
+        if self.wanda_group != "row" and (self.criterion, self.granularity) != ("wanda", "element"):
+            raise ValueError(
+                "pruning.wanda_group applies to criterion 'wanda' at granularity 'element' only."
+            )
         _optional(self.allocation_from, _int, "pruning.allocation_from", 1)
 
     def check_target(self) -> None:

@@ -23,6 +23,7 @@ from dataclasses import replace
 import numpy as np
 
 from app.pruning.data import ArrayDataset
+from app.pruning.notes import Note, info
 from app.pruning.spec import Recipe
 
 VAL_FRACTION = 0.1
@@ -65,10 +66,11 @@ def carve_validation(
     )
 
 
-def validation_note(data: ArrayDataset, *, seed: int) -> str:
-    """The note a run carries about the split its choices were made on."""
-    return (
-        f"choices made on a validation split of {0 if data.y_val is None else len(data.y_val)} training samples "
+def validation_note(data: ArrayDataset, *, seed: int) -> Note:
+    """The (info) note a run carries about the split its choices were made on."""
+    n_val = 0 if data.y_val is None else len(data.y_val)
+    return info(
+        f"choices made on a validation split of {n_val} training samples "
         f"({VAL_FRACTION:.0%}, stratified, seed {seed}); the test split "
         f"({data.n_test} samples) is only reported"
     )

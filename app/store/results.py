@@ -1,5 +1,5 @@
 """What runs produce (steps, layers, histograms, curve, sensitivity, artifacts, the result
-model) and sweeps. Split out of ``runs``, which re-exports every name here.
+model) and sweeps.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
+from app.catalogue import REWIND_FILES
 from app.errors import NotFound
 from app.models import (
     Artifact,
@@ -35,9 +36,11 @@ __all__ = [
     "list_sensitivity",
     "list_artifacts",
     "get_artifact",
+    "rewind_points",
     "add_model_record",
     "create_sweep",
     "get_sweep",
+    "require_sweep",
 ]
 
 
@@ -190,6 +193,16 @@ def get_artifact(session: Session, *, run_id: int, name: str) -> Artifact | None
     return session.exec(query).first()
 
 
+def rewind_points(session: Session, *, model_id: int | None) -> dict[str, str]:
+    """Rewind point -> storage key: the early weights (``catalogue.REWIND_FILES``) stored by the
+    train run that produced the model; empty for an upload or a model without them."""
+    model = None if model_id is None else session.get(ModelRecord, model_id)
+    if model is None or model.source_run_id is None:
+        return {}
+    names = {a.name: a.storage_key for a in list_artifacts(session, run_id=model.source_run_id)}
+    return {p: names[n] for p, n in REWIND_FILES.items() if n in names}
+
+
 def add_model_record(session: Session, **fields: Any) -> ModelRecord:
     """A model row (a run's result model; the worker has written the file)."""
     record = ModelRecord(**fields)
@@ -216,7 +229,13 @@ def create_sweep(
     return sweep
 
 
-def get_sweep(session: Session, *, sweep_id: int) -> Sweep:
+def get_sweep(session: Session, *, sweep_id: int) -> Sweep | None:
+    """The sweep, or None."""
+    return session.get(Sweep, sweep_id)
+
+
+def require_sweep(session: Session, *, sweep_id: int) -> Sweep:
+    """The sweep, or ``NotFound`` with a sentence."""
     sweep = session.get(Sweep, sweep_id)
     if sweep is None:
         raise NotFound(f"sweep {sweep_id} does not exist")

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from sqlmodel import Session
 
 from app import store
-from app.jobs.artifacts import ArtifactStore
+from app.artifacts import ArtifactStore
 from app.models import Run
 from tests.jobs.test_results import _execute
 

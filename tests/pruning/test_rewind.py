@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
+from app.catalogue import REWIND_FILES
+from app.intake.datasets import load_digits
 from app.pruning.pipeline import run_recipe
-from app.pruning.rewind import REWIND_FILES, choose_rewind
 from app.pruning.spec import Recipe, ScheduleSpec
+from app.pruning.targets import choose_rewind
 
 torch.set_num_threads(1)
 TRAIN = {"kind": "train", "name": "t", "finetune": {"epochs": 3, "lr": 0.003, "optimizer": "adam"}}

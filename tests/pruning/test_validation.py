@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
 from app.pruning.measure import evaluate
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import FinetuneSpec, Recipe
@@ -48,9 +48,11 @@ def test_max_accuracy_drop_chooses_on_validation_and_reports_both() -> None:
     kept = [s for s in result.steps if base - s["after_finetune"]["val_accuracy"] <= 0.05]
     assert result.final["val_accuracy"] == pytest.approx(kept[-1]["after_finetune"]["val_accuracy"])
     assert result.final["sparsity"] == pytest.approx(kept[-1]["after_finetune"]["sparsity"])
-    assert any("validation accuracy, more than max_accuracy_drop" in n for n in result.notes)
-    assert "choices made on a validation split" in result.notes[0]
-    assert "seed 0" in result.notes[0] and "test split" in result.notes[0]
+    assert any(
+        "validation accuracy, more than max_accuracy_drop" in n["text"] for n in result.notes
+    )
+    assert "choices made on a validation split" in result.notes[0]["text"]
+    assert "seed 0" in result.notes[0]["text"] and "test split" in result.notes[0]["text"]
 
 
 def test_early_stopping_keeps_the_best_validation_epoch() -> None:
@@ -72,7 +74,7 @@ def test_a_sensitivity_sweep_measures_on_validation_data() -> None:
     )
     result = run_recipe(recipe, trained_mlp(), load_digits(), latency=False)
     assert "val_accuracy" in result.baseline
-    assert "choices made on a validation split" in result.notes[0]
+    assert "choices made on a validation split" in result.notes[0]["text"]
     assert result.allocation
 
 
@@ -86,4 +88,4 @@ def test_a_run_that_chooses_nothing_trains_on_all_the_training_data() -> None:
     )
     result = run_recipe(recipe, trained_mlp(), load_digits(), latency=False)
     assert "val_accuracy" not in result.final
-    assert not any("validation split" in n for n in result.notes)
+    assert not any("validation split" in n["text"] for n in result.notes)

@@ -1,8 +1,8 @@
 """Checks at run creation of what a recipe takes from earlier runs (no torch, no model loaded).
 
 * ``retrain_init: rewind`` needs the rewind weights a train run stored for the model
-  (``app.pruning.rewind``); a model without them (an upload) is refused with a sentence saying
-  what to use instead.
+  (``store.rewind_points``, ``targets.choose_rewind``); a model without them (an upload) is
+  refused with a sentence saying what to use instead.
 * ``pruning.allocation_from: RUN_ID`` names a finished sensitivity run of the same model
   (every signed-in user may read every run); its stored per-layer allocation becomes the
   recipe's ``pruning.overrides`` (overrides given in the recipe win; excluded layers stay out),
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from app.jobs.rewind_files import available_points
-from app.models import ModelRecord, Run
-from app.pruning.rewind import choose_rewind
+from app import store
+from app.models import ModelRecord
 from app.pruning.spec import Recipe
+from app.pruning.targets import choose_rewind
 
 
 def check_sources(session: Session, recipe: Recipe, model: ModelRecord, stored: dict) -> dict:
@@ -25,7 +25,7 @@ def check_sources(session: Session, recipe: Recipe, model: ModelRecord, stored: 
     Raises:
         ValueError: one sentence saying what is missing and what to use instead.
     """
-    choose_rewind(recipe.schedule, available_points(session, model))
+    choose_rewind(recipe.schedule, store.rewind_points(session, model_id=model.id))
     source = recipe.pruning.allocation_from
     if source is None:
         return stored
@@ -37,7 +37,7 @@ def check_sources(session: Session, recipe: Recipe, model: ModelRecord, stored: 
 
 
 def _allocation(session: Session, run_id: int, model: ModelRecord) -> dict[str, float]:
-    run = session.get(Run, run_id)
+    run = store.get_run(session, run_id=run_id)
     where = f"pruning.allocation_from: run {run_id}"
     if run is None:
         raise ValueError(f"{where} does not exist; name a finished sensitivity run")

@@ -1,5 +1,5 @@
-"""The files a finished run leaves (part of ``tasks``): exports, ``masks.npz``, a train run's
-rewind points (``rewind_files``), the result model.
+"""A finished server run's files in the artifact store: exports, ``masks.npz``, a train run's
+rewind points, the result model.
 
 Nothing here writes the database: :func:`store_files` puts the files in the artifact store and
 returns the artifact rows and the ``ModelRecord`` columns that ``tasks`` records in the one
@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.jobs.artifacts import ArtifactStore, artifact_key
-from app.jobs.rewind_files import write_rewind
+from app.artifacts import ArtifactStore, artifact_key
+from app.runs.export import sha256_of, write_run_files
 
 log = logging.getLogger(__name__)
-MASKS_NAME = "masks.npz"
 
 
 @dataclass
@@ -38,7 +37,7 @@ def jsonable(value: Any) -> Any:
     """Tensors, numpy scalars and tuples as plain JSON values."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v) for v in value]
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -58,64 +57,13 @@ def store_files(
     if recipe.kind == "sensitivity":
         return RunFiles()
     out = tmp / "export"
-    config = _arch_config(result, data, arch)
-    example = data.sample_batch(8)
-    from app.modelio.export import export_all
-
-    rows = export_all(
-        result.model.cpu().eval(), example, out, recipe=recipe.to_dict(), arch_config=config
-    )
-    rows += write_masks(result.masks, out / MASKS_NAME)
-    rows += write_rewind(result.rewind, out)
+    rows, config = write_run_files(out, recipe, result, data, arch)
     for row in rows:
         row["storage_key"] = artifact_key(run_id, row["name"])
         if (out / row["name"]).is_file():  # a failed export removed its file
             artifacts.put_file(out / row["name"], row["storage_key"])
     fields = _result_model(artifacts, run_id, recipe, result, data, arch, config, tmp)
     return RunFiles(rows, fields)
-
-
-def _arch_config(result: Any, data: Any, arch: str | None) -> dict | None:
-    """How to rebuild a physically pruned built-in architecture from its weights. Models that
-    came without a built-in arch (ONNX) have none: their rebuildable exports are pruned.onnx and
-    pruned.pt, and pruned.safetensors is checked by loading it into the pruned module."""
-    if not result.physical or arch is None:
-        return None
-    from app.pruning.structural.rebuild import architecture_config
-
-    return architecture_config(
-        result.model, arch=arch, num_classes=data.n_classes, input_shape=data.input_shape
-    )
-
-
-def write_masks(masks: dict | None, path: Path) -> list[dict]:
-    """``masks.npz``: one boolean keep-mask per prunable layer, keyed by layer name.
-
-    The masks are the final plan's, taken before physical removal, so they have the original
-    weight shapes: the dashboard draws them for physically pruned runs too. Read back and
-    compared before the row says ``verified``.
-    """
-    if not masks:
-        return []
-    import numpy as np
-
-    arrays = {str(name): m.detach().cpu().numpy().astype(bool) for name, m in masks.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
-    with np.load(path) as z:
-        same = set(z.files) == set(arrays) and all(
-            np.array_equal(z[k], v) for k, v in arrays.items()
-        )
-    return [
-        {
-            "name": path.name,
-            "kind": "masks",
-            "size_bytes": path.stat().st_size,
-            "verified": same,
-            "max_abs_diff": 0.0 if same else None,
-            "sha256": sha256_of(path),
-        }
-    ]
 
 
 def _result_model(
@@ -224,9 +172,3 @@ def module_record_fields(
         "structured_ok": fmt == "safetensors",
         "layers": layers,
     }
-
-
-def sha256_of(path: Path) -> str:
-    from app.modelio.export import file_sha256
-
-    return file_sha256(path)

@@ -1,9 +1,11 @@
 """A train run's rewind points as files: ``init.safetensors`` / ``rewind.safetensors``.
 
 :func:`write_rewind` writes the points a ``train`` run kept (``RunResult.rewind``) as artifact
-rows; :func:`rewind_state_for` gives a later ``retrain`` run (``retrain_init: rewind``) the
-weights its schedule asks for, from the train run that produced the model it prunes.
-``prunelab run`` reads them from the folder of ``--model`` (:func:`read_rewind_folder`).
+rows (``export.write_run_files`` calls it for the worker and ``prunelab run`` alike);
+:func:`rewind_state_for` gives a later ``retrain`` run (``retrain_init: rewind``) of the worker
+the weights its schedule asks for, from the stored files of the train run that produced the
+model it prunes (``store.rewind_points``, looked up by ``jobs.tasks``). ``prunelab run`` reads
+them from the folder of ``--model`` (:func:`read_rewind_folder`).
 """
 
 from __future__ import annotations
@@ -11,14 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlmodel import Session
-
-from app import store
-from app.jobs.artifacts import ArtifactStore
-from app.jobs.inputs import fetch
-from app.models import ModelRecord
-from app.pruning.rewind import REWIND_FILES, choose_rewind
+from app.artifacts import ArtifactStore
+from app.catalogue import REWIND_FILES
 from app.pruning.spec import Recipe
+from app.pruning.targets import choose_rewind
+from app.runs.inputs import fetch
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -67,25 +66,14 @@ def read_rewind_folder(recipe: Recipe, folder: Path | None) -> dict[str, Tensor]
     return None if point is None else _load(available[point])
 
 
-def available_points(session: Session, model: ModelRecord | None) -> dict[str, str]:
-    """Rewind point -> storage key, from the run that produced ``model`` (empty for uploads)."""
-    if model is None or model.source_run_id is None:
-        return {}
-    names = {
-        a.name: a.storage_key for a in store.list_artifacts(session, run_id=model.source_run_id)
-    }
-    return {p: names[n] for p, n in REWIND_FILES.items() if n in names}
-
-
 def rewind_state_for(
-    session: Session, artifacts: ArtifactStore, model_id: int | None, recipe: Recipe, tmp: Path
+    artifacts: ArtifactStore, keys: dict[str, str], recipe: Recipe, tmp: Path
 ) -> dict[str, Tensor] | None:
-    """The weights a run's ``retrain_init: rewind`` goes back to, or None when it needs none.
+    """The weights a server run's ``retrain_init: rewind`` goes back to, or None when it needs
+    none; ``keys`` maps the model's rewind points to storage keys (``store.rewind_points``).
 
     Raises:
         ValueError: the schedule rewinds and the model has no such weights.
     """
-    model = None if model_id is None else session.get(ModelRecord, model_id)
-    keys = available_points(session, model)
     point = choose_rewind(recipe.schedule, keys)
     return None if point is None else _load(fetch(artifacts, keys[point], tmp))

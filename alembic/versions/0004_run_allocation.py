@@ -1,7 +1,7 @@
 """runs.allocation: a sensitivity run's per-layer allocation as a structured field
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0004
+Revises: 0002
 Create Date: 2026-12-01
 """
 
@@ -13,15 +13,17 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0002"
-down_revision: str | None = "0001"
+revision: str = "0004"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("runs", sa.Column("allocation", sa.JSON(), nullable=True))
+    with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("allocation", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
-    op.drop_column("runs", "allocation")
+    with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.drop_column("allocation")
