@@ -133,6 +133,10 @@ WANDA_GROUPS: tuple[str, ...] = ("row", "layer")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step")
 RETRAIN_INITS: tuple[str, ...] = ("rewind", "reinit")
+REWIND_FILES: dict[str, str] = {"init": "init.safetensors", "early": "rewind.safetensors"}
+"""A train run's rewind points (before the first batch, after an early epoch) -> the artifact
+it stores each as; ``schedule.rewind_from`` names one."""
+REWIND_POINTS: tuple[str, ...] = tuple(REWIND_FILES)
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(
@@ -186,6 +190,7 @@ def as_json() -> dict:
         "optimizers": list(OPTIMIZERS),
         "lr_schedules": list(LR_SCHEDULES),
         "retrain_inits": list(RETRAIN_INITS),
+        "rewind_points": list(REWIND_POINTS),
         "datasets": [{**asdict(d), "input_shape": list(d.input_shape)} for d in DATASETS.values()],
         "architectures": [
             {**asdict(a), "default_input_shape": list(a.default_input_shape)}

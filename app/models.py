@@ -182,6 +182,7 @@ class Run(SQLModel, table=True):
     result_model_id: int | None = None
     interrupted_at: datetime | None = None
     interrupted_reason: str | None = Field(default=None, max_length=500)
+    allocation: dict[str, float] | None = _json()  # a sensitivity run's per-layer sparsity
 
 
 class RunStep(SQLModel, table=True):

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from app import db
 from app.config import Settings
+
+HEAD = ScriptDirectory.from_config(db.alembic_config("sqlite://")).get_current_head()
 
 EXPECTED_TABLES = {
     "users",
@@ -26,9 +29,6 @@ EXPECTED_TABLES = {
 }
 
 
-HEAD = "0003"  # the newest migration
-
-
 def _check_schema(settings: Settings) -> None:
     db.upgrade(settings)
     db.upgrade(settings)  # idempotent
@@ -36,6 +36,10 @@ def _check_schema(settings: Settings) -> None:
     try:
         tables = set(inspect(engine).get_table_names())
         assert tables >= EXPECTED_TABLES
+        assert "allocation" in {c["name"] for c in inspect(engine).get_columns("runs")}
+        assert {"physical", "masks_only"} <= {
+            c["name"] for c in inspect(engine).get_columns("runs")
+        }
         with engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
     finally:

@@ -7,16 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from app import zoo
 from app.modelio.dataset_files import load_digits
+from app.pruning.pipeline import run_recipe
 from app.pruning.spec import FinetuneSpec
 from app.pruning.train import train
 from app.runs.cli import parse_shape, run_command
 from app.runs.inputs import load_recipe
+from app.runs.outfolder import claim_out_dir, file_digest
 
 torch.set_num_threads(1)
 RECIPE = {
@@ -88,6 +91,10 @@ def test_run_command_writes_summary_histograms_curve_and_artifacts(tmp_path, wei
         "pruned.onnx",
         "pruned.safetensors",
     }
+    assert "masks.npz" in names and "masks.npz" in {a["name"] for a in body["artifacts"]}
+    with np.load(out / "masks.npz") as masks:
+        assert {"features.0", "features.4", "features.8"} <= set(masks.files)
+        assert masks["features.0"].dtype == bool and masks["features.0"].shape[0] == 16
 
 
 def test_yaml_recipes_load_like_json(tmp_path) -> None:
@@ -142,3 +149,93 @@ def test_prunelab_run_from_the_command_line(tmp_path, weights) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "compression" in proc.stdout
     assert (out / "summary.json").exists() and (out / "pruned.onnx").exists()
+
+
+MLP_RECIPE = {
+    "kind": "prune",
+    "pruning": {"granularity": "element", "criterion": "l1", "sparsity": 0.5},
+    "schedule": {"kind": "oneshot"},
+    "finetune": {"epochs": 1, "lr": 0.003, "optimizer": "adam", "batch_size": 128},
+}
+
+
+def _mlp_recipe(tmp_path: Path, name: str, sparsity: float) -> Path:
+    path = tmp_path / f"{name}.json"
+    body = {**MLP_RECIPE, "pruning": {**MLP_RECIPE["pruning"], "sparsity": sparsity}}
+    path.write_text(json.dumps(body))
+    return path
+
+
+def test_a_finished_run_leaves_no_checkpoint_for_the_next_recipe_in_the_same_out(tmp_path) -> None:
+    out = tmp_path / "out"
+    first = _mlp_recipe(tmp_path, "half", 0.5)
+    run_command(first, None, "digits", out, arch="mlp", progress=False)
+    assert not (out / "checkpoints").exists()
+    second = run_command(
+        _mlp_recipe(tmp_path, "most", 0.8), None, "digits", out, arch="mlp", progress=False
+    )
+    assert not any(n["text"].startswith("resumed") for n in second["notes"])
+    assert abs(second["final"]["sparsity"] - 0.8) < 0.01
+
+
+def _leave_unfinished_checkpoint(recipe_path: Path, out: Path) -> None:
+    """What an interrupted ``prunelab run`` of ``recipe_path`` leaves in ``out``."""
+    recipe = load_recipe(recipe_path)
+    identity = {
+        "recipe": recipe.to_dict(),
+        "model": file_digest(None, "mlp"),
+        "data": "digits",
+        "arch": "mlp",
+    }
+    assert claim_out_dir(out, identity, resume=False) is False
+    model = zoo.build("mlp")
+    run_recipe(recipe, model, load_digits(), checkpoint_dir=out / "checkpoints", latency=False)
+
+
+def test_an_out_holding_another_recipes_checkpoint_is_refused(tmp_path) -> None:
+    out = tmp_path / "out"
+    half = _mlp_recipe(tmp_path, "half", 0.5)
+    _leave_unfinished_checkpoint(half, out)
+    other = _mlp_recipe(tmp_path, "most", 0.8)
+    for resume in (False, True):
+        with pytest.raises(ValueError, match="checkpoint of another run .its recipe differs"):
+            run_command(other, None, "digits", out, arch="mlp", progress=False, resume=resume)
+    with pytest.raises(ValueError, match="checkpoint of another run .its model differs"):
+        run_command(half, None, "digits", out, arch="lenet5", progress=False, resume=True)
+
+
+def test_the_same_recipe_resumes_only_with_resume(tmp_path) -> None:
+    out = tmp_path / "out"
+    half = _mlp_recipe(tmp_path, "half", 0.5)
+    _leave_unfinished_checkpoint(half, out)
+    with pytest.raises(ValueError, match="pass --resume"):
+        run_command(half, None, "digits", out, arch="mlp", progress=False)
+    summary = run_command(half, None, "digits", out, arch="mlp", progress=False, resume=True)
+    assert "resumed after step 1" in [n["text"] for n in summary["notes"]]
+    assert (out / "masks.npz").exists() and not (out / "checkpoints").exists()
+
+
+def test_a_cli_train_run_leaves_rewind_weights_that_a_retrain_of_its_model_uses(tmp_path) -> None:
+    train_recipe = tmp_path / "train.json"
+    train_recipe.write_text(json.dumps({"kind": "train", "finetune": {"epochs": 2}}))
+    trained = tmp_path / "trained"
+    run_command(train_recipe, None, "digits", trained, arch="mlp", progress=False)
+    assert {"init.safetensors", "rewind.safetensors"} <= {p.name for p in trained.iterdir()}
+    body = {**MLP_RECIPE, "schedule": {"kind": "retrain"}, "finetune": {"epochs": 0}}
+    lottery = tmp_path / "lottery.json"
+    lottery.write_text(json.dumps(body))
+    model = trained / "pruned.safetensors"
+    summary = run_command(lottery, model, "digits", tmp_path / "o", arch="mlp", progress=False)
+    assert summary["final"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    (trained / "rewind.safetensors").unlink()
+    (trained / "init.safetensors").unlink()
+    with pytest.raises(ValueError, match='use "retrain_init": "reinit"'):
+        run_command(lottery, model, "digits", tmp_path / "o2", arch="mlp", progress=False)
+
+
+def test_allocation_from_a_server_run_is_refused_by_the_cli_with_what_to_use(tmp_path) -> None:
+    path = tmp_path / "r.json"
+    body = {**MLP_RECIPE, "pruning": {**MLP_RECIPE["pruning"], "allocation_from": 3}}
+    path.write_text(json.dumps(body))
+    with pytest.raises(ValueError, match="summary.json as pruning.overrides"):
+        load_recipe(path)

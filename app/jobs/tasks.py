@@ -32,6 +32,7 @@ from app.models import Run
 from app.pruning.notes import warning
 from app.runs.inputs import StoredModel, build_recipe, load_dataset, load_model_for
 from app.runs.results import jsonable, store_files
+from app.runs.rewind_files import rewind_state_for
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
@@ -189,6 +190,8 @@ def _run_attempt(
         stored = _stored_model(s, run.model_id)
         arch_asked = (run.recipe or {}).get("arch")
         model, rebuildable, arch = load_model_for(artifacts, stored, arch_asked, data, tmp)
+        keys = store.rewind_points(s, model_id=run.model_id)
+        rewind = rewind_state_for(artifacts, keys, recipe, tmp)
         attempt = run.attempt
     ckpt_dir, resumed = _checkpoint_dir(artifacts, run_id, attempt, tmp)
     syncer = CheckpointSync(artifacts, run_id, ckpt_dir / "checkpoint.pt")
@@ -210,6 +213,7 @@ def _run_attempt(
             checkpoint_dir=ckpt_dir,
             rebuildable=rebuildable,
             resume=resumed,
+            initial_state=rewind,
         )
     finally:
         syncer.sync()  # a stopped attempt leaves its last completed step for resume
@@ -309,6 +313,7 @@ def _save_success(
             physical=bool(result.physical),
             masks_only=bool(result.masks_only),
             result_model_id=result_id,
+            allocation=jsonable(result.allocation),
         )
         if not ok:
             s.rollback()  # cancelled or taken over meanwhile: write nothing

@@ -74,9 +74,10 @@ class BestStep:
 class RunContext:
     """The state of one prune run: model, masks, keeper, and what has been recorded so far.
 
-    ``initial_state`` (the weights ``retrain_init="rewind"`` goes back to) defaults to the
-    model's weights at the start. ``start_step``/``resume_training`` say where a resumed run
-    goes on (set by ``checkpoint.load_checkpoint``).
+    ``initial_state``: the earlier weights ``retrain_init="rewind"`` goes back to (a train
+    run's rewind point; ``rewind.py``), None for every other schedule.
+    ``start_step``/``resume_training`` say where a resumed run goes on (set by
+    ``checkpoint.load_checkpoint``).
     """
 
     recipe: Recipe
@@ -108,12 +109,9 @@ class RunContext:
         self.model = self.model.to(self.device)
         self.example = self.data.sample_batch(32).to(self.device)
         self.structured = self.recipe.pruning.granularity in CHANNEL_LEVELS
-        self.initial_state = copy.deepcopy(self.initial_state or self.model.state_dict())
+        if self.initial_state is not None:
+            self.initial_state = copy.deepcopy(self.initial_state)
         self.hist_before = prunable_weights(self.model)
-
-    @property
-    def baseline_accuracy(self) -> float:
-        return float(self.baseline["accuracy"])
 
     # -- measuring ---------------------------------------------------------------------------
     def measure(self) -> dict:
@@ -294,14 +292,17 @@ class RunContext:
     def accept_step(self, k: int, after: dict) -> bool:
         """Keep step ``k`` when within ``max_accuracy_drop``; else restore the best and stop."""
         max_drop = self.recipe.schedule.max_accuracy_drop
-        if within_drop(self.baseline_accuracy, float(after["accuracy"]), max_drop):
+        key = "val_accuracy" if "val_accuracy" in after else "accuracy"  # choose on validation
+        lost = float(self.baseline[key]) - float(after[key])
+        if within_drop(float(self.baseline[key]), float(after[key]), max_drop):
             self.remember_best(k)
             return True
         best = self.best
+        split = "validation" if key == "val_accuracy" else "test"
         self.notes.append(
             warning(
-                f"step {k} lost {self.baseline_accuracy - after['accuracy']:.4f} accuracy, more than "
-                f"max_accuracy_drop {max_drop}; kept step {0 if best is None else best.step}"
+                f"step {k} lost {lost:.4f} {split} accuracy, more than max_accuracy_drop "
+                f"{max_drop}; kept step {0 if best is None else best.step}"
             )
         )
         if best is not None:

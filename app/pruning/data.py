@@ -34,6 +34,7 @@ class ArrayDataset:
         x_train, x_test: float32 arrays shaped ``(N, *input_shape)``.
         y_train, y_test: int64 label arrays shaped ``(N,)`` with values in ``[0, n_classes)``.
         n_classes: number of classes.
+        x_val, y_val: the validation split the run's choices are made on, or None.
     """
 
     name: str
@@ -42,6 +43,13 @@ class ArrayDataset:
     x_test: np.ndarray
     y_test: np.ndarray
     n_classes: int
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+
+    @property
+    def has_val(self) -> bool:
+        """True when a validation split was carved off (``validation.carve_validation``)."""
+        return self.x_val is not None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -57,10 +65,17 @@ class ArrayDataset:
         return int(self.x_test.shape[0])
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)`` of ``"train"`` or ``"test"`` as CPU tensors (shared memory, no copy)."""
+        """``(x, y)`` of ``"train"``, ``"val"`` or ``"test"`` as CPU tensors (no copy)."""
         import torch
 
-        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
+        splits = {
+            "train": (self.x_train, self.y_train),
+            "val": (self.x_val, self.y_val),
+            "test": (self.x_test, self.y_test),
+        }
+        x, y = splits[split]
+        if x is None:
+            raise ValueError(f"dataset {self.name!r} has no {split} split")
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(
             np.ascontiguousarray(y, dtype=np.int64)
         )

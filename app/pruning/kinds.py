@@ -28,6 +28,7 @@ from app.pruning.data import ArrayDataset
 from app.pruning.notes import info
 from app.pruning.report import Report, ShouldStop
 from app.pruning.result import RunResult
+from app.pruning.rewind import RewindRecorder
 from app.pruning.sensitivity import run_sensitivity
 from app.pruning.spec import Recipe, SensitivitySpec
 from app.pruning.train import train
@@ -45,10 +46,13 @@ def run_train_kind(
 ) -> RunResult:
     """Train ``model`` densely with ``recipe.finetune``; step 0 holds before and after.
 
-    ``device``, ``report``, ``should_stop``, ``latency`` as in ``run_recipe``.
+    The weights before training and after the first epoch come back in ``rewind`` (what a
+    later ``retrain`` run rewinds to). ``device``, ``report``, ``should_stop``, ``latency``
+    as in ``run_recipe``.
     """
     model.to(device)
     base = measure_mod.measure(model, data, device=device, latency=latency)
+    recorder = RewindRecorder(model)
     curve = train(
         model,
         data,
@@ -58,6 +62,7 @@ def run_train_kind(
         should_stop=should_stop,
         bn_l1=recipe.pruning.bn_l1,
         seed=recipe.seed,
+        on_epoch=recorder.on_epoch,
     )
     final = measure_mod.measure(
         model, data, device=device, latency=latency, baseline_nonzero=base["n_nonzero"]
@@ -65,7 +70,13 @@ def run_train_kind(
     layers = layer_stats(model, input_shape=data.input_shape)
     step0 = {"step": 0, "target_sparsity": 0.0, "before_finetune": base, "after_finetune": final}
     return RunResult(
-        model, base, final, steps=[step0], layers=[{"step": 0, **r} for r in layers], curve=curve
+        model,
+        base,
+        final,
+        steps=[step0],
+        layers=[{"step": 0, **r} for r in layers],
+        curve=curve,
+        rewind=recorder.points,
     )
 
 

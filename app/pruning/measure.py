@@ -42,15 +42,21 @@ METRICS = (
 
 
 def evaluate(
-    model: nn.Module, data: ArrayDataset, *, device: str = "cpu", batch_size: int = 512
+    model: nn.Module,
+    data: ArrayDataset,
+    *,
+    device: str = "cpu",
+    batch_size: int = 512,
+    split: str = "test",
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy loss on the test split.
+    """Accuracy and mean cross-entropy loss on the test split (or ``split``).
 
     Args:
         model: a classifier returning logits; put in eval mode for the pass, then restored.
-        data: the dataset; its ``test`` split is used.
+        data: the dataset; its ``test`` split is used unless ``split`` says ``"val"``.
         device: where to run.
         batch_size: evaluation batch size.
+        split: ``"test"`` or ``"val"``.
 
     Returns:
         ``{"accuracy": float in [0, 1], "loss": float}``.
@@ -59,7 +65,7 @@ def evaluate(
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
     try:
-        for xb, yb in data.loader("test", batch_size, shuffle=False):
+        for xb, yb in data.loader(split, batch_size, shuffle=False):
             xb, yb = xb.to(device), yb.to(device)
             logits = model(xb)
             loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
@@ -133,6 +139,9 @@ def measure(
         "batch": int(large_batch),
         "compression": baseline_nonzero / n_nonzero if baseline_nonzero and n_nonzero else 1.0,
     }
+    if data.has_val:  # the run chooses on these (``validation.py``); test is only reported
+        val = evaluate(model, data, device=device, split="val")
+        result["val_accuracy"], result["val_loss"] = val["accuracy"], val["loss"]
     if latency:
         result["latency_ms"] = measure_latency(
             model, data.sample_batch(1), device=device, budget_s=latency_budget_s

@@ -38,6 +38,8 @@ from app.pruning.report import NEVER, NULL_REPORT, Report, ShouldStop
 from app.pruning.result import RunResult, finish_run
 from app.pruning.schedule import run_schedule
 from app.pruning.spec import Recipe
+from app.pruning.targets import NO_REWIND, needs_rewind
+from app.pruning.validation import carve_validation, needs_validation, validation_note
 
 
 def run_recipe(
@@ -59,7 +61,9 @@ def run_recipe(
     Args:
         recipe: the recipe.
         model: the trained model (untrained for ``kind: "train"``); changed in place.
-        data: the dataset (train split for fine-tuning and calibration, test for metrics).
+        data: the dataset (train split for fine-tuning and calibration, test for metrics). A
+            recipe that chooses from accuracy carves a validation split off its train split
+            and chooses on it (``validation.py``; a note says so).
         device: torch device string.
         report: progress callback (``progress``, ``metric``, ``step``, ``status`` events).
         should_stop: polled between batches; the run raises ``Cancelled`` when it is true.
@@ -67,21 +71,26 @@ def run_recipe(
         rebuildable: False for formats that cannot be rebuilt (TorchScript, .pt2): masks only.
         resume: continue after the last completed step found in ``checkpoint_dir``.
         latency: measure latency (tests switch it off for speed).
-        initial_state: the weights ``retrain_init="rewind"`` goes back to (default: the
-            weights at the start of the run).
+        initial_state: the weights ``retrain_init="rewind"`` goes back to (a train run's
+            ``rewind`` point, ``rewind.py``); required by that schedule.
 
     Returns:
         A :class:`~app.pruning.result.RunResult`; ``steps[0]`` is the baseline.
 
     Raises:
-        ValueError: an invalid recipe for this model (unknown layer names, bad pairs).
+        ValueError: an invalid recipe for this model (unknown layer names, bad pairs), or
+            ``retrain_init="rewind"`` without ``initial_state``.
         Cancelled: ``should_stop()`` turned true.
     """
     torch.manual_seed(int(recipe.seed))
     report("status", {"status": "running"})
+    note = None
+    if needs_validation(recipe) and not data.has_val:
+        data = carve_validation(data, seed=int(recipe.seed))
+        note = validation_note(data, seed=int(recipe.seed))
     if recipe.kind in ("train", "sensitivity"):
         run_kind = run_train_kind if recipe.kind == "train" else run_sensitivity_kind
-        return run_kind(
+        result = run_kind(
             recipe,
             model,
             data,
@@ -90,19 +99,25 @@ def run_recipe(
             should_stop=should_stop,
             latency=latency,
         )
-    validate(recipe.pruning, model)
-    ctx = RunContext(
-        recipe,
-        model,
-        data,
-        report,
-        should_stop,
-        device=device,
-        latency=latency,
-        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
-        initial_state=initial_state,
-    )
-    if not (resume and load_checkpoint(ctx)):
-        ctx.record_baseline()
-    run_schedule(ctx)
-    return finish_run(ctx, rebuildable)
+    else:
+        validate(recipe.pruning, model)
+        if needs_rewind(recipe.schedule) and initial_state is None:
+            raise ValueError(NO_REWIND)
+        ctx = RunContext(
+            recipe,
+            model,
+            data,
+            report,
+            should_stop,
+            device=device,
+            latency=latency,
+            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+            initial_state=initial_state,
+        )
+        if not (resume and load_checkpoint(ctx)):
+            ctx.record_baseline()
+        run_schedule(ctx)
+        result = finish_run(ctx, rebuildable)
+    if note is not None:
+        result.notes.insert(0, note)
+    return result

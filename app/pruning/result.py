@@ -36,6 +36,7 @@ class RunResult:
 
     ``physical``: the model handed back is physically smaller. ``masks_only``: pruned weights
     stay in place as zeros (no speed-up expected); both False for runs that pruned nothing.
+    ``rewind``: a train run's earlier weights by rewind point (``catalogue.REWIND_FILES``).
     """
 
     model: nn.Module
@@ -51,6 +52,7 @@ class RunResult:
     masks_only: bool = False
     masks: dict[str, torch.Tensor] | None = None
     allocation: dict[str, float] | None = None
+    rewind: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def summary(self) -> dict:
         """The JSON-able part: measurements, records, notes and the typed flags."""
@@ -142,7 +144,7 @@ def result_notes(ctx: RunContext, model: nn.Module, final: dict, *, physical: bo
         add_notes(ctx.notes, sparsity_notes(ctx.plan, achieved, physical=physical))
     note = chance_note(
         float(final["accuracy"]),
-        ctx.baseline_accuracy,
+        float(ctx.baseline["accuracy"]),
         ctx.data.n_classes,
         threshold=spec.threshold,
     )

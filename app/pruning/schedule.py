@@ -18,8 +18,9 @@ schedule kind, and when a checkpoint is written.
 * ``at_init`` (SNIP, Lee et al. 2019): re-initialise the weights with the model's own init,
   score and prune once on sampled batches, then train from scratch with the mask fixed.
 * ``retrain``: prune the trained model once, then train the pruned structure from scratch:
-  ``retrain_init="rewind"`` restores the initial weights given to ``run_recipe`` (or the
-  weights at the start of the run), ``"reinit"`` re-draws them; the masks are kept.
+  ``retrain_init="rewind"`` restores the earlier weights given to ``run_recipe`` (a train
+  run's initial or early-epoch weights, ``rewind.py``; lottery-ticket rewinding),
+  ``"reinit"`` re-draws them; the masks are kept.
   ``at_init`` and ``retrain`` are checkpointed after every epoch, like ``agp``.
 
 ``max_accuracy_drop`` (absolute, 0.01 = one point): the schedule stops at the first step whose

@@ -36,7 +36,8 @@ def _default_pruning() -> PruningSpec:
 
 
 def _evaluate(model: nn.Module, data: ArrayDataset, device: str) -> float:
-    return float(evaluate(model, data, device=device)["accuracy"])
+    split = "val" if data.has_val else "test"  # the sweep chooses: on validation data
+    return float(evaluate(model, data, device=device, split=split)["accuracy"])
 
 
 def _prune_one(

@@ -24,6 +24,7 @@ from app.catalogue import (
     OPTIMIZERS,
     RECIPE_KINDS,
     RETRAIN_INITS,
+    REWIND_POINTS,
     SCHEDULE_KINDS,
     SCOPES,
     VALID_PAIRS,
@@ -93,6 +94,7 @@ class PruningSpec:
     bn_l1: float = 0.0  # L1 sparsity-training strength on BN gamma (applied by the trainer)
     wanda_group: str = "row"  # wanda (element) compares scores per output row or per layer
     max_layer_sparsity: float = MAX_LAYER_SPARSITY  # global filter/channel: cap per layer/group
+    allocation_from: int | None = None  # a sensitivity run whose allocation becomes overrides
 
     def __post_init__(self) -> None:
         _choice(self.granularity, GRANULARITY_NAMES, "pruning.granularity")
@@ -142,6 +144,7 @@ class PruningSpec:
             raise ValueError(
                 "pruning.wanda_group applies to criterion 'wanda' at granularity 'element' only."
             )
+        _optional(self.allocation_from, _int, "pruning.allocation_from", 1)
         self._check_cap()
 
     def _check_cap(self) -> None:
@@ -200,6 +203,7 @@ class ScheduleSpec:
     steps: int = 1
     max_accuracy_drop: float | None = None
     retrain_init: str = "rewind"
+    rewind_from: str | None = None  # "init" | "early" (default: early when the model has it)
 
     def __post_init__(self) -> None:
         _choice(self.kind, SCHEDULE_KINDS, "schedule.kind")
@@ -208,6 +212,7 @@ class ScheduleSpec:
             self.max_accuracy_drop, _number, "schedule.max_accuracy_drop", 0.0, 1.0, hi_open=False
         )
         _choice(self.retrain_init, RETRAIN_INITS, "schedule.retrain_init")
+        _optional(self.rewind_from, _choice, REWIND_POINTS, "schedule.rewind_from")
 
     @classmethod
     def from_dict(cls, d: dict) -> ScheduleSpec:

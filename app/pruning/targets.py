@@ -1,5 +1,6 @@
-"""Per-step target sparsities of a schedule and the stop-at-accuracy rule (torch-free: the
-new-run form previews the targets too).
+"""Per-step target sparsities of a schedule, the stop-at-accuracy rule and the rewind point a
+retrain restores (torch-free: the new-run form previews the targets, and run creation checks
+the rewind point before any model is loaded).
 
 Example:
     >>> from app.pruning.spec import ScheduleSpec
@@ -11,8 +12,17 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from app.catalogue import SCHEDULE_KINDS
 from app.pruning.spec import ScheduleSpec
+
+NO_REWIND = (
+    "schedule.retrain_init 'rewind' needs the weights of an earlier point of this model's "
+    "training, and this model has none (only a train run in the lab stores them): use "
+    '"retrain_init": "reinit", or train the model here first (a run of kind "train") and '
+    "prune its result."
+)
 
 
 def within_drop(baseline_accuracy: float, accuracy: float, max_drop: float | None) -> bool:
@@ -61,3 +71,35 @@ def schedule_targets(spec: ScheduleSpec, final_sparsity: float) -> list[float]:
     if spec.kind == "agp":
         return [agp_sparsity(k, n, s_f) for k in range(1, n + 1)]
     raise ValueError(f"schedule.kind must be one of {', '.join(SCHEDULE_KINDS)}; got {spec.kind!r}")
+
+
+def needs_rewind(schedule: ScheduleSpec) -> bool:
+    """True when the schedule restores earlier weights (``retrain`` with ``rewind``)."""
+    return schedule.kind == "retrain" and schedule.retrain_init == "rewind"
+
+
+def choose_rewind(schedule: ScheduleSpec, available: Collection[str]) -> str | None:
+    """The rewind point to restore (``"init"``/``"early"``), or None when none is needed.
+
+    Raises:
+        ValueError: the schedule rewinds but ``available`` lacks the point it asks for.
+
+    Example:
+        >>> choose_rewind(ScheduleSpec(kind="retrain"), {"init", "early"})
+        'early'
+        >>> choose_rewind(ScheduleSpec(kind="retrain", rewind_from="init"), {"init", "early"})
+        'init'
+        >>> choose_rewind(ScheduleSpec(kind="retrain", retrain_init="reinit"), set()) is None
+        True
+    """
+    if not needs_rewind(schedule):
+        return None
+    wanted = schedule.rewind_from or ("early" if "early" in available else "init")
+    if wanted in available:
+        return wanted
+    if not available:
+        raise ValueError(NO_REWIND)
+    raise ValueError(
+        f"schedule.rewind_from {wanted!r}: this model's train run stored only "
+        f"{', '.join(sorted(available))}; use one of those."
+    )

@@ -153,7 +153,7 @@ def _train_epoch(state: TrainState, loop: Loop) -> float:
 
 def _epoch_point(state: TrainState, data: ArrayDataset, loop: Loop, step: int, loss: float) -> dict:
     ev = evaluate(state.model, data, device=loop.device)
-    return {
+    point = {
         "epoch": int(state.epoch),
         "step": int(step),
         "loss": float(loss),
@@ -161,6 +161,11 @@ def _epoch_point(state: TrainState, data: ArrayDataset, loop: Loop, step: int, l
         "test_loss": float(ev["loss"]),
         "lr": float(state.optimizer.param_groups[0]["lr"]),
     }
+    if data.has_val:  # early stopping chooses on it
+        point["val_accuracy"] = float(
+            evaluate(state.model, data, device=loop.device, split="val")["accuracy"]
+        )
+    return point
 
 
 def _stop_early(state: TrainState, accuracy: float, patience: int | None) -> bool:
@@ -264,7 +269,8 @@ def fine_tune(
         report("metric", dict(point))
         if on_epoch is not None:
             on_epoch(dict(point), state.training_state(loader))
-        if _stop_early(state, float(point["accuracy"]), spec.early_stop_patience):
+        chosen_on = point.get("val_accuracy", point["accuracy"])
+        if _stop_early(state, float(chosen_on), spec.early_stop_patience):
             break
     if spec.early_stop_patience is not None and state.best is not None:
         model.load_state_dict(state.best)
@@ -281,6 +287,7 @@ def train(
     should_stop: ShouldStop = NEVER,
     bn_l1: float = 0.0,
     seed: int = 0,
+    on_epoch: EpochHook | None = None,
 ) -> list[dict]:
     """Train a (usually fresh) model densely: the ``kind: "train"`` run.
 
@@ -288,7 +295,7 @@ def train(
         model: the network, trained in place.
         data: the dataset.
         spec: its epochs/lr/optimizer/schedule drive the training.
-        device, report, should_stop, bn_l1, seed: as in :func:`fine_tune`.
+        device, report, should_stop, bn_l1, seed, on_epoch: as in :func:`fine_tune`.
 
     Returns:
         The curve points, as :func:`fine_tune`.
@@ -308,4 +315,5 @@ def train(
         step=0,
         bn_l1=bn_l1,
         seed=seed,
+        on_epoch=on_epoch,
     )

@@ -2,11 +2,16 @@
 
 ``run_command`` is the implementation; ``register(typer_app)`` adds it to the Typer app as
 ``prunelab run RECIPE --model FILE --data digits|FILE --out DIR [--arch NAME]
-[--input-shape 1,1,8,8] [--device cpu]``. The output folder receives ``summary.json`` (the
-``GET /api/runs/{id}`` body plus ``steps``, ``layers`` and ``notes``), ``histograms.json``,
-``curve.json``, ``sensitivity.json`` for sensitivity runs, and the same artifacts a server
-run stores (``runs.export.write_run_files``: ``pruned.pt``, ``pruned.onnx``,
-``pruned.safetensors``, ``recipe.json``, ``masks.npz``).
+[--input-shape 1,1,8,8] [--device cpu] [--resume] [--pretrain] [--no-latency]``
+(``--pretrain --arch NAME`` first trains a fresh model as the recipe file's ``pretrain`` block
+says: ``runs.pretrain``). The output folder receives ``summary.json`` (the ``GET /api/runs/{id}``
+body plus ``steps``, ``layers`` and ``notes``), ``histograms.json``, ``curve.json``,
+``sensitivity.json`` for sensitivity runs, and the same artifacts a server run stores
+(``runs.export.write_run_files``: ``pruned.pt``, ``pruned.onnx``, ``pruned.safetensors``,
+``recipe.json``, ``masks.npz``; a train run's ``init.safetensors``/``rewind.safetensors``, which
+a ``retrain_init: rewind`` run of its ``pruned.safetensors`` finds next to that file).
+A checkpoint left in ``--out`` is resumed only with ``--resume`` and only by the same recipe,
+model and dataset (``runs.outfolder``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Annotated, Any
 import typer
 
 from app.pruning.notes import info, warning
-from app.runs.inputs import load_data_file, load_model_file, load_recipe
+from app.runs.inputs import load_data_file, load_model_file, load_recipe, read_recipe_dict
 
 ARTIFACT_KEYS = ("name", "kind", "size_bytes", "verified", "max_abs_diff", "error")
 
@@ -73,6 +78,35 @@ def _summary(recipe: Any, result: Any, started: str, artifacts: list[dict], **ex
     }
 
 
+def _starting_model(
+    recipe_path: str | Path,
+    model_path: str | Path | None,
+    dataset: Any,
+    *,
+    arch: str | None,
+    shape: tuple[int, ...] | None,
+    device: str,
+    pretrain: bool,
+) -> tuple[Any, bool, list[str], str]:
+    """``(module, rebuildable, notes, identity)`` of the model the recipe starts from."""
+    from app.runs.outfolder import file_digest
+    from app.runs.pretrain import pretrain_from_recipe
+
+    if pretrain:
+        body = read_recipe_dict(recipe_path, annotations=True)
+        model, identity, note = pretrain_from_recipe(
+            body, arch=arch, model_given=model_path is not None, data=dataset, device=device
+        )
+        return model, True, [note], identity
+    model, rebuildable, notes = load_model_file(
+        model_path,
+        arch=arch,
+        input_shape=shape or dataset.input_shape,
+        num_classes=dataset.n_classes,
+    )
+    return model, rebuildable, notes, file_digest(model_path, arch)
+
+
 def run_command(
     recipe_path: str | Path,
     model_path: str | Path | None,
@@ -83,6 +117,9 @@ def run_command(
     input_shape: str | tuple[int, ...] | None = None,
     device: str = "cpu",
     progress: bool = True,
+    resume: bool = False,
+    pretrain: bool = False,
+    latency: bool = True,
 ) -> dict:
     """Run one recipe file on one model and dataset, writing the results into ``out_dir``.
 
@@ -90,24 +127,26 @@ def run_command(
         The summary written to ``summary.json``.
 
     Raises:
-        ValueError: a bad recipe, model, dataset or shape, named in one sentence.
+        ValueError: a bad recipe, model, dataset or shape, or an ``out_dir`` holding another
+            run's checkpoint (or this run's without ``resume``), named in one sentence.
     """
     from app.pruning.pipeline import run_recipe
     from app.pruning.report import ProgressBar
-    from app.runs.export import write_run_files
+    from app.runs.outfolder import claim_out_dir, release_out_dir
+    from app.runs.rewind_files import read_rewind_folder
 
     started = datetime.now(UTC).isoformat()
     recipe = load_recipe(recipe_path)
     dataset = load_data_file(data)
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
-    model, rebuildable, notes = load_model_file(
-        model_path,
-        arch=arch,
-        input_shape=shape or dataset.input_shape,
-        num_classes=dataset.n_classes,
+    model, rebuildable, notes, model_id = _starting_model(
+        recipe_path, model_path, dataset, arch=arch, shape=shape, device=device, pretrain=pretrain
     )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    identity = {"recipe": recipe.to_dict(), "model": model_id, "data": data, "arch": arch}
+    # a train run's --out holds its rewind weights next to its model
+    rewind = read_rewind_folder(recipe, Path(model_path).parent if model_path else None)
+    resumed = claim_out_dir(out, identity, resume=resume)
     with ProgressBar(enabled=progress, desc=recipe.name or recipe.kind) as bar:
         result = run_recipe(
             recipe,
@@ -117,13 +156,28 @@ def run_command(
             report=bar,
             rebuildable=rebuildable,
             checkpoint_dir=out / "checkpoints",
+            resume=resumed,
+            initial_state=rewind,
+            latency=latency,
         )
+    release_out_dir(out)
     result.notes[:0] = [info(n) for n in notes]
+    return _write_folder(
+        out, recipe, result, dataset, arch, started, model=str(model_path), dataset_id=data
+    )
+
+
+def _write_folder(
+    out: Path, recipe: Any, result: Any, dataset: Any, arch: str | None, started: str, **extra: Any
+) -> dict:
+    """Write a finished run's files and ``summary.json`` into ``out``; returns the summary."""
+    from app.runs.export import write_run_files
+
     artifacts = []
     if recipe.kind != "sensitivity":
         artifacts, _ = write_run_files(out, recipe, result, dataset, arch)
     result.notes.extend(warning(a["error"]) for a in artifacts if a.get("error"))
-    summary = _summary(recipe, result, started, artifacts, model=str(model_path), dataset_id=data)
+    summary = _summary(recipe, result, started, artifacts, **extra)
     _write_json(out / "summary.json", summary)
     _write_json(out / "histograms.json", result.histograms)
     _write_json(out / "curve.json", result.curve)
@@ -148,6 +202,13 @@ def register(typer_app: Any) -> None:
         input_shape: Annotated[str | None, typer.Option(help="e.g. 1,1,8,8")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1")] = "cpu",
         progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+        resume: Annotated[
+            bool, typer.Option(help="continue the unfinished run of this recipe in --out")
+        ] = False,
+        pretrain: Annotated[
+            bool, typer.Option(help="first train a fresh --arch as the recipe file's pretrain says")
+        ] = False,
+        latency: Annotated[bool, typer.Option(help="measure latency at every step")] = True,
     ) -> None:
         """Run one recipe without a server, writing metrics and artifacts into --out."""
         try:
@@ -160,6 +221,9 @@ def register(typer_app: Any) -> None:
                 input_shape=input_shape,
                 device=device,
                 progress=progress,
+                resume=resume,
+                pretrain=pretrain,
+                latency=latency,
             )
         except (ValueError, LabError) as exc:
             typer.echo(f"error: {exc}", err=True)

@@ -1,4 +1,5 @@
-"""The files every finished run leaves in a folder: the exports and ``masks.npz``.
+"""The files every finished run leaves in a folder: the exports, ``masks.npz`` and a train
+run's rewind points (``rewind_files``).
 
 The worker (through ``results.store_files``) and ``prunelab run`` both call
 :func:`write_run_files`, so a server run and a command-line run produce the same file names.
@@ -15,7 +16,8 @@ MASKS_NAME = "masks.npz"
 def write_run_files(
     out: Path, recipe: Any, result: Any, data: Any, arch: str | None
 ) -> tuple[list[dict], dict | None]:
-    """Export the pruned model and write ``masks.npz`` into ``out``.
+    """Export the pruned model and write ``masks.npz`` (and a train run's
+    ``init.safetensors``/``rewind.safetensors``) into ``out``.
 
     Returns:
         The artifact rows (``name``, ``kind``, ``size_bytes``, ``verified`` ...; a failed export
@@ -23,6 +25,7 @@ def write_run_files(
         built-in architecture (None otherwise).
     """
     from app.modelio.export import export_all
+    from app.runs.rewind_files import write_rewind
 
     config = arch_config(result, data, arch)
     example = data.sample_batch(8)
@@ -30,6 +33,7 @@ def write_run_files(
         result.model.cpu().eval(), example, out, recipe=recipe.to_dict(), arch_config=config
     )
     rows += write_masks(result.masks, out / MASKS_NAME)
+    rows += write_rewind(result.rewind, out)
     return rows, config
 
 

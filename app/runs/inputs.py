@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from app.pruning.data import ArrayDataset
 
 # Keys reference recipes carry for people and tests; the recipe loader does not know them.
-ANNOTATION_KEYS = ("expected", "description", "comment")
+ANNOTATION_KEYS = ("expected", "description", "comment", "pretrain")
 
 
 def fetch(artifacts: ArtifactStore, key: str, tmp: Path) -> Path:
@@ -100,8 +100,9 @@ def build_recipe(body: dict) -> Any:
     return Recipe.from_dict({k: v for k, v in body.items() if k != "arch"})
 
 
-def read_recipe_dict(path: str | Path) -> dict:
-    """A recipe file (JSON, or YAML by its ``.yaml``/``.yml`` suffix) as a dict, minus annotations.
+def read_recipe_dict(path: str | Path, *, annotations: bool = False) -> dict:
+    """A recipe file (JSON, or YAML by its ``.yaml``/``.yml`` suffix) as a dict, minus
+    annotations (``expected``, ``pretrain`` ...) unless ``annotations``.
 
     Raises:
         ValueError: the file is not a JSON/YAML object.
@@ -121,7 +122,7 @@ def read_recipe_dict(path: str | Path) -> dict:
             ) from None
     if not isinstance(body, dict):
         raise ValueError(f"recipe {path.name} must hold one JSON/YAML object")
-    return {k: v for k, v in body.items() if k not in ANNOTATION_KEYS}
+    return {k: v for k, v in body.items() if annotations or k not in ANNOTATION_KEYS}
 
 
 def load_recipe(path: str | Path) -> Any:
@@ -130,7 +131,13 @@ def load_recipe(path: str | Path) -> Any:
 
     body = read_recipe_dict(path)
     body.setdefault("name", Path(path).stem)
-    return Recipe.from_dict(body)
+    recipe = Recipe.from_dict(body)
+    if recipe.pruning.allocation_from is not None:
+        raise ValueError(
+            "pruning.allocation_from names a run of the server; prunelab run takes the "
+            "allocation of a sensitivity run's summary.json as pruning.overrides"
+        )
+    return recipe
 
 
 def load_data_file(data: str) -> ArrayDataset:

@@ -1,4 +1,5 @@
-"""A finished server run's files in the artifact store: exports, ``masks.npz``, the result model.
+"""A finished server run's files in the artifact store: exports, ``masks.npz``, a train run's
+rewind points, the result model.
 
 Nothing here writes the database: :func:`store_files` puts the files in the artifact store and
 returns the artifact rows and the ``ModelRecord`` columns that ``tasks`` records in the one

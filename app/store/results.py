@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
+from app.catalogue import REWIND_FILES
 from app.errors import NotFound
 from app.models import (
     Artifact,
@@ -35,6 +36,7 @@ __all__ = [
     "list_sensitivity",
     "list_artifacts",
     "get_artifact",
+    "rewind_points",
     "add_model_record",
     "create_sweep",
     "get_sweep",
@@ -189,6 +191,16 @@ def list_artifacts(session: Session, *, run_id: int) -> list[Artifact]:
 def get_artifact(session: Session, *, run_id: int, name: str) -> Artifact | None:
     query = select(Artifact).where(Artifact.run_id == run_id, Artifact.name == name)
     return session.exec(query).first()
+
+
+def rewind_points(session: Session, *, model_id: int | None) -> dict[str, str]:
+    """Rewind point -> storage key: the early weights (``catalogue.REWIND_FILES``) stored by the
+    train run that produced the model; empty for an upload or a model without them."""
+    model = None if model_id is None else session.get(ModelRecord, model_id)
+    if model is None or model.source_run_id is None:
+        return {}
+    names = {a.name: a.storage_key for a in list_artifacts(session, run_id=model.source_run_id)}
+    return {p: names[n] for p, n in REWIND_FILES.items() if n in names}
 
 
 def add_model_record(session: Session, **fields: Any) -> ModelRecord:

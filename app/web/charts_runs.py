@@ -334,7 +334,7 @@ def fmt_metric(key: str, value: Any) -> str:
     v = _num(value)
     if v is None:
         return "—"
-    if key in ("accuracy", "sparsity"):
+    if key in ("accuracy", "val_accuracy", "sparsity"):
         return f"{v:.2%}"
     if key == "compression":
         return f"{v:.2f}x"

@@ -165,6 +165,15 @@ def run_figures(
     return figs
 
 
+def metric_keys(run: Run) -> list[str]:
+    """The run page's metric columns; ``val_accuracy`` next to (test) accuracy when the run
+    chose on a validation split."""
+    keys = [k for k, _, _ in charts_runs.FINAL_COLUMNS]
+    if "val_accuracy" in (run.final or {}) or "val_accuracy" in (run.baseline or {}):
+        keys.insert(keys.index("accuracy") + 1, "val_accuracy")
+    return keys
+
+
 def run_context(session: Session, run: Run) -> dict:
     layers = views.run_layers(session, run_id=run.id)
     names = views.run_layer_names(session, run_id=run.id)
@@ -185,11 +194,11 @@ def run_context(session: Session, run: Run) -> dict:
         "artifacts": store.list_artifacts(session, run_id=run.id),
         "recipe_json": json.dumps(run.recipe or {}, indent=2),
         "last_event_id": views.latest_event_id(session, run_id=run.id),
-        "metric_keys": [k for k, _, _ in charts_runs.FINAL_COLUMNS],
+        "metric_keys": metric_keys(run),
     }
     if run.kind == "sensitivity":
         rows = views.run_sensitivity(session, run_id=run.id)
-        stored = (run.final or {}).get("allocation")
+        stored = run.allocation or (run.final or {}).get("allocation")
         ctx["allocation"] = stored or charts_runs.suggest_allocation(
             rows, (run.baseline or {}).get("accuracy")
         )

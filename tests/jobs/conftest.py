@@ -116,3 +116,15 @@ class FakeRay:
 
     def get_job_logs(self, ref):
         return self.logs
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    """``(settings, engine)`` of a migrated database and artifact store, no server."""
+    from app import db
+
+    settings = job_settings(tmp_path / "data")
+    db.upgrade(settings)
+    engine = db.make_engine(settings)
+    yield settings, engine
+    engine.dispose()

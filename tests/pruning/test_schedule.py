@@ -29,6 +29,11 @@ def _trained_state() -> dict:
     return copy.deepcopy(model.state_dict())
 
 
+def _init_state() -> dict:
+    torch.manual_seed(0)
+    return copy.deepcopy(zoo.build("mlp").state_dict())
+
+
 def trained_mlp() -> torch.nn.Module:
     model = zoo.build("mlp")
     model.load_state_dict(_trained_state())
@@ -98,8 +103,13 @@ def _recipe(kind: str, steps: int, sparsity: float = 0.8, **pruning: object) -> 
     ],
 )
 def test_every_schedule_reaches_its_target_sparsity(kind: str, steps: int, criterion: str) -> None:
+    rewind = _init_state() if kind == "retrain" else None  # retrain rewinds to the init
     result = run_recipe(
-        _recipe(kind, steps, criterion=criterion), trained_mlp(), load_digits(), latency=False
+        _recipe(kind, steps, criterion=criterion),
+        trained_mlp(),
+        load_digits(),
+        latency=False,
+        initial_state=rewind,
     )
     assert [s["step"] for s in result.steps] == list(range(steps + 1))
     assert result.final["sparsity"] == pytest.approx(0.8, abs=0.01)

@@ -257,6 +257,34 @@ def test_web_pages_do_not_import_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_run_page_shows_validation_and_test_accuracy_side_by_side(
+    client: TestClient, lab: dict, db_session: Session
+) -> None:
+    run = db_session.get(Run, lab["a"])
+    run.baseline = {**(run.baseline or {}), "accuracy": 0.95, "val_accuracy": 0.97}
+    run.final = {**(run.final or {}), "accuracy": 0.93, "val_accuracy": 0.9612}
+    db_session.add(run)
+    db_session.commit()
+    r = client.get(f"/runs/{lab['a']}", headers=lab["h"])
+    keys = r.context["metric_keys"]
+    assert keys[keys.index("accuracy") + 1] == "val_accuracy"
+    assert ">val accuracy<" in r.text and "96.12%" in r.text and "93.00%" in r.text
+    plain = client.get(f"/runs/{lab['b']}", headers=lab["h"])
+    assert "val_accuracy" not in plain.context["metric_keys"]
+
+
+def test_sensitivity_run_page_shows_the_stored_allocation(
+    client: TestClient, lab: dict, db_session: Session
+) -> None:
+    run = db_session.get(Run, lab["sens"])
+    run.allocation = {"conv1": 0.8, "conv2": 0.4, "fc": 0.1}
+    db_session.add(run)
+    db_session.commit()
+    r = client.get(f"/runs/{lab['sens']}", headers=lab["h"])
+    assert r.context["allocation"] == {"conv1": 0.8, "conv2": 0.4, "fc": 0.1}
+    assert '<td>conv2</td><td class="num">40%</td>' in r.text
+
+
 def test_catalogue_endpoint_lists_every_criterion_and_granularity(
     client: TestClient, member_headers: dict
 ) -> None:

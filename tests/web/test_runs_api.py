@@ -304,6 +304,92 @@ def test_null_recipe_sections_mean_the_defaults_not_a_500(api, people) -> None:
     assert r.status_code == 422 and "pruning.sparsity" in _detail(r)
 
 
+def _with_rewind_points(api, model_id: int) -> int:
+    """A model record produced by a (finished) train run that stored its rewind weights."""
+    with Session(api.app.state.engine) as s:
+        run = store.create_run(
+            s, owner_id=None, recipe={"kind": "train"}, model_id=None, dataset_id="digits"
+        )
+        s.flush()
+        rows = [
+            {"name": n, "kind": "rewind", "storage_key": f"runs/{run.id}/{n}"}
+            for n in ("init.safetensors", "rewind.safetensors")
+        ]
+        store.add_artifacts(s, run_id=int(run.id), items=rows)
+        s.get(ModelRecord, model_id).source_run_id = run.id
+        s.commit()
+    return model_id
+
+
+def test_retrain_rewind_needs_a_model_trained_here_else_422_saying_what_to_use(api, people) -> None:
+    retrain = {"kind": "retrain", "retrain_init": "rewind"}
+    r = api.post(
+        "/api/runs", json=tiny_recipe(people["model_id"], schedule=retrain), headers=people["alice"]
+    )
+    assert r.status_code == 422
+    assert '"retrain_init": "reinit", or train the model here first' in _detail(r)
+    reinit = {"kind": "retrain", "retrain_init": "reinit"}
+    r = api.post(
+        "/api/runs", json=tiny_recipe(people["model_id"], schedule=reinit), headers=people["alice"]
+    )
+    assert r.status_code == 201, r.text
+    trained = _with_rewind_points(api, people["model_id"])
+    for point in (None, "init", "early"):
+        schedule = {**retrain, "rewind_from": point}
+        r = api.post(
+            "/api/runs", json=tiny_recipe(trained, schedule=schedule), headers=people["alice"]
+        )
+        assert r.status_code == 201, r.text
+
+
+def _sweep_run(api, of_model: int, **fields: object) -> int:
+    row = {
+        "kind": "sensitivity",
+        "status": "succeeded",
+        "model_id": of_model,
+        "allocation": {"fc1": 0.9, "fc2": 0.5},
+        **fields,
+    }
+    with Session(api.app.state.engine) as s:
+        run = Run(name="sweep", dataset_id="digits", recipe={"kind": row["kind"]}, **row)
+        s.add(run)
+        s.commit()
+        return int(run.id)
+
+
+def test_allocation_from_a_finished_sweep_of_the_model_becomes_overrides(api, people) -> None:
+    model_id = people["model_id"]
+    sweep = _sweep_run(api, model_id)
+    pruning = {"granularity": "element", "criterion": "l1", "sparsity": 0.5, "exclude": ["fc2"]}
+    body = tiny_recipe(model_id, pruning={**pruning, "allocation_from": sweep})
+    r = api.post("/api/runs", json=body, headers=people["alice"])
+    assert r.status_code == 201, r.text
+    assert r.json()["recipe"]["pruning"]["overrides"] == {"fc1": 0.9}  # fc2 is excluded
+    got = api.get(f"/api/runs/{sweep}", headers=people["bob"]).json()
+    assert got["allocation"] == {"fc1": 0.9, "fc2": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"kind": "prune"}, "is a prune run; name a finished sensitivity run"),
+        ({"status": "running"}, "has not succeeded (it is running)"),
+        ({"allocation": None}, "has no allocation: run the sweep with a sensitivity.target"),
+        ({"model_id": None}, "swept model None, not model_id"),
+    ],
+)
+def test_allocation_from_an_unusable_run_is_422(api, people, fields, expected) -> None:
+    model_id = people["model_id"]
+    sweep = _sweep_run(api, model_id, **fields)
+    pruning = {"granularity": "element", "criterion": "l1", "sparsity": 0.5}
+    body = tiny_recipe(model_id, pruning={**pruning, "allocation_from": sweep})
+    r = api.post("/api/runs", json=body, headers=people["alice"])
+    assert r.status_code == 422 and expected in _detail(r)
+    missing = tiny_recipe(model_id, pruning={**pruning, "allocation_from": 9999})
+    r = api.post("/api/runs", json=missing, headers=people["alice"])
+    assert r.status_code == 422 and "run 9999 does not exist" in _detail(r)
+
+
 def test_the_app_dispatches_to_the_runner_it_is_given(tmp_path) -> None:
     from app.main import create_app
     from tests.jobs.conftest import wait_for

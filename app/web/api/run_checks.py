@@ -12,6 +12,7 @@ from app import catalogue, store
 from app.config import Settings
 from app.limits import MAX_ID, check_recipe
 from app.models import ModelRecord, User
+from app.web.api.run_sources import check_sources
 
 
 # ---------------------------------------------------------------- validation
@@ -110,6 +111,10 @@ def validate_body(session: Session, body: dict, settings: Settings) -> tuple[dic
     if model is None:
         raise invalid(f"model_id {model_id} does not exist")
     _check_model(model, data, stored["pruning"])
+    try:
+        stored = check_sources(session, recipe, model, stored)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
     return stored, model_id, dataset_id
 
 

@@ -80,6 +80,7 @@ class RunPublic(BaseModel):
     result_model_id: int | None
     interrupted_at: datetime | None = None
     interrupted_reason: str | None = None
+    allocation: dict[str, float] | None = None
 
     @field_validator("notes", mode="before")
     @classmethod
