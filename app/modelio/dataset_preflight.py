@@ -8,9 +8,14 @@ no upload can grow the web process or take it down. This module imports neither 
 decoders.
 
 Example:
-    >>> ds = decode_dataset(Path("upload.csv"), name="iris", out_dir=work, settings=settings)
+    >>> import tempfile
+    >>> work = Path(tempfile.mkdtemp())
+    >>> rows = [f"{i},{i % 3},{i % 3}" for i in range(30)]
+    >>> _ = (work / "upload.csv").write_text(chr(10).join(["a,b,label", *rows]))
+    >>> settings = Settings(data_dir=work)
+    >>> ds = decode_dataset(work / "upload.csv", name="toy", out_dir=work / "out", settings=settings)
     >>> ds.n_classes, ds.input_shape, ds.path.name
-    (3, [4], 'dataset.npz')
+    (3, [2], 'dataset.npz')
 """
 
 from __future__ import annotations
