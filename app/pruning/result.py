@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,8 @@ from torch import nn
 from app.catalogue import MASKS_ONLY_NOTE
 from app.pruning.context import RunContext
 from app.pruning.histograms import histograms, prunable_weights
+from app.pruning.measure import batch_of
+from app.pruning.speedup import compare_latency, masks_only_latency, slower_note
 from app.pruning.structural.remove import physical_prune, removal_blockers
 
 
@@ -96,6 +99,26 @@ def final_model(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
     return small, True
 
 
+def deploy_speedup(
+    ctx: RunContext, original: nn.Module, model: nn.Module, physical: bool, batch: int
+) -> dict:
+    """The original (the run's initial weights) vs the model handed back, timed interleaved.
+
+    Masks only: 1.0x, nothing timed. A measurably slower pruned model adds a note.
+    """
+    if not physical:
+        return masks_only_latency(batch)
+    dense = copy.deepcopy(original)
+    if ctx.initial_state is not None:
+        dense.load_state_dict(ctx.initial_state)
+    x_one = ctx.data.sample_batch(1)
+    comparison = compare_latency(dense, model, x_one, batch_of(ctx.data, batch), device=ctx.device)
+    note = slower_note(comparison)
+    if note:
+        ctx.notes.append(note)
+    return comparison
+
+
 def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
     """Histograms, the final model and its measurements, as a :class:`RunResult`."""
     after_finetune = prunable_weights(ctx.model)
@@ -103,9 +126,12 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
     hists = histograms(
         ctx.hist_before, ctx.hist_after_prune or after_finetune, after_finetune, thresholds
     )
+    original = ctx.model
     model, physical = final_model(ctx, rebuildable)
     ctx.model = model
     final = ctx.measure()
+    if ctx.latency and ctx.masks is not None:
+        final["speedup"] = deploy_speedup(ctx, original, model, physical, int(final["batch"]))
     ctx.report("progress", {"fraction": 1.0, "message": "done"})
     return RunResult(
         model=model,
