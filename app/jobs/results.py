@@ -26,10 +26,13 @@ MASKS_NAME = "masks.npz"
 
 @dataclass
 class RunFiles:
-    """Artifact rows (with ``storage_key``) and the result model's columns, or None."""
+    """Artifact rows (with ``storage_key``), the result model's columns (or None), and the
+    ONNX Runtime timing of ``pruned.onnx`` against the original (or None)."""
 
     artifacts: list[dict] = field(default_factory=list)
     model_fields: dict | None = None
+    onnx_latency: dict | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def jsonable(value: Any) -> Any:
@@ -69,7 +72,33 @@ def store_files(
         if (out / row["name"]).is_file():  # a failed export removed its file
             artifacts.put_file(out / row["name"], row["storage_key"])
     fields = _result_model(artifacts, run_id, recipe, result, data, arch, config, tmp)
-    return RunFiles(rows, fields)
+    timing = _onnx_latency(result, out / "pruned.onnx", example, tmp)
+    notes = []
+    if timing is not None:
+        from app.pruning.speedup import slower_note
+
+        notes = [n for n in (slower_note(timing, "ONNX Runtime"),) if n]
+    return RunFiles(rows, fields, timing, notes)
+
+
+def _onnx_latency(result: Any, pruned_onnx: Path, example: Any, tmp: Path) -> dict | None:
+    """``pruned.onnx`` timed against the original in ONNX Runtime (when latency was timed)."""
+    if result.original is None or not pruned_onnx.is_file():
+        return None
+    from app.modelio.ort_latency import onnx_latency
+
+    try:
+        return onnx_latency(
+            result.original.cpu(),
+            pruned_onnx,
+            example[:1],
+            tmp,
+            large_batch=int(result.final.get("batch") or 256),
+            masks_only=result.masks_only,
+        )
+    except Exception as exc:  # noqa: BLE001 - the timing is extra; the run still succeeds
+        log.warning("ONNX Runtime timing failed: %s", exc)
+        return {"runtime": "onnxruntime", "error": str(exc).splitlines()[0][:300], "rows": []}
 
 
 def _arch_config(result: Any, data: Any, arch: str | None) -> dict | None:

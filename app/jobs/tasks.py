@@ -262,6 +262,10 @@ class CheckpointSync:
             self._seen = mtime
 
 
+def _with_onnx(final: dict, onnx_latency: dict | None) -> dict:
+    return final if onnx_latency is None else {**final, "speedup_onnx": onnx_latency}
+
+
 def _save_success(
     engine: Engine,
     settings: Settings,
@@ -293,7 +297,7 @@ def _save_success(
                 s, owner_id=run.owner_id, source_run_id=run_id, **files.model_fields
             )
             result_id = record.id
-        notes = list(result.notes) + [r["error"] for r in rows if r.get("error")]
+        notes = list(result.notes) + files.notes + [r["error"] for r in rows if r.get("error")]
         ok = store.transition(
             s,
             run_id=run_id,
@@ -302,7 +306,7 @@ def _save_success(
             progress=1.0,
             message="done",
             baseline=_jsonable(result.baseline),
-            final=_jsonable(result.final),
+            final=_jsonable(_with_onnx(result.final, files.onnx_latency)),
             notes=notes,
             result_model_id=result_id,
         )

@@ -35,6 +35,7 @@ class RunResult:
 
     ``physical``: the model handed back is physically smaller. ``masks_only``: pruned weights
     stay in place as zeros (no speed-up expected); both False for runs that pruned nothing.
+    ``original``: the run's starting weights in the original shapes (when latency was timed).
     """
 
     model: nn.Module
@@ -50,6 +51,7 @@ class RunResult:
     masks_only: bool = False
     masks: dict[str, torch.Tensor] | None = None
     allocation: dict[str, float] | None = None
+    original: nn.Module | None = None  # the unpruned model, for timing exports against
 
     def summary(self) -> dict:
         """The JSON-able part: measurements, records, notes and the typed flags."""
@@ -99,18 +101,22 @@ def final_model(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
     return small, True
 
 
-def deploy_speedup(
-    ctx: RunContext, original: nn.Module, model: nn.Module, physical: bool, batch: int
-) -> dict:
-    """The original (the run's initial weights) vs the model handed back, timed interleaved.
+def original_model(ctx: RunContext, like: nn.Module) -> nn.Module:
+    """The run's starting weights in ``like``'s (pre-removal) shapes."""
+    dense = copy.deepcopy(like)
+    if ctx.initial_state is not None:
+        dense.load_state_dict(ctx.initial_state)
+    return dense.eval()
+
+
+def deploy_speedup(ctx: RunContext, dense: nn.Module, model: nn.Module, physical: bool) -> dict:
+    """The original vs the model handed back in PyTorch, timed interleaved.
 
     Masks only: 1.0x, nothing timed. A measurably slower pruned model adds a note.
     """
+    batch = int(ctx.baseline.get("batch") or 256)
     if not physical:
         return masks_only_latency(batch)
-    dense = copy.deepcopy(original)
-    if ctx.initial_state is not None:
-        dense.load_state_dict(ctx.initial_state)
     x_one = ctx.data.sample_batch(1)
     comparison = compare_latency(dense, model, x_one, batch_of(ctx.data, batch), device=ctx.device)
     note = slower_note(comparison)
@@ -126,12 +132,14 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
     hists = histograms(
         ctx.hist_before, ctx.hist_after_prune or after_finetune, after_finetune, thresholds
     )
-    original = ctx.model
+    original = None
+    if ctx.latency and ctx.masks is not None:
+        original = original_model(ctx, ctx.model)
     model, physical = final_model(ctx, rebuildable)
     ctx.model = model
     final = ctx.measure()
-    if ctx.latency and ctx.masks is not None:
-        final["speedup"] = deploy_speedup(ctx, original, model, physical, int(final["batch"]))
+    if original is not None:
+        final["speedup"] = deploy_speedup(ctx, original, model, physical)
     ctx.report("progress", {"fraction": 1.0, "message": "done"})
     return RunResult(
         model=model,
@@ -145,4 +153,5 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
         physical=physical,
         masks_only=ctx.masks is not None and not physical,
         masks=ctx.masks,
+        original=original,
     )
