@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from app.models import FINISHED_STATUSES, Run
 from app.store import views
-from app.web import charts, charts_runs
+from app.web import charts, charts_runs, latency_view
 
 MAX_COMPARE = 6
 PER_PAGE = 25
@@ -172,6 +172,7 @@ def run_context(session: Session, run: Run) -> dict:
         "layer_rows": final_layer_rows(layers),
         "steps": steps,
         "masks_only": masks_only(run),
+        "deploy_rows": latency_view.deploy_rows(run.final),
         "artifacts": views.run_artifacts(session, run_id=run.id),
         "recipe_json": json.dumps(run.recipe or {}, indent=2),
         "last_event_id": views.latest_event_id(session, run_id=run.id),
