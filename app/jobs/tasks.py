@@ -219,6 +219,7 @@ def _run_attempt(
             checkpoint_dir=ckpt_dir,
             rebuildable=rebuildable,
             resume=resumed,
+            shape_cache=settings.data_dir / "cache",
         )
     finally:
         syncer.sync()  # a stopped attempt leaves its last completed step for resume

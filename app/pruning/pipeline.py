@@ -37,6 +37,7 @@ from app.pruning.masks.compute import validate
 from app.pruning.report import NEVER, NULL_REPORT, Report, ShouldStop
 from app.pruning.result import RunResult, finish_run
 from app.pruning.schedule import run_schedule
+from app.pruning.shapes import with_default_round_to
 from app.pruning.spec import Recipe
 
 
@@ -53,6 +54,7 @@ def run_recipe(
     resume: bool = True,
     latency: bool = True,
     initial_state: dict[str, Tensor] | None = None,
+    shape_cache: Path | None = None,
 ) -> RunResult:
     """Run one recipe (prune, sensitivity or train) on ``model`` in place.
 
@@ -69,6 +71,8 @@ def run_recipe(
         latency: measure latency (tests switch it off for speed).
         initial_state: the weights ``retrain_init="rewind"`` goes back to (default: the
             weights at the start of the run).
+        shape_cache: where the measured channel-multiple table is kept; with it, a physical
+            channel-level recipe without ``round_to`` gets this machine's preferred multiple.
 
     Returns:
         A :class:`~app.pruning.result.RunResult`; ``steps[0]`` is the baseline.
@@ -90,6 +94,7 @@ def run_recipe(
             should_stop=should_stop,
             latency=latency,
         )
+    recipe, round_note = with_default_round_to(recipe, shape_cache)
     validate(recipe.pruning, model)
     ctx = RunContext(
         recipe,
@@ -104,5 +109,7 @@ def run_recipe(
     )
     if not (resume and load_checkpoint(ctx)):
         ctx.record_baseline()
+    if round_note and round_note not in ctx.notes:
+        ctx.notes.append(round_note)
     run_schedule(ctx)
     return finish_run(ctx, rebuildable)
