@@ -24,11 +24,14 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from app.pruning.budget import budget_recipe, budget_report, solve
+from app.pruning.budget_spec import describe
 from app.pruning.checkpoint import load_checkpoint
 from app.pruning.context import RunContext
 from app.pruning.data import ArrayDataset
@@ -55,6 +58,7 @@ def run_recipe(
     latency: bool = True,
     initial_state: dict[str, Tensor] | None = None,
     shape_cache: Path | None = None,
+    budget_cache: Path | None = None,
 ) -> RunResult:
     """Run one recipe (prune, sensitivity or train) on ``model`` in place.
 
@@ -73,6 +77,8 @@ def run_recipe(
             weights at the start of the run).
         shape_cache: where the measured channel-multiple table is kept; with it, a physical
             channel-level recipe without ``round_to`` gets this machine's preferred multiple.
+        budget_cache: the JSON file that keeps this model's per-layer lookup table for
+            ``pruning.target`` budgets (measured on first use).
 
     Returns:
         A :class:`~app.pruning.result.RunResult`; ``steps[0]`` is the baseline.
@@ -95,6 +101,11 @@ def run_recipe(
             latency=latency,
         )
     recipe, round_note = with_default_round_to(recipe, shape_cache)
+    target, alloc, original = recipe.pruning.target, None, None
+    if target is not None:
+        original = copy.deepcopy(model).eval()
+        alloc, _ = solve(model, recipe.pruning, data, budget_cache)
+        recipe = budget_recipe(recipe, alloc)
     validate(recipe.pruning, model)
     ctx = RunContext(
         recipe,
@@ -112,4 +123,9 @@ def run_recipe(
     if round_note and round_note not in ctx.notes:
         ctx.notes.append(round_note)
     run_schedule(ctx)
-    return finish_run(ctx, rebuildable)
+    result = finish_run(ctx, rebuildable)
+    if target is not None and original is not None:
+        result.final["budget"] = budget_report(target, result.model, data, original=original)
+        result.allocation = alloc
+        ctx.notes.append(f"pruning.target {describe(target)}: per-layer allocation {alloc}")
+    return result

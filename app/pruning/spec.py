@@ -28,6 +28,7 @@ from app.catalogue import (
     SCOPES,
     VALID_PAIRS,
 )
+from app.pruning.budget_spec import check_budget
 
 # Keys of the POST /api/runs body that belong to the run row, not to the recipe.
 ENVELOPE_KEYS: frozenset[str] = frozenset({"model_id", "dataset_id"})
@@ -87,6 +88,7 @@ class PruningSpec:
     round_to: int | None = None
     calibration_batches: int = 4
     bn_l1: float = 0.0  # L1 sparsity-training strength on BN gamma (applied by the trainer)
+    target: dict[str, float] | None = None  # a budget instead of a sparsity (check_budget)
 
     def __post_init__(self) -> None:
         _choice(self.granularity, GRANULARITY_NAMES, "pruning.granularity")
@@ -122,6 +124,13 @@ class PruningSpec:
             )
         _int(self.calibration_batches, "pruning.calibration_batches", 1)
         _number(self.bn_l1, "pruning.bn_l1", 0.0, math.inf)
+        if self.target is not None:
+            check_budget(self.target)
+            if self.granularity not in ("filter", "channel") or not self.physical:
+                raise ValueError(
+                    "pruning.target needs granularity 'filter' or 'channel' with "
+                    "pruning.physical true: a budget is met by removing channels."
+                )
 
     def check_target(self) -> None:
         """Raise ValueError unless exactly one of sparsity/threshold is set (nm needs neither)."""
@@ -131,8 +140,12 @@ class PruningSpec:
             return
         if self.criterion == "threshold" and self.threshold is None:
             raise ValueError("criterion 'threshold' needs pruning.threshold (prune |w| < t).")
-        if (self.sparsity is None) == (self.threshold is None):
-            raise ValueError("set exactly one of pruning.sparsity and pruning.threshold.")
+        given = [v for v in (self.sparsity, self.threshold, self.target) if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of pruning.sparsity and pruning.threshold "
+                "(or a budget in pruning.target)."
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> PruningSpec:
@@ -147,6 +160,8 @@ class PruningSpec:
             d["exclude"] = tuple(d["exclude"])
         if "overrides" in d and not isinstance(d["overrides"], dict):
             raise ValueError("pruning.overrides must map layer names to sparsities.")
+        if d.get("target") is not None:
+            d["target"] = dict(check_budget(d["target"]))
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -156,6 +171,7 @@ class PruningSpec:
             list(self.exclude),
             dict(self.overrides),
         )
+        d["target"] = None if self.target is None else dict(self.target)
         return d
 
 
