@@ -199,6 +199,8 @@ def _run_attempt(
         data = load_dataset(s, artifacts, run.dataset_id, tmp)
         model, rebuildable, arch = load_model_for(s, artifacts, run, data, tmp)
         attempt = run.attempt
+        cache = settings.data_dir / "cache"
+        budget_cache = cache / f"budget-model-{run.model_id}.json" if run.model_id else None
     ckpt_dir, resumed = _checkpoint_dir(artifacts, run_id, attempt, tmp)
     syncer = CheckpointSync(artifacts, run_id, ckpt_dir / "checkpoint.pt")
     report = RunReporter(engine, run_id)
@@ -219,7 +221,8 @@ def _run_attempt(
             checkpoint_dir=ckpt_dir,
             rebuildable=rebuildable,
             resume=resumed,
-            shape_cache=settings.data_dir / "cache",
+            shape_cache=cache,
+            budget_cache=budget_cache,
         )
     finally:
         syncer.sync()  # a stopped attempt leaves its last completed step for resume

@@ -86,3 +86,19 @@ def final_speedup(final: dict | None) -> tuple[float | None, str]:
         return None, ""
     last = rows[-1]
     return _num(last.get("speedup")), str(last.get("verdict") or NO_SPEEDUP)
+
+
+def budget_line(final: dict | None) -> str:
+    """The budget a run was asked to meet, what it reached, and the measured latency."""
+    report = (final or {}).get("budget")
+    if not isinstance(report, dict) or "reached" not in report:
+        return ""
+    lat = report.get("latency_ms") or {}
+    pruned, original = lat.get("pruned"), lat.get("original")
+    unit = " ms" if report.get("kind") == "latency_ms" else ""
+    met = "met" if report.get("within_10pct") else "missed by more than 10%"
+    return (
+        f"Budget {report.get('described', '')}: reached {report['reached']:,.4g}{unit} ({met}); "
+        f"measured latency at batch {lat.get('batch', 1)}: {_fmt(pruned)} "
+        f"(original {_fmt(original)})."
+    )

@@ -173,6 +173,7 @@ def run_context(session: Session, run: Run) -> dict:
         "steps": steps,
         "masks_only": masks_only(run),
         "deploy_rows": latency_view.deploy_rows(run.final),
+        "budget_line": latency_view.budget_line(run.final),
         "artifacts": views.run_artifacts(session, run_id=run.id),
         "recipe_json": json.dumps(run.recipe or {}, indent=2),
         "last_event_id": views.latest_event_id(session, run_id=run.id),

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from app.web import charts
-from app.web.latency_view import NO_SPEEDUP, deploy_rows
+from app.web.latency_view import NO_SPEEDUP, budget_line, deploy_rows
 from tests.browser import seed
 from tests.conftest import make_user
 
@@ -45,6 +45,25 @@ FINAL = {
         "onnxruntime", [(1, 0.1, 0.1, None, NO_SPEEDUP), (256, 8.0, 5.0, 1.6, "1.60x faster")]
     ),
 }
+
+
+BUDGET = {
+    "kind": "latency_ms",
+    "asked": {"latency_ms": 5.0, "batch": 256},
+    "described": "latency <= 5 ms at batch 256",
+    "reached": 4.6,
+    "within_10pct": True,
+    "latency_ms": {"batch": 256, "original": _t(9.0, 0.2), "pruned": _t(4.6, 0.2)},
+}
+
+
+def test_the_budget_line_says_asked_reached_and_measured() -> None:
+    line = budget_line({"budget": BUDGET})
+    assert line.startswith("Budget latency <= 5 ms at batch 256: reached 4.6 ms (met)")
+    assert "4.600 ± 0.100 ms (original 9.000 ± 0.100 ms)" in line
+    missed = budget_line({"budget": {**BUDGET, "within_10pct": False}})
+    assert "missed by more than 10%" in missed
+    assert budget_line({"accuracy": 0.9}) == ""
 
 
 def test_deploy_rows_show_both_runtimes_both_batches_with_spread() -> None:
@@ -113,10 +132,11 @@ def test_the_run_page_shows_the_latency_table(
     _, headers = make_user(db_session, "viewer1")
     model = seed.seed_model(db_session)
     run = seed.seed_run(db_session, model=model, name="r", artifacts_dir=Path(settings.artifacts))
-    run.final = {**(run.final or {}), **FINAL}
+    run.final = {**(run.final or {}), **FINAL, "budget": BUDGET}
     db_session.add(run)
     db_session.commit()
     r = client.get(f"/runs/{run.id}", headers=headers)
     assert r.status_code == 200
     assert 'id="deploy-latency"' in r.text and "ONNX Runtime" in r.text
     assert "2.25x faster" in r.text and NO_SPEEDUP in r.text
+    assert "Budget latency &lt;= 5 ms at batch 256: reached 4.6 ms (met)" in r.text
