@@ -73,3 +73,19 @@ def test_an_impossible_budget_fails_with_what_can_be_reached() -> None:
             load_digits(),
             latency=False,
         )
+
+
+def test_a_latency_budget_run_reports_the_batch_and_both_measured_timings() -> None:
+    torch.manual_seed(0)
+    result = run_recipe(
+        _recipe({"latency_ms": 1000.0, "batch": 16}, exclude=["classifier"]),
+        build("cnn_small"),
+        load_digits(),
+        latency=False,
+    )
+    report = result.final["budget"]
+    assert report["kind"] == "latency_ms" and report["asked"] == {"latency_ms": 1000.0, "batch": 16}
+    timing = report["latency_ms"]
+    assert timing["batch"] == 16 and report["reached"] == timing["pruned"]["median_ms"]
+    assert timing["original"]["repeats"] >= 7 and timing["pruned"]["iqr_ms"] >= 0
+    assert "latency <= 1000 ms at batch 16" in " ".join(result.notes)
