@@ -48,6 +48,8 @@ class DatasetInfo:
     input_shape: tuple[int, ...]
     n_classes: int
     description: str
+    n_train: int
+    n_test: int
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,9 @@ GRANULARITIES: dict[str, GranularityInfo] = {
         GranularityInfo("group", "the same (in, kh, kw) positions in every filter", False),
         GranularityInfo("filter", "an output channel / Linear row, with its bias", True, True),
         GranularityInfo("channel", "an input channel / Linear column", True, True),
-        GranularityInfo("nm", "at most N non-zeros in every M weights along the input", False),
+        GranularityInfo(
+            "nm", "at most N non-zeros in every M consecutive input channels or features", False
+        ),
         GranularityInfo("layer", "a whole residual branch (identity shortcut kept)", True),
     )
 }
@@ -124,6 +128,8 @@ MASKS_ONLY_NOTE = "masks only: no speed-up expected"
 SCHEDULE_KINDS: tuple[str, ...] = ("oneshot", "iterative", "agp", "at_init", "retrain")
 RECIPE_KINDS: tuple[str, ...] = ("prune", "sensitivity", "train")
 SCOPES: tuple[str, ...] = ("global", "layerwise")
+WANDA_GROUPS: tuple[str, ...] = ("row", "layer")
+"""What wanda's element scores are compared within: each output row (as published) or the layer."""
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step")
 RETRAIN_INITS: tuple[str, ...] = ("rewind", "reinit")
@@ -135,6 +141,8 @@ DATASETS: dict[str, DatasetInfo] = {
         (1, 8, 8),
         10,
         "1,797 handwritten digits, 8x8 grey levels; stratified 70/30 split, seed 0",
+        n_train=1257,
+        n_test=540,
     ),
 }
 BUILTIN_DATASETS: tuple[str, ...] = tuple(DATASETS)
@@ -174,6 +182,7 @@ def as_json() -> dict:
         "schedules": list(SCHEDULE_KINDS),
         "recipe_kinds": list(RECIPE_KINDS),
         "scopes": list(SCOPES),
+        "wanda_groups": list(WANDA_GROUPS),
         "optimizers": list(OPTIMIZERS),
         "lr_schedules": list(LR_SCHEDULES),
         "retrain_inits": list(RETRAIN_INITS),

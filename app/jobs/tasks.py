@@ -2,12 +2,12 @@
 
 It loads the run's model and dataset, builds the recipe, calls ``pipeline.run_recipe`` with a
 reporter that writes throttled progress, curve points, steps and events to the row, and a
-``should_stop`` that the worker's heartbeat thread raises. On success ``results.store_files``
-exports the model, writes ``masks.npz`` and the result model into the artifact store, and this
-module writes every result in one transaction, together with the ``succeeded`` status; a
-cancelled, interrupted or failed attempt writes nothing but its status (the per-step
-checkpoint stays for ``resume``). ``inputs`` and ``results`` are parts of this module, split
-out for size; they write no rows.
+``should_stop`` that the worker's heartbeat thread raises. On success ``runs.results.store_files``
+exports the model (timing ``pruned.onnx`` in ONNX Runtime), writes ``masks.npz`` and the result
+model into the artifact store, and this module writes every result in one transaction,
+together with the ``succeeded`` status; a cancelled, interrupted or failed attempt writes
+nothing but its status (the per-step checkpoint stays for ``resume``). ``app.runs`` (inputs,
+export, timing, results) is shared with ``prunelab run`` and writes no rows.
 """
 
 from __future__ import annotations
@@ -24,27 +24,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app import store
+from app.artifacts import ArtifactStore, checkpoint_key, run_prefix
 from app.config import Settings
 from app.db import make_engine, session_scope
-from app.jobs.artifacts import ArtifactStore, checkpoint_key, run_prefix
-from app.jobs.inputs import build_recipe, load_dataset, load_model_for
-from app.jobs.results import jsonable, module_record_fields, store_files
 from app.models import Run
-
-# moved to ``inputs`` and ``results``; still importable from here
-__all__ = [
-    "StopFlag",
-    "RunReporter",
-    "CheckpointSync",
-    "execute_run",
-    "one_line",
-    "resolve_device",
-    "build_recipe",
-    "load_dataset",
-    "load_model_for",
-    "module_record_fields",
-]
-_jsonable = jsonable
+from app.pruning.notes import warning
+from app.runs.inputs import build_recipe, load_dataset, load_model_for
+from app.runs.results import jsonable, store_files
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
@@ -94,15 +80,15 @@ class RunReporter:
                     fraction=float(payload.get("fraction", 0.0)),
                     message=payload.get("message"),
                 )
-                store.add_event(s, run_id=rid, type="progress", data=_jsonable(payload))
+                store.add_event(s, run_id=rid, type="progress", data=jsonable(payload))
         elif event == "metric":
             with session_scope(self.engine) as s:
                 store.add_curve_point(s, run_id=rid, point=payload)
-                store.add_event(s, run_id=rid, type="metric", data=_jsonable(payload))
+                store.add_event(s, run_id=rid, type="metric", data=jsonable(payload))
         elif event == "step":
             with session_scope(self.engine) as s:
-                store.save_step(s, run_id=rid, item=_jsonable(payload))
-                store.add_event(s, run_id=rid, type="metric", data={"step": _jsonable(payload)})
+                store.save_step(s, run_id=rid, item=jsonable(payload))
+                store.add_event(s, run_id=rid, type="metric", data={"step": jsonable(payload)})
 
 
 def resolve_device(setting: str) -> str:
@@ -266,10 +252,6 @@ class CheckpointSync:
             self._seen = mtime
 
 
-def _with_onnx(final: dict, onnx_latency: dict | None) -> dict:
-    return final if onnx_latency is None else {**final, "speedup_onnx": onnx_latency}
-
-
 def _save_success(
     engine: Engine,
     settings: Settings,
@@ -288,11 +270,11 @@ def _save_success(
         store.replace_results(
             s,
             run_id=run_id,
-            steps=_jsonable(result.steps),
-            layers=_jsonable(result.layers),
-            histograms=_jsonable(result.histograms),
-            curve=_jsonable(result.curve),
-            sensitivity=_jsonable(result.sensitivity),
+            steps=jsonable(result.steps),
+            layers=jsonable(result.layers),
+            histograms=jsonable(result.histograms),
+            curve=jsonable(result.curve),
+            sensitivity=jsonable(result.sensitivity),
         )
         store.add_artifacts(s, run_id=run_id, items=rows)
         result_id = None
@@ -301,7 +283,7 @@ def _save_success(
                 s, owner_id=run.owner_id, source_run_id=run_id, **files.model_fields
             )
             result_id = record.id
-        notes = list(result.notes) + files.notes + [r["error"] for r in rows if r.get("error")]
+        notes = list(result.notes) + [warning(r["error"]) for r in rows if r.get("error")]
         ok = store.transition(
             s,
             run_id=run_id,
@@ -309,9 +291,11 @@ def _save_success(
             to="succeeded",
             progress=1.0,
             message="done",
-            baseline=_jsonable(result.baseline),
-            final=_jsonable(_with_onnx(result.final, files.onnx_latency)),
+            baseline=jsonable(result.baseline),
+            final=jsonable(result.final),
             notes=notes,
+            physical=bool(result.physical),
+            masks_only=bool(result.masks_only),
             result_model_id=result_id,
         )
         if not ok:

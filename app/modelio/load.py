@@ -23,6 +23,7 @@ from torch import nn
 from app.catalogue import MASKS_ONLY_NOTE
 from app.errors import Invalid, UnsupportedMedia
 from app.modelio.detect import CONVERT_HINT, FORMATS
+from app.modelio.rebuilt import read_architecture, rebuild_module
 
 Shape = tuple[int, ...]
 FORMAT_NOTE = (
@@ -126,11 +127,10 @@ def _load_weights(
     path: Path, fmt: str, arch: str | None, num_classes: int | None, shape: Shape | None
 ) -> LoadedModel:
     from app import zoo
-    from app.modelio.rebuilt import load_rebuilt, read_architecture
 
     config = read_architecture(path) if fmt == "safetensors" else None
     if config is not None:  # a physically pruned model: its own layer shapes, not the arch's
-        return load_rebuilt(read_state_dict(path, fmt), config, fmt, arch, shape)
+        return _load_rebuilt(read_state_dict(path, fmt), config, fmt, arch, shape)
     if not arch:
         known = ", ".join(zoo.ARCHITECTURES)
         raise Invalid(
@@ -147,6 +147,23 @@ def _load_weights(
     module.load_state_dict(state, strict=True)
     shape = shape or tuple(zoo.ARCHITECTURES[arch].default_input_shape)
     return LoadedModel(module, fmt, shape, True, arch=arch)
+
+
+def _load_rebuilt(
+    state: Mapping[str, torch.Tensor],
+    config: dict,
+    fmt: str,
+    arch: str | None,
+    shape: Shape | None,
+) -> LoadedModel:
+    """A ``LoadedModel`` of the rebuilt (smaller) architecture holding ``state``."""
+    module = rebuild_module(config, state, arch)
+    name = config.get("arch")
+    _check_fit(module, state, str(name))
+    module.load_state_dict(state, strict=True)
+    found = config.get("input_shape")
+    shape = shape or (tuple(int(d) for d in found) if found else None)
+    return LoadedModel(module, fmt, shape, True, arch=name)
 
 
 def _infer_num_classes(arch: str, state: Mapping[str, torch.Tensor], shape: Shape | None) -> int:

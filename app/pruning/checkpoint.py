@@ -25,6 +25,7 @@ import torch
 from app.pruning.context import BestStep, RunContext
 from app.pruning.masks.keeper import MaskKeeper
 from app.pruning.masks.plan import MaskPlan
+from app.pruning.notes import as_note, info
 
 CHECKPOINT = "checkpoint.pt"
 _RECORDS = ("steps", "layers", "curve", "notes", "hist_before", "hist_after_prune", "initial_state")
@@ -102,6 +103,7 @@ def load_checkpoint(ctx: RunContext) -> bool:
     ctx.masks, ctx.baseline = state["masks"], state["baseline"]
     for key in _RECORDS:
         setattr(ctx, key, state[key])
+    ctx.notes = [as_note(n) for n in ctx.notes]  # checkpoints of older versions hold sentences
     if state["plan"] is not None:
         ctx.plan = plan_from_state(state["plan"])
         ctx.keeper = MaskKeeper(ctx.model, ctx.plan)
@@ -114,5 +116,5 @@ def load_checkpoint(ctx: RunContext) -> bool:
     where = f"step {ctx.start_step}"
     if ctx.resume_training is not None:
         where += f", epoch {int(ctx.resume_training['epoch'])}"
-    ctx.notes.append(f"resumed after {where}")
+    ctx.notes.append(info(f"resumed after {where}"))
     return True

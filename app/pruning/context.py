@@ -36,11 +36,13 @@ from torch import Tensor, nn
 from app.catalogue import CHANNEL_LEVELS
 from app.pruning import measure as measure_mod
 from app.pruning.counts import layer_stats
+from app.pruning.criteria.reconstruction import refit_layers, refit_note
 from app.pruning.data import ArrayDataset
 from app.pruning.histograms import prunable_weights
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import MaskKeeper, apply_masks
 from app.pruning.masks.plan import MaskPlan
+from app.pruning.notes import Note, add_notes, info, warning
 from app.pruning.report import Report, ShouldStop, check_cancelled
 from app.pruning.spec import Recipe
 from app.pruning.structural.bn import recalibrate_bn
@@ -50,6 +52,7 @@ from app.pruning.train import BatchHook, EpochHook, fine_tune
 from app.zoo import reset_parameters
 
 BN_NOTE_KEY = "accuracy_before_bn_recalibration"
+REFIT_KEY = "reconstruction"  # a step's ThiNet re-fit: [{"layer", "error_before", "error_after"}]
 
 
 def _has_bn(model: nn.Module) -> bool:
@@ -92,13 +95,14 @@ class RunContext:
     steps: list[dict] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     hist_before: dict[str, Tensor] = field(default_factory=dict)
     hist_after_prune: dict[str, Tensor] | None = None
     best: BestStep | None = None
     start_step: int = 0
     resume_training: dict | None = None
     accuracy_before_bn: float | None = None  # structured levels with BN: before recalibration
+    refits: list[dict] = field(default_factory=list)  # the last prune's ThiNet re-fit errors
 
     def __post_init__(self) -> None:
         self.model = self.model.to(self.device)
@@ -159,13 +163,34 @@ class RunContext:
             device=self.device,
             previous=self.masks,
             seed=int(self.recipe.seed),
+            example=self.example,
         )
+        add_notes(self.notes, plan.notes)
         self.plan, self.masks = plan, plan.masks
+        self.refits = self._refit(plan, step)
         apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
         self.keeper = MaskKeeper(self.model, plan)
         self.accuracy_before_bn = self._settle_structure()
         self.hist_after_prune = prunable_weights(self.model)
         return self.measure()
+
+    def _refit(self, plan: MaskPlan, step: int) -> list[dict]:
+        """``reconstruction`` (ThiNet): re-fit every layer that lost input channels by least
+        squares on calibration data, before the masks zero them; noted with the errors."""
+        spec = self.recipe.pruning
+        if spec.criterion != "reconstruction" or not plan.channels:
+            return []
+        errors = refit_layers(
+            self.model,
+            plan.channels,
+            self.data,
+            batches=spec.calibration_batches,
+            device=self.device,
+            seed=int(self.recipe.seed),
+        )
+        if errors:
+            self.notes.append(info(refit_note(step, errors)))
+        return [e.as_dict() for e in errors]
 
     def _settle_structure(self) -> float | None:
         """Channel levels: zero what physical removal would delete, then re-estimate BN.
@@ -260,6 +285,8 @@ class RunContext:
         }
         if self.accuracy_before_bn is not None:
             item[BN_NOTE_KEY] = self.accuracy_before_bn
+        if self.refits:
+            item[REFIT_KEY] = self.refits
         self.steps.append(item)
         self._record_layers(k)
         self.report("step", item)
@@ -272,8 +299,10 @@ class RunContext:
             return True
         best = self.best
         self.notes.append(
-            f"step {k} lost {self.baseline_accuracy - after['accuracy']:.4f} accuracy, more than "
-            f"max_accuracy_drop {max_drop}; kept step {0 if best is None else best.step}"
+            warning(
+                f"step {k} lost {self.baseline_accuracy - after['accuracy']:.4f} accuracy, more than "
+                f"max_accuracy_drop {max_drop}; kept step {0 if best is None else best.step}"
+            )
         )
         if best is not None:
             self.model.load_state_dict(best.state)

@@ -1,9 +1,9 @@
 """In-memory datasets the engine trains and evaluates on.
 
-The engine never reads files: callers (``app.datasets``, the CLI, a worker, a
+The engine never reads files: callers (``app.intake.datasets``, the CLI, a worker, a
 notebook) hand it an :class:`ArrayDataset` of numpy arrays.
 
-torch is imported inside the methods only: ``app.datasets`` (and through it the
+torch is imported inside the methods only: ``app.intake.datasets`` (and through it the
 web process, which must stay torch-free) builds and validates ArrayDatasets.
 
 Example:

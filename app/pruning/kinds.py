@@ -25,6 +25,7 @@ from torch import nn
 from app.pruning import measure as measure_mod
 from app.pruning.counts import layer_stats
 from app.pruning.data import ArrayDataset
+from app.pruning.notes import info
 from app.pruning.report import Report, ShouldStop
 from app.pruning.result import RunResult
 from app.pruning.sensitivity import run_sensitivity
@@ -93,5 +94,5 @@ def run_sensitivity_kind(
         report=report,
         should_stop=should_stop,
     )
-    notes = [] if not allocation else [f"allocation for the target: {allocation}"]
+    notes = [] if not allocation else [info(f"allocation for the target: {allocation}")]
     return RunResult(model, base, base, sensitivity=rows, notes=notes, allocation=allocation)

@@ -49,7 +49,8 @@ def evaluate(
     """Accuracy and mean cross-entropy loss on the test split.
 
     Args:
-        model: a classifier returning logits; put in eval mode for the pass, then restored.
+        model: a classifier returning logits; put in eval mode for the pass (without
+            gradients), then restored.
         data: the dataset; its ``test`` split is used.
         device: where to run.
         batch_size: evaluation batch size.
@@ -61,12 +62,13 @@ def evaluate(
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
     try:
-        for xb, yb in data.loader("test", batch_size, shuffle=False):
-            xb, yb = xb.to(device), yb.to(device)
-            logits = model(xb)
-            loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == yb).sum())
-            n += int(yb.numel())
+        with torch.no_grad():  # no graph: less memory, and no scalar-of-a-grad-tensor warning
+            for xb, yb in data.loader("test", batch_size, shuffle=False):
+                xb, yb = xb.to(device), yb.to(device)
+                logits = model(xb)
+                loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+                correct += int((logits.argmax(dim=1) == yb).sum())
+                n += int(yb.numel())
     finally:
         model.train(was_training)
     return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1)}

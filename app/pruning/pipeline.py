@@ -37,6 +37,7 @@ from app.pruning.context import RunContext
 from app.pruning.data import ArrayDataset
 from app.pruning.kinds import run_sensitivity_kind, run_train_kind
 from app.pruning.masks.compute import validate
+from app.pruning.notes import add_notes, info
 from app.pruning.report import NEVER, NULL_REPORT, Report, ShouldStop
 from app.pruning.result import RunResult, finish_run
 from app.pruning.schedule import run_schedule
@@ -120,12 +121,12 @@ def run_recipe(
     )
     if not (resume and load_checkpoint(ctx)):
         ctx.record_baseline()
-    if round_note and round_note not in ctx.notes:
-        ctx.notes.append(round_note)
+    if round_note is not None:
+        add_notes(ctx.notes, [round_note])  # a resumed run already has it
     run_schedule(ctx)
     result = finish_run(ctx, rebuildable)
     if target is not None and original is not None:
         result.final["budget"] = budget_report(target, result.model, data, original=original)
         result.allocation = alloc
-        ctx.notes.append(f"pruning.target {describe(target)}: per-layer allocation {alloc}")
+        ctx.notes.append(info(f"pruning.target {describe(target)}: per-layer allocation {alloc}"))
     return result

@@ -22,9 +22,12 @@ import torch
 from torch import nn
 
 from app.catalogue import MASKS_ONLY_NOTE
+from app.pruning.checks import chance_note, sparsity_notes
 from app.pruning.context import RunContext
+from app.pruning.granularity import prunable_layers
 from app.pruning.histograms import histograms, prunable_weights
 from app.pruning.measure import batch_of
+from app.pruning.notes import Note, add_notes, info, warning
 from app.pruning.speedup import compare_latency, masks_only_latency, slower_note
 from app.pruning.structural.remove import physical_prune, removal_blockers
 
@@ -46,7 +49,7 @@ class RunResult:
     histograms: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     physical: bool = False
     masks_only: bool = False
     masks: dict[str, torch.Tensor] | None = None
@@ -85,19 +88,26 @@ def final_model(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
     if ctx.masks is None or ctx.plan is None:
         return ctx.model, False
     if not ctx.structured:
-        ctx.notes.append(MASKS_ONLY_NOTE)
+        ctx.notes.append(info(MASKS_ONLY_NOTE))
         return ctx.model, False
     if not spec.physical:
-        ctx.notes.append(f"{MASKS_ONLY_NOTE} (pruning.physical is false)")
+        ctx.notes.append(info(f"{MASKS_ONLY_NOTE} (pruning.physical is false)"))
         return ctx.model, False
     blockers = [] if rebuildable else ["this model format cannot be rebuilt (TorchScript, .pt2)"]
     blockers = blockers or removal_blockers(ctx.model, ctx.example)
     if blockers:
-        ctx.notes.append(f"{MASKS_ONLY_NOTE}: physical removal is not possible, {blockers[0]}")
+        text = f"{MASKS_ONLY_NOTE}: physical removal is not possible, {blockers[0]}"
+        ctx.notes.append(warning(text))
         return ctx.model, False
-    small = physical_prune(ctx.model, ctx.plan, ctx.example, granularity=spec.granularity)
+    removal: list[str] = []
+    small = physical_prune(
+        ctx.model, ctx.plan, ctx.example, granularity=spec.granularity, notes=removal
+    )
+    add_notes(ctx.notes, [warning(f"physical removal {n}") for n in removal])
     diff = max_abs_diff(ctx.model, small, ctx.example)
-    ctx.notes.append(f"physically removed {spec.granularity}s: max output difference {diff:.2e}")
+    ctx.notes.append(
+        info(f"physically removed {spec.granularity}s: max output difference {diff:.2e}")
+    )
     return small, True
 
 
@@ -120,9 +130,27 @@ def deploy_speedup(ctx: RunContext, dense: nn.Module, model: nn.Module, physical
     x_one = ctx.data.sample_batch(1)
     comparison = compare_latency(dense, model, x_one, batch_of(ctx.data, batch), device=ctx.device)
     note = slower_note(comparison)
-    if note:
+    if note is not None:
         ctx.notes.append(note)
     return comparison
+
+
+def result_notes(ctx: RunContext, model: nn.Module, final: dict, *, physical: bool) -> None:
+    """Warn when the result is far from what was asked (sparsity, chance accuracy)."""
+    spec = ctx.recipe.pruning
+    if ctx.plan is not None and spec.granularity != "nm":
+        total = sum(w.numel() for w in ctx.hist_before.values())
+        kept = sum(int(torch.count_nonzero(m.weight)) for m in prunable_layers(model).values())
+        achieved = 1.0 - kept / total if total else 0.0
+        add_notes(ctx.notes, sparsity_notes(ctx.plan, achieved, physical=physical))
+    note = chance_note(
+        float(final["accuracy"]),
+        ctx.baseline_accuracy,
+        ctx.data.n_classes,
+        threshold=spec.threshold,
+    )
+    if note is not None:
+        ctx.notes.append(note)
 
 
 def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
@@ -140,6 +168,7 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
     final = ctx.measure()
     if original is not None:
         final["speedup"] = deploy_speedup(ctx, original, model, physical)
+    result_notes(ctx, model, final, physical=physical)
     ctx.report("progress", {"fraction": 1.0, "message": "done"})
     return RunResult(
         model=model,

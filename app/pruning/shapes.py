@@ -27,6 +27,7 @@ from torch import nn
 
 from app.catalogue import CHANNEL_LEVELS
 from app.pruning.latency import fixed_threads, time_interleaved
+from app.pruning.notes import Note, info
 from app.pruning.spec import Recipe
 
 WIDTHS = tuple(range(56, 73))
@@ -82,7 +83,7 @@ def cached_round_to(cache_dir: Path, *, threads: int | None = None) -> tuple[int
     return preferred_multiple(table), table
 
 
-def with_default_round_to(recipe: Recipe, cache_dir: Path | None) -> tuple[Recipe, str | None]:
+def with_default_round_to(recipe: Recipe, cache_dir: Path | None) -> tuple[Recipe, Note | None]:
     """A physical channel-level recipe without ``round_to`` gets the measured multiple, and a note.
 
     Anything else (or no cache directory) is returned unchanged, without a note.
@@ -95,7 +96,7 @@ def with_default_round_to(recipe: Recipe, cache_dir: Path | None) -> tuple[Recip
     multiple, _ = cached_round_to(cache_dir)
     if multiple <= 1:
         return recipe, None
-    note = (
+    note = info(
         f"pruning.round_to defaulted to {multiple}: kept channel counts are multiples of "
         f"{multiple}, which this machine's convolution kernels run fastest (measured once)"
     )

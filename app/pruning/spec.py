@@ -27,6 +27,7 @@ from app.catalogue import (
     SCHEDULE_KINDS,
     SCOPES,
     VALID_PAIRS,
+    WANDA_GROUPS,
 )
 from app.pruning.budget_spec import check_budget
 
@@ -89,6 +90,7 @@ class PruningSpec:
     calibration_batches: int = 4
     bn_l1: float = 0.0  # L1 sparsity-training strength on BN gamma (applied by the trainer)
     target: dict[str, float] | None = None  # a budget instead of a sparsity (check_budget)
+    wanda_group: str = "row"  # wanda (element) compares scores per output row or per layer
 
     def __post_init__(self) -> None:
         _choice(self.granularity, GRANULARITY_NAMES, "pruning.granularity")
@@ -122,6 +124,11 @@ class PruningSpec:
                 "pruning.round_to applies to granularities 'filter' and 'channel' only, "
                 f"not '{self.granularity}'."
             )
+        if self.granularity == "layer" and self.threshold is not None:
+            raise ValueError(
+                "pruning.threshold does not apply to granularity 'layer' (whole blocks go by "
+                "their share of the parameters); set pruning.sparsity instead."
+            )
         _int(self.calibration_batches, "pruning.calibration_batches", 1)
         _number(self.bn_l1, "pruning.bn_l1", 0.0, math.inf)
         if self.target is not None:
@@ -131,6 +138,11 @@ class PruningSpec:
                     "pruning.target needs granularity 'filter' or 'channel' with "
                     "pruning.physical true: a budget is met by removing channels."
                 )
+        _choice(self.wanda_group, WANDA_GROUPS, "pruning.wanda_group")
+        if self.wanda_group != "row" and (self.criterion, self.granularity) != ("wanda", "element"):
+            raise ValueError(
+                "pruning.wanda_group applies to criterion 'wanda' at granularity 'element' only."
+            )
 
     def check_target(self) -> None:
         """Raise ValueError unless exactly one of sparsity/threshold is set (nm needs neither)."""

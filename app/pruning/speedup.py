@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from app.pruning.latency import Timing, speedup, time_models
+from app.pruning.notes import Note, warning
 
 NO_SPEEDUP = "no measurable speed-up"
 MASKS_ONLY_VERDICT = "1.0x (masks only: the zeros are still computed)"
@@ -73,15 +74,15 @@ def masks_only_latency(large_batch: int) -> dict:
     return {"runtime": "pytorch", "masks_only": True, "rows": rows}
 
 
-def slower_note(comparison: dict, runtime: str = "PyTorch") -> str | None:
-    """A warning sentence when the pruned model is measurably slower at some batch size."""
+def slower_note(comparison: dict, runtime: str = "PyTorch") -> Note | None:
+    """A warning when the pruned model is measurably slower at some batch size."""
     slow = [
         r for r in comparison.get("rows", []) if r.get("speedup") is not None and r["speedup"] < 1
     ]
     if not slow:
         return None
     worst = min(slow, key=lambda r: r["speedup"])
-    return (
+    return warning(
         f"the pruned widths make the model slower than the original in {runtime} "
         f"({worst['verdict']} at batch {worst['batch']}); try pruning.round_to with a multiple "
         "the CPU kernels like (8 or 16) or a lower sparsity"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
 from app.pruning.budget_spec import check_budget
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import Recipe
@@ -88,4 +88,4 @@ def test_a_latency_budget_run_reports_the_batch_and_both_measured_timings() -> N
     timing = report["latency_ms"]
     assert timing["batch"] == 16 and report["reached"] == timing["pruned"]["median_ms"]
     assert timing["original"]["repeats"] >= 7 and timing["pruned"]["iqr_ms"] >= 0
-    assert "latency <= 1000 ms at batch 16" in " ".join(result.notes)
+    assert "latency <= 1000 ms at batch 16" in " ".join(n["text"] for n in result.notes)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
 from app.pruning.data import ArrayDataset
 from app.pruning.latency import Timing, speedup, time_interleaved, time_models
 from app.pruning.measure import measure
@@ -49,7 +49,9 @@ def test_overlapping_intervals_give_no_speed_up_number() -> None:
     assert faster["speedup"] == 2.5 and faster["verdict"] == "2.50x faster"
     slower = latency_row(256, dense, Timing(20.0, 19.0, 21.0, 20, 1))
     assert slower["verdict"] == "2.00x slower"
-    assert "slower than the original" in slower_note({"rows": [faster, slower]})
+    note = slower_note({"rows": [faster, slower]})
+    assert note is not None and note["level"] == "warning"
+    assert "slower than the original" in note["text"]
     assert slower_note({"rows": [faster, row]}) is None
 
 

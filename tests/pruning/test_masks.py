@@ -36,7 +36,7 @@ def test_element_l1_masks_equal_torch_prune(scope, amount) -> None:
     model = make_cnn()
     plan = compute_masks(model, PruningSpec("element", "l1", scope=scope, sparsity=amount))
     expected = _torch_masks(model, list(plan.masks), amount, scope == "global")
-    assert not any("would have been emptied" in n for n in plan.notes)
+    assert not any("would have been emptied" in n["text"] for n in plan.notes)
     for name, mask in expected.items():
         assert torch.equal(plan.masks[name], mask), name
 
@@ -104,7 +104,7 @@ def test_round_to_keeps_a_multiple_of_filters(round_to) -> None:
         kept = int(plan.channels[name].sum())
         assert kept % round_to == 0 and kept >= round_to
         assert int(plan.masks[name].any(dim=1).sum()) == kept
-    assert any("multiple of" in n for n in plan.notes)
+    assert any("multiple of" in n["text"] for n in plan.notes)
 
 
 def test_no_layer_is_emptied_even_at_extreme_global_targets() -> None:
@@ -113,7 +113,7 @@ def test_no_layer_is_emptied_even_at_extreme_global_targets() -> None:
         model[2].weight *= 1e-4  # a global ranking would take all of it
     plan = compute_masks(model, PruningSpec("filter", "l1", sparsity=0.95))
     assert int(plan.channels["2"].sum()) >= 1
-    assert any("would have been emptied" in n for n in plan.notes)
+    assert any("would have been emptied" in n["text"] for n in plan.notes)
 
 
 def test_previous_masks_stay_pruned_and_the_pruned_set_grows() -> None:

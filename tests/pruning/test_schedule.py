@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
 from app.pruning.pipeline import run_recipe
 from app.pruning.schedule import agp_update_iterations
 from app.pruning.spec import FinetuneSpec, Recipe, ScheduleSpec
@@ -156,4 +156,4 @@ def test_max_accuracy_drop_stops_at_the_deepest_step_within_the_drop() -> None:
     assert kept[-1]["step"] >= 1  # at least one pruning step was within the drop
     assert result.final["accuracy"] == pytest.approx(kept[-1]["after_finetune"]["accuracy"])
     assert result.final["sparsity"] == pytest.approx(kept[-1]["after_finetune"]["sparsity"])
-    assert any("max_accuracy_drop" in note for note in result.notes)
+    assert any("max_accuracy_drop" in note["text"] for note in result.notes)

@@ -38,7 +38,8 @@ def test_a_physical_filter_recipe_without_round_to_gets_the_measured_multiple(
     fake = {"widths": {str(c): 0.5 if c % 8 == 0 else 1.0 for c in shapes.WIDTHS}}
     monkeypatch.setattr(shapes, "channel_table", lambda **kw: fake)
     recipe, note = shapes.with_default_round_to(_recipe(), tmp_path)
-    assert recipe.pruning.round_to == 8 and "round_to defaulted to 8" in note
+    assert recipe.pruning.round_to == 8 and note is not None
+    assert note["level"] == "info" and "round_to defaulted to 8" in note["text"]
     for unchanged in (_recipe(round_to=4), _recipe(physical=False)):
         assert shapes.with_default_round_to(unchanged, tmp_path) == (unchanged, None)
     assert shapes.with_default_round_to(_recipe(), None) == (_recipe(), None)

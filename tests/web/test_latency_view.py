@@ -7,8 +7,10 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from app.web import charts
+from app.models import Run
+from app.web import charts, charts_runs
 from app.web.latency_view import NO_SPEEDUP, budget_line, deploy_rows
+from app.web.page_data import run_summary
 from tests.browser import seed
 from tests.conftest import make_user
 
@@ -102,6 +104,18 @@ def _steps(lat: tuple[float, float], iqr: tuple[float, float] | None = None) -> 
 def test_a_masks_only_run_never_plots_a_speed_up_other_than_one() -> None:
     fig = charts.tradeoff_figure(_steps((1016.0, 83.0)), axis="speedup", masks_only=True)
     assert fig["data"][0]["x"] == [1.0, 1.0] and fig["data"][1]["x"] == [1.0, 1.0]
+
+
+def test_a_masks_only_sweep_run_plots_at_one_x_from_its_typed_flag() -> None:
+    final = {"accuracy": 0.9, "compression": 2.0, "latency_ms": 1.0}
+    run = Run(name="m", kind="prune", status="succeeded", final=final, masks_only=True)
+    run.baseline = {"latency_ms": 4.0}  # the timer saw 4x; the zeros are still computed
+    row = {**run_summary(run), "id": 1, "criterion": "l1"}
+    assert row["masks_only"] is True
+    fig = charts_runs.sweep_figure([row], axis="speedup")
+    assert fig["data"][0]["x"] == [1.0]
+    fig = charts_runs.sweep_figure([{**row, "masks_only": False}], axis="speedup")
+    assert fig["data"][0]["x"] == [4.0]
 
 
 def test_overlapping_spreads_plot_at_one_x() -> None:

@@ -37,13 +37,17 @@ from app.pruning.criteria.context import CalibrationData
 from app.pruning.criteria.magnitude import no_bn_error
 from app.pruning.granularity import (
     Block,
+    canonical,
     check_layer,
     following_bn,
+    is_transposed,
     prunable_layers,
     residual_blocks,
 )
 from app.pruning.masks.plan import MaskPlan
 from app.pruning.masks.select import MAGNITUDE, Selection
+from app.pruning.notes import Note, info, warning
+from app.pruning.outputs import example_input, output_layers
 from app.pruning.spec import PruningSpec
 
 
@@ -110,6 +114,7 @@ def compute_masks(
     device: str | torch.device = "cpu",
     previous: dict[str, Tensor] | None = None,
     seed: int = 0,
+    example: Tensor | None = None,
 ) -> MaskPlan:
     """Score the units of every layer in scope and choose which to prune.
 
@@ -121,6 +126,7 @@ def compute_masks(
         device: where criteria run their passes.
         previous: earlier keep-masks; what they pruned stays pruned.
         seed: for ``random`` and calibration sampling.
+        example: an input batch to find the model's output layers (default: from ``data``).
 
     Returns:
         A :class:`MaskPlan`.
@@ -138,6 +144,9 @@ def compute_masks(
     targets = {n: m for n, m in layers.items() if n not in spec.exclude}
     if spec.granularity == "layer":
         return _layer_plan(model, spec, targets, layers, target or 0.0, previous, seed)
+    outputs, notes = _outputs(model, spec, data, example)
+    if spec.granularity == "filter":  # a filter of an output layer is an output unit
+        targets = {n: m for n, m in targets.items() if n not in outputs}
     absolute = _raw_magnitude(spec, targets)
     if absolute:  # |w| is ranked chunk by chunk from the weights themselves
         scores = {n: m.weight.detach() for n, m in targets.items()}
@@ -152,9 +161,12 @@ def compute_masks(
             seed=seed,
             batches=spec.calibration_batches,
         )
-    ctx = Selection(spec, {n: targets[n] for n in scores}, scores, previous, absolute=absolute)
+    ctx = Selection(
+        spec, {n: targets[n] for n in scores}, scores, previous, absolute=absolute, outputs=outputs
+    )
+    ctx.notes.extend(notes)
     ctx.notes.extend(
-        f"'{n}' left dense: criterion '{spec.criterion}' cannot score it"
+        warning(f"'{n}' left dense: criterion '{spec.criterion}' cannot score it", layer=n)
         for n in targets
         if n not in scores
     )
@@ -165,7 +177,28 @@ def compute_masks(
         ctx.select_threshold(threshold)
     else:
         ctx.select_sparsity(target, spec.overrides)
-    return ctx.plan(model, layers)
+    plan = ctx.plan(model, layers)
+    for n in outputs - set(plan.masks) - set(spec.exclude):  # protected: kept whole
+        plan.masks[n] = torch.ones_like(layers[n].weight, dtype=torch.bool, device="cpu")
+        if plan.channels is not None:
+            units = canonical(plan.masks[n], is_transposed(layers[n])).shape[0]
+            plan.channels[n] = torch.ones(units, dtype=torch.bool)
+    return plan
+
+
+def _outputs(
+    model: nn.Module, spec: PruningSpec, data: CalibrationData | None, example: Tensor | None
+) -> tuple[frozenset[str], list[Note]]:
+    """The output layers of ``model`` (never cut) and the notes that say so."""
+    x = example if example is not None else example_input(data, model)
+    if x is None:
+        text = "the model's output layers could not be traced (no example input): their "
+        return frozenset(), [warning(text + "output units are not protected")]
+    found = frozenset(output_layers(model, x))
+    what = "left dense" if spec.granularity == "filter" else "every output unit kept"
+    return found, [
+        info(f"'{n}' {what}: its outputs are the model's outputs", layer=n) for n in sorted(found)
+    ]
 
 
 def _raw_magnitude(spec: PruningSpec, targets: dict[str, nn.Module]) -> bool:
@@ -225,9 +258,9 @@ def _layer_plan(
     achieved = {
         n: 1.0 - float(masks[n].sum()) / masks[n].numel() if n in masks else 0.0 for n in layers
     }
-    notes = [
-        f"granularity 'layer' removed {len(removed)} of {len(blocks)} residual blocks: "
-        + (", ".join("+".join(b.layers) for b in removed) or "none")
-    ]
+    text = f"granularity 'layer' removed {len(removed)} of {len(blocks)} residual blocks: " + (
+        ", ".join("+".join(b.layers) for b in removed) or "none"
+    )
+    notes = [info(text) if removed else warning(text + "; no block fits the target")]
     requested = {n: (target if n in targets else 0.0) for n in layers}
     return MaskPlan(masks, requested, achieved, dict.fromkeys(layers), None, extra, notes, "layer")

@@ -21,12 +21,21 @@ import torch
 from torch import Tensor, nn
 
 from app.catalogue import CHANNEL_LEVELS
-from app.pruning.granularity import following_bn, is_transposed, nm_mask, unit_view
+from app.pruning.granularity import (
+    canonical,
+    following_bn,
+    is_transposed,
+    nm_dense_reason,
+    nm_mask,
+    unit_view,
+)
 from app.pruning.masks.plan import NEVER_EMPTY_NOTE, MaskPlan
 from app.pruning.masks.ranking import count_true, global_lowest, global_lowest_abs, invert
+from app.pruning.notes import Note, info, warning
 from app.pruning.spec import PruningSpec
 
 MAGNITUDE = ("l1", "l2", "threshold")
+_ROW_UNITS = ("element", "vector", "kernel")  # levels whose units lie inside one output row
 
 
 class Selection:
@@ -40,10 +49,14 @@ class Selection:
         previous: dict[str, Tensor],
         *,
         absolute: bool = False,
+        outputs: frozenset[str] = frozenset(),
     ) -> None:
         """``absolute``: ``scores`` are float32 CPU weights and the score is their ``|w|``
-        (element magnitude criteria; never materialised for a whole model)."""
-        self.spec, self.layers, self.notes = spec, layers, [NEVER_EMPTY_NOTE]
+        (element magnitude criteria; never materialised for a whole model). ``outputs``: the
+        model's output layers; each of their output rows keeps at least one unit."""
+        self.spec, self.layers = spec, layers
+        self.notes: list[Note] = [info(NEVER_EMPTY_NOTE)]
+        self.outputs = outputs
         self.absolute = absolute
         self.views = {
             n: unit_view(m.weight, spec.granularity, spec.nm, transposed=is_transposed(m))
@@ -65,8 +78,15 @@ class Selection:
         return torch.where(self.forced[n], float("-inf"), s) if n in self.forced else s
 
     def select_nm(self) -> None:
+        """N:M along the reduction dimension; layers it cannot cut stay dense, with a note."""
         n_keep, m = self.spec.nm
         for n, layer in self.layers.items():
+            reason = nm_dense_reason(layer, m)
+            if reason is not None:
+                self.pruned[n] = torch.zeros(self.scores[n].shape, dtype=torch.bool)
+                self.requested[n] = 0.0
+                self.notes.append(f"'{n}' left dense by {n_keep}:{m} sparsity: {reason}")
+                continue
             keep = nm_mask(self._ranking(n), n_keep, m, transposed=is_transposed(layer))
             self.pruned[n] = ~keep
             self.requested[n] = 1.0 - n_keep / m
@@ -81,6 +101,9 @@ class Selection:
 
     def select_sparsity(self, target: float, overrides: dict[str, float]) -> None:
         local = {n: overrides.get(n, target) for n in self.layers}
+        if self._per_row():
+            self._select_rows(local)
+            return
         pool = [n for n in self.layers if n not in overrides] if self.spec.scope == "global" else []
         for n in self.layers:
             self.requested[n] = local[n]
@@ -90,6 +113,31 @@ class Selection:
             self._select_global(pool, target)
         self._never_empty()
         self._round_to()
+
+    def _per_row(self) -> bool:
+        spec = self.spec
+        return (spec.criterion, spec.granularity, spec.wanda_group) == ("wanda", "element", "row")
+
+    def _select_rows(self, local: dict[str, float]) -> None:
+        """Wanda as published: prune the lowest ``round(s * row length)`` scores of every output
+        row (each layer at its own target ``s``); earlier masks stay pruned."""
+        for n, layer in self.layers.items():
+            self.requested[n] = local[n]
+            rank = canonical(self._ranking(n), is_transposed(layer))
+            rows = rank.reshape(rank.shape[0], -1)
+            k = round(local[n] * rows.shape[1])
+            pruned = torch.zeros(rows.shape, dtype=torch.bool)
+            pruned.scatter_(1, rows.sort(dim=1, stable=True).indices[:, :k], True)
+            pruned = canonical(pruned.reshape(rank.shape), is_transposed(layer)).contiguous()
+            self.pruned[n] = pruned | self.forced[n] if n in self.forced else pruned
+        glob = self.spec.scope == "global"
+        scope = "; scope 'global' ranks nothing across layers here" if glob else ""
+        self.notes.append(
+            "wanda compared weights within each output row (pruning.wanda_group 'row', as "
+            f"published): every row of a layer keeps the same share{scope}; "
+            "wanda_group 'layer' ranks each layer as a whole"
+        )
+        self._never_empty()
 
     def _select_global(self, names: list[str], target: float) -> None:
         if len({self.views[n].unit_size for n in names}) == 1:  # equal units: exact fast path
@@ -140,7 +188,36 @@ class Selection:
             need = min(self._min_keep(), pruned.numel())
             if kept < need:
                 self._keep_best(n, need)
-                self.notes.append(f"'{n}' would have been emptied; its best {need} unit(s) kept")
+                text = f"'{n}' would have been emptied; its best {need} unit(s) kept"
+                self.notes.append(self._emptied_note(n, text))
+            if n in self.outputs and self.spec.granularity in _ROW_UNITS:
+                self._keep_rows(n)
+
+    def _emptied_note(self, n: str, text: str) -> Note:
+        if self.spec.threshold is not None:
+            text += (
+                "; the threshold is too high for this layer: give it its own sparsity "
+                "(pruning.overrides), exclude it, or prune by sparsity instead"
+            )
+        return warning(text, layer=n)
+
+    def _keep_rows(self, n: str) -> None:
+        """Every output row of an output layer keeps its best unit (no class is cut off)."""
+        flip = self.spec.granularity == "element" and is_transposed(self.layers[n])
+        pruned = canonical(self.pruned[n], flip).contiguous()
+        rows = pruned.reshape(pruned.shape[0], -1)
+        dead = rows.all(dim=1)
+        if not bool(dead.any()):
+            return
+        best = canonical(self._ranking(n), flip).reshape(rows.shape).argmax(dim=1)
+        idx = dead.nonzero().flatten()
+        rows[idx, best[idx]] = False
+        self.pruned[n] = canonical(pruned, flip).contiguous()
+        text = (
+            f"{len(idx)} output unit(s) of '{n}' would have been emptied; their best weight "
+            "kept (the model's outputs are never cut)"
+        )
+        self.notes.append(self._emptied_note(n, text))
 
     def _round_to(self) -> None:
         r = self.spec.round_to
@@ -151,7 +228,7 @@ class Selection:
             rounded = min(units, -(-kept // r) * r)
             if rounded != kept:
                 self._keep_best(n, rounded)
-        self.notes.append(f"kept filter/channel counts rounded up to a multiple of {r}")
+        self.notes.append(info(f"kept filter/channel counts rounded up to a multiple of {r}"))
 
     def plan(self, model: nn.Module, layers: dict[str, nn.Module]) -> MaskPlan:
         masks, achieved, channels = {}, {}, {}

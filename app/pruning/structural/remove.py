@@ -53,6 +53,7 @@ def physical_prune(
     *,
     granularity: str,
     coupled: str = "intersection",
+    notes: list[str] | None = None,
 ) -> nn.Module:
     """A new, smaller dense copy of ``model`` without the zero filters or channels.
 
@@ -62,6 +63,8 @@ def physical_prune(
         example_input: a real input batch, used to trace the coupled groups.
         granularity: ``"filter"`` or ``"channel"``.
         coupled: ``"intersection"`` (default, exact) or ``"union"``; see the module docstring.
+        notes: when given, the plan's sentences for the user (channels kept, and why) are
+            appended to it.
 
     Returns:
         The pruned copy, in the same train/eval mode, with the same output shape.
@@ -86,6 +89,8 @@ def physical_prune(
     plan = plan_removal(pruned, plan_or_masks, dg, granularity=granularity, coupled=coupled)
     for note in plan.notes:
         logger.info("physical_prune: %s", note)
+    if notes is not None:
+        notes.extend(plan.notes)
     for root, handler, idxs in plan.cuts:
         dg.get_pruning_group(root, handler, idxs).prune(record_history=False)
     before, after = _eval_output(model, example_input[:2]), _eval_output(pruned, example_input[:2])

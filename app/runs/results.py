@@ -1,4 +1,4 @@
-"""The files a finished run leaves (part of ``tasks``): exports, ``masks.npz``, the result model.
+"""A finished server run's files in the artifact store: exports, ``masks.npz``, the result model.
 
 Nothing here writes the database: :func:`store_files` puts the files in the artifact store and
 returns the artifact rows and the ``ModelRecord`` columns that ``tasks`` records in the one
@@ -18,28 +18,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.jobs.artifacts import ArtifactStore, artifact_key
+from app.artifacts import ArtifactStore, artifact_key
+from app.runs.export import sha256_of, write_run_files
+from app.runs.timing import record_onnx_speedup
 
 log = logging.getLogger(__name__)
-MASKS_NAME = "masks.npz"
 
 
 @dataclass
 class RunFiles:
-    """Artifact rows (with ``storage_key``), the result model's columns (or None), and the
-    ONNX Runtime timing of ``pruned.onnx`` against the original (or None)."""
+    """Artifact rows (with ``storage_key``) and the result model's columns, or None."""
 
     artifacts: list[dict] = field(default_factory=list)
     model_fields: dict | None = None
-    onnx_latency: dict | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def jsonable(value: Any) -> Any:
     """Tensors, numpy scalars and tuples as plain JSON values."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v) for v in value]
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -55,93 +53,20 @@ def store_files(
     arch: str | None,
     tmp: Path,
 ) -> RunFiles:
-    """Export, write the masks, save the result model; put every file in the artifact store."""
+    """Export, write the masks, save the result model; put every file in the artifact store.
+
+    Also times ``pruned.onnx`` against the original (``final["speedup_onnx"]``, ``timing``)."""
     if recipe.kind == "sensitivity":
         return RunFiles()
     out = tmp / "export"
-    config = _arch_config(result, data, arch)
-    example = data.sample_batch(8)
-    from app.modelio.export import export_all
-
-    rows = export_all(
-        result.model.cpu().eval(), example, out, recipe=recipe.to_dict(), arch_config=config
-    )
-    rows += write_masks(result.masks, out / MASKS_NAME)
+    rows, config = write_run_files(out, recipe, result, data, arch)
     for row in rows:
         row["storage_key"] = artifact_key(run_id, row["name"])
         if (out / row["name"]).is_file():  # a failed export removed its file
             artifacts.put_file(out / row["name"], row["storage_key"])
     fields = _result_model(artifacts, run_id, recipe, result, data, arch, config, tmp)
-    timing = _onnx_latency(result, out / "pruned.onnx", example, tmp)
-    notes = []
-    if timing is not None:
-        from app.pruning.speedup import slower_note
-
-        notes = [n for n in (slower_note(timing, "ONNX Runtime"),) if n]
-    return RunFiles(rows, fields, timing, notes)
-
-
-def _onnx_latency(result: Any, pruned_onnx: Path, example: Any, tmp: Path) -> dict | None:
-    """``pruned.onnx`` timed against the original in ONNX Runtime (when latency was timed)."""
-    if result.original is None or not pruned_onnx.is_file():
-        return None
-    from app.modelio.ort_latency import onnx_latency
-
-    try:
-        return onnx_latency(
-            result.original.cpu(),
-            pruned_onnx,
-            example[:1],
-            tmp,
-            large_batch=int(result.final.get("batch") or 256),
-            masks_only=result.masks_only,
-        )
-    except Exception as exc:  # noqa: BLE001 - the timing is extra; the run still succeeds
-        log.warning("ONNX Runtime timing failed: %s", exc)
-        return {"runtime": "onnxruntime", "error": str(exc).splitlines()[0][:300], "rows": []}
-
-
-def _arch_config(result: Any, data: Any, arch: str | None) -> dict | None:
-    """How to rebuild a physically pruned built-in architecture from its weights. Models that
-    came without a built-in arch (ONNX) have none: their rebuildable exports are pruned.onnx and
-    pruned.pt, and pruned.safetensors is checked by loading it into the pruned module."""
-    if not result.physical or arch is None:
-        return None
-    from app.pruning.structural.rebuild import architecture_config
-
-    return architecture_config(
-        result.model, arch=arch, num_classes=data.n_classes, input_shape=data.input_shape
-    )
-
-
-def write_masks(masks: dict | None, path: Path) -> list[dict]:
-    """``masks.npz``: one boolean keep-mask per prunable layer, keyed by layer name.
-
-    The masks are the final plan's, taken before physical removal, so they have the original
-    weight shapes: the dashboard draws them for physically pruned runs too. Read back and
-    compared before the row says ``verified``.
-    """
-    if not masks:
-        return []
-    import numpy as np
-
-    arrays = {str(name): m.detach().cpu().numpy().astype(bool) for name, m in masks.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
-    with np.load(path) as z:
-        same = set(z.files) == set(arrays) and all(
-            np.array_equal(z[k], v) for k, v in arrays.items()
-        )
-    return [
-        {
-            "name": path.name,
-            "kind": "masks",
-            "size_bytes": path.stat().st_size,
-            "verified": same,
-            "max_abs_diff": 0.0 if same else None,
-            "sha256": sha256_of(path),
-        }
-    ]
+    record_onnx_speedup(result, out, data)
+    return RunFiles(rows, fields)
 
 
 def _result_model(
@@ -250,9 +175,3 @@ def module_record_fields(
         "structured_ok": fmt == "safetensors",
         "layers": layers,
     }
-
-
-def sha256_of(path: Path) -> str:
-    from app.modelio.export import file_sha256
-
-    return file_sha256(path)
