@@ -76,7 +76,13 @@ def serve(
 
     configure_logging(settings.log_level, settings.log_format)
     uvicorn.run(
-        create_app(settings, migrate=False, demo=demo), host=host, port=port, log_config=None
+        create_app(settings, migrate=False, demo=demo),
+        host=host,
+        port=port,
+        log_config=None,
+        # X-Forwarded-* only from PRUNELAB_TRUSTED_PROXIES (uvicorn trusts 127.0.0.1 by default)
+        proxy_headers=bool(settings.trusted_proxies.strip()),
+        forwarded_allow_ips=settings.trusted_proxies or None,
     )
 
 

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("./prunelab-data"), description="uploads, artifacts, DB")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL")
+    database_password_file: Path | None = Field(
+        default=None, description="a file holding the database password (kept out of the URL)"
+    )
     runner: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     artifact_url: str | None = None
@@ -45,13 +48,31 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=5.0, gt=0)
     stale_after_s: float = Field(default=60.0, gt=0)
     cancel_grace_s: float = Field(default=10.0, ge=0)
+    sse_ping_s: float = Field(default=15.0, gt=0)
+    sse_poll_s: float = Field(default=0.5, gt=0)
     preflight_timeout_s: float = Field(default=120.0, gt=0)
     preflight_memory_mb: int = Field(default=8192, ge=256)
     ray_num_gpus: float = Field(default=0.0, ge=0)
     ray_num_cpus: float = Field(default=1.0, ge=0)
+    ray_preflight_timeout_s: float = Field(default=300.0, gt=0)
     metrics_token: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    # Bounds on what a user may ask for (app/limits.py); over a limit is a 422 naming it.
+    max_schedule_steps: int = Field(default=100, ge=1)
+    max_finetune_epochs: int = Field(default=500, ge=1)
+    max_batch_size: int = Field(default=8192, ge=1)
+    max_sweep_runs: int = Field(default=100, ge=1)
+    max_input_elements: int = Field(default=3 * 224 * 224, ge=1)
+    max_classes: int = Field(default=10_000, ge=2)
+    max_image_pixels: int = Field(default=1024 * 1024, ge=1)
+    # Worker limits (local runner): address space and wall time of one attempt.
+    worker_memory_mb: int = Field(default=16384, ge=256)
+    worker_max_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    trusted_proxies: str = ""
+    # Queue interrupted runs again at start (default: on for the local runner, off for Ray).
+    auto_resume: bool | None = None
 
     @field_validator("device")
     @classmethod
@@ -65,6 +86,22 @@ class Settings(BaseSettings):
     def _check_token(cls, value: str | None) -> str | None:
         if value is not None and len(value) < 16:
             raise ValueError("must be at least 16 characters long (use a random string)")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        import ipaddress
+
+        for part in (p.strip() for p in value.split(",")):
+            if part:
+                try:
+                    ipaddress.ip_network(part, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{part!r} is not an IP address or network; list proxies as "
+                        "10.0.0.1, 192.168.0.0/24"
+                    ) from None
         return value
 
     @field_validator("database_url")
@@ -90,6 +127,11 @@ class Settings(BaseSettings):
             url = self.database_url
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url[len("postgresql://") :]
+            if self.database_password_file is not None:
+                from sqlalchemy.engine import make_url
+
+                password = self.database_password_file.read_text().strip()
+                return make_url(url).set(password=password).render_as_string(hide_password=False)
             return url
         return f"sqlite:///{(self.data_dir / 'prunelab.db').resolve()}"
 
@@ -97,6 +139,11 @@ class Settings(BaseSettings):
     def artifacts(self) -> str:
         """Where models, checkpoints and exports live (a path or an fsspec URL)."""
         return self.artifact_url or str((self.data_dir / "artifacts").resolve())
+
+    @property
+    def resumes_automatically(self) -> bool:
+        """PRUNELAB_AUTO_RESUME, or on for the local runner when it is not set."""
+        return self.auto_resume if self.auto_resume is not None else self.runner == "local"
 
     @property
     def is_sqlite(self) -> bool:

@@ -5,19 +5,23 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError
 from sqlmodel import Session
 
 from app import __version__, db, store
 from app.config import Settings, load_settings
 from app.errors import LabError
-from app.jobs.runner import Runner
+from app.jobs.ray_preflight import RayPreflight
+from app.jobs.runner import RayRunner, Runner
 from app.logs import install_redaction
-from app.web import auth_pages, metrics, pages
+from app.web import admin_pages, auth_pages, metrics, pages
 from app.web import events as events_api
 from app.web.api import auth as auth_api
 from app.web.api import catalogue as catalogue_api
@@ -29,9 +33,14 @@ from app.web.api import system as system_api
 from app.web.deps import LoginRequired
 from app.web.limits import BodyLimitMiddleware
 from app.web.metrics import LatencyMiddleware, make_registry
+from app.web.openapi import install_openapi
 from app.web.ratelimit import LoginLimiter
 from app.web.security_headers import SecurityHeadersMiddleware
 from app.web.templating import STATIC_DIR
+from app.web.uploads import remove_partial_uploads
+
+if TYPE_CHECKING:
+    from app.jobs.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +52,47 @@ def _bootstrap(settings: Settings, engine) -> None:  # noqa: ANN001
             session.commit()
 
 
-def _start_dispatcher(settings: Settings, engine, runner: Runner | None):  # noqa: ANN001, ANN202
-    """The one dispatcher thread (recovers unfinished runs first) driving ``runner``."""
+def _start_dispatcher(
+    settings: Settings, engine: Engine, runner: Runner | None, *, thread: bool
+) -> Dispatcher:
+    """The one dispatcher (recovers unfinished runs first) driving ``runner``; without its
+    thread it only moves when :meth:`~app.jobs.dispatcher.Dispatcher.tick` is called."""
     from app.jobs.dispatcher import Dispatcher
+    from app.jobs.recovery import resume_interrupted
     from app.jobs.runner import make_runner
 
     dispatcher = Dispatcher(settings, engine, runner or make_runner(settings))
-    dispatcher.start()
+    if thread:
+        dispatcher.start()
+    else:
+        dispatcher.recover()
+    if resume_interrupted(settings, engine):
+        dispatcher.wake()
     return dispatcher
+
+
+def _start_ray_preflight(settings: Settings, runner: Runner) -> RayPreflight | None:
+    """Team mode: check in the background that the cluster can run a worker (None otherwise)."""
+    if not isinstance(runner, RayRunner):
+        return None
+    preflight = RayPreflight(runner, timeout_s=settings.ray_preflight_timeout_s)
+    preflight.start()
+    return preflight
 
 
 def create_app(
     settings: Settings | None = None,
     *,
     runner: Runner | None = None,
+    dispatch_thread: bool = True,
     migrate: bool = True,
     demo: bool = False,
 ) -> FastAPI:
     """Build the app. The lifespan owns the engine and the dispatcher driving ``runner``
-    (default: the one ``settings`` name, local worker processes or Ray jobs)."""
+    (default: the one ``settings`` name, local worker processes or Ray jobs).
+
+    ``dispatch_thread=False`` builds the dispatcher without its thread: a test steps it with
+    ``app.state.dispatcher.tick()`` (with a :class:`~app.jobs.runner.FakeRunner`, say)."""
     settings = settings or load_settings()
 
     @asynccontextmanager
@@ -71,9 +102,12 @@ def create_app(
             db.upgrade(settings)
         engine = db.make_engine(settings)
         app.state.engine = engine
+        if removed := remove_partial_uploads(settings.data_dir / "tmp"):
+            log.info("removed %d partial uploads left by an earlier server", removed)
         app.state.metrics_registry, app.state.http_latency = make_registry(engine)
         _bootstrap(settings, engine)
-        app.state.dispatcher = _start_dispatcher(settings, engine, runner)
+        app.state.dispatcher = _start_dispatcher(settings, engine, runner, thread=dispatch_thread)
+        app.state.ray_preflight = _start_ray_preflight(settings, app.state.dispatcher.runner)
         seeder = None
         if demo:
             from app.demo import DemoSeeder
@@ -100,6 +134,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.dispatcher = None
+    app.state.ray_preflight = None
     app.state.login_limiter = LoginLimiter()
     _install_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
@@ -122,8 +157,14 @@ def create_app(
         sweeps_api,
         events_api,
     )
-    for router in [m.router for m in routers] + [auth_pages.router, pages.router, metrics.router]:
+    for router in [m.router for m in routers] + [
+        auth_pages.router,
+        pages.router,
+        admin_pages.router,
+        metrics.router,
+    ]:
         app.include_router(router)
+    install_openapi(app)
     _openapi_route(app)
     return app
 
@@ -182,6 +223,18 @@ def _install_handlers(app: FastAPI) -> None:
             )
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        log.info("out-of-range number on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {
+                "detail": "a number in this request is out of range: ids and counts are at most "
+                "2^63-1, so nothing with that id exists"
+            },
+            status_code=422,
         )
 
     @app.exception_handler(Exception)

@@ -180,6 +180,8 @@ class Run(SQLModel, table=True):
     masks_only: bool | None = None
     """Pruned with masks only: weights zeroed in place, no speed-up expected."""
     result_model_id: int | None = None
+    interrupted_at: datetime | None = None
+    interrupted_reason: str | None = Field(default=None, max_length=500)
 
 
 class RunStep(SQLModel, table=True):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import hmac
 import secrets
@@ -40,13 +42,24 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:
-    """True when ``password`` matches; False for a missing or malformed hash."""
+    """True when ``password`` matches; False for a missing or malformed hash.
+
+    A missing hash (unknown user, or one without a password) still costs one argon2
+    verification, so the answer takes as long whether or not the user exists.
+    """
     if not password_hash:
+        with contextlib.suppress(VerificationError, InvalidHashError):
+            _hasher.verify(_dummy_hash(), password)
         return False
     try:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def same_secret(a: str, b: str) -> bool:

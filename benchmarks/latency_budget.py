@@ -18,7 +18,7 @@ import copy
 import torch
 
 from app import zoo
-from app.intake.datasets import load_digits
+from app.modelio.dataset_files import load_digits
 from app.pruning.budget import pruned_copy
 from app.pruning.granularity import prunable_layers
 from app.pruning.latency import time_models

@@ -28,7 +28,7 @@ import time
 import torch
 
 from app import zoo
-from app.intake.datasets import load_digits
+from app.modelio.dataset_files import load_digits
 from app.pruning.counts import count_flops
 from app.pruning.granularity import prunable_layers
 from app.pruning.measure import evaluate

@@ -10,14 +10,14 @@ import pytest
 from PIL import Image
 
 from app.errors import BadRequest, Invalid, TooLarge
-from app.intake.datasets import (
-    check_fits,
+from app.intake.datasets import check_fits
+from app.modelio.dataset_files import (
     dataset_summary,
     load_builtin,
-    load_dataset_file,
     load_saved_dataset,
     save_dataset,
 )
+from app.modelio.dataset_formats import load_dataset_file
 
 RNG = np.random.default_rng(0)
 

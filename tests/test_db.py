@@ -26,6 +26,9 @@ EXPECTED_TABLES = {
 }
 
 
+HEAD = "0003"  # the newest migration
+
+
 def _check_schema(settings: Settings) -> None:
     db.upgrade(settings)
     db.upgrade(settings)  # idempotent
@@ -34,7 +37,7 @@ def _check_schema(settings: Settings) -> None:
         tables = set(inspect(engine).get_table_names())
         assert tables >= EXPECTED_TABLES
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
     finally:
         engine.dispose()
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app import zoo
-from app.intake.datasets import load_digits
+from app.modelio.dataset_files import load_digits
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import FinetuneSpec
 from app.pruning.train import train

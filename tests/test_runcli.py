@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from app import zoo
-from app.intake.datasets import load_digits
+from app.modelio.dataset_files import load_digits
 from app.pruning.spec import FinetuneSpec
 from app.pruning.train import train
 from app.runs.cli import parse_shape, run_command

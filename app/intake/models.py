@@ -22,6 +22,7 @@ from app.artifacts import ArtifactStore
 from app.catalogue import ARCHITECTURES, check_arch
 from app.config import Settings
 from app.errors import Invalid
+from app.limits import check_input_shape
 from app.modelio.detect import check_code_format_allowed, detect_format
 from app.modelio.preflight import run_preflight
 from app.models import ModelRecord, User
@@ -159,6 +160,7 @@ def create_from_architecture(
     except ValueError as exc:
         raise Invalid(str(exc)) from None
     shape = input_shape or list(ARCHITECTURES[arch].default_input_shape)
+    check_input_shape(shape, settings)
     tmp = tmp_dir(settings)
     tmp.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=tmp) as work:

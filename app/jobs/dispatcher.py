@@ -23,6 +23,7 @@ from sqlmodel import Session
 from app import store
 from app.config import Settings
 from app.db import session_scope
+from app.jobs.limits import started_before, wall_time_sentence
 from app.jobs.runner import Exit, Runner, is_worker_of, signal_group
 from app.models import Run, utcnow
 
@@ -93,6 +94,7 @@ class Dispatcher:
     def tick(self) -> None:
         self._handle_exits(self.runner.poll())
         self._escalate_cancels()
+        self._enforce_wall_time()
         self._reconcile()
         if not self._stopping.is_set():
             self._dispatch()
@@ -151,6 +153,19 @@ class Dispatcher:
             else:
                 why = describe_exit(ex.returncode)
                 self._end(ex.run_id, "failed", f"{why}: {ex.detail}" if ex.detail else why)
+
+    def _enforce_wall_time(self) -> None:
+        """Attempts running longer than PRUNELAB_WORKER_MAX_SECONDS end ``failed`` and stop."""
+        cutoff = started_before(self.settings)
+        with Session(self.engine) as s:
+            rows = [
+                (r.id, r.runner_ref)
+                for r in store.active_runs(s)
+                if r.status == "running" and r.started_at and store.aware(r.started_at) < cutoff
+            ]
+        for run_id, ref in rows:
+            self._end(run_id, "failed", wall_time_sentence(self.settings))
+            self.runner.terminate(run_id, ref, force=True)
 
     def _cancelling(self, run_id: int) -> bool:
         with Session(self.engine) as s:

@@ -20,8 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from sqlalchemy.engine import make_url
+
 from app.artifacts import log_path
 from app.config import Settings
+from app.jobs.environment import inherited_env, worker_env, write_password_file
+from app.jobs.ray_errors import explain_job_log
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -58,18 +62,6 @@ class Runner(Protocol):
 
     def shutdown(self) -> None:
         """The server is stopping."""
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    """The ``PRUNELAB_*`` environment that points a worker at this server's database and store."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
-        if value is not None and name not in ("database_url", "artifact_url", "data_dir"):
-            env[f"PRUNELAB_{name.upper()}"] = str(value)
-    env["PRUNELAB_DATA_DIR"] = str(Path(settings.data_dir).resolve())
-    env["PRUNELAB_DATABASE_URL"] = settings.db_url
-    env["PRUNELAB_ARTIFACT_URL"] = settings.artifacts
-    return env
 
 
 def log_tail(path: Path, max_bytes: int = 4096) -> str:
@@ -114,7 +106,12 @@ class LocalRunner:
     def launch(self, run_id: int, attempt: int) -> str:
         path = log_path(self.settings.data_dir, run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **worker_env(self.settings), PARENT_ENV: str(os.getpid())}
+        secrets_file = write_password_file(self.settings)
+        env = {
+            **inherited_env(),
+            **worker_env(self.settings, password_file=secrets_file),
+            PARENT_ENV: str(os.getpid()),
+        }
         with open(path, "ab") as fh:
             fh.write(f"--- attempt {attempt}\n".encode())
             fh.flush()
@@ -183,25 +180,39 @@ class RayRunner:
         return f"prunelab-run-{run_id}-{attempt}"
 
     def runtime_env(self) -> dict:
-        env = worker_env(self.settings)
+        """What each Ray job gets (shown on the dashboard: never a token or a password)."""
+        if make_url(self.settings.db_url).password is not None and (
+            self.settings.database_password_file is None
+        ):
+            raise RuntimeError(
+                "the database URL holds a password, which Ray would show on its dashboard; "
+                "put the password in a file on every Ray node, set "
+                "PRUNELAB_DATABASE_PASSWORD_FILE to its path and drop it from "
+                "PRUNELAB_DATABASE_URL (docs/ray.md)"
+            )
+        env = worker_env(self.settings, password_file=self.settings.database_password_file)
         env.pop("PRUNELAB_DATA_DIR", None)  # the node's own default; logs live in Ray
         env["PRUNELAB_RUNNER"] = "local"  # the worker itself never submits jobs
         env.pop("PRUNELAB_RAY_ADDRESS", None)
         env["RAY_JOB_STOP_WAIT_TIME_S"] = str(int(max(30, 3 * self.settings.cancel_grace_s)))
         return {"env_vars": env}
 
-    def launch(self, run_id: int, attempt: int) -> str:
-        sub_id = self.submission_id(run_id, attempt)
-        kwargs: dict = {"entrypoint_num_cpus": self.settings.ray_num_cpus}
+    def entrypoint_resources(self) -> dict[str, float]:
+        """What each job reserves on its node (the preflight's test job asks for the same)."""
+        kwargs = {"entrypoint_num_cpus": self.settings.ray_num_cpus}
         if self.settings.ray_num_gpus > 0:
             kwargs["entrypoint_num_gpus"] = self.settings.ray_num_gpus
+        return kwargs
+
+    def launch(self, run_id: int, attempt: int) -> str:
+        sub_id = self.submission_id(run_id, attempt)
         try:
             self.client.submit_job(
                 entrypoint=f"python -m {WORKER_MODULE} --run {run_id}",
                 submission_id=sub_id,
                 runtime_env=self.runtime_env(),
                 metadata={"prunelab_run": str(run_id)},
-                **kwargs,
+                **self.entrypoint_resources(),
             )
         except RuntimeError as exc:
             if "already exists" not in str(exc):  # idempotent: the same attempt submitted twice
@@ -235,11 +246,11 @@ class RayRunner:
             raise
 
     def job_error(self, ref: str) -> str:
+        """A failed job's log in one sentence (a missing package: install PruneLab there)."""
         try:
-            logs = self.client.get_job_logs(ref).strip().splitlines()
+            return explain_job_log(self.client.get_job_logs(ref))
         except RuntimeError:
             return ""
-        return logs[-1].strip()[:500] if logs else ""
 
     def shutdown(self) -> None:
         """Ray jobs outlive the server on purpose; the next start reconciles them."""

@@ -27,9 +27,10 @@ from app import store
 from app.artifacts import ArtifactStore, checkpoint_key, run_prefix
 from app.config import Settings
 from app.db import make_engine, session_scope
+from app.jobs.limits import memory_sentence
 from app.models import Run
 from app.pruning.notes import warning
-from app.runs.inputs import build_recipe, load_dataset, load_model_for
+from app.runs.inputs import StoredModel, build_recipe, load_dataset, load_model_for
 from app.runs.results import jsonable, store_files
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def execute_run(
         return _end(engine, run_id, _stopped_status(engine, run_id, stop), None)
     except Exception as exc:  # noqa: BLE001 - the one catch-all: a one-line error on the row
         log.exception("run %s failed", run_id)
-        return _end(engine, run_id, "failed", one_line(exc))
+        return _end(engine, run_id, "failed", memory_sentence(exc, settings) or one_line(exc))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if own_engine:
@@ -182,8 +183,12 @@ def _run_attempt(
     with Session(engine, expire_on_commit=False) as s:
         run = store.require_run(s, run_id=run_id)
         recipe = build_recipe(run.recipe or {})
-        data = load_dataset(s, artifacts, run.dataset_id, tmp)
-        model, rebuildable, arch = load_model_for(s, artifacts, run, data, tmp)
+        dataset = store.get_dataset(s, dataset_id=run.dataset_id)
+        key = dataset.storage_key if dataset is not None else None
+        data = load_dataset(artifacts, run.dataset_id, key, tmp)
+        stored = _stored_model(s, run.model_id)
+        arch_asked = (run.recipe or {}).get("arch")
+        model, rebuildable, arch = load_model_for(artifacts, stored, arch_asked, data, tmp)
         attempt = run.attempt
         cache = settings.data_dir / "cache"
         budget_cache = cache / f"budget-model-{run.model_id}.json" if run.model_id else None
@@ -213,6 +218,17 @@ def _run_attempt(
     finally:
         syncer.sync()  # a stopped attempt leaves its last completed step for resume
     _save_success(engine, settings, artifacts, run_id, recipe, result, data, arch, tmp)
+
+
+def _stored_model(session: Session, model_id: int | None) -> StoredModel | None:
+    """What the run's model row says about its file (None for a run without a model)."""
+    if model_id is None:
+        return None
+    row = store.get_model(session, model_id=model_id)
+    if row is None:
+        raise ValueError(f"model_id {model_id} does not exist (any more)")
+    fields = {"storage_key", "format", "arch", "input_shape", "num_classes"}
+    return StoredModel(**row.model_dump(include=fields))
 
 
 def _checkpoint_dir(

@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from app.jobs.limits import apply_memory_limit
+
+    apply_memory_limit(settings)  # before torch: it must fit in the limit too
     import torch
 
     torch.set_num_threads(

@@ -7,9 +7,14 @@ process group is killed on timeout, so a hostile or broken file can neither run 
 process nor take it down. This module does not import torch.
 
 Example:
-    >>> report = run_preflight(Path("m.onnx"), "onnx", input_shape=(1, 8, 8))
-    >>> report["ok"], report["structured_ok"], report["layers"][0]["name"]
-    (True, True, 'Conv_0')
+    >>> import tempfile
+    >>> from safetensors.torch import save_file
+    >>> from app import zoo
+    >>> path = Path(tempfile.mkdtemp()) / "m.safetensors"
+    >>> save_file(zoo.build("cnn_small").state_dict(), str(path))
+    >>> report = run_preflight(path, "safetensors", arch="cnn_small", input_shape=(1, 8, 8))
+    >>> report["ok"], report["structured_ok"]
+    (True, True)
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ def run_preflight(
         }
         (workdir / "request.json").write_text(json.dumps(request))
         out = workdir / "result.json"
-        rc, stderr = _run_child(workdir, timeout_s, memory_mb)
+        rc, stderr = run_child("app.modelio.preflight_worker", workdir, timeout_s, memory_mb)
         if out.exists():
             result = json.loads(out.read_text())
             if "error" in result:
@@ -121,8 +126,17 @@ def _child_env(workdir: Path) -> dict[str, str]:
     return env
 
 
-def _run_child(workdir: Path, timeout_s: float, memory_mb: int) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "app.modelio.preflight_worker", str(workdir)]
+def run_child(
+    module: str,
+    workdir: Path,
+    timeout_s: float,
+    memory_mb: int,
+    *,
+    what: str = "the model's preflight",
+) -> tuple[int, str]:
+    """Run ``python -m module WORKDIR`` limited in memory, CPU and wall time; its exit code and
+    the tail of its stderr. Raises ``Invalid`` naming ``what`` when it runs out of time."""
+    cmd = [sys.executable, "-m", module, str(workdir)]
     cpu_s = max(1, int(timeout_s * 2))  # the child may use two threads
     proc = subprocess.Popen(
         cmd,
@@ -140,7 +154,7 @@ def _run_child(workdir: Path, timeout_s: float, memory_mb: int) -> tuple[int, st
         _kill_group(proc)
         proc.communicate()
         raise errors.Invalid(
-            f"the model's preflight did not finish within {timeout_s:g} s and was stopped"
+            f"{what} did not finish within {timeout_s:g} s and was stopped"
         ) from None
     finally:
         if proc.poll() is None:

@@ -80,6 +80,7 @@ def inspect_model(request: dict) -> dict:
         "layers": layers,
         "prunable_fraction": round(prunable / n_params, 6) if n_params else 0.0,
         "groups": groups,
+        "residual_blocks": removable_blocks(model),
         "structured_ok": bool(loaded.rebuildable and groups),
         "rebuildable": loaded.rebuildable,
         "warnings": warnings,
@@ -164,6 +165,16 @@ def _pt2_layers(model: nn.Module) -> list[dict]:
             _row(layer, kind or "Parameter", weight, sum(p.numel() for p in params.values()))
         )
     return rows
+
+
+def removable_blocks(model: nn.Module) -> list[list[str]]:
+    """The layers of each residual block granularity 'layer' can remove ([] when none)."""
+    from app.pruning.granularity import residual_blocks
+
+    try:
+        return [list(block.layers) for block in residual_blocks(model)]
+    except Exception:  # noqa: BLE001 - a model fx cannot trace has no removable block
+        return []
 
 
 def dependency_groups(

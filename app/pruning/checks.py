@@ -1,5 +1,6 @@
 """Warnings for a result far from what was asked: the sparsity (or parameter cut) off by more
-than :data:`SPARSITY_TOLERANCE`, or a final accuracy at chance level.
+than :data:`SPARSITY_TOLERANCE`, or a final accuracy at chance level; and the table of
+requested versus achieved sparsity per layer and per coupled group.
 
 What counts as "achieved" is what a user measures: the share of the prunable layers' weights
 (at the start of the run) that are gone, as zeros or physically removed; the next layers'
@@ -39,6 +40,14 @@ def sparsity_notes(plan: MaskPlan, achieved: float, *, physical: bool) -> list[N
         if plan.requested.get(n) is not None
     ]
     notes = [info("requested -> achieved sparsity per layer: " + ", ".join(rows))] if rows else []
+    groups = [
+        f"{'+'.join(members)} {100 * float(plan.requested[lead] or 0.0):.0f}%->"
+        f"{100 * _group_achieved(plan, members):.0f}%"
+        for lead, members in plan.groups.items()
+        if plan.requested.get(lead) is not None
+    ]
+    if groups:
+        notes.append(info("requested -> achieved per coupled group: " + ", ".join(groups)))
     asked = asked_sparsity(plan)
     if asked is not None and abs(achieved - asked) > SPARSITY_TOLERANCE:
         what = "parameter cut" if physical else "sparsity"
@@ -50,6 +59,11 @@ def sparsity_notes(plan: MaskPlan, achieved: float, *, physical: bool) -> list[N
             )
         )
     return notes
+
+
+def _group_achieved(plan: MaskPlan, members: tuple[str, ...]) -> float:
+    sizes = {n: plan.masks[n].numel() for n in members}
+    return sum(plan.achieved[n] * s for n, s in sizes.items()) / sum(sizes.values())
 
 
 def chance_note(

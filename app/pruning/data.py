@@ -1,10 +1,10 @@
 """In-memory datasets the engine trains and evaluates on.
 
-The engine never reads files: callers (``app.intake.datasets``, the CLI, a worker, a
+The engine never reads files: callers (``app.modelio.dataset_formats``, the CLI, a worker, a
 notebook) hand it an :class:`ArrayDataset` of numpy arrays.
 
-torch is imported inside the methods only: ``app.intake.datasets`` (and through it the
-web process, which must stay torch-free) builds and validates ArrayDatasets.
+torch is imported inside the methods only: the dataset decoding child
+(``app.modelio.dataset_worker``) builds and validates ArrayDatasets without loading torch.
 
 Example:
     >>> x = np.zeros((10, 1, 4, 4), np.float32)

@@ -29,6 +29,7 @@ from app.pruning.histograms import histograms, prunable_weights
 from app.pruning.measure import batch_of
 from app.pruning.notes import Note, add_notes, info, warning
 from app.pruning.speedup import compare_latency, masks_only_latency, slower_note
+from app.pruning.structural.blocks import remove_blocks
 from app.pruning.structural.remove import physical_prune, removal_blockers
 
 
@@ -87,8 +88,16 @@ def final_model(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
     spec = ctx.recipe.pruning
     if ctx.masks is None or ctx.plan is None:
         return ctx.model, False
+    if spec.granularity == "layer" and spec.physical:
+        return _without_blocks(ctx, rebuildable)
     if not ctx.structured:
-        ctx.notes.append(info(MASKS_ONLY_NOTE))
+        text = MASKS_ONLY_NOTE
+        if spec.granularity == "group" and spec.physical:
+            text += (
+                " (granularity 'group' is masks only: the smaller dense GEMM with fewer columns "
+                "is not built, so pruning.physical has no effect)"
+            )
+        ctx.notes.append(info(text) if text == MASKS_ONLY_NOTE else warning(text))
         return ctx.model, False
     if not spec.physical:
         ctx.notes.append(info(f"{MASKS_ONLY_NOTE} (pruning.physical is false)"))
@@ -133,6 +142,23 @@ def deploy_speedup(ctx: RunContext, dense: nn.Module, model: nn.Module, physical
     if note is not None:
         ctx.notes.append(note)
     return comparison
+
+
+def _without_blocks(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
+    """Granularity ``layer`` with ``physical``: removed blocks become identities."""
+    if not rebuildable or not isinstance(ctx.model, nn.Module):
+        text = f"{MASKS_ONLY_NOTE}: this model format cannot be rebuilt (TorchScript, .pt2)"
+        ctx.notes.append(warning(text))
+        return ctx.model, False
+    small, sentences = remove_blocks(ctx.model, ctx.plan.masks, ctx.example)
+    kept = [s for s in sentences if "kept as zeros" in s]
+    add_notes(ctx.notes, [warning(s) if s in kept else info(s) for s in sentences])
+    if len(kept) == len(sentences):
+        ctx.notes.append(warning(f"{MASKS_ONLY_NOTE}: no block could be removed physically"))
+        return ctx.model, False
+    diff = max_abs_diff(ctx.model, small, ctx.example)
+    ctx.notes.append(info(f"physically removed blocks: max output difference {diff:.2e}"))
+    return small, True
 
 
 def result_notes(ctx: RunContext, model: nn.Module, final: dict, *, physical: bool) -> None:

@@ -31,6 +31,9 @@ from app.catalogue import (
 )
 from app.pruning.budget_spec import check_budget
 
+# Global filter/channel ranking: the most of one layer's (or coupled group's) units it may take.
+MAX_LAYER_SPARSITY = 0.9
+
 # Keys of the POST /api/runs body that belong to the run row, not to the recipe.
 ENVELOPE_KEYS: frozenset[str] = frozenset({"model_id", "dataset_id"})
 
@@ -91,6 +94,7 @@ class PruningSpec:
     bn_l1: float = 0.0  # L1 sparsity-training strength on BN gamma (applied by the trainer)
     target: dict[str, float] | None = None  # a budget instead of a sparsity (check_budget)
     wanda_group: str = "row"  # wanda (element) compares scores per output row or per layer
+    max_layer_sparsity: float = MAX_LAYER_SPARSITY  # global filter/channel: cap per layer/group
 
     def __post_init__(self) -> None:
         _choice(self.granularity, GRANULARITY_NAMES, "pruning.granularity")
@@ -111,6 +115,10 @@ class PruningSpec:
             or not 1 <= nm[0] < nm[1]
         ):
             raise ValueError(f"pruning.nm must be [N, M] with 1 <= N < M, got {list(nm)}.")
+        if tuple(nm) != (2, 4) and self.granularity != "nm":
+            raise ValueError(
+                f"pruning.nm applies to granularity 'nm' only, not '{self.granularity}'."
+            )
         for name in self.exclude:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"pruning.exclude must list layer names, got {name!r}.")
@@ -142,6 +150,19 @@ class PruningSpec:
         if self.wanda_group != "row" and (self.criterion, self.granularity) != ("wanda", "element"):
             raise ValueError(
                 "pruning.wanda_group applies to criterion 'wanda' at granularity 'element' only."
+            )
+        self._check_cap()
+
+    def _check_cap(self) -> None:
+        cap = _number(
+            self.max_layer_sparsity, "pruning.max_layer_sparsity", 0.0, 1.0, hi_open=False
+        )
+        if cap != MAX_LAYER_SPARSITY and (
+            self.scope != "global" or self.granularity not in ("filter", "channel")
+        ):
+            raise ValueError(
+                "pruning.max_layer_sparsity applies to scope 'global' at granularities 'filter' "
+                "and 'channel' only (it caps what the global ranking takes from one layer)."
             )
 
     def check_target(self) -> None:

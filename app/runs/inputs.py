@@ -1,19 +1,22 @@
 """What a run starts from: its dataset, its model and its recipe.
 
-A server run reads its rows in the worker's session and its files from the artifact store (a
-local copy is made when the store is remote); ``prunelab run`` reads local files.
+A server run is handed what its rows say (``app.jobs.tasks`` reads them: nothing here touches
+the database) and reads its files from the artifact store (a local copy is made when the store
+is remote); ``prunelab run`` reads local files.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING, Any
 
 from app.artifacts import ArtifactStore
-from app.models import DatasetRecord, ModelRecord, Run
+from app.catalogue import BUILTIN_DATASETS
+
+if TYPE_CHECKING:
+    from app.pruning.data import ArrayDataset
 
 # Keys reference recipes carry for people and tests; the recipe loader does not know them.
 ANNOTATION_KEYS = ("expected", "description", "comment")
@@ -31,49 +34,63 @@ def fetch(artifacts: ArtifactStore, key: str, tmp: Path) -> Path:
     return dest
 
 
-def load_dataset(session: Session, artifacts: ArtifactStore, dataset_id: str, tmp: Path) -> Any:
-    """The run's dataset as an ``ArrayDataset`` (built-in ``digits`` or an uploaded one)."""
-    from app.intake import datasets
+def load_dataset(
+    artifacts: ArtifactStore, dataset_id: str, storage_key: str | None, tmp: Path
+) -> ArrayDataset:
+    """The run's dataset: built-in ``digits``, or the upload stored under ``storage_key``
+    (None when its row is gone)."""
+    from app.modelio import dataset_files
 
-    if dataset_id in datasets.BUILTIN_DATASETS:
-        return datasets.load_builtin(dataset_id)
-    record = session.get(DatasetRecord, dataset_id)
-    if record is None or not record.storage_key:
+    if dataset_id in BUILTIN_DATASETS:
+        return dataset_files.load_builtin(dataset_id)
+    if not storage_key:
         raise ValueError(f"dataset_id {dataset_id!r} does not exist (any more)")
-    key = record.storage_key
+    key = storage_key
     if not artifacts.remote and artifacts.local_path(key).is_dir():
         key = f"{key}/dataset.npz"  # save_dataset writes a folder holding dataset.npz
-    return datasets.load_saved_dataset(fetch(artifacts, key, tmp))
+    return dataset_files.load_saved_dataset(fetch(artifacts, key, tmp))
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """What a run needs of its model's row to load the file."""
+
+    storage_key: str
+    format: str
+    arch: str | None
+    input_shape: list[int] | None
+    num_classes: int | None
 
 
 def load_model_for(
-    session: Session, artifacts: ArtifactStore, run: Run, data: Any, tmp: Path
+    artifacts: ArtifactStore,
+    stored: StoredModel | None,
+    arch: str | None,
+    data: ArrayDataset,
+    tmp: Path,
 ) -> tuple[Any, bool, str | None]:
-    """``(module, rebuildable, arch)`` of the run's model, or a fresh zoo model for ``arch``."""
+    """``(module, rebuildable, arch)`` of the run's stored model, or a fresh zoo model for
+    ``arch`` when the run has none (a train run)."""
     from app import zoo
 
-    arch = (run.recipe or {}).get("arch")
-    if run.model_id is None:
+    if stored is None:
         if not arch:
             raise ValueError("model_id is missing: give a model, or an arch for a train run")
         module = zoo.build(arch, num_classes=data.n_classes, input_shape=data.input_shape)
         return module, True, arch
     from app.modelio.load import load_model
 
-    record = session.get(ModelRecord, run.model_id)
-    if record is None:
-        raise ValueError(f"model_id {run.model_id} does not exist (any more)")
-    shape = tuple(record.input_shape) if record.input_shape else data.input_shape
+    shape = tuple(stored.input_shape) if stored.input_shape else data.input_shape
     if len(shape) == len(data.input_shape) + 1:
         shape = shape[1:]
     loaded = load_model(
-        fetch(artifacts, record.storage_key, tmp),
-        record.format,
-        arch=record.arch,
-        num_classes=record.num_classes or data.n_classes,
+        fetch(artifacts, stored.storage_key, tmp),
+        stored.format,
+        arch=stored.arch,
+        num_classes=stored.num_classes or data.n_classes,
         input_shape=shape,
     )
-    return loaded.module, bool(loaded.rebuildable), record.arch or loaded.arch
+    return loaded.module, bool(loaded.rebuildable), stored.arch or loaded.arch
 
 
 def build_recipe(body: dict) -> Any:
@@ -116,16 +133,18 @@ def load_recipe(path: str | Path) -> Any:
     return Recipe.from_dict(body)
 
 
-def load_data_file(data: str) -> Any:
-    """``digits`` (built in) or an ``.npz`` with ``x``, ``y`` and optional ``x_test``/``y_test``."""
-    from app.intake import datasets
+def load_data_file(data: str) -> ArrayDataset:
+    """``digits`` (built in) or an ``.npz`` with ``x``, ``y`` and optional ``x_test``/``y_test``
+    (also a ``.csv`` or image ``.zip``, read with the CLI's default limits)."""
+    from app.modelio.dataset_files import load_builtin
+    from app.modelio.dataset_formats import load_dataset_file
 
-    if data in datasets.BUILTIN_DATASETS:
-        return datasets.load_builtin(data)
+    if data in BUILTIN_DATASETS:
+        return load_builtin(data)
     path = Path(data)
     if not path.exists():
         raise ValueError(f"--data {data!r} is neither a built-in dataset nor an existing file")
-    return datasets.load_dataset_file(path, name=path.stem)
+    return load_dataset_file(path, name=path.stem)
 
 
 def load_model_file(

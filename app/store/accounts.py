@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlmodel import Session, select
+from sqlalchemy import update
+from sqlmodel import Session, col, select
 
 from app.errors import Conflict, Invalid, NotFound
 from app.models import ROLES, ApiToken, LoginLink, User, WebSession, utcnow
@@ -188,11 +189,22 @@ def create_login_link(session: Session, *, user: User, minutes: float) -> str:
 
 
 def consume_login_link(session: Session, *, secret: str) -> User | None:
-    """The user of an unused, unexpired link, marking it used; None otherwise."""
-    row = session.exec(select(LoginLink).where(LoginLink.token_hash == hash_secret(secret))).first()
-    if row is None or row.used_at is not None or _aware(row.expires_at) <= utcnow():
+    """The user of an unused, unexpired link, marking it used; None otherwise.
+
+    The claim is one ``UPDATE ... WHERE used_at IS NULL``: of any number of concurrent uses,
+    exactly one changes the row and gets the user.
+    """
+    now = utcnow()
+    claim = (
+        update(LoginLink)
+        .where(col(LoginLink.token_hash) == hash_secret(secret))
+        .where(col(LoginLink.used_at).is_(None))
+        .where(col(LoginLink.expires_at) > now)
+        .values(used_at=now)
+    )
+    result = session.exec(claim)  # type: ignore[call-overload]
+    if result.rowcount != 1:
         return None
-    row.used_at = utcnow()
-    session.add(row)
+    row = session.exec(select(LoginLink).where(LoginLink.token_hash == hash_secret(secret))).one()
     user = session.get(User, row.user_id)
     return None if user is None or user.disabled else user

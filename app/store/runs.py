@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 ACTIVE_STATUSES = ("queued", "running")
+INTERRUPTED = "the worker stopped unfinished because the server shut down or went away"
 T = TypeVar("T")
 
 
@@ -186,6 +187,9 @@ def transition(
     """
     if to in ("succeeded", "failed", "cancelled", "interrupted"):
         values.setdefault("finished_at", utcnow())
+    if to == "interrupted":  # why and when stay on the row after a resume
+        values.setdefault("interrupted_at", values["finished_at"])
+        values.setdefault("interrupted_reason", (values.get("error") or INTERRUPTED)[:500])
     stmt = (
         update(Run)
         .where(col(Run.id) == run_id, col(Run.status).in_(list(from_)))

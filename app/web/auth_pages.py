@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from app import store
 from app.security import same_secret, verify_password
 from app.web.deps import SESSION_COOKIE, SessionDep, SettingsDep
+from app.web.proxies import client_address
 from app.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -56,7 +57,7 @@ def login_submit(
 ) -> Response:
     check_origin(request)
     limiter = request.app.state.login_limiter
-    address = request.client.host if request.client else "unknown"
+    address = client_address(request, settings)
     name = username.strip()
     wait = limiter.retry_after(name, address)
     if wait:
@@ -65,11 +66,13 @@ def login_submit(
             request, "login.html", ctx, status_code=429, headers={"Retry-After": str(wait)}
         )
     user = store.get_user_by_name(session, name=name)
-    if user is None or user.disabled or not verify_password(user.password_hash, password):
+    # always one argon2 verification, so the time does not tell whether the user exists
+    matches = verify_password(user.password_hash if user else None, password)
+    if user is None or user.disabled or not matches:
         limiter.failed(name, address)
         ctx = {"error": "Wrong user name or password.", "username": username}
         return templates.TemplateResponse(request, "login.html", ctx, status_code=401)
-    limiter.succeeded(name)
+    limiter.succeeded(name, address)
     return _start_session(request, session, settings, user)
 
 

@@ -149,6 +149,15 @@ async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> 
     return receiver.upload
 
 
+def remove_partial_uploads(tmp_dir: Path) -> int:
+    """At start: delete ``upload-*.part`` files an interrupted upload left; returns how many."""
+    removed = 0
+    for part in Path(tmp_dir).glob("upload-*.part"):
+        part.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def move_into_place(src: Path, dest: Path) -> None:
     """Atomically move a received file under DATA_DIR (same filesystem: os.replace)."""
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,11 @@ from sqlmodel import Session
 
 from app import db, store
 from app.jobs.dispatcher import Dispatcher, pick_fair
-from app.jobs.runner import FakeRunner, RayRunner, worker_env
+from app.jobs.environment import worker_env
+from app.jobs.runner import FakeRunner, RayRunner
 from app.models import Run, utcnow
-from tests.jobs.conftest import job_settings
+from tests.factories import make_run
+from tests.jobs.conftest import FakeRay, job_settings
 
 
 @pytest.fixture
@@ -35,14 +37,7 @@ def _users(engine, *names):
 
 def _queue(engine, owner_id, n=1):
     with Session(engine) as s:
-        ids = [
-            store.create_run(
-                s, owner_id=owner_id, recipe={"kind": "prune"}, model_id=None, dataset_id="digits"
-            ).id
-            for _ in range(n)
-        ]
-        s.commit()
-    return ids
+        return [make_run(s, owner_id=owner_id).id for _ in range(n)]
 
 
 def _status(engine, run_id):
@@ -164,39 +159,6 @@ def test_a_live_orphan_with_a_fresh_heartbeat_is_left_to_stop_itself(engine) -> 
         s.commit()
     Dispatcher(engine.settings, engine, FakeRunner()).recover()
     assert _status(engine, run_id).status == "interrupted"  # pid is not this run's worker
-
-
-class FakeRay:
-    """Stands in for JobSubmissionClient in unit tests (the real one runs in test_ray.py)."""
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, str] = {}
-        self.submitted: list[dict] = []
-        self.stopped: list[str] = []
-
-    def submit_job(self, **kw):
-        if kw["submission_id"] in self.jobs:
-            raise RuntimeError(f"Job with submission_id {kw['submission_id']} already exists.")
-        self.submitted.append(kw)
-        self.jobs[kw["submission_id"]] = "RUNNING"
-        return kw["submission_id"]
-
-    def get_job_status(self, ref):
-        if ref not in self.jobs:
-            raise RuntimeError(f"Request failed with status code 404: Job {ref} does not exist.")
-
-        class S:
-            value = self.jobs[ref]
-
-        return S()
-
-    def stop_job(self, ref):
-        self.stopped.append(ref)
-        self.jobs[ref] = "STOPPED"
-        return True
-
-    def get_job_logs(self, ref):
-        return "Traceback...\nRuntimeError: CUDA out of memory\n"
 
 
 def test_ray_runner_submits_idempotently_and_reconciles_job_states(tmp_path) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import venv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from tests.conftest import free_port, make_user
-from tests.jobs.conftest import add_model, job_settings, long_recipe, tiny_recipe, wait_for
+from app.jobs.ray_preflight import RayPreflight
+from app.jobs.runner import RayRunner
+from tests.conftest import free_port
+from tests.factories import make_model_record, make_user
+from tests.jobs.conftest import job_settings, long_recipe, tiny_recipe, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.postgres, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -119,7 +123,7 @@ def test_a_ray_job_runs_a_prune_end_to_end_and_a_cancel_stops_it(
     with TestClient(create_app(settings)) as client:
         with Session(client.app.state.engine, expire_on_commit=False) as s:
             user, headers = make_user(s, "alice")
-            model_id = add_model(s, settings, owner_id=user.id)
+            model_id = make_model_record(s, settings, owner_id=user.id).id
         run_id = client.post("/api/runs", json=tiny_recipe(model_id), headers=headers).json()["id"]
         body = wait_for(
             lambda: (
@@ -152,3 +156,34 @@ def test_a_ray_job_runs_a_prune_end_to_end_and_a_cancel_stops_it(
             every=0.5,
         )
         assert body["status"] == "cancelled"
+
+
+def test_the_preflight_runs_on_the_cluster_and_a_node_without_torch_says_to_install_it(
+    ray_address: str, tmp_path: Path
+) -> None:
+    from app.main import create_app
+
+    settings = job_settings(
+        tmp_path / "data", runner="ray", ray_address=ray_address, ray_num_cpus=0.5
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/api/health").status_code == 200  # start-up did not wait for Ray
+        client.app.state.ray_preflight.join(180)
+        body = client.get("/api/health").json()
+    assert body["status"] == "ok", body
+    assert body["ray_preflight"]["state"] == "ok"
+    assert "PruneLab 0.1.0, torch " in body["ray_preflight"]["detail"]
+
+    bare = tmp_path / "bare-python"  # a node whose `python` has neither torch nor PruneLab
+    venv.create(bare, with_pip=False)
+
+    class NodeWithoutTorch(RayRunner):
+        def runtime_env(self) -> dict:
+            env = super().runtime_env()
+            env["env_vars"]["PATH"] = f"{bare / 'bin'}:{os.environ.get('PATH', '')}"
+            return env
+
+    result = RayPreflight(NodeWithoutTorch(settings), timeout_s=120).run()
+    assert result.state == "failed", result
+    assert "install PruneLab and torch on every Ray node" in result.detail
+    assert "pip install 'prunelab[ray]'" in result.detail

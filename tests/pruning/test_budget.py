@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.intake.datasets import load_digits
+from app.modelio.dataset_files import load_digits
 from app.pruning.budget_spec import check_budget
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import Recipe

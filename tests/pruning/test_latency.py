@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.intake.datasets import load_digits
+from app.modelio.dataset_files import load_digits
 from app.pruning.data import ArrayDataset
 from app.pruning.latency import Timing, speedup, time_interleaved, time_models
 from app.pruning.measure import measure

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.intake.datasets import load_digits
+from app.modelio.dataset_files import load_digits
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import Recipe
 from tests.pruning.test_pipeline import trained

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app import zoo
-from app.intake.datasets import load_digits
+from app.modelio.dataset_files import load_digits
 from app.pruning.checkpoint import CHECKPOINT
 from app.pruning.pipeline import run_recipe
 from app.pruning.report import Cancelled

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app import zoo
-from app.intake.datasets import load_digits
+from app.modelio.dataset_files import load_digits
 from app.pruning.pipeline import run_recipe
 from app.pruning.schedule import agp_update_iterations
 from app.pruning.spec import FinetuneSpec, Recipe, ScheduleSpec

@@ -217,7 +217,7 @@ def test_rebuild_from_architecture_config_restores_pruned_model() -> None:
 
 @pytest.mark.slow
 def test_recalibrate_bn_restores_accuracy_of_pruned_bn_model() -> None:
-    from app.intake.datasets import load_digits
+    from app.modelio.dataset_files import load_digits
 
     torch.manual_seed(0)
     data = load_digits()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from app import zoo
-from app.intake.datasets import load_digits
+from app.modelio.dataset_files import load_digits
 from app.pruning.optim import lr_factor
 from app.pruning.report import Cancelled
 from app.pruning.spec import FinetuneSpec

@@ -12,7 +12,7 @@ from app.web import charts, charts_runs
 from app.web.latency_view import NO_SPEEDUP, budget_line, deploy_rows
 from app.web.page_data import run_summary
 from tests.browser import seed
-from tests.conftest import make_user
+from tests.factories import make_user
 
 
 def _t(median: float, iqr: float) -> dict:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from app.catalogue import CHANNEL_LEVELS
 from app.pruning.criteria import CRITERIA
 from app.pruning.criteria.context import CalibrationData
 from app.pruning.criteria.magnitude import no_bn_error
@@ -49,6 +50,7 @@ from app.pruning.masks.select import MAGNITUDE, Selection
 from app.pruning.notes import Note, info, warning
 from app.pruning.outputs import example_input, output_layers
 from app.pruning.spec import PruningSpec
+from app.pruning.structural.coupling import Coupled, coupled_layers
 
 
 def _layer_error(
@@ -144,9 +146,11 @@ def compute_masks(
     targets = {n: m for n, m in layers.items() if n not in spec.exclude}
     if spec.granularity == "layer":
         return _layer_plan(model, spec, targets, layers, target or 0.0, previous, seed)
-    outputs, notes = _outputs(model, spec, data, example)
+    x = example if example is not None else example_input(data, model)
+    outputs, notes = _outputs(model, spec, x)
     if spec.granularity == "filter":  # a filter of an output layer is an output unit
         targets = {n: m for n, m in targets.items() if n not in outputs}
+    coupled = _coupled(model, spec, x, targets)
     absolute = _raw_magnitude(spec, targets)
     if absolute:  # |w| is ranked chunk by chunk from the weights themselves
         scores = {n: m.weight.detach() for n, m in targets.items()}
@@ -162,7 +166,13 @@ def compute_masks(
             batches=spec.calibration_batches,
         )
     ctx = Selection(
-        spec, {n: targets[n] for n in scores}, scores, previous, absolute=absolute, outputs=outputs
+        spec,
+        {n: targets[n] for n in scores},
+        scores,
+        previous,
+        absolute=absolute,
+        outputs=outputs,
+        coupled=coupled,
     )
     ctx.notes.extend(notes)
     ctx.notes.extend(
@@ -186,11 +196,19 @@ def compute_masks(
     return plan
 
 
+def _coupled(
+    model: nn.Module, spec: PruningSpec, x: Tensor | None, targets: dict[str, nn.Module]
+) -> list[Coupled]:
+    """Filter/channel levels: the coupled groups ranked as one (none without an input)."""
+    if spec.granularity not in CHANNEL_LEVELS or x is None:
+        return []
+    return coupled_layers(model, x, spec.granularity, targets)
+
+
 def _outputs(
-    model: nn.Module, spec: PruningSpec, data: CalibrationData | None, example: Tensor | None
+    model: nn.Module, spec: PruningSpec, x: Tensor | None
 ) -> tuple[frozenset[str], list[Note]]:
     """The output layers of ``model`` (never cut) and the notes that say so."""
-    x = example if example is not None else example_input(data, model)
     if x is None:
         text = "the model's output layers could not be traced (no example input): their "
         return frozenset(), [warning(text + "output units are not protected")]

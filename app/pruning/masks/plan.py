@@ -27,7 +27,8 @@ class MaskPlan:
     ``channels``: filter/channel levels: layer -> kept output filters / kept input channels.
     ``extra``: parameter name -> keep-mask for coupled parameters (bias of pruned filters, BN
     gamma/beta after them, everything inside a removed block); applied by :func:`apply_masks`
-    and :class:`MaskKeeper` when given the plan.
+    and :class:`MaskKeeper` when given the plan. ``groups``: filter/channel levels: coupled
+    layers ranked and cut as one, ``{leader: (leader, *followers)}``.
     """
 
     masks: dict[str, Tensor]
@@ -38,3 +39,4 @@ class MaskPlan:
     extra: dict[str, Tensor] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     granularity: str = "element"
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -29,10 +31,12 @@ from app.pruning.granularity import (
     nm_mask,
     unit_view,
 )
+from app.pruning.masks.coupled import Coupling
 from app.pruning.masks.plan import NEVER_EMPTY_NOTE, MaskPlan
 from app.pruning.masks.ranking import count_true, global_lowest, global_lowest_abs, invert
 from app.pruning.notes import Note, info, warning
 from app.pruning.spec import PruningSpec
+from app.pruning.structural.coupling import Coupled
 
 MAGNITUDE = ("l1", "l2", "threshold")
 _ROW_UNITS = ("element", "vector", "kernel")  # levels whose units lie inside one output row
@@ -50,10 +54,12 @@ class Selection:
         *,
         absolute: bool = False,
         outputs: frozenset[str] = frozenset(),
+        coupled: list[Coupled] | None = None,
     ) -> None:
         """``absolute``: ``scores`` are float32 CPU weights and the score is their ``|w|``
         (element magnitude criteria; never materialised for a whole model). ``outputs``: the
-        model's output layers; each of their output rows keeps at least one unit."""
+        model's output layers; each of their output rows keeps at least one unit.
+        ``coupled``: filter/channel groups ranked and cut as one (:mod:`.coupled`)."""
         self.spec, self.layers = spec, layers
         self.notes: list[Note] = [info(NEVER_EMPTY_NOTE)]
         self.outputs = outputs
@@ -72,6 +78,17 @@ class Selection:
         self.requested: dict[str, float | None] = {}
         self.thresholds: dict[str, float | None] = {n: None for n in layers}
         self.previous = previous
+        self.coupling = Coupling(coupled or [], self.scores)
+        self.coupling.merge(self.scores, self.forced)
+        self.ranked = [n for n in layers if n not in self.coupling.followers]
+        if self.coupling.groups:
+            groups = "; ".join("+".join(g) for g in self.coupling.members().values())
+            self.notes.append(
+                info(
+                    f"coupled layers ranked and cut together ({len(self.coupling.groups)} "
+                    f"groups, group importance = mean of the members' scores): {groups}"
+                )
+            )
 
     def _ranking(self, n: str) -> Tensor:
         s = self.scores[n].abs() if self.absolute else self.scores[n]
@@ -92,27 +109,50 @@ class Selection:
             self.requested[n] = 1.0 - n_keep / m
 
     def select_threshold(self, t: float) -> None:
-        for n in self.layers:
+        for n in self.ranked:
             self.pruned[n] = self._ranking(n) < t
             self.requested[n] = None
             if self.spec.criterion in MAGNITUDE and self.spec.granularity == "element":
                 self.thresholds[n] = t
         self._never_empty()
+        self.coupling.spread(self.pruned, self.requested)
 
     def select_sparsity(self, target: float, overrides: dict[str, float]) -> None:
-        local = {n: overrides.get(n, target) for n in self.layers}
         if self._per_row():
-            self._select_rows(local)
+            self._select_rows({n: overrides.get(n, target) for n in self.layers})
             return
-        pool = [n for n in self.layers if n not in overrides] if self.spec.scope == "global" else []
-        for n in self.layers:
+        own = {n: self.coupling.override(n, overrides) for n in self.ranked}
+        local = {n: target if own[n] is None else own[n] for n in self.ranked}
+        glob = self.spec.scope == "global"
+        pool = [n for n in self.ranked if own[n] is None] if glob else []
+        for n in self.ranked:
             self.requested[n] = local[n]
             if n not in pool:
                 self._select_global([n], local[n])
         if pool:
             self._select_global(pool, target)
+            self._cap(pool)
         self._never_empty()
         self._round_to()
+        self.coupling.spread(self.pruned, self.requested)
+
+    def _cap(self, pool: list[str]) -> None:
+        """Global scope on filter/channel: no layer or coupled group loses more than
+        ``pruning.max_layer_sparsity`` of its units (and none is emptied)."""
+        cap = self.spec.max_layer_sparsity
+        for n in pool if self.spec.granularity in CHANNEL_LEVELS else ():
+            units, kept = (
+                self.pruned[n].numel(),
+                self.pruned[n].numel() - count_true(self.pruned[n]),
+            )
+            need = max(math.ceil(round((1.0 - cap) * units, 6)), min(self._min_keep(), units))
+            if kept >= need:
+                continue
+            self._keep_best(n, need)
+            what = f"the coupled group of '{n}'" if n in self.coupling.groups else f"'{n}'"
+            cut = "would have been emptied" if kept == 0 else f"lost over {100 * cap:.0f}%"
+            text = f"{what} {cut} by the global ranking; its best {need} of {units} units kept"
+            self.notes.append(warning(f"{text} (pruning.max_layer_sparsity {cap:g})", layer=n))
 
     def _per_row(self) -> bool:
         spec = self.spec
@@ -140,7 +180,7 @@ class Selection:
         self._never_empty()
 
     def _select_global(self, names: list[str], target: float) -> None:
-        if len({self.views[n].unit_size for n in names}) == 1:  # equal units: exact fast path
+        if len({self._unit_size(n) for n in names}) == 1:  # equal units: exact fast path
             forced = [self.forced.get(n) for n in names]
             n_forced = sum(0 if f is None else count_true(f) for f in forced)
             total = sum(self.scores[n].numel() for n in names)
@@ -161,7 +201,7 @@ class Selection:
         ranks = torch.cat([self._ranking(n).flatten() for n in names])
         sizes = torch.cat(
             [
-                torch.full((self.scores[n].numel(),), self.views[n].unit_size, dtype=torch.float64)
+                torch.full((self.scores[n].numel(),), self._unit_size(n), dtype=torch.float64)
                 for n in names
             ]
         )
@@ -172,6 +212,9 @@ class Selection:
         flat[order[:count]] = True
         for n, part in zip(names, flat.split([self.scores[n].numel() for n in names]), strict=True):
             self.pruned[n] = part.reshape(self.scores[n].shape)
+
+    def _unit_size(self, n: str) -> int:
+        return self.coupling.unit_size(n, {m: v.unit_size for m, v in self.views.items()})
 
     def _min_keep(self) -> int:
         return self.spec.round_to or 1
@@ -258,6 +301,7 @@ class Selection:
             extra,
             self.notes,
             self.spec.granularity,
+            self.coupling.members(),
         )
 
 

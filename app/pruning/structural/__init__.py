@@ -4,6 +4,8 @@
   Torch-Pruning's dependency graph (``plan_removal``, ``RemovalPlan``);
 * :mod:`~app.pruning.structural.remove`: ``physical_prune``, ``zero_removed_units``,
   ``removal_blockers``;
+* :mod:`~app.pruning.structural.coupling`: ``coupled_layers``, the groups ranked as one;
+* :mod:`~app.pruning.structural.blocks`: ``remove_blocks`` (level ``layer``, physical);
 * :mod:`~app.pruning.structural.bn`: ``recalibrate_bn``;
 * :mod:`~app.pruning.structural.rebuild`: ``architecture_config`` and ``rebuild``.
 """

@@ -73,7 +73,8 @@ def architecture_config(
         input_shape: one sample's shape, without the batch dimension.
 
     Returns:
-        ``{"format", "arch", "num_classes", "input_shape", "layers": {name: {"kind", "args"}}}``.
+        ``{"format", "arch", "num_classes", "input_shape", "layers": {name: {"kind", "args"}},
+        "removed": {block name: replacement kind}}`` (blocks removed at level ``layer``).
     """
     layers = {}
     for name, module in model.named_modules():
@@ -81,12 +82,18 @@ def architecture_config(
         if args is not None and name:
             kind = type(module).__name__
             layers[name] = {"kind": kind, "args": {k: _jsonable(v) for k, v in args.items()}}
+    removed = {
+        name: type(module).__name__
+        for name, module in model.named_modules()
+        if getattr(module, "prunelab_removed_block", False)
+    }
     return {
         "format": CONFIG_FORMAT,
         "arch": arch if arch is not None else getattr(model, "prunelab_arch", None),
         "num_classes": num_classes,
         "input_shape": list(input_shape) if input_shape is not None else None,
         "layers": layers,
+        "removed": removed,
     }
 
 
@@ -126,6 +133,8 @@ def rebuild(config: Mapping, *, base: nn.Module | None = None) -> nn.Module:
         )
     else:
         raise ValueError("architecture config names no built-in 'arch' to rebuild from")
+    for name, kind in config.get("removed", {}).items():  # blocks removed at level 'layer'
+        _place_removed(model, name, kind)
     named = dict(model.named_modules())
     for name, spec in config["layers"].items():
         cls = getattr(nn, spec["kind"], None)
@@ -135,3 +144,14 @@ def rebuild(config: Mapping, *, base: nn.Module | None = None) -> nn.Module:
         args = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["args"].items()}
         setattr(named[parent_name], attr, cls(**args))
     return model.eval()
+
+
+def _place_removed(model: nn.Module, name: str, kind: str) -> None:
+    named = dict(model.named_modules())
+    parent_name, _, attr = name.rpartition(".")
+    cls = getattr(nn, kind, None) if kind in ("Identity", "ReLU") else None
+    if cls is None or parent_name not in named or attr not in named[parent_name]._modules:
+        raise ValueError(f"architecture config removed block {name!r} ({kind}) does not fit")
+    replacement = cls()
+    replacement.prunelab_removed_block = True
+    setattr(named[parent_name], attr, replacement)

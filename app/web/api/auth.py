@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, Field
 
 from app import store
@@ -61,9 +61,12 @@ def list_tokens(user: CurrentUser, session: SessionDep) -> list[ApiTokenPublic]:
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=201)
-def create_token(body: TokenCreate, user: CurrentUser, session: SessionDep) -> TokenCreated:
+def create_token(
+    body: TokenCreate, user: CurrentUser, session: SessionDep, response: Response
+) -> TokenCreated:
     row, secret = store.create_token(session, user=user, name=body.name, expires_at=body.expires_at)
     session.commit()
+    response.headers["Cache-Control"] = "no-store"  # the secret must not sit in any cache
     return TokenCreated(
         **ApiTokenPublic.model_validate(row, from_attributes=True).model_dump(), token=secret
     )

@@ -14,12 +14,20 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from app import store
-from app.artifacts import ArtifactStore, content_disposition
+from app.artifacts import ArtifactStore, content_disposition, run_prefix
 from app.catalogue import ARCHITECTURES
 from app.errors import Invalid
 from app.intake import models as intake
-from app.models import ModelRecord, User
-from app.web.deps import CurrentUser, SessionDep, SettingsDep
+from app.limits import check_input_shape, over
+from app.models import ModelRecord
+from app.web.deps import (
+    CurrentUser,
+    ModelDep,
+    OwnedModelDep,
+    SessionDep,
+    SettingsDep,
+    may_write_models,
+)
 from app.web.uploads import Upload, receive_upload
 
 router = APIRouter(prefix="/api", tags=["models"])
@@ -65,13 +73,6 @@ def to_public(row: ModelRecord) -> ModelPublic:
     return ModelPublic(**data)
 
 
-def _require_writer(user: User) -> None:
-    if user.role == "viewer":
-        raise HTTPException(
-            403, "viewers cannot upload or change models; ask an admin for the member role"
-        )
-
-
 @router.post(
     "/models",
     response_model=ModelPublic,
@@ -82,7 +83,7 @@ async def upload_model(
     request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ):
     """Upload a model file (multipart: ``file``, ``name``, ``arch``, ``input_shape``, ``num_classes``)."""
-    _require_writer(user)
+    may_write_models(user)
     upload: Upload = await receive_upload(
         request, tmp_dir=intake.tmp_dir(settings), max_bytes=settings.max_upload_mb * 1024 * 1024
     )
@@ -91,6 +92,11 @@ async def upload_model(
         num_classes = f.get("num_classes")
         if num_classes is not None and not num_classes.strip().isdigit():
             raise Invalid(f"num_classes must be a positive integer; got {num_classes!r}")
+        shape = intake.parse_shape(f.get("input_shape"))
+        if shape:
+            check_input_shape(shape, settings)
+        if num_classes and int(num_classes) > settings.max_classes:
+            raise over("num_classes", int(num_classes), settings.max_classes, "max_classes")
         row, created = await run_in_threadpool(
             intake.accept_model,
             settings,
@@ -100,7 +106,7 @@ async def upload_model(
             upload.sha256,
             name=(f.get("name") or Path(upload.filename or "model").stem)[:200],
             arch=(f.get("arch") or None),
-            input_shape=intake.parse_shape(f.get("input_shape")),
+            input_shape=shape,
             num_classes=int(num_classes) if num_classes else None,
         )
     finally:
@@ -120,25 +126,17 @@ def list_models(
     return [to_public(r) for r in store.list_models(session, limit=limit, offset=offset)]
 
 
-def get_model_or_404(session, model_id: int) -> ModelRecord:
-    row = session.get(ModelRecord, model_id)
-    if row is None:
-        raise HTTPException(404, f"model {model_id} does not exist")
-    return row
-
-
 @router.get("/models/{model_id}", response_model=ModelPublic)
-def get_model(model_id: int, _: CurrentUser, session: SessionDep) -> ModelPublic:
-    return to_public(get_model_or_404(session, model_id))
+def get_model(model: ModelDep) -> ModelPublic:
+    return to_public(model)
 
 
 @router.get("/models/{model_id}/file", response_class=StreamingResponse)
-def download_model(model_id: int, _: CurrentUser, session: SessionDep, settings: SettingsDep):
+def download_model(row: ModelDep, settings: SettingsDep):
     """The model file as uploaded (or as a run produced it)."""
-    row = get_model_or_404(session, model_id)
     artifacts = ArtifactStore(settings.artifacts)
     if not artifacts.exists(row.storage_key):
-        raise HTTPException(410, f"the file of model {model_id} is missing from the artifact store")
+        raise HTTPException(410, f"the file of model {row.id} is missing from the artifact store")
     filename = f"model-{row.id}.{row.storage_key.rsplit('.', 1)[-1]}"
     return StreamingResponse(
         artifacts.iter_bytes(row.storage_key),
@@ -152,36 +150,41 @@ def download_model(model_id: int, _: CurrentUser, session: SessionDep, settings:
 
 @router.delete("/models/{model_id}", status_code=204)
 def delete_model(
-    model_id: int,
+    row: OwnedModelDep,
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
     cascade: bool = False,
 ) -> None:
-    """Delete a model; 409 naming the runs that use it unless ``?cascade=true``."""
-    _require_writer(user)
-    row = get_model_or_404(session, model_id)
-    if user.role != "admin" and row.owner_id != user.id:
-        raise HTTPException(403, "you can only delete your own models")
-    run_ids = store.runs_using_model(session, model_id=model_id)
-    if run_ids and not cascade:
+    """Delete a model; 409 naming the runs that use it unless ``?cascade=true``, which also
+    deletes those runs (all of them must be the caller's, or the caller an admin)."""
+    model_id = row.id
+    runs = [
+        store.require_run(session, run_id=i)
+        for i in store.runs_using_model(session, model_id=model_id)
+    ]
+    if runs and not cascade:
         raise HTTPException(
             409,
-            f"model {model_id} is used by runs {run_ids}; delete them first "
+            f"model {model_id} is used by runs {sorted(r.id for r in runs)}; delete them first "
             "or send ?cascade=true to delete them too",
         )
-    from app.models import Run
-
-    for rid in run_ids:
-        run = session.get(Run, rid)
-        if run is not None and run.status == "running":
-            raise HTTPException(409, f"run {rid} of this model is running; cancel it first")
-        session.delete(run)
-    key = row.storage_key
+    others = sorted(r.id for r in runs if user.role != "admin" and r.owner_id != user.id)
+    if others:
+        raise HTTPException(
+            403, f"model {model_id} is used by runs {others} of other users; ask an admin"
+        )
+    for run in runs:
+        store.delete_run(session, run_id=run.id)  # 409 for a queued or running run
+    session.flush()  # the runs go before the model they point at
+    key, sha = row.storage_key, row.sha256
     session.delete(row)
     session.commit()
-    if store.model_by_sha(session, sha256=row.sha256) is None:
-        ArtifactStore(settings.artifacts).delete_prefix(key)
+    artifacts = ArtifactStore(settings.artifacts)
+    for run in runs:
+        artifacts.delete_prefix(run_prefix(run.id))
+    if store.model_by_sha(session, sha256=sha) is None:
+        artifacts.delete_prefix(key)
 
 
 @router.get("/architectures")
@@ -202,7 +205,7 @@ def from_architecture(
     body: FromArchitecture, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> ModelPublic:
     """An untrained built-in architecture (train it with a ``kind: "train"`` run)."""
-    _require_writer(user)
+    may_write_models(user)
     row = intake.create_from_architecture(
         settings,
         session,

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from app import store
-from app.web.api.run_checks import may_create, queue_room, validate_body, wake
-from app.web.deps import CurrentUser, SessionDep, SettingsDep
+from app.limits import check_sweep
+from app.web.api.run_checks import queue_room, validate_body, wake
+from app.web.deps import CurrentUser, SessionDep, SettingsDep, SweepDep, may_create
 
 router = APIRouter(prefix="/api", tags=["sweeps"])
 
@@ -18,8 +19,8 @@ router = APIRouter(prefix="/api", tags=["sweeps"])
 class SweepCreate(BaseModel):
     name: str = Field(default="sweep", max_length=200)
     recipe: dict[str, Any]
-    sparsities: list[float] = Field(min_length=1, max_length=50)
-    criteria: list[str] = Field(min_length=1, max_length=20)
+    sparsities: list[float] = Field(min_length=1, max_length=1000)
+    criteria: list[str] = Field(min_length=1, max_length=100)
     baseline: bool = True
 
 
@@ -50,8 +51,10 @@ def create_sweep(
 ) -> dict:
     """Queue one run per (criterion, sparsity) of one recipe (ShrinkBench-style reporting)."""
     may_create(user)
+    n_criteria = len(set(body.criteria) | ({"random"} if body.baseline else set()))
+    check_sweep(len(body.sparsities), n_criteria, body.recipe, settings)
     bodies = sweep_bodies(body)
-    checked = [validate_body(session, b) for b in bodies]
+    checked = [validate_body(session, b, settings) for b in bodies]
     queue_room(session, settings, user, len(checked))
     sweep = store.create_sweep(
         session,
@@ -73,10 +76,9 @@ def create_sweep(
 
 
 @router.get("/sweeps/{sweep_id}")
-def get_sweep(sweep_id: int, session: SessionDep, _: CurrentUser) -> dict:
+def get_sweep(sweep: SweepDep, session: SessionDep) -> dict:
     """The sweep's runs with their final metrics, for accuracy-vs-compression plots."""
-    sweep = store.require_sweep(session, sweep_id=sweep_id)
-    runs = store.list_runs(session, sweep_id=sweep_id, limit=1000)
+    runs = store.list_runs(session, sweep_id=sweep.id, limit=1000)
     return {
         "id": sweep.id,
         "name": sweep.name,

@@ -1,0 +1,135 @@
+"""Coupled layers (residual streams) are ranked and cut together at filter/channel level."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from app import zoo
+from app.pruning.checks import sparsity_notes
+from app.pruning.masks.compute import compute_masks
+from app.pruning.masks.keeper import apply_masks
+from app.pruning.spec import PruningSpec
+from app.pruning.structural.remove import physical_prune, zero_removed_units
+
+torch.set_num_threads(1)
+SHAPE = (3, 8, 8)
+STREAMS = {  # the producers of each stage's residual stream
+    16: ["conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"],
+    32: ["layer2.0.shortcut.0", "layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2"],
+    64: ["layer3.0.shortcut.0", "layer3.0.conv2", "layer3.1.conv2", "layer3.2.conv2"],
+}
+
+
+def _resnet(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return zoo.build("resnet20", input_shape=SHAPE).eval()
+
+
+def _cut(model: nn.Module, spec: PruningSpec, x: torch.Tensor) -> tuple[nn.Module, list, object]:
+    plan = compute_masks(model, spec, example=x)
+    masked = copy.deepcopy(model)
+    apply_masks(masked, plan)
+    zero_removed_units(masked, plan, x, granularity=spec.granularity)
+    notes: list[str] = []
+    small = physical_prune(masked, plan, x, granularity=spec.granularity, notes=notes)
+    with torch.no_grad():
+        assert torch.allclose(small(x), masked(x), atol=1e-4)
+    return small, notes, plan
+
+
+def _out(model: nn.Module, name: str) -> int:
+    return dict(model.named_modules())[name].out_channels
+
+
+@pytest.mark.parametrize("granularity", ["filter", "channel"])
+def test_resnet20_at_half_loses_about_half_of_every_coupled_group(granularity: str) -> None:
+    model, x = _resnet(), torch.randn(4, *SHAPE)
+    spec = PruningSpec(granularity, "l1", scope="layerwise", sparsity=0.5, physical=True)
+    small, notes, _ = _cut(model, spec, x)
+    assert notes == []  # nothing kept back silently
+    for width, stream in STREAMS.items():
+        kept = {_out(small, n) for n in stream}
+        assert len(kept) == 1, (stream, kept)  # every producer keeps the same channels
+        assert 0.4 <= kept.pop() / width <= 0.6, stream
+    params = sum(p.numel() for p in small.parameters())
+    assert params < 0.45 * sum(p.numel() for p in model.parameters())
+
+
+def test_group_masks_keep_the_same_channels_in_every_member() -> None:
+    model, x = _resnet(1), torch.randn(4, *SHAPE)
+    plan = compute_masks(model, PruningSpec("filter", "l1", sparsity=0.4), example=x)
+    for stream in STREAMS.values():
+        kept = [plan.channels[n] for n in stream]
+        assert all(torch.equal(k, kept[0]) for k in kept), stream
+        assert set(plan.groups[next(n for n in plan.groups if n in stream)]) == set(stream)
+    assert any("coupled layers ranked and cut together" in n["text"] for n in plan.notes)
+
+
+def test_round_to_gives_multiples_per_group() -> None:
+    model, x = _resnet(), torch.randn(4, *SHAPE)
+    spec = PruningSpec("filter", "l1", scope="layerwise", sparsity=0.3, round_to=8)
+    small, notes, _ = _cut(model, spec, x)
+    assert notes == []
+    for width, stream in STREAMS.items():
+        assert {_out(small, n) for n in stream} == {-(-round(0.7 * width) // 8) * 8}
+    convs = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c % 8 == 0 for c in convs), convs
+
+
+def test_global_scope_never_takes_more_than_the_cap_from_a_layer_or_group() -> None:
+    model, x = _resnet(2), torch.randn(4, *SHAPE)
+    with torch.no_grad():  # the global ranking would take the whole first stream
+        for name in STREAMS[16]:
+            dict(model.named_modules())[name].weight.mul_(1e-3)
+    spec = PruningSpec("filter", "l1", sparsity=0.6, max_layer_sparsity=0.75, physical=True)
+    small, notes, plan = _cut(model, spec, x)
+    assert notes == []
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    for name, conv in convs.items():
+        assert _out(small, name) >= 0.25 * conv.out_channels, name
+    assert {_out(small, n) for n in STREAMS[16]} == {4}
+    capped = [n for n in plan.notes if "pruning.max_layer_sparsity" in n["text"]]
+    assert any("coupled group" in n["text"] and n["level"] == "warning" for n in capped)
+    table = [n["text"] for n in sparsity_notes(plan, 0.6, physical=True)]
+    assert any(t.startswith("requested -> achieved per coupled group") for t in table)
+    assert any("+".join(plan.groups["conv1"]) + " 60%->75%" in t for t in table)
+
+
+def test_default_cap_keeps_a_tenth_of_each_layer() -> None:
+    model, x = _resnet(3), torch.randn(4, *SHAPE)
+    plan = compute_masks(model, PruningSpec("filter", "l1", sparsity=0.95), example=x)
+    for name, keep in plan.channels.items():
+        assert int(keep.sum()) >= 0.1 * keep.numel(), name
+
+
+def test_max_layer_sparsity_is_validated_and_only_where_it_applies() -> None:
+    assert PruningSpec.from_dict({"granularity": "filter"}).max_layer_sparsity == 0.9
+    spec = PruningSpec.from_dict({"granularity": "channel", "max_layer_sparsity": 0.5})
+    assert PruningSpec.from_dict(spec.to_dict()) == spec
+    for bad in (1.5, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match="pruning.max_layer_sparsity"):
+            PruningSpec(granularity="filter", max_layer_sparsity=bad)
+    with pytest.raises(ValueError, match="max_layer_sparsity applies to scope 'global'"):
+        PruningSpec(granularity="element", max_layer_sparsity=0.5)
+    with pytest.raises(ValueError, match="max_layer_sparsity applies to scope 'global'"):
+        PruningSpec(granularity="filter", scope="layerwise", max_layer_sparsity=0.5)
+
+
+def test_an_override_on_one_member_sets_its_whole_group() -> None:
+    model, x = _resnet(4), torch.randn(4, *SHAPE)
+    spec = PruningSpec(
+        "filter",
+        "l1",
+        scope="layerwise",
+        sparsity=0.5,
+        overrides={"layer1.1.conv2": 0.25, "conv1": 0.75},
+        physical=True,
+    )
+    small, notes, plan = _cut(model, spec, x)
+    assert notes == []
+    assert {_out(small, n) for n in STREAMS[16]} == {12}  # the smallest override: 25% of 16
+    assert {plan.requested[n] for n in STREAMS[16]} == {0.25}
