@@ -139,19 +139,23 @@ class PruningSpec:
             )
         _int(self.calibration_batches, "pruning.calibration_batches", 1)
         _number(self.bn_l1, "pruning.bn_l1", 0.0, math.inf)
-        if self.target is not None:
-            check_budget(self.target)
-            if self.granularity not in ("filter", "channel") or not self.physical:
-                raise ValueError(
-                    "pruning.target needs granularity 'filter' or 'channel' with "
-                    "pruning.physical true: a budget is met by removing channels."
-                )
+        self._check_budget()
         _choice(self.wanda_group, WANDA_GROUPS, "pruning.wanda_group")
         if self.wanda_group != "row" and (self.criterion, self.granularity) != ("wanda", "element"):
             raise ValueError(
                 "pruning.wanda_group applies to criterion 'wanda' at granularity 'element' only."
             )
         self._check_cap()
+
+    def _check_budget(self) -> None:
+        if self.target is None:
+            return
+        check_budget(self.target)
+        if self.granularity not in ("filter", "channel") or not self.physical:
+            raise ValueError(
+                "pruning.target needs granularity 'filter' or 'channel' with "
+                "pruning.physical true: a budget is met by removing channels."
+            )
 
     def _check_cap(self) -> None:
         cap = _number(
