@@ -30,9 +30,10 @@ def over(what: str, value: object, limit: int, setting: str) -> LimitExceeded:
 
 
 def check_recipe(recipe: dict, settings: Settings) -> None:
-    """Steps, epochs, batch size and seed of a validated recipe (``Recipe.to_dict()``)."""
+    """Steps, epochs, batch sizes and seed of a validated recipe (``Recipe.to_dict()``)."""
     schedule = recipe.get("schedule") or {}
     finetune = recipe.get("finetune") or {}
+    target = (recipe.get("pruning") or {}).get("target") or {}
     bounds = (
         (
             "schedule.steps",
@@ -49,6 +50,12 @@ def check_recipe(recipe: dict, settings: Settings) -> None:
         (
             "finetune.batch_size",
             finetune.get("batch_size"),
+            settings.max_batch_size,
+            "max_batch_size",
+        ),
+        (
+            "pruning.target.batch",  # a latency budget times the model at this batch
+            target.get("batch"),
             settings.max_batch_size,
             "max_batch_size",
         ),

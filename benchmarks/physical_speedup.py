@@ -1,21 +1,25 @@
-"""Does physical filter pruning buy the speed-up its FLOPs promise? (CPU, batch 256)
+"""Does physical filter pruning buy the speed-up its FLOPs promise, in PyTorch and ONNX Runtime?
 
-Prunes 50% of the filters of ``cnn_small`` and ``resnet20`` by group L1 norm (the coupled
-producers of a residual stream are ranked and cut together, kept channels rounded to 8),
-removes them with ``app.pruning.structural.physical_prune``, and times dense and pruned models
-side by side, interleaved, under ``torch.inference_mode`` with the same inference set-up
-(BN folded into the convolutions, channels_last). Prints latencies, FLOPs and
+Prunes 50% of the filters of ``cnn_small``, ``resnet20``, ``vgg11_bn`` and a MobileNetV2-like
+net (built here) by group L1 norm (the coupled producers of a residual stream are ranked and
+cut together, kept channels rounded to 8), removes them with
+``app.pruning.structural.physical_prune``, and times dense and pruned models interleaved
+(``app.pruning.latency``: warm-up, fixed threads, median and IQR) with the same inference
+set-up: PyTorch with BN folded (contiguous and channels_last), and ONNX Runtime on the
+exported files (``app.modelio.ort_latency``). Prints latencies, MACs and
 
-    efficiency = measured speed-up / theoretical FLOPs reduction   (target >= 0.8)
+    efficiency = measured speed-up / MAC reduction   (targets: >= 0.8 PyTorch, >= 0.7 ORT)
 
-Run: ``.venv/bin/python benchmarks/physical_speedup.py [--threads 1] [--rounds 7]``.
+with "n/m" (no measurable speed-up) when the IQRs overlap.
+
+Run: ``nice .venv/bin/python benchmarks/physical_speedup.py [--threads 1] [--budget-s 3]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import tempfile
+from pathlib import Path
 
 import torch
 import torch_pruning as tp
@@ -23,7 +27,9 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from app import zoo
+from app.modelio.ort_latency import export_onnx, time_onnx_pair
 from app.pruning.counts import count_flops
+from app.pruning.latency import Timing, speedup, time_models
 from app.pruning.structural.remove import physical_prune
 
 SHAPE = (3, 32, 32)
@@ -66,24 +72,72 @@ def for_inference(model: nn.Module, channels_last: bool) -> nn.Module:
     return fused.to(memory_format=torch.channels_last) if channels_last else fused
 
 
-def interleaved_ms(models: list[nn.Module], x: torch.Tensor, rounds: int) -> list[float]:
-    """Median ms per model, alternating models every round so drift hits them alike."""
-    times: list[list[float]] = [[] for _ in models]
-    with torch.inference_mode():
-        for m in models:
-            m(x)
-            m(x)
-        for _ in range(rounds):
-            for i, m in enumerate(models):
-                start = time.perf_counter()
-                m(x)
-                times[i].append((time.perf_counter() - start) * 1000)
-    return [statistics.median(t) for t in times]
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 project (residual when shapes match)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int = 6) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        self.use_res = stride == 1 and c_in == c_out
+        self.block = nn.Sequential(
+            nn.Conv2d(c_in, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x) if self.use_res else self.block(x)
+
+
+def mobilenet_v2_like(num_classes: int = 10) -> nn.Module:
+    """A CIFAR-sized MobileNetV2 (width 1.0, fewer repeats)."""
+    cfg = [(16, 1, 1), (24, 2, 1), (32, 2, 2), (64, 2, 2), (96, 1, 1), (160, 2, 2)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, 32, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU6(),
+    ]
+    c = 32
+    for c_out, n, stride in cfg:
+        for i in range(n):
+            layers.append(
+                InvertedResidual(c, c_out, stride if i == 0 else 1, 1 if c_out == 16 else 6)
+            )
+            c = c_out
+    layers += [nn.Conv2d(c, 640, 1, bias=False), nn.BatchNorm2d(640), nn.ReLU6()]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(640, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def build(arch: str) -> nn.Module:
+    if arch == "mobilenetv2":
+        return mobilenet_v2_like()
+    return zoo.build(arch, input_shape=SHAPE)
+
+
+def verdict(dense: Timing, pruned: Timing, reduction: float) -> str:
+    ratio = speedup(dense, pruned)
+    if ratio is None:
+        return "speed-up n/m (IQRs overlap)"
+    return f"speed-up {ratio:4.2f}x  efficiency {ratio / reduction:4.2f}"
+
+
+def as_timing(stored: dict) -> Timing:
+    return Timing(**{k: v for k, v in stored.items() if k != "iqr_ms"})
+
+
+def fmt(t: Timing) -> str:
+    return f"{t.median_ms:8.2f} ms (IQR {t.iqr_ms:5.2f})"
 
 
 def run(arch: str, args: argparse.Namespace) -> None:
     torch.manual_seed(0)
-    dense = zoo.build(arch, input_shape=SHAPE).eval()
+    dense = build(arch).eval()
     x_small = torch.randn(8, *SHAPE)
     masks = group_l1_masks(dense, x_small, args.ratio, args.round_to)
     with torch.no_grad():
@@ -95,26 +149,42 @@ def run(arch: str, args: argparse.Namespace) -> None:
     _, f_pruned = count_flops(pruned, x_small)
     reduction = f_dense / f_pruned
     x = torch.randn(args.batch, *SHAPE)
+    head = f"{arch:11s} batch={args.batch} threads={torch.get_num_threads()}"
+    macs = f"MACs {f_dense / 1e6:7.2f}M -> {f_pruned / 1e6:6.2f}M ({reduction:4.2f}x)"
     for channels_last in (False, True):
         xin = x.to(memory_format=torch.channels_last) if channels_last else x
         models = [for_inference(dense, channels_last), for_inference(pruned, channels_last)]
-        t_dense, t_pruned = interleaved_ms(models, xin, args.rounds)
-        speedup = t_dense / t_pruned
+        t_dense, t_pruned = time_models(models, xin, budget_s=args.budget_s)
         print(
-            f"{arch:10s} channels_last={channels_last!s:5s} batch={args.batch} "
-            f"threads={torch.get_num_threads()}  dense {t_dense:8.1f} ms  pruned {t_pruned:8.1f} ms"
-            f"  MACs {f_dense / 1e6:7.2f}M -> {f_pruned / 1e6:6.2f}M ({reduction:4.2f}x)"
-            f"  speed-up {speedup:4.2f}x  efficiency {speedup / reduction:4.2f}"
+            f"{head} pytorch cl={channels_last!s:5s} dense {fmt(t_dense)} pruned {fmt(t_pruned)}"
+            f"  {macs}  {verdict(t_dense, t_pruned, reduction)}",
+            flush=True,
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        p_dense = export_onnx(for_inference(dense, False), x_small, Path(tmp) / "d.onnx")
+        p_pruned = export_onnx(for_inference(pruned, False), x_small, Path(tmp) / "p.onnx")
+        out = time_onnx_pair(
+            p_dense, p_pruned, x[:1].numpy(), large_batch=args.batch, budget_s=args.budget_s
+        )
+    for row in out["rows"]:
+        t_dense, t_pruned = (as_timing(row[w]) for w in ("dense", "pruned"))
+        print(
+            f"{arch:11s} batch={row['batch']} threads={out['threads']} onnxruntime       "
+            f"dense {fmt(t_dense)} pruned {fmt(t_pruned)}  {macs}  "
+            f"{verdict(t_dense, t_pruned, reduction)}",
+            flush=True,
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", nargs="+", default=["cnn_small", "resnet20"])
+    parser.add_argument(
+        "--archs", nargs="+", default=["cnn_small", "resnet20", "vgg11_bn", "mobilenetv2"]
+    )
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--budget-s", type=float, default=3.0, help="timing seconds per pair")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

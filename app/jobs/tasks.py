@@ -3,11 +3,11 @@
 It loads the run's model and dataset, builds the recipe, calls ``pipeline.run_recipe`` with a
 reporter that writes throttled progress, curve points, steps and events to the row, and a
 ``should_stop`` that the worker's heartbeat thread raises. On success ``runs.results.store_files``
-exports the model, writes ``masks.npz`` and the result model into the artifact store, and this
-module writes every result in one transaction, together with the ``succeeded`` status; a
-cancelled, interrupted or failed attempt writes nothing but its status (the per-step
-checkpoint stays for ``resume``). ``app.runs`` (inputs, export, results) is shared with
-``prunelab run`` and writes no rows.
+exports the model (timing ``pruned.onnx`` in ONNX Runtime), writes ``masks.npz`` and the result
+model into the artifact store, and this module writes every result in one transaction,
+together with the ``succeeded`` status; a cancelled, interrupted or failed attempt writes
+nothing but its status (the per-step checkpoint stays for ``resume``). ``app.runs`` (inputs,
+export, timing, results) is shared with ``prunelab run`` and writes no rows.
 """
 
 from __future__ import annotations
@@ -193,6 +193,8 @@ def _run_attempt(
         keys = store.rewind_points(s, model_id=run.model_id)
         rewind = rewind_state_for(artifacts, keys, recipe, tmp)
         attempt = run.attempt
+        cache = settings.data_dir / "cache"
+        budget_cache = cache / f"budget-model-{run.model_id}.json" if run.model_id else None
     ckpt_dir, resumed = _checkpoint_dir(artifacts, run_id, attempt, tmp)
     syncer = CheckpointSync(artifacts, run_id, ckpt_dir / "checkpoint.pt")
     report = RunReporter(engine, run_id)
@@ -214,6 +216,8 @@ def _run_attempt(
             rebuildable=rebuildable,
             resume=resumed,
             initial_state=rewind,
+            shape_cache=cache,
+            budget_cache=budget_cache,
         )
     finally:
         syncer.sync()  # a stopped attempt leaves its last completed step for resume

@@ -13,7 +13,9 @@ Definitions (the same before and after pruning, so runs compare):
   bitmask + the non-zero values), zlib-compressed; the bytes of that blob.
 * ``latency_ms``: median wall time of one forward pass at batch 1 under
   ``torch.inference_mode`` on the given device, after warm-up, repeats capped by a time budget;
-  ``latency_ms_batch`` the same at batch ``batch`` (256 by default).
+  ``latency_ms_batch`` the same at batch ``batch`` (256 by default). ``latency_ms_iqr`` and
+  ``latency_ms_batch_iqr`` are their interquartile ranges, ``latency_threads`` the intra-op
+  thread count they ran with (``latency.py``).
 * ``compression``: baseline non-zero parameters / these non-zero parameters (1.0 without one).
 """
 
@@ -25,7 +27,7 @@ from torch import nn
 from app.pruning.counts import count_flops, dense_size_bytes, sparse_size_bytes
 from app.pruning.data import ArrayDataset
 from app.pruning.granularity import prunable_layers
-from app.pruning.latency import measure_latency
+from app.pruning.latency import latency_stats
 
 METRICS = (
     "accuracy",
@@ -52,7 +54,8 @@ def evaluate(
     """Accuracy and mean cross-entropy loss on the test split (or ``split``).
 
     Args:
-        model: a classifier returning logits; put in eval mode for the pass, then restored.
+        model: a classifier returning logits; put in eval mode for the pass (without
+            gradients), then restored.
         data: the dataset; its ``test`` split is used unless ``split`` says ``"val"``.
         device: where to run.
         batch_size: evaluation batch size.
@@ -65,18 +68,19 @@ def evaluate(
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
     try:
-        for xb, yb in data.loader(split, batch_size, shuffle=False):
-            xb, yb = xb.to(device), yb.to(device)
-            logits = model(xb)
-            loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == yb).sum())
-            n += int(yb.numel())
+        with torch.no_grad():  # no graph: less memory, and no scalar-of-a-grad-tensor warning
+            for xb, yb in data.loader(split, batch_size, shuffle=False):
+                xb, yb = xb.to(device), yb.to(device)
+                logits = model(xb)
+                loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+                correct += int((logits.argmax(dim=1) == yb).sum())
+                n += int(yb.numel())
     finally:
         model.train(was_training)
     return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1)}
 
 
-def _batch_of(data: ArrayDataset, n: int) -> torch.Tensor:
+def batch_of(data: ArrayDataset, n: int) -> torch.Tensor:
     x = data.sample_batch(min(n, data.n_train))
     reps = -(-n // x.shape[0])
     return x.repeat(reps, *([1] * (x.dim() - 1)))[:n]
@@ -92,7 +96,7 @@ def measure(
     large_batch: int = 256,
     latency_budget_s: float = 0.5,
 ) -> dict:
-    """Every metric of ``METRICS`` plus ``flops_dense``, ``latency_ms_batch`` and ``batch``.
+    """Every metric of ``METRICS`` plus ``flops_dense``, ``latency_ms_batch``, ``batch`` and spreads.
 
     Args:
         model: the model to measure (already on ``device``).
@@ -136,6 +140,9 @@ def measure(
         "sparse_size_bytes": sparse_size_bytes(model),
         "latency_ms": None,
         "latency_ms_batch": None,
+        "latency_ms_iqr": None,
+        "latency_ms_batch_iqr": None,
+        "latency_threads": None,
         "batch": int(large_batch),
         "compression": baseline_nonzero / n_nonzero if baseline_nonzero and n_nonzero else 1.0,
     }
@@ -143,10 +150,15 @@ def measure(
         val = evaluate(model, data, device=device, split="val")
         result["val_accuracy"], result["val_loss"] = val["accuracy"], val["loss"]
     if latency:
-        result["latency_ms"] = measure_latency(
-            model, data.sample_batch(1), device=device, budget_s=latency_budget_s
+        one = latency_stats(model, data.sample_batch(1), device=device, budget_s=latency_budget_s)
+        big = latency_stats(
+            model, batch_of(data, large_batch), device=device, budget_s=latency_budget_s
         )
-        result["latency_ms_batch"] = measure_latency(
-            model, _batch_of(data, large_batch), device=device, budget_s=latency_budget_s
-        )
+        result |= {
+            "latency_ms": one.median_ms,
+            "latency_ms_iqr": one.iqr_ms,
+            "latency_ms_batch": big.median_ms,
+            "latency_ms_batch_iqr": big.iqr_ms,
+            "latency_threads": one.threads,
+        }
     return result

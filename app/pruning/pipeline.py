@@ -24,19 +24,24 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from app.pruning.budget import budget_recipe, budget_report, solve
+from app.pruning.budget_spec import describe
 from app.pruning.checkpoint import load_checkpoint
 from app.pruning.context import RunContext
 from app.pruning.data import ArrayDataset
 from app.pruning.kinds import run_sensitivity_kind, run_train_kind
 from app.pruning.masks.compute import validate
+from app.pruning.notes import add_notes, info
 from app.pruning.report import NEVER, NULL_REPORT, Report, ShouldStop
 from app.pruning.result import RunResult, finish_run
 from app.pruning.schedule import run_schedule
+from app.pruning.shapes import with_default_round_to
 from app.pruning.spec import Recipe
 from app.pruning.targets import NO_REWIND, needs_rewind
 from app.pruning.validation import carve_validation, needs_validation, validation_note
@@ -55,6 +60,8 @@ def run_recipe(
     resume: bool = True,
     latency: bool = True,
     initial_state: dict[str, Tensor] | None = None,
+    shape_cache: Path | None = None,
+    budget_cache: Path | None = None,
 ) -> RunResult:
     """Run one recipe (prune, sensitivity or train) on ``model`` in place.
 
@@ -73,6 +80,10 @@ def run_recipe(
         latency: measure latency (tests switch it off for speed).
         initial_state: the weights ``retrain_init="rewind"`` goes back to (a train run's
             ``rewind`` point, ``rewind.py``); required by that schedule.
+        shape_cache: where the measured channel-multiple table is kept; with it, a physical
+            channel-level recipe without ``round_to`` gets this machine's preferred multiple.
+        budget_cache: the JSON file that keeps this model's per-layer lookup table for
+            ``pruning.target`` budgets (measured on first use).
 
     Returns:
         A :class:`~app.pruning.result.RunResult`; ``steps[0]`` is the baseline.
@@ -100,6 +111,12 @@ def run_recipe(
             latency=latency,
         )
     else:
+        recipe, round_note = with_default_round_to(recipe, shape_cache)
+        target, alloc, original = recipe.pruning.target, None, None
+        if target is not None:
+            original = copy.deepcopy(model).eval()
+            alloc, _ = solve(model, recipe.pruning, data, budget_cache)
+            recipe = budget_recipe(recipe, alloc)
         validate(recipe.pruning, model)
         if needs_rewind(recipe.schedule) and initial_state is None:
             raise ValueError(NO_REWIND)
@@ -116,8 +133,16 @@ def run_recipe(
         )
         if not (resume and load_checkpoint(ctx)):
             ctx.record_baseline()
+        if round_note is not None:
+            add_notes(ctx.notes, [round_note])  # a resumed run already has it
         run_schedule(ctx)
         result = finish_run(ctx, rebuildable)
+        if target is not None and original is not None:
+            result.final["budget"] = budget_report(target, result.model, data, original=original)
+            result.allocation = alloc
+            ctx.notes.append(
+                info(f"pruning.target {describe(target)}: per-layer allocation {alloc}")
+            )
     if note is not None:
         result.notes.insert(0, note)
     return result

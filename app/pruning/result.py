@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +26,9 @@ from app.pruning.checks import chance_note, sparsity_notes
 from app.pruning.context import RunContext
 from app.pruning.granularity import prunable_layers
 from app.pruning.histograms import histograms, prunable_weights
+from app.pruning.measure import batch_of
 from app.pruning.notes import Note, add_notes, info, warning
+from app.pruning.speedup import compare_latency, masks_only_latency, slower_note
 from app.pruning.structural.blocks import remove_blocks
 from app.pruning.structural.remove import physical_prune, removal_blockers
 
@@ -37,6 +40,7 @@ class RunResult:
     ``physical``: the model handed back is physically smaller. ``masks_only``: pruned weights
     stay in place as zeros (no speed-up expected); both False for runs that pruned nothing.
     ``rewind``: a train run's earlier weights by rewind point (``catalogue.REWIND_FILES``).
+    ``original``: the run's starting weights in the original shapes (when latency was timed).
     """
 
     model: nn.Module
@@ -53,6 +57,7 @@ class RunResult:
     masks: dict[str, torch.Tensor] | None = None
     allocation: dict[str, float] | None = None
     rewind: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    original: nn.Module | None = None  # the unpruned model, for timing exports against
 
     def summary(self) -> dict:
         """The JSON-able part: measurements, records, notes and the typed flags."""
@@ -117,6 +122,30 @@ def final_model(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
     return small, True
 
 
+def original_model(ctx: RunContext, like: nn.Module) -> nn.Module:
+    """The run's starting weights in ``like``'s (pre-removal) shapes."""
+    dense = copy.deepcopy(like)
+    if ctx.initial_state is not None:
+        dense.load_state_dict(ctx.initial_state)
+    return dense.eval()
+
+
+def deploy_speedup(ctx: RunContext, dense: nn.Module, model: nn.Module, physical: bool) -> dict:
+    """The original vs the model handed back in PyTorch, timed interleaved.
+
+    Masks only: 1.0x, nothing timed. A measurably slower pruned model adds a note.
+    """
+    batch = int(ctx.baseline.get("batch") or 256)
+    if not physical:
+        return masks_only_latency(batch)
+    x_one = ctx.data.sample_batch(1)
+    comparison = compare_latency(dense, model, x_one, batch_of(ctx.data, batch), device=ctx.device)
+    note = slower_note(comparison)
+    if note is not None:
+        ctx.notes.append(note)
+    return comparison
+
+
 def _without_blocks(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
     """Granularity ``layer`` with ``physical``: removed blocks become identities."""
     if not rebuildable or not isinstance(ctx.model, nn.Module):
@@ -159,9 +188,14 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
     hists = histograms(
         ctx.hist_before, ctx.hist_after_prune or after_finetune, after_finetune, thresholds
     )
+    original = None
+    if ctx.latency and ctx.masks is not None:
+        original = original_model(ctx, ctx.model)
     model, physical = final_model(ctx, rebuildable)
     ctx.model = model
     final = ctx.measure()
+    if original is not None:
+        final["speedup"] = deploy_speedup(ctx, original, model, physical)
     result_notes(ctx, model, final, physical=physical)
     ctx.report("progress", {"fraction": 1.0, "message": "done"})
     return RunResult(
@@ -176,4 +210,5 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
         physical=physical,
         masks_only=ctx.masks is not None and not physical,
         masks=ctx.masks,
+        original=original,
     )

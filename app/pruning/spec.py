@@ -30,6 +30,7 @@ from app.catalogue import (
     VALID_PAIRS,
     WANDA_GROUPS,
 )
+from app.pruning.budget_spec import check_budget
 
 # Global filter/channel ranking: the most of one layer's (or coupled group's) units it may take.
 MAX_LAYER_SPARSITY = 0.9
@@ -92,6 +93,7 @@ class PruningSpec:
     round_to: int | None = None
     calibration_batches: int = 4
     bn_l1: float = 0.0  # L1 sparsity-training strength on BN gamma (applied by the trainer)
+    target: dict[str, float] | None = None  # a budget instead of a sparsity (check_budget)
     wanda_group: str = "row"  # wanda (element) compares scores per output row or per layer
     max_layer_sparsity: float = MAX_LAYER_SPARSITY  # global filter/channel: cap per layer/group
     allocation_from: int | None = None  # a sensitivity run whose allocation becomes overrides
@@ -139,6 +141,7 @@ class PruningSpec:
             )
         _int(self.calibration_batches, "pruning.calibration_batches", 1)
         _number(self.bn_l1, "pruning.bn_l1", 0.0, math.inf)
+        self._check_budget()
         _choice(self.wanda_group, WANDA_GROUPS, "pruning.wanda_group")
         if self.wanda_group != "row" and (self.criterion, self.granularity) != ("wanda", "element"):
             raise ValueError(
@@ -146,6 +149,16 @@ class PruningSpec:
             )
         _optional(self.allocation_from, _int, "pruning.allocation_from", 1)
         self._check_cap()
+
+    def _check_budget(self) -> None:
+        if self.target is None:
+            return
+        check_budget(self.target)
+        if self.granularity not in ("filter", "channel") or not self.physical:
+            raise ValueError(
+                "pruning.target needs granularity 'filter' or 'channel' with "
+                "pruning.physical true: a budget is met by removing channels."
+            )
 
     def _check_cap(self) -> None:
         cap = _number(
@@ -167,8 +180,12 @@ class PruningSpec:
             return
         if self.criterion == "threshold" and self.threshold is None:
             raise ValueError("criterion 'threshold' needs pruning.threshold (prune |w| < t).")
-        if (self.sparsity is None) == (self.threshold is None):
-            raise ValueError("set exactly one of pruning.sparsity and pruning.threshold.")
+        given = [v for v in (self.sparsity, self.threshold, self.target) if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of pruning.sparsity and pruning.threshold "
+                "(or a budget in pruning.target)."
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> PruningSpec:
@@ -183,6 +200,8 @@ class PruningSpec:
             d["exclude"] = tuple(d["exclude"])
         if "overrides" in d and not isinstance(d["overrides"], dict):
             raise ValueError("pruning.overrides must map layer names to sparsities.")
+        if d.get("target") is not None:
+            d["target"] = dict(check_budget(d["target"]))
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -192,6 +211,7 @@ class PruningSpec:
             list(self.exclude),
             dict(self.overrides),
         )
+        d["target"] = None if self.target is None else dict(self.target)
         return d
 
 

@@ -11,7 +11,7 @@ body plus ``steps``, ``layers`` and ``notes``), ``histograms.json``, ``curve.jso
 ``recipe.json``, ``masks.npz``; a train run's ``init.safetensors``/``rewind.safetensors``, which
 a ``retrain_init: rewind`` run of its ``pruned.safetensors`` finds next to that file).
 A checkpoint left in ``--out`` is resumed only with ``--resume`` and only by the same recipe,
-model and dataset (``runs.outfolder``).
+model and dataset (``runs.outfolder``). ``final`` has the same PyTorch and ONNX Runtime speed-ups (``runs.timing``).
 """
 
 from __future__ import annotations
@@ -172,10 +172,12 @@ def _write_folder(
 ) -> dict:
     """Write a finished run's files and ``summary.json`` into ``out``; returns the summary."""
     from app.runs.export import write_run_files
+    from app.runs.timing import record_onnx_speedup
 
     artifacts = []
     if recipe.kind != "sensitivity":
         artifacts, _ = write_run_files(out, recipe, result, dataset, arch)
+        record_onnx_speedup(result, out, dataset)
     result.notes.extend(warning(a["error"]) for a in artifacts if a.get("error"))
     summary = _summary(recipe, result, started, artifacts, **extra)
     _write_json(out / "summary.json", summary)

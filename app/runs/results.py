@@ -21,6 +21,7 @@ from typing import Any
 
 from app.artifacts import ArtifactStore, artifact_key
 from app.runs.export import sha256_of, write_run_files
+from app.runs.timing import record_onnx_speedup
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ def store_files(
     arch: str | None,
     tmp: Path,
 ) -> RunFiles:
-    """Export, write the masks, save the result model; put every file in the artifact store."""
+    """Export, write the masks, save the result model; put every file in the artifact store.
+
+    Also times ``pruned.onnx`` against the original (``final["speedup_onnx"]``, ``timing``)."""
     if recipe.kind == "sensitivity":
         return RunFiles()
     out = tmp / "export"
@@ -63,6 +66,7 @@ def store_files(
         if (out / row["name"]).is_file():  # a failed export removed its file
             artifacts.put_file(out / row["name"], row["storage_key"])
     fields = _result_model(artifacts, run_id, recipe, result, data, arch, config, tmp)
+    record_onnx_speedup(result, out, data)
     return RunFiles(rows, fields)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from app.web.latency_view import NO_SPEEDUP, final_speedup, step_speedup
+
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000")
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon")
@@ -281,12 +283,16 @@ TRADEOFF_AXES = {
 }
 
 
-def _x_value(metrics: dict, base: dict, axis: str) -> float | None:
+def _x_value(metrics: dict, base: dict, axis: str, masks_only: bool = False) -> float | None:
     if axis == "compression":
         return _num(metrics.get("compression"))
     key = TRADEOFF_AXES[axis][1]
+    if axis == "speedup" and masks_only:
+        return 1.0  # the zeros are computed: no speed-up, whatever the timer saw
     if axis == "speedup" and (base.get(key) is None or metrics.get(key) is None):
         key = "latency_ms"  # older rows: batch-1 latency only
+    if axis == "speedup":
+        return step_speedup(metrics, base, key)
     return _ratio(base.get(key), metrics.get(key))
 
 
@@ -311,7 +317,7 @@ def tradeoff_figure(
     data = []
     for i, phase in enumerate(("before_finetune", "after_finetune")):
         pts = [(s["step"], s.get(phase) or {}) for s in steps]
-        xs = [_x_value(m, base, axis) for _, m in pts]
+        xs = [_x_value(m, base, axis, masks_only) for _, m in pts]
         ys = [_num(m.get("accuracy")) for _, m in pts]
         data.append(
             {
@@ -326,13 +332,17 @@ def tradeoff_figure(
             }
         )
     last = steps[-1].get("after_finetune") or {}
-    if final and final.get("n_params") != last.get("n_params"):
+    final_x = _x_value(final or {}, base, axis, masks_only)
+    verdict = ""
+    if axis == "speedup" and isinstance((final or {}).get("speedup"), dict):
+        final_x, verdict = final_speedup(final)  # timed against the original, interleaved
+    if final and final.get("n_params") != last.get("n_params") and final_x is not None:
         data.append(
             {
                 "type": "scatter",
                 "mode": "markers",
                 "name": "handed back (physically smaller)",
-                "x": [_x_value(final, base, axis)],
+                "x": [final_x],
                 "y": [_num(final.get("accuracy"))],
                 "marker": {"color": PALETTE[2], "size": 13, "symbol": "star"},
                 "hovertemplate": "final model<br>%{x:.2f}x · accuracy %{y:.2%}<extra></extra>",
@@ -342,6 +352,8 @@ def tradeoff_figure(
     layout["yaxis"] |= {"tickformat": ".0%"}
     if axis == "speedup" and masks_only:
         layout["annotations"] = [_note("masks only: no speed-up expected", y=1.08)]
+    elif axis == "speedup" and verdict == NO_SPEEDUP:
+        layout["annotations"] = [_note(f"final model: {NO_SPEEDUP}", y=1.08)]
     return {"data": data, "layout": layout}
 
 

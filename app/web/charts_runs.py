@@ -14,11 +14,11 @@ from app.web.charts import (
     PHASE_LABELS,
     SYMBOLS,
     _num,
-    _ratio,
     base_layout,
     empty_figure,
     rebin,
 )
+from app.web.latency_view import step_speedup
 
 # (metric, label, higher is better)
 FINAL_COLUMNS = (
@@ -228,6 +228,16 @@ def best_cells(runs: list[dict]) -> dict[str, int]:
     return best
 
 
+def _sweep_speedup(run: dict, base: dict, final: dict) -> float | None:
+    """1.0 for masks-only runs; the interleaved speed-up when timed; else the batch-1 ratio."""
+    if run.get("masks_only"):
+        return 1.0
+    if isinstance(final.get("speedup"), dict):
+        rows = final["speedup"].get("rows") or []
+        return _num(rows[0].get("speedup")) if rows else None
+    return step_speedup(final, base, "latency_ms")
+
+
 def sweep_figure(runs: list[dict], *, axis: str) -> dict:
     """ShrinkBench-style: accuracy vs compression or vs speed-up, one line per criterion."""
     label = {"compression": "compression (x)", "speedup": "measured speed-up (x, batch 1)"}
@@ -241,7 +251,7 @@ def sweep_figure(runs: list[dict], *, axis: str) -> dict:
             x = (
                 _num(final.get("compression"))
                 if axis == "compression"
-                else _ratio(base.get("latency_ms"), final.get("latency_ms"))
+                else _sweep_speedup(r, base, final)
             )
             group.append((x, final["accuracy"], r["id"]))
         group.sort(key=lambda p: (p[0] is None, p[0] or 0))

@@ -19,7 +19,7 @@ from app.artifacts import ArtifactStore
 from app.models import FINISHED_STATUSES, Run, Sweep
 from app.pruning.notes import Note, as_note
 from app.store import views
-from app.web import charts, charts_runs
+from app.web import charts, charts_runs, latency_view
 
 PER_PAGE = 25
 MASK_ARTIFACTS = ("masks.npz", "masks.safetensors")
@@ -71,6 +71,7 @@ def run_summary(run: Run) -> dict:
         "schedule": schedule.get("kind"),
         "final": run.final or {},
         "baseline": run.baseline or {},
+        "masks_only": bool(run.masks_only),
     }
 
 
@@ -190,6 +191,8 @@ def run_context(session: Session, run: Run) -> dict:
         "layer_rows": final_layer_rows(layers),
         "steps": steps,
         "masks_only": masks_only(run),
+        "deploy_rows": latency_view.deploy_rows(run.final),
+        "budget_line": latency_view.budget_line(run.final),
         "notes": run_notes(run),
         "artifacts": store.list_artifacts(session, run_id=run.id),
         "recipe_json": json.dumps(run.recipe or {}, indent=2),

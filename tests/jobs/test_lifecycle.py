@@ -60,6 +60,12 @@ def test_prune_run_goes_queued_running_succeeded_with_every_result(job_client) -
     assert body["final"]["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert body["final"]["compression"] > 1.8
     assert body["result_model_id"] is not None
+    final = body["final"]  # masks only: 1.0x in PyTorch and in ONNX Runtime, whatever was timed
+    assert [r["speedup"] for r in final["speedup"]["rows"]] == [1.0, 1.0]
+    onnx_rows = final["speedup_onnx"]["rows"]
+    assert [r["batch"] for r in onnx_rows] == [1, final["batch"]]
+    assert [r["speedup"] for r in onnx_rows] == [1.0, 1.0]
+    assert all(r["dense"]["median_ms"] > 0 and r["pruned"]["iqr_ms"] >= 0 for r in onnx_rows)
 
     steps = job_client.get(f"/api/runs/{run_id}/steps", headers=headers).json()
     assert [s["step"] for s in steps] == [0, 1]

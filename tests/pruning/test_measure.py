@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -144,6 +145,15 @@ def test_evaluate_counts_correct_predictions() -> None:
     result = evaluate(Oracle(), data, device="cpu", batch_size=512)
     assert result["accuracy"] == 1.0
     assert result["loss"] < 1e-6
+
+
+def test_evaluate_builds_no_graph_and_warns_nothing() -> None:
+    model = ConvLinear().train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a scalar of a grad-tracking tensor warns
+        result = evaluate(model, _data(), device="cpu")
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["loss"] > 0
+    assert model.training and all(p.grad is None for p in model.parameters())
 
 
 def test_layer_stats_rows_per_prunable_layer() -> None:

@@ -47,6 +47,17 @@ def people(api):
         ({"schedule": {"kind": "iterative", "steps": 1_000_000}}, "PRUNELAB_MAX_SCHEDULE_STEPS"),
         ({"finetune": {"epochs": 10**9}}, "PRUNELAB_MAX_FINETUNE_EPOCHS"),
         ({"finetune": {"batch_size": 10**8}}, "PRUNELAB_MAX_BATCH_SIZE"),
+        (
+            {
+                "pruning": {
+                    "granularity": "filter",
+                    "criterion": "l1",
+                    "physical": True,
+                    "target": {"latency_ms": 5.0, "batch": 10**8},
+                }
+            },
+            "PRUNELAB_MAX_BATCH_SIZE",
+        ),
         ({"seed": 2**64}, "2^63-1"),
     ],
 )

@@ -90,6 +90,39 @@ def test_create_persists_a_queued_run_and_the_dispatcher_starts_it(api, people) 
             {"pruning": {"granularity": "filter", "criterion": "bn_gamma", "sparsity": 0.5}},
             "pruning.criterion 'bn_gamma' needs BatchNorm layers",
         ),
+        (
+            {
+                "pruning": {
+                    "granularity": "filter",
+                    "criterion": "l1",
+                    "physical": True,
+                    "target": {"params": -5},
+                }
+            },
+            "pruning.target.params must be a number greater than 0",
+        ),
+        (
+            {
+                "pruning": {
+                    "granularity": "filter",
+                    "criterion": "l1",
+                    "physical": True,
+                    "target": {"params": 10**9},
+                }
+            },
+            "there is nothing to prune",
+        ),
+        (
+            {
+                "pruning": {
+                    "granularity": "filter",
+                    "criterion": "l1",
+                    "physical": True,
+                    "target": {"params": 3},
+                }
+            },
+            "pruning.target.params 3 cannot be reached",
+        ),
         ({"model_id": 999}, "model_id 999 does not exist"),
         ({"dataset_id": "mnist"}, "dataset_id 'mnist' does not exist"),
         ({"schedule": {"kind": "sometimes"}}, "schedule.kind 'sometimes' is not one of"),

@@ -5,6 +5,8 @@ change a run is :mod:`app.web.deps`'s (``may_create``, ``OwnedRunDep``).
 
 from __future__ import annotations
 
+import math
+
 from fastapi import HTTPException, Request
 from sqlmodel import Session
 
@@ -35,6 +37,27 @@ def _dataset_meta(session: Session, dataset_id: str) -> dict:
     return {"input_shape": record.input_shape, "n_classes": record.n_classes}
 
 
+def _check_budget(model: ModelRecord, target: dict | None) -> None:
+    """A parameter budget the model already meets, or that its unprunable layers exceed."""
+    if not target or "params" not in target or not model.n_params:
+        return
+    asked = target["params"]
+    if asked >= model.n_params:
+        raise invalid(
+            f"pruning.target.params {asked:,} is not below model_id {model.id}'s "
+            f"{model.n_params:,} parameters: there is nothing to prune"
+        )
+    rows = [r for r in model.layers or [] if r.get("prunable")]
+    prunable = sum(int(r.get("n_params") or 0) for r in rows)
+    one_unit = sum(math.prod((r.get("shape") or [0, 0])[1:]) for r in rows)  # one kept unit each
+    floor = model.n_params - prunable + one_unit if model.layers else 0
+    if asked <= floor:
+        raise invalid(
+            f"pruning.target.params {asked:,} cannot be reached: model_id {model.id} keeps at "
+            f"least {floor:,} parameters (its unprunable layers and one unit per layer)"
+        )
+
+
 def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
     want = data.get("input_shape")
     have = _shape(model.input_shape, want or [])
@@ -48,6 +71,7 @@ def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
             f"model_id {model.id} predicts {model.num_classes} classes but the "
             f"dataset has {data['n_classes']}"
         )
+    _check_budget(model, pruning.get("target"))
     if pruning.get("granularity") == "layer":
         _check_blocks(model, pruning)
     names = {layer.get("name") for layer in model.layers or []}

@@ -1,0 +1,46 @@
+"""The exported ``pruned.onnx`` timed against the original in ONNX Runtime.
+
+The worker (``results.store_files``) and ``prunelab run`` both call
+:func:`record_onnx_speedup` after ``export.write_run_files``, so a server run and a
+command-line run report the same ``final["speedup_onnx"]`` (``modelio.ort_latency``: batch 1
+and the large batch, interleaved, spreads kept; masks only: 1.0x). It runs only when the run
+timed latency (``result.original`` is set) and the ONNX export succeeded. The timing is extra:
+when it fails the run still succeeds, and the block holds the error instead of rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+PRUNED_ONNX = "pruned.onnx"
+
+
+def record_onnx_speedup(result: Any, out: Path, data: Any) -> None:
+    """Put ``speedup_onnx`` in ``result.final``; a measurably slower model adds a warning note."""
+    pruned_onnx = out / PRUNED_ONNX
+    if result.original is None or not pruned_onnx.is_file():
+        return
+    from app.modelio.ort_latency import onnx_latency
+    from app.pruning.speedup import slower_note
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="prunelab-ort-") as work:
+            timing = onnx_latency(
+                result.original.cpu(),
+                pruned_onnx,
+                data.sample_batch(1),
+                Path(work),
+                large_batch=int(result.final.get("batch") or 256),
+                masks_only=result.masks_only,
+            )
+    except Exception as exc:  # noqa: BLE001 - the timing is extra; the run still succeeds
+        log.warning("ONNX Runtime timing failed: %s", exc)
+        timing = {"runtime": "onnxruntime", "error": str(exc).splitlines()[0][:300], "rows": []}
+    result.final["speedup_onnx"] = timing
+    note = slower_note(timing, "ONNX Runtime")
+    if note is not None:
+        result.notes.append(note)

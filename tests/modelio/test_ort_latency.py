@@ -1,0 +1,38 @@
+"""The exported pruned.onnx timed against the original in ONNX Runtime, with spreads."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from app.modelio.ort_latency import export_onnx, onnx_latency
+from app.pruning.speedup import MASKS_ONLY_VERDICT, NO_SPEEDUP
+
+
+def _mlp(width: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
+
+
+def test_both_runtimes_rows_at_batch_one_and_the_large_batch(tmp_path) -> None:
+    x = torch.randn(4, 64)
+    pruned = export_onnx(_mlp(32), x, tmp_path / "pruned.onnx")
+    out = onnx_latency(_mlp(512), pruned, x, tmp_path, large_batch=32, budget_s=0.05)
+    assert out["runtime"] == "onnxruntime" and out["threads"] >= 1
+    assert [r["batch"] for r in out["rows"]] == [1, 32]
+    for row in out["rows"]:
+        assert row["dense"]["repeats"] >= 7 and row["pruned"]["median_ms"] > 0
+        assert row["dense"]["q1_ms"] <= row["dense"]["median_ms"] <= row["dense"]["q3_ms"]
+        assert row["speedup"] is None or row["speedup"] > 0
+        assert row["verdict"] == NO_SPEEDUP or row["verdict"].endswith(("faster", "slower"))
+    assert not (tmp_path / "original.onnx").exists()  # the original's export is temporary
+
+
+def test_a_masks_only_export_is_one_x_whatever_the_timer_saw(tmp_path) -> None:
+    x = torch.randn(4, 64)
+    pruned = export_onnx(_mlp(128), x, tmp_path / "pruned.onnx")
+    out = onnx_latency(
+        _mlp(128), pruned, x, tmp_path, large_batch=8, masks_only=True, budget_s=0.02
+    )
+    assert [r["speedup"] for r in out["rows"]] == [1.0, 1.0]
+    assert {r["verdict"] for r in out["rows"]} == {MASKS_ONLY_VERDICT}

@@ -1,0 +1,105 @@
+"""Honest latency: spread and threads recorded, interleaved comparison, no speed-up from masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.modelio.dataset_files import load_digits
+from app.pruning.data import ArrayDataset
+from app.pruning.latency import Timing, speedup, time_interleaved, time_models
+from app.pruning.measure import measure
+from app.pruning.pipeline import run_recipe
+from app.pruning.spec import Recipe
+from app.pruning.speedup import NO_SPEEDUP, latency_row, slower_note
+from app.zoo import build
+
+FAST = {"epochs": 1, "lr": 0.003, "optimizer": "adam", "batch_size": 64}
+
+
+def _recipe(pruning: dict) -> Recipe:
+    return Recipe.from_dict({"kind": "prune", "name": "t", "pruning": pruning, "finetune": FAST})
+
+
+def test_timing_records_median_quartiles_repeats_and_the_fixed_thread_count() -> None:
+    calls = [0, 0]
+
+    def a() -> None:
+        calls[0] += 1
+
+    def b() -> None:
+        calls[1] += 1
+
+    before = torch.get_num_threads()
+    t_a, t_b = time_interleaved([a, b], budget_s=0.02, threads=1)
+    assert torch.get_num_threads() == before  # restored
+    for t in (t_a, t_b):
+        assert t.threads == 1 and t.repeats >= 7
+        assert t.q1_ms <= t.median_ms <= t.q3_ms and t.iqr_ms >= 0
+    assert calls[0] > 2 and calls[1] > 2  # both were timed (warm-up + blocks)
+
+
+def test_overlapping_intervals_give_no_speed_up_number() -> None:
+    dense = Timing(10.0, 9.0, 11.0, 20, 1)
+    assert speedup(dense, Timing(9.5, 8.5, 10.5, 20, 1)) is None
+    row = latency_row(256, dense, Timing(9.5, 8.5, 10.5, 20, 1))
+    assert row["speedup"] is None and row["verdict"] == NO_SPEEDUP
+    faster = latency_row(256, dense, Timing(4.0, 3.8, 4.2, 20, 1))
+    assert faster["speedup"] == 2.5 and faster["verdict"] == "2.50x faster"
+    slower = latency_row(256, dense, Timing(20.0, 19.0, 21.0, 20, 1))
+    assert slower["verdict"] == "2.00x slower"
+    note = slower_note({"rows": [faster, slower]})
+    assert note is not None and note["level"] == "warning"
+    assert "slower than the original" in note["text"]
+    assert slower_note({"rows": [faster, row]}) is None
+
+
+def test_measure_stores_the_spread_and_threads_of_both_latencies() -> None:
+    x = np.random.default_rng(0).normal(size=(20, 6)).astype(np.float32)
+    data = ArrayDataset("toy", x, np.arange(20) % 2, x, np.arange(20) % 2, 2)
+    m = measure(nn.Linear(6, 2), data, large_batch=16, latency_budget_s=0.02)
+    assert m["latency_ms_iqr"] >= 0 and m["latency_ms_batch_iqr"] >= 0
+    assert m["latency_threads"] == torch.get_num_threads()
+    off = measure(nn.Linear(6, 2), data, latency=False)
+    assert off["latency_ms_iqr"] is None and off["latency_ms_batch_iqr"] is None
+
+
+def test_time_models_keeps_each_models_training_mode() -> None:
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4).eval()
+    time_models([a, b], torch.zeros(2, 4), budget_s=0.01)
+    assert a.training and not b.training
+
+
+def test_a_masks_only_run_shows_exactly_one_x_at_every_batch() -> None:
+    torch.manual_seed(0)
+    result = run_recipe(
+        _recipe({"granularity": "element", "criterion": "l1", "sparsity": 0.9}),
+        build("mlp"),
+        load_digits(),
+    )
+    rows = result.final["speedup"]["rows"]
+    assert result.masks_only and [r["speedup"] for r in rows] == [1.0, 1.0]
+    assert all("masks only" in r["verdict"] for r in rows)
+
+
+def test_a_physical_run_times_original_and_pruned_interleaved_with_spreads() -> None:
+    torch.manual_seed(0)
+    pruning = {
+        "granularity": "filter",
+        "criterion": "l1",
+        "sparsity": 0.5,
+        "physical": True,
+        "exclude": ["classifier"],
+    }
+    result = run_recipe(_recipe(pruning), build("cnn_small"), load_digits())
+    comparison = result.final["speedup"]
+    assert result.physical and comparison["runtime"] == "pytorch"
+    assert [r["batch"] for r in comparison["rows"]] == [1, result.final["batch"]]
+    for row in comparison["rows"]:
+        assert row["dense"]["repeats"] >= 7 and row["pruned"]["iqr_ms"] >= 0
+        assert row["dense"]["threads"] == comparison["threads"]
+        if row["speedup"] is None:
+            assert row["verdict"] == NO_SPEEDUP
+        else:
+            assert row["verdict"].endswith(("faster", "slower"))
