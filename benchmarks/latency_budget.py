@@ -20,8 +20,8 @@ import torch
 from app import zoo
 from app.modelio.dataset_files import load_digits
 from app.pruning.budget import pruned_copy
-from app.pruning.granularity import prunable_layers
 from app.pruning.latency import time_models
+from app.pruning.layers import prunable_layers
 from app.pruning.measure import batch_of
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import FinetuneSpec, PruningSpec, Recipe

@@ -30,7 +30,7 @@ import torch
 from app import zoo
 from app.modelio.dataset_files import load_digits
 from app.pruning.counts import count_flops
-from app.pruning.granularity import prunable_layers
+from app.pruning.layers import prunable_layers
 from app.pruning.measure import evaluate
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import FinetuneSpec, Recipe

@@ -169,7 +169,7 @@ def _pt2_layers(model: nn.Module) -> list[dict]:
 
 def removable_blocks(model: nn.Module) -> list[list[str]]:
     """The layers of each residual block granularity 'layer' can remove ([] when none)."""
-    from app.pruning.granularity import residual_blocks
+    from app.pruning.topology import residual_blocks
 
     try:
         return [list(block.layers) for block in residual_blocks(model)]

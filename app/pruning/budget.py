@@ -28,8 +28,8 @@ from torch import nn
 from app.pruning.budget_spec import describe
 from app.pruning.counts import count_flops
 from app.pruning.data import ArrayDataset
-from app.pruning.granularity import prunable_layers
 from app.pruning.latency import time_models
+from app.pruning.layers import prunable_layers
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import apply_masks
 from app.pruning.measure import batch_of, evaluate

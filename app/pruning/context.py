@@ -48,7 +48,8 @@ from app.pruning.spec import Recipe
 from app.pruning.structural.bn import recalibrate_bn
 from app.pruning.structural.remove import removal_blockers, zero_removed_units
 from app.pruning.targets import within_drop
-from app.pruning.train import BatchHook, EpochHook, fine_tune
+from app.pruning.train import fine_tune
+from app.pruning.train_state import BatchHook, EpochHook
 from app.zoo import reset_parameters
 
 BN_NOTE_KEY = "accuracy_before_bn_recalibration"

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from app.pruning.granularity import exported_kinds, prunable_layers
+from app.pruning.layers import exported_kinds, prunable_layers
 
 
 def _hookable(model: nn.Module) -> bool:
@@ -139,7 +139,7 @@ def layer_stats(
     """
     device = device_of(model)
     flops = _flops_by_layer(model, torch.zeros(1, *input_shape, device=device))
-    from app.pruning.granularity import layer_kinds
+    from app.pruning.layers import layer_kinds
 
     kinds = layer_kinds(model)
     rows = []

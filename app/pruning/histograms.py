@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.pruning.granularity import prunable_layers
+from app.pruning.layers import prunable_layers
 
 MAX_BINS = 64
 

@@ -26,8 +26,8 @@ from torch import nn
 
 from app.pruning.counts import count_flops, dense_size_bytes, sparse_size_bytes
 from app.pruning.data import ArrayDataset
-from app.pruning.granularity import prunable_layers
 from app.pruning.latency import latency_stats
+from app.pruning.layers import prunable_layers
 
 METRICS = (
     "accuracy",

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from app.pruning.criteria.context import CalibrationData
 from app.pruning.data import ArrayDataset
-from app.pruning.granularity import prunable_layers
+from app.pruning.layers import prunable_layers
 
 # Autograd nodes that only reshape or cast a weight before the layer's operation reads it.
 _WEIGHT_VIEWS = frozenset(
@@ -97,7 +97,7 @@ def output_layers(model: nn.Module, example: Tensor) -> set[str]:
         example: a real input batch.
 
     Returns:
-        Layer names as in :func:`~app.pruning.granularity.prunable_layers`; empty when the
+        Layer names as in :func:`~app.pruning.layers.prunable_layers`; empty when the
         forward pass records no graph.
     """
     layers = prunable_layers(model)

@@ -24,8 +24,8 @@ from torch import nn
 from app.catalogue import MASKS_ONLY_NOTE
 from app.pruning.checks import chance_note, sparsity_notes
 from app.pruning.context import RunContext
-from app.pruning.granularity import prunable_layers
 from app.pruning.histograms import histograms, prunable_weights
+from app.pruning.layers import prunable_layers
 from app.pruning.measure import batch_of
 from app.pruning.notes import Note, add_notes, info, warning
 from app.pruning.speedup import compare_latency, masks_only_latency, slower_note

@@ -21,7 +21,7 @@ import numpy as np
 from torch import nn
 
 from app.pruning.data import ArrayDataset
-from app.pruning.granularity import prunable_layers
+from app.pruning.layers import prunable_layers
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import apply_masks
 from app.pruning.measure import evaluate

@@ -4,7 +4,9 @@ The loop keeps pruned weights at zero through a :class:`~app.pruning.masks.keepe
 (``zero_grads()`` before the optimizer step, ``after_step()`` after it), checks
 ``should_stop()`` before every batch, reports one ``"metric"`` point per epoch and throttled
 ``"progress"`` events, and can stop early on test accuracy (restoring the best weights). One
-call's state is a :class:`TrainState`; the batch loop's fixed settings are a :class:`Loop`.
+call's state and its batch loop's settings are in :mod:`~app.pruning.train_state`, the epoch
+loop in :mod:`~app.pruning.train_loop`; this module runs the epochs, evaluates each and stops
+early.
 
 Example:
     >>> import numpy as np
@@ -20,135 +22,18 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch import nn
 
-from app.pruning.criteria.magnitude import bn_l1_penalty
 from app.pruning.data import ArrayDataset
 from app.pruning.masks.keeper import MaskKeeper
 from app.pruning.measure import evaluate
 from app.pruning.optim import lr_factor, make_optimizer
-from app.pruning.report import (
-    NEVER,
-    NULL_REPORT,
-    ProgressThrottle,
-    Report,
-    ShouldStop,
-    check_cancelled,
-)
+from app.pruning.report import NEVER, NULL_REPORT, ProgressThrottle, Report, ShouldStop
 from app.pruning.spec import FinetuneSpec
-
-# A hook called before each batch with (iteration, total_iterations); it may return a new
-# MaskKeeper (AGP recomputes masks during training) or None to keep the current one.
-BatchHook = Callable[[int, int], MaskKeeper | None]
-# Called after each epoch with (curve point, training state for ``fine_tune(resume=...)``).
-EpochHook = Callable[[dict, dict], None]
-
-
-@dataclass
-class TrainState:
-    """What one :func:`fine_tune` call changes as it goes.
-
-    ``it``/``epoch``: iterations and epochs done (a resumed call starts from the saved ones);
-    ``total``: iterations of the whole call, for the LR schedule; ``history``: the curve points;
-    ``best``: the best weights so far under early stopping (reset when the keeper changes).
-    """
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    base_lr: float
-    lr_schedule: str
-    keeper: MaskKeeper | None
-    total: int
-    it: int = 0
-    epoch: int = 0
-    history: list[dict] = field(default_factory=list)
-    best: dict[str, Tensor] | None = None
-    best_accuracy: float = -1.0
-    bad_epochs: int = 0
-
-    def set_lr(self) -> None:
-        """The LR of the current iteration, in every parameter group."""
-        lr = self.base_lr * lr_factor(self.lr_schedule, self.it, self.total)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    def training_state(self, loader: DataLoader) -> dict:
-        """What :func:`fine_tune` needs to continue after this epoch (its ``resume`` argument)."""
-        return {
-            "epoch": int(self.epoch),
-            "it": int(self.it),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": loader.generator.get_state(),
-            "rng": torch.get_rng_state(),
-        }
-
-    def resume_from(self, resume: dict, loader: DataLoader) -> None:
-        """Continue after a :meth:`training_state`: optimizer, data order, RNG and counters."""
-        self.optimizer.load_state_dict(resume["optimizer"])
-        loader.generator.set_state(resume["generator"].cpu())
-        torch.set_rng_state(resume["rng"].cpu())
-        self.it, self.epoch = int(resume["it"]), int(resume["epoch"])
-
-
-@dataclass
-class Loop:
-    """The fixed settings of one :func:`fine_tune` call's batch loop."""
-
-    loader: DataLoader
-    loss_fn: nn.Module
-    device: str
-    should_stop: ShouldStop
-    hook: BatchHook | None
-    bn_l1: float
-    tick: ProgressThrottle
-    span: tuple[float, float]
-    message: str
-
-    def progress(self, state: TrainState) -> None:
-        lo, hi = self.span
-        self.tick(lo + (hi - lo) * state.it / state.total, self.message)
-
-
-def _batch(state: TrainState, loop: Loop, x: Tensor, y: Tensor) -> float:
-    """One optimizer step on ``(x, y)`` with the masks kept; returns the summed batch loss."""
-    model, opt = state.model, state.optimizer
-    x, y = x.to(loop.device), y.to(loop.device)
-    opt.zero_grad(set_to_none=True)
-    loss = loop.loss_fn(model(x), y)
-    if loop.bn_l1 > 0:
-        penalty = bn_l1_penalty(model, loop.bn_l1).to(next(model.parameters()).device)
-        (loss + penalty).backward()
-    else:
-        loss.backward()
-    if state.keeper is not None:
-        state.keeper.zero_grads()
-    opt.step()
-    if state.keeper is not None:
-        state.keeper.after_step(opt)
-    return float(loss.detach()) * len(y)
-
-
-def _train_epoch(state: TrainState, loop: Loop) -> float:
-    """One pass over the loader; returns the mean training loss."""
-    state.model.train()
-    total_loss, n_seen = 0.0, 0
-    for x, y in loop.loader:
-        check_cancelled(loop.should_stop)
-        if loop.hook is not None:
-            new_keeper = loop.hook(state.it, state.total)
-            if new_keeper is not None:
-                state.keeper, state.best = new_keeper, None
-        state.set_lr()
-        total_loss += _batch(state, loop, x, y)
-        n_seen += len(y)
-        state.it += 1
-        loop.progress(state)
-    return total_loss / max(n_seen, 1)
+from app.pruning.train_loop import train_epoch
+from app.pruning.train_state import BatchHook, EpochHook, Loop, TrainState
 
 
 def _epoch_point(state: TrainState, data: ArrayDataset, loop: Loop, step: int, loss: float) -> dict:
@@ -262,7 +147,7 @@ def fine_tune(
         f"step {step}: training" if step else "training",
     )
     for epoch in range(state.epoch + 1, n_epochs + 1):
-        train_loss = _train_epoch(state, loop)
+        train_loss = train_epoch(state, loop)
         state.epoch = epoch
         point = _epoch_point(state, data, loop, step, train_loss)
         state.history.append(point)

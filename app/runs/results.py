@@ -146,7 +146,7 @@ def module_record_fields(
 ) -> dict:
     """The ``ModelRecord`` columns of a module saved at ``path`` under ``key``; ``layers`` lists
     every module holding parameters, as the upload preflight does (BatchNorm included)."""
-    from app.pruning.granularity import layer_kinds, prunable_layers
+    from app.pruning.layers import layer_kinds, prunable_layers
 
     prunable, kinds = prunable_layers(module), layer_kinds(module)
     layers = []

@@ -8,9 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from app.pruning.granularity import following_bn, prunable_layers, residual_blocks, unit_view
+from app.pruning.granularity import unit_view
+from app.pruning.layers import prunable_layers
 from app.pruning.masks.compute import compute_masks
 from app.pruning.spec import PruningSpec
+from app.pruning.topology import following_bn, residual_blocks
 from tests.pruning.conftest import TinyResNet, make_cnn
 
 FAST = settings(max_examples=25, deadline=None)

@@ -11,7 +11,7 @@ from app.pruning.criteria import CRITERIA
 from app.pruning.criteria.magnitude import bn_l1_penalty
 from app.pruning.criteria.reconstruction import reconstruct_next_layer
 from app.pruning.data import ArrayDataset
-from app.pruning.granularity import prunable_layers
+from app.pruning.layers import prunable_layers
 from app.pruning.masks.compute import compute_masks
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import PruningSpec, Recipe

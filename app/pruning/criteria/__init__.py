@@ -8,7 +8,7 @@ Policy only: :mod:`app.pruning.masks` turns scores into masks.
 
 Example:
     >>> from torch import nn
-    >>> from app.pruning.granularity import prunable_layers
+    >>> from app.pruning.layers import prunable_layers
     >>> model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
     >>> scores = CRITERIA["l1"].score(model, {"0": model[0]}, "filter")
     >>> scores["0"].shape   # one score per output channel

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.pruning.data import ArrayDataset
-from app.pruning.granularity import UnitView, is_transposed, unit_view
+from app.pruning.granularity import UnitView, unit_view
+from app.pruning.layers import is_transposed
 
 Scores = dict[str, Tensor]
 """layer name -> one score per unit (higher = more important)."""

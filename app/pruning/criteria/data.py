@@ -23,7 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from app.pruning.criteria.context import ScoreContext, Scores, forward_hooked, weight_grads
-from app.pruning.granularity import canonical, following_bn, is_transposed
+from app.pruning.granularity import canonical
+from app.pruning.layers import is_transposed
+from app.pruning.topology import following_bn
 
 
 def taylor(ctx: ScoreContext) -> Scores:

@@ -24,7 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from app.pruning.criteria.context import ScoreContext, Scores
-from app.pruning.granularity import canonical, following_bn, is_transposed
+from app.pruning.granularity import canonical
+from app.pruning.layers import is_transposed
+from app.pruning.topology import following_bn
 
 
 def no_bn_error(criterion: str) -> ValueError:

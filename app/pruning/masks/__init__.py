@@ -7,6 +7,7 @@ Masks are bool tensors shaped like each layer's weight, True = kept (as in
 * :mod:`~app.pruning.masks.plan`: ``MaskPlan``, the outcome of one step;
 * :mod:`~app.pruning.masks.select` and :mod:`~app.pruning.masks.ranking`: choosing units from
   their scores (global or layer-wise, sparsity, threshold, N:M);
+* :mod:`~app.pruning.masks.rows`: cuts inside each output row (N:M groups, Wanda per row);
 * :mod:`~app.pruning.masks.coupled`: ``Coupling``, coupled layers ranked as one group;
 * :mod:`~app.pruning.masks.keeper`: ``apply_masks`` and ``MaskKeeper`` (training with masks).
 """

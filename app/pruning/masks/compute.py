@@ -36,21 +36,15 @@ from app.catalogue import CHANNEL_LEVELS
 from app.pruning.criteria import CRITERIA
 from app.pruning.criteria.context import CalibrationData
 from app.pruning.criteria.magnitude import no_bn_error
-from app.pruning.granularity import (
-    Block,
-    canonical,
-    check_layer,
-    following_bn,
-    is_transposed,
-    prunable_layers,
-    residual_blocks,
-)
+from app.pruning.granularity import canonical, check_layer
+from app.pruning.layers import is_transposed, prunable_layers
 from app.pruning.masks.plan import MaskPlan
 from app.pruning.masks.select import MAGNITUDE, Selection
 from app.pruning.notes import Note, info, warning
 from app.pruning.outputs import example_input, output_layers
 from app.pruning.spec import PruningSpec
 from app.pruning.structural.coupling import Coupled, coupled_layers
+from app.pruning.topology import Block, following_bn, residual_blocks
 
 
 def _layer_error(

@@ -2,7 +2,8 @@
 
 :class:`Selection` holds one step's working state (scores, units forced by earlier masks, the
 chosen units) and builds the :class:`~app.pruning.masks.plan.MaskPlan`;
-:mod:`~app.pruning.masks.ranking` does the exact k-lowest selection a global ranking needs.
+:mod:`~app.pruning.masks.ranking` does the exact k-lowest selection a global ranking needs;
+:mod:`~app.pruning.masks.rows` the cuts inside each output row (N:M, Wanda per row).
 
 Example:
     >>> from torch import nn
@@ -23,17 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from app.catalogue import CHANNEL_LEVELS
-from app.pruning.granularity import (
-    canonical,
-    following_bn,
-    is_transposed,
-    nm_dense_reason,
-    nm_mask,
-    unit_view,
-)
+from app.pruning.granularity import canonical, unit_view
+from app.pruning.layers import is_transposed
 from app.pruning.masks.coupled import Coupling
-from app.pruning.masks.plan import NEVER_EMPTY_NOTE, MaskPlan
+from app.pruning.masks.plan import NEVER_EMPTY_NOTE, MaskPlan, filter_extras
 from app.pruning.masks.ranking import count_true, global_lowest, global_lowest_abs, invert
+from app.pruning.masks.rows import nm_pruned, row_note, row_pruned
 from app.pruning.notes import Note, info, warning
 from app.pruning.spec import PruningSpec
 from app.pruning.structural.coupling import Coupled
@@ -96,17 +92,12 @@ class Selection:
 
     def select_nm(self) -> None:
         """N:M along the reduction dimension; layers it cannot cut stay dense, with a note."""
-        n_keep, m = self.spec.nm
         for n, layer in self.layers.items():
-            reason = nm_dense_reason(layer, m)
-            if reason is not None:
-                self.pruned[n] = torch.zeros(self.scores[n].shape, dtype=torch.bool)
-                self.requested[n] = 0.0
-                self.notes.append(f"'{n}' left dense by {n_keep}:{m} sparsity: {reason}")
-                continue
-            keep = nm_mask(self._ranking(n), n_keep, m, transposed=is_transposed(layer))
-            self.pruned[n] = ~keep
-            self.requested[n] = 1.0 - n_keep / m
+            self.pruned[n], self.requested[n], dense = nm_pruned(
+                n, layer, self._ranking(n), self.spec.nm
+            )
+            if dense is not None:
+                self.notes.append(dense)
 
     def select_threshold(self, t: float) -> None:
         for n in self.ranked:
@@ -159,24 +150,13 @@ class Selection:
         return (spec.criterion, spec.granularity, spec.wanda_group) == ("wanda", "element", "row")
 
     def _select_rows(self, local: dict[str, float]) -> None:
-        """Wanda as published: prune the lowest ``round(s * row length)`` scores of every output
-        row (each layer at its own target ``s``); earlier masks stay pruned."""
+        """Wanda as published: every output row loses its lowest share (each layer at its own
+        target); earlier masks stay pruned."""
         for n, layer in self.layers.items():
             self.requested[n] = local[n]
-            rank = canonical(self._ranking(n), is_transposed(layer))
-            rows = rank.reshape(rank.shape[0], -1)
-            k = round(local[n] * rows.shape[1])
-            pruned = torch.zeros(rows.shape, dtype=torch.bool)
-            pruned.scatter_(1, rows.sort(dim=1, stable=True).indices[:, :k], True)
-            pruned = canonical(pruned.reshape(rank.shape), is_transposed(layer)).contiguous()
+            pruned = row_pruned(self._ranking(n), local[n], transposed=is_transposed(layer))
             self.pruned[n] = pruned | self.forced[n] if n in self.forced else pruned
-        glob = self.spec.scope == "global"
-        scope = "; scope 'global' ranks nothing across layers here" if glob else ""
-        self.notes.append(
-            "wanda compared weights within each output row (pruning.wanda_group 'row', as "
-            f"published): every row of a layer keeps the same share{scope}; "
-            "wanda_group 'layer' ranks each layer as a whole"
-        )
+        self.notes.append(row_note(self.spec.scope == "global"))
         self._never_empty()
 
     def _select_global(self, names: list[str], target: float) -> None:
@@ -303,19 +283,3 @@ class Selection:
             self.spec.granularity,
             self.coupling.members(),
         )
-
-
-def filter_extras(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Bias entries and the following BN's gamma/beta of every fully pruned filter."""
-    modules, bns, extra = dict(model.named_modules()), following_bn(model), {}
-    for n, keep in masks.items():
-        layer = modules[n]
-        rows = keep.transpose(0, 1) if is_transposed(layer) else keep
-        alive = rows.flatten(1).any(dim=1)
-        if bool(alive.all()):
-            continue
-        if getattr(layer, "bias", None) is not None:
-            extra[f"{n}.bias"] = alive.clone()
-        if n in bns:
-            extra[f"{bns[n]}.weight"], extra[f"{bns[n]}.bias"] = alive.clone(), alive.clone()
-    return extra

@@ -32,8 +32,8 @@ import os
 import torch
 from torch import Tensor, nn
 
-from app.pruning.granularity import residual_blocks
 from app.pruning.structural.graph import eval_mode
+from app.pruning.topology import residual_blocks
 
 TOLERANCE = 1e-4
 
