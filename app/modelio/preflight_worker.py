@@ -16,7 +16,10 @@ import torch
 from torch import nn
 
 from app.errors import Invalid, LabError
+from app.modelio.batches import check_batch_of_two, check_fixed_batch
 from app.modelio.load import LoadedModel, load_model, set_eval
+from app.modelio.signature import example_input
+from app.modelio.weights import hidden_weights, seen_warning
 
 PRUNABLE_KINDS = {"Conv1d", "Conv2d", "Linear"}
 # module types Torch-Pruning knows how to cut; other leaf modules with weights block removal
@@ -45,6 +48,7 @@ def inspect_model(request: dict) -> dict:
         arch=request.get("arch"),
         num_classes=request.get("num_classes"),
         input_shape=tuple(shape) if shape else None,
+        input_dtype=request.get("input_dtype"),
     )
     if loaded.input_shape is None:
         raise Invalid(
@@ -53,9 +57,11 @@ def inspect_model(request: dict) -> dict:
         )
     model = loaded.module
     set_eval(model)
-    x = torch.zeros(loaded.example_batch, *loaded.input_shape)
+    check_fixed_batch(loaded)
+    x = example_input(loaded.input_shape, loaded.input_dtype)
     order: list[str] = []
     out = _forward(model, x, loaded, order)
+    check_batch_of_two(model, loaded)
     n_classes = int(out.shape[-1]) if out.dim() >= 2 else None
     expected = request.get("num_classes")
     if expected and n_classes != int(expected):
@@ -63,7 +69,13 @@ def inspect_model(request: dict) -> dict:
     layers = list_layers(model, loaded.format)
     n_params = sum(p.numel() for p in model.parameters())
     prunable = sum(layer["n_params"] for layer in layers if layer["prunable"])
-    warnings = list(loaded.notes)
+    if not prunable:
+        raise Invalid(
+            "the lab sees no weights it can prune in this model (no Conv or Linear layer holds "
+            "parameters); export it so its layers keep their weights as parameters"
+        )
+    hidden = hidden_weights(model)
+    warnings = list(loaded.notes) + seen_warning(n_params, hidden)
     groups: list[list[str]] = []
     if loaded.rebuildable:
         output_layer = order[-1] if order else None
@@ -74,11 +86,13 @@ def inspect_model(request: dict) -> dict:
         "format": loaded.format,
         "arch": loaded.arch,
         "input_shape": list(loaded.input_shape),
+        "input_dtype": loaded.input_dtype,
         "output_shape": list(out.shape[1:]),
         "num_classes": n_classes,
         "n_params": int(n_params),
         "layers": layers,
         "prunable_fraction": round(prunable / n_params, 6) if n_params else 0.0,
+        "weights_seen_fraction": round(n_params / (n_params + sum(hidden.values())), 6),
         "groups": groups,
         "structured_ok": bool(loaded.rebuildable and groups),
         "rebuildable": loaded.rebuildable,

@@ -1,0 +1,40 @@
+"""Weights the lab cannot see: float tensors a converted model holds as buffers, not parameters.
+
+Parameters are what the engine lists, prunes, fine-tunes and counts. A float buffer that is
+not a normalisation statistic (``running_mean``/``running_var``) is a weight the converter kept
+as a constant; the upload warns when these are 10% or more of the model's float weights.
+
+Example:
+    >>> seen_warning(810, hidden_weights(vit))
+    ['the lab sees 810 of 18,218 float weights (4%) ...']
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+SEEN_MIN_FRACTION = 0.9
+_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def hidden_weights(model: nn.Module) -> dict[str, int]:
+    """``{buffer name: size}`` of float buffers that are weights rather than statistics."""
+    return {
+        name: int(buf.numel())
+        for name, buf in model.named_buffers()
+        if buf.is_floating_point() and buf.dim() >= 1 and not name.endswith(_STATISTICS)
+    }
+
+
+def seen_warning(n_params: int, hidden: dict[str, int]) -> list[str]:
+    """One warning naming the largest hidden weights when the lab sees under 90% of them."""
+    total = n_params + sum(hidden.values())
+    if not total or n_params >= SEEN_MIN_FRACTION * total:
+        return []
+    largest = sorted(hidden.items(), key=lambda kv: -kv[1])[:5]
+    names = ", ".join(f"{name} ({size:,})" for name, size in largest)
+    return [
+        f"the lab sees {n_params:,} of {total:,} float weights ({n_params / total:.0%}); it "
+        f"cannot list, prune or fine-tune the constants the file holds instead, largest first: "
+        f"{names}"
+    ]
