@@ -34,7 +34,10 @@ def _check_schema(settings: Settings) -> None:
         tables = set(inspect(engine).get_table_names())
         assert tables >= EXPECTED_TABLES
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            assert (
+                conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                == "i12_input_dtype"
+            )
     finally:
         engine.dispose()
 

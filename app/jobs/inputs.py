@@ -44,8 +44,9 @@ def load_dataset(session: Session, artifacts: ArtifactStore, dataset_id: str, tm
 
 def load_model_for(
     session: Session, artifacts: ArtifactStore, run: Run, data: Any, tmp: Path
-) -> tuple[Any, bool, str | None]:
-    """``(module, rebuildable, arch)`` of the run's model, or a fresh zoo model for ``arch``."""
+) -> tuple[Any, bool, str | None, list[str]]:
+    """``(module, rebuildable, arch, notes)`` of the run's model, or a fresh zoo model for
+    ``arch``; the notes say what fine-tuning cannot change (BatchNorm frozen in a trace)."""
     from app import zoo
 
     arch = (run.recipe or {}).get("arch")
@@ -53,7 +54,7 @@ def load_model_for(
         if not arch:
             raise ValueError("model_id is missing: give a model, or an arch for a train run")
         module = zoo.build(arch, num_classes=data.n_classes, input_shape=data.input_shape)
-        return module, True, arch
+        return module, True, arch, []
     from app.modelio.load import load_model
 
     record = session.get(ModelRecord, run.model_id)
@@ -62,14 +63,16 @@ def load_model_for(
     shape = tuple(record.input_shape) if record.input_shape else data.input_shape
     if len(shape) == len(data.input_shape) + 1:
         shape = shape[1:]
+    # the model's own input dtype: an int64 (token ids) module rounds float batches to ids
     loaded = load_model(
         fetch(artifacts, record.storage_key, tmp),
         record.format,
         arch=record.arch,
         num_classes=record.num_classes or data.n_classes,
         input_shape=shape,
+        input_dtype=record.input_dtype,
     )
-    return loaded.module, bool(loaded.rebuildable), record.arch or loaded.arch
+    return loaded.module, bool(loaded.rebuildable), record.arch or loaded.arch, loaded.train_notes
 
 
 def build_recipe(body: dict) -> Any:

@@ -197,7 +197,7 @@ def _run_attempt(
         run = store.require_run(s, run_id=run_id)
         recipe = build_recipe(run.recipe or {})
         data = load_dataset(s, artifacts, run.dataset_id, tmp)
-        model, rebuildable, arch = load_model_for(s, artifacts, run, data, tmp)
+        model, rebuildable, arch, model_notes = load_model_for(s, artifacts, run, data, tmp)
         attempt = run.attempt
     ckpt_dir, resumed = _checkpoint_dir(artifacts, run_id, attempt, tmp)
     syncer = CheckpointSync(artifacts, run_id, ckpt_dir / "checkpoint.pt")
@@ -222,6 +222,7 @@ def _run_attempt(
         )
     finally:
         syncer.sync()  # a stopped attempt leaves its last completed step for resume
+    result.notes.extend(model_notes)  # e.g. BatchNorm frozen in a TorchScript trace
     _save_success(engine, settings, artifacts, run_id, recipe, result, data, arch, tmp)
 
 

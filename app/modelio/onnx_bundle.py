@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -81,8 +82,11 @@ def _check_location(tensor, base: Path, root: Path) -> None:
         )
 
 
-def bundle_files(parts: list[tuple[str, Path]], dest: Path) -> Path:
+def bundle_files(parts: list[tuple[str, Path]], dest: Path) -> tuple[Path, str]:
     """Zip an ``.onnx`` part and its data part(s) (``[(filename, path)]``) into ``dest``.
+
+    Returns:
+        ``(dest, sha256 of dest)``; the same files always make the same bytes.
 
     Raises:
         BadRequest: no ``.onnx`` part, or two parts with the same name.
@@ -102,4 +106,8 @@ def bundle_files(parts: list[tuple[str, Path]], dest: Path) -> Path:
             with src.open("rb") as fh, zf.open(info, "w", force_zip64=True) as out:
                 while chunk := fh.read(1024 * 1024):
                     out.write(chunk)
-    return dest
+    digest = hashlib.sha256()
+    with dest.open("rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return dest, digest.hexdigest()

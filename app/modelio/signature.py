@@ -25,16 +25,6 @@ DTYPES = {"float32": torch.float32, "int64": torch.int64}
 _ONNX_DTYPES = {1: "float32", 10: "float32", 11: "float32", 16: "float32", 6: "int64", 7: "int64"}
 
 
-def check_dtype(name: str | None) -> str | None:
-    """``None`` or a known dtype name; anything else is a 422 naming the choices."""
-    if name is None or not name.strip():
-        return None
-    name = name.strip().lower()
-    if name not in DTYPES:
-        raise Invalid(f"input_dtype must be float32 or int64 (token ids); got {name!r}")
-    return name
-
-
 def sample_shape(given: Shape | None, rank: int | None) -> Shape | None:
     """One sample's shape from what the user gave, using the file's input ``rank`` if known.
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +24,7 @@ from app.config import Settings
 from app.errors import Invalid
 from app.jobs.artifacts import ArtifactStore, content_disposition
 from app.modelio.detect import check_code_format_allowed, detect_format
+from app.modelio.onnx_bundle import bundle_files
 from app.modelio.preflight import run_preflight
 from app.models import ModelRecord, User
 from app.web.deps import CurrentUser, SessionDep, SettingsDep
@@ -39,6 +42,7 @@ EXTENSIONS = {
     "torchscript": "pt",
     "pt2": "pt2",
 }
+INPUT_DTYPES = ("float32", "int64")
 
 
 class LayerInfo(BaseModel):
@@ -55,6 +59,7 @@ class ModelPublic(BaseModel):
     format: str
     arch: str | None
     input_shape: list[int] | None
+    input_dtype: str
     num_classes: int | None
     n_params: int
     size_bytes: int
@@ -106,6 +111,18 @@ def parse_shape(text: str | None) -> list[int] | None:
     return shape
 
 
+def parse_dtype(text: str | None) -> str | None:
+    if text is None or not text.strip():
+        return None
+    if text.strip().lower() not in INPUT_DTYPES:
+        raise Invalid(f"input_dtype must be float32 or int64 (token ids); got {text!r}")
+    return text.strip().lower()
+
+
+def _storage_ext(fmt: str, path: Path) -> str:
+    return "zip" if fmt == "onnx" and zipfile.is_zipfile(path) else EXTENSIONS[fmt]
+
+
 def _accept(
     settings: Settings,
     session,
@@ -117,6 +134,7 @@ def _accept(
     arch: str | None,
     input_shape: list[int] | None,
     num_classes: int | None,
+    input_dtype: str | None = None,
 ) -> tuple[ModelRecord, bool]:
     """Detect, check policy, preflight, then move the file into place and add the row."""
     existing = store.model_by_sha(session, sha256=sha)
@@ -136,11 +154,12 @@ def _accept(
             fmt,
             arch=arch,
             input_shape=input_shape,
+            input_dtype=input_dtype,
             num_classes=num_classes,
             timeout_s=settings.preflight_timeout_s,
             memory_mb=settings.preflight_memory_mb,
         )
-    key = f"models/{sha}.{EXTENSIONS[fmt]}"
+    key = f"models/{sha}.{_storage_ext(fmt, path)}"
     artifacts = ArtifactStore(settings.artifacts)
     artifacts.put_file(path, key)
     try:
@@ -150,6 +169,7 @@ def _accept(
             format=fmt,
             arch=arch,
             input_shape=report.get("input_shape"),
+            input_dtype=report.get("input_dtype") or "float32",
             num_classes=report.get("num_classes"),
             n_params=int(report.get("n_params", 0)),
             size_bytes=path.stat().st_size,
@@ -177,30 +197,42 @@ def _accept(
 async def upload_model(
     request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ):
-    """Upload a model file (multipart: ``file``, ``name``, ``arch``, ``input_shape``, ``num_classes``)."""
+    """Upload a model file (multipart: ``file``, ``name``, ``arch``, ``input_shape``,
+    ``input_dtype``, ``num_classes``; an ONNX model's data file may come as a second ``file``
+    or a ``data`` part)."""
     _require_writer(user)
     upload: Upload = await receive_upload(
-        request, tmp_dir=tmp_dir(settings), max_bytes=settings.max_upload_mb * 1024 * 1024
+        request,
+        tmp_dir=tmp_dir(settings),
+        max_bytes=settings.max_upload_mb * 1024 * 1024,
+        max_extra=4,
     )
+    work = Path(tempfile.mkdtemp(dir=tmp_dir(settings)))
     try:
         f = upload.fields
         num_classes = f.get("num_classes")
         if num_classes is not None and not num_classes.strip().isdigit():
             raise Invalid(f"num_classes must be a positive integer; got {num_classes!r}")
+        path, sha = (upload.path, upload.sha256)
+        if upload.extra:  # an ONNX model and its data file(s) as separate parts
+            parts = [(upload.filename or "", upload.path), *upload.extra]
+            path, sha = bundle_files(parts, work / "bundle.zip")
         row, created = await run_in_threadpool(
             _accept,
             settings,
             session,
             user,
-            upload.path,
-            upload.sha256,
+            path,
+            sha,
             name=(f.get("name") or Path(upload.filename or "model").stem)[:200],
             arch=(f.get("arch") or None),
             input_shape=parse_shape(f.get("input_shape")),
             num_classes=int(num_classes) if num_classes else None,
+            input_dtype=parse_dtype(f.get("input_dtype")),
         )
     finally:
         upload.discard()
+        shutil.rmtree(work, ignore_errors=True)
     body = to_public(row)
     return body if created else JSONResponse(body.model_dump(mode="json"), status_code=200)
 
