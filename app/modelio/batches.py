@@ -23,7 +23,9 @@ EXPORT_HINTS = {
     "onnx": (
         'export it with a dynamic batch: torch.onnx.export(model, (example,), "model.onnx", '
         'input_names=["input"], output_names=["output"], dynamic_axes={"input": {0: "batch"}, '
-        '"output": {0: "batch"}}, dynamo=False, opset_version=17)'
+        '"output": {0: "batch"}}, dynamo=False, opset_version=17), or with the default '
+        "dynamo exporter from an example batch of 2: "
+        'dynamic_shapes=({0: torch.export.Dim("batch")},)'
     ),
     "pt2": (
         "export it with a dynamic batch from an example batch of 2 or more: "

@@ -100,7 +100,7 @@ def load_model(
         from app.modelio.pt2 import load_pt2
 
         loaded = load_pt2(Path(path), shape, input_dtype)
-    cast_inputs(loaded.module, loaded.input_dtype)
+    loaded.module = cast_inputs(loaded.module, loaded.input_dtype)
     return loaded
 
 

@@ -139,11 +139,14 @@ def convert_onnx(path: Path):
     """
     from app.modelio.onnx_batch import batch_agnostic
     from app.modelio.onnx_linear import expose_weights
+    from app.modelio.onnx_ops import decompose_new_ops
 
     with tempfile.TemporaryDirectory(prefix="prunelab-onnx-") as work:
         model = load_onnx(path, Path(work))
     model, _ = batch_agnostic(model)
+    _inline_identities(model)
     opset = model_opset(model)
+    decompose_new_ops(model)
     if opset > TARGET_OPSET:
         model = _down_convert(model, opset)
         opset = TARGET_OPSET
@@ -171,6 +174,28 @@ def _down_convert(model, opset: int):
             f"{TARGET_OPSET} ({_short(exc)}); export it with torch.onnx.export(..., dynamo=False, "
             f"opset_version={TARGET_OPSET}, external_data=False)"
         ) from exc
+
+
+def _inline_identities(model) -> None:
+    """Give each ``Identity(initializer)`` output its own copy of the tensor.
+
+    The legacy exporter stores equal weights (e.g. zero biases) once and hands them out through
+    ``Identity`` nodes; onnx2torch then sees a computed value where it needs a constant
+    (``Conv``, ``Gemm``) and the weights cannot become separate layers.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in inits:
+            copy = model.graph.initializer.add()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            inits[copy.name] = copy
+        else:
+            keep.append(node)
+    if len(keep) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
 
 
 def _relax_reshape_allowzero(model) -> None:

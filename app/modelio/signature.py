@@ -89,19 +89,32 @@ def example_input(shape: Shape, dtype: str, *, batch: int = 1) -> torch.Tensor:
     return torch.randn(batch, *shape, generator=gen)
 
 
-def cast_inputs(module: nn.Module, dtype: str) -> None:
-    """Make ``module`` accept float batches (datasets, FLOPs probes) for an ``int64`` input.
+class IdsInput(nn.Module):
+    """A TorchScript module (which refuses hooks) behind a forward that rounds floats to ids."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(_ids(x))
+
+
+def _ids(x: object) -> object:
+    return x.round().long() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+def cast_inputs(module: nn.Module, dtype: str) -> nn.Module:
+    """``module``, made to accept float batches (datasets, FLOPs probes) for an ``int64`` input.
 
     A forward pre-hook rounds float tensors to int64 before anything else sees them (it runs
-    before a ``.pt2`` program's own input checks). Nothing changes for ``float32``.
+    before a ``.pt2`` program's own input checks); a TorchScript module, which refuses hooks,
+    is wrapped in :class:`IdsInput` (its layers are then named ``model.<name>``). Nothing
+    changes for ``float32``.
     """
     if dtype != "int64":
-        return
-
-    def to_ids(_module: nn.Module, args: tuple) -> tuple:
-        return tuple(
-            a.round().long() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-            for a in args
-        )
-
-    module.register_forward_pre_hook(to_ids, prepend=True)
+        return module
+    if isinstance(module, torch.jit.ScriptModule):
+        return IdsInput(module)
+    module.register_forward_pre_hook(lambda _m, args: tuple(_ids(a) for a in args), prepend=True)
+    return module
