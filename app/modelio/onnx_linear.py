@@ -13,19 +13,24 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import fx, nn
+
+from app.modelio.weights import digest
 
 
 def expose_weights(gm: fx.GraphModule) -> fx.GraphModule:
     """Rewrite constant-weight MatMul(+Add) to ``nn.Linear`` and Gather to ``nn.Embedding``."""
     changed = False
+    shared = _tied(gm)
     for node in list(gm.graph.nodes):
         kind = _kind(gm, node)
         if kind == "OnnxMatMul":
-            changed |= _to_linear(gm, node)
+            changed |= _to_linear(gm, node, shared)
         elif kind == "OnnxGather":
-            changed |= _to_embedding(gm, node)
+            changed |= _to_embedding(gm, node, shared)
     if changed:
         gm.graph.eliminate_dead_code()
         _drop_unused_constants(gm)
@@ -34,15 +39,37 @@ def expose_weights(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
+def _tied(gm: fx.GraphModule) -> set[str]:
+    """Targets of constants read more than once or equal to another constant.
+
+    onnx2torch gives every use of an ONNX initializer its own buffer, so a weight the file
+    shares (tied embeddings, one matrix used twice) shows up as equal copies; those stay
+    constants: as separate layers they would be counted twice and drift apart in training.
+    """
+    reads = Counter(str(n.target) for n in gm.graph.nodes if n.op == "get_attr")
+    shared = {target for target, n in reads.items() if n > 1}
+    groups: dict[tuple, list[str]] = {}
+    for target in reads:
+        value = _fetch(gm, target)
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == 2:
+            key = (tuple(value.shape), digest(value))
+            groups.setdefault(key, []).append(target)
+    shared.update(t for targets in groups.values() if len(targets) > 1 for t in targets)
+    return shared
+
+
 def _kind(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op != "call_module":
         return ""
     return type(gm.get_submodule(str(node.target))).__name__
 
 
-def _constant(gm: fx.GraphModule, node: object, dims: int) -> torch.Tensor | None:
-    """The float tensor a ``get_attr`` node reads, when only one node uses it."""
+def _constant(gm: fx.GraphModule, node: object, dims: int, shared: set[str]) -> torch.Tensor | None:
+    """The float tensor a ``get_attr`` node reads, when nothing else reads it (a weight used
+    twice, e.g. tied embeddings, stays one constant rather than becoming two layers)."""
     if not isinstance(node, fx.Node) or node.op != "get_attr" or len(node.users) != 1:
+        return None
+    if str(node.target) in shared:
         return None
     value = _fetch(gm, str(node.target))
     ok = isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == dims
@@ -62,14 +89,14 @@ def _new_name(gm: fx.GraphModule, target: str, old: str, new: str) -> str:
     return name
 
 
-def _to_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
+def _to_linear(gm: fx.GraphModule, node: fx.Node, shared: set[str]) -> bool:
     if len(node.args) != 2:
         return False
     x, w_node = node.args
-    weight = _constant(gm, w_node, 2)
+    weight = _constant(gm, w_node, 2, shared)
     if weight is None:
         return False
-    bias, add = _bias_of(gm, node, weight.shape[1])
+    bias, add = _bias_of(gm, node, weight.shape[1], shared)
     linear = nn.Linear(weight.shape[0], weight.shape[1], bias=bias is not None)
     with torch.no_grad():
         linear.weight.copy_(weight.t())
@@ -84,7 +111,7 @@ def _to_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
     return True
 
 
-def _bias_of(gm: fx.GraphModule, node: fx.Node, width: int):
+def _bias_of(gm: fx.GraphModule, node: fx.Node, width: int, shared: set[str]):
     """``(bias, add_node)`` when the MatMul's only user adds a constant vector of ``width``."""
     if len(node.users) != 1:
         return None, None
@@ -95,18 +122,18 @@ def _bias_of(gm: fx.GraphModule, node: fx.Node, width: int):
     if mod.math_op_function is not torch.add or getattr(mod, "broadcast", None) == 1:
         return None, None
     other = add.args[0] if add.args[1] is node else add.args[1]
-    bias = _constant(gm, other, 1)
+    bias = _constant(gm, other, 1, shared)
     if bias is None or bias.shape[0] != width:
         return None, None
     return bias, add
 
 
-def _to_embedding(gm: fx.GraphModule, node: fx.Node) -> bool:
+def _to_embedding(gm: fx.GraphModule, node: fx.Node, shared: set[str]) -> bool:
     mod = gm.get_submodule(str(node.target))
     if getattr(mod, "_axis", 0) != 0 or len(node.args) != 2:
         return False
     table_node, ids = node.args
-    table = _constant(gm, table_node, 2)
+    table = _constant(gm, table_node, 2, shared)
     if table is None:
         return False
     embedding = nn.Embedding(table.shape[0], table.shape[1])

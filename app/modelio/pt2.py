@@ -25,7 +25,7 @@ from app.modelio.signature import Shape, pt2_signature, sample_shape
 _MODE_ARGS = {torch.ops.aten.batch_norm.default: 5, torch.ops.aten.dropout.default: 2}
 
 
-def set_mode(module: fx.GraphModule, mode: bool) -> fx.GraphModule:
+def set_mode(module: fx.GraphModule, mode: bool = True) -> fx.GraphModule:
     """Set the ``training`` flag of every BatchNorm/Dropout call in the graph and recompile."""
     changed = False
     for node in module.graph.nodes:

@@ -11,6 +11,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+
+import torch
 from torch import nn
 
 SEEN_MIN_FRACTION = 0.9
@@ -18,12 +21,18 @@ _STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def hidden_weights(model: nn.Module) -> dict[str, int]:
-    """``{buffer name: size}`` of float buffers that are weights rather than statistics."""
-    return {
-        name: int(buf.numel())
-        for name, buf in model.named_buffers()
-        if buf.is_floating_point() and buf.dim() >= 1 and not name.endswith(_STATISTICS)
-    }
+    """``{buffer name: size}`` of float buffers that are weights rather than statistics; equal
+    copies (onnx2torch copies a shared initializer for each use) count once."""
+    out: dict[str, int] = {}
+    seen: set[tuple] = set()
+    for name, buf in model.named_buffers():
+        if not buf.is_floating_point() or buf.dim() < 1 or name.endswith(_STATISTICS):
+            continue
+        key = (tuple(buf.shape), digest(buf))
+        if key not in seen:
+            seen.add(key)
+            out[name] = int(buf.numel())
+    return out
 
 
 def seen_warning(n_params: int, hidden: dict[str, int]) -> list[str]:
@@ -38,3 +47,9 @@ def seen_warning(n_params: int, hidden: dict[str, int]) -> list[str]:
         f"cannot list, prune or fine-tune the constants the file holds instead, largest first: "
         f"{names}"
     ]
+
+
+def digest(tensor: torch.Tensor) -> str:
+    """A hash of a tensor's bytes (any dtype), to find equal copies."""
+    raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    return hashlib.sha1(raw.numpy().tobytes()).hexdigest()
