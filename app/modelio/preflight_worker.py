@@ -41,20 +41,8 @@ def inspect_model(request: dict) -> dict:
     """Load, run a zero input and describe the model (see ``run_preflight`` for the keys)."""
     start = time.perf_counter()
     torch.set_num_threads(max(1, int(request.get("threads") or 1)))
-    shape = request.get("input_shape")
-    loaded = load_model(
-        Path(request["path"]),
-        request["format"],
-        arch=request.get("arch"),
-        num_classes=request.get("num_classes"),
-        input_shape=tuple(shape) if shape else None,
-        input_dtype=request.get("input_dtype"),
-    )
-    if loaded.input_shape is None:
-        raise Invalid(
-            f"input_shape is required for a {loaded.format} model: the file does not say what "
-            "one input looks like (e.g. 1,8,8 for one 8x8 grey image)"
-        )
+    loaded = _load(request)
+    assert loaded.input_shape is not None
     model = loaded.module
     set_eval(model)
     check_fixed_batch(loaded)
@@ -99,6 +87,24 @@ def inspect_model(request: dict) -> dict:
         "warnings": warnings,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _load(request: dict) -> LoadedModel:
+    shape = request.get("input_shape")
+    loaded = load_model(
+        Path(request["path"]),
+        request["format"],
+        arch=request.get("arch"),
+        num_classes=request.get("num_classes"),
+        input_shape=tuple(shape) if shape else None,
+        input_dtype=request.get("input_dtype"),
+    )
+    if loaded.input_shape is None:
+        raise Invalid(
+            f"input_shape is required for a {loaded.format} model: the file does not say what "
+            "one input looks like (e.g. 1,8,8 for one 8x8 grey image, 16 for 16 token ids)"
+        )
+    return loaded
 
 
 def _forward(model: nn.Module, x: torch.Tensor, loaded: LoadedModel, order: list[str]):
