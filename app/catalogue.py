@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class GranularityInfo:
-    """A unit level: what one unit is, and whether whole channels go (physically removable)."""
+    """A unit level: what one unit is, whether it is structured (whole channels or blocks go)
+    and whether whole channels go (then physical removal can shrink the layers)."""
 
     name: str
     description: str
     structured: bool
+    channels: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class DatasetInfo:
     input_shape: tuple[int, ...]
     n_classes: int
     description: str
+    n_train: int
+    n_test: int
 
 
 @dataclass(frozen=True)
@@ -64,15 +68,19 @@ GRANULARITIES: dict[str, GranularityInfo] = {
         GranularityInfo("vector", "a 1-D row inside a kernel, W[o, i, r, :]", False),
         GranularityInfo("kernel", "a whole kernel W[o, i, :, :]", False),
         GranularityInfo("group", "the same (in, kh, kw) positions in every filter", False),
-        GranularityInfo("filter", "an output channel / Linear row, with its bias", True),
-        GranularityInfo("channel", "an input channel / Linear column", True),
-        GranularityInfo("nm", "at most N non-zeros in every M weights along the input", False),
+        GranularityInfo("filter", "an output channel / Linear row, with its bias", True, True),
+        GranularityInfo("channel", "an input channel / Linear column", True, True),
+        GranularityInfo(
+            "nm", "at most N non-zeros in every M consecutive input channels or features", False
+        ),
         GranularityInfo("layer", "a whole residual branch (identity shortcut kept)", True),
     )
 }
 GRANULARITY_NAMES: tuple[str, ...] = tuple(GRANULARITIES)
 STRUCTURED: frozenset[str] = frozenset(n for n, g in GRANULARITIES.items() if g.structured)
-"""Levels that remove whole channels or blocks (the ones `physical: true` can shrink)."""
+"""Levels that remove whole channels or blocks (residual branches)."""
+CHANNEL_LEVELS: frozenset[str] = frozenset(n for n, g in GRANULARITIES.items() if g.channels)
+"""Levels that remove whole channels: the ones physical removal (`physical: true`) can shrink."""
 
 _ALL = frozenset(GRANULARITY_NAMES)
 _FINE = frozenset({"element", "vector", "kernel", "group", "filter", "channel", "nm"})
@@ -114,10 +122,14 @@ CRITERION_NAMES: tuple[str, ...] = tuple(CRITERIA)
 VALID_PAIRS: dict[str, frozenset[str]] = {n: c.granularities for n, c in CRITERIA.items()}
 """criterion -> the granularities it can score."""
 NEEDS_BN: frozenset[str] = frozenset(n for n, c in CRITERIA.items() if c.needs_bn)
+MASKS_ONLY_NOTE = "masks only: no speed-up expected"
+"""The one note a run (or a model format) gets when its pruned weights stay in place as zeros."""
 
 SCHEDULE_KINDS: tuple[str, ...] = ("oneshot", "iterative", "agp", "at_init", "retrain")
 RECIPE_KINDS: tuple[str, ...] = ("prune", "sensitivity", "train")
 SCOPES: tuple[str, ...] = ("global", "layerwise")
+WANDA_GROUPS: tuple[str, ...] = ("row", "layer")
+"""What wanda's element scores are compared within: each output row (as published) or the layer."""
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step")
 RETRAIN_INITS: tuple[str, ...] = ("rewind", "reinit")
@@ -129,6 +141,8 @@ DATASETS: dict[str, DatasetInfo] = {
         (1, 8, 8),
         10,
         "1,797 handwritten digits, 8x8 grey levels; stratified 70/30 split, seed 0",
+        n_train=1257,
+        n_test=540,
     ),
 }
 BUILTIN_DATASETS: tuple[str, ...] = tuple(DATASETS)
@@ -168,6 +182,7 @@ def as_json() -> dict:
         "schedules": list(SCHEDULE_KINDS),
         "recipe_kinds": list(RECIPE_KINDS),
         "scopes": list(SCOPES),
+        "wanda_groups": list(WANDA_GROUPS),
         "optimizers": list(OPTIMIZERS),
         "lr_schedules": list(LR_SCHEDULES),
         "retrain_inits": list(RETRAIN_INITS),

@@ -223,7 +223,7 @@ def worker(run: Annotated[int, typer.Option("--run", help="the run id to execute
     raise typer.Exit(worker_main(["--run", str(run)]))
 
 
-from app.runcli import register as _register_run  # noqa: E402 (torch-free at import)
+from app.runs.cli import register as _register_run  # noqa: E402 (torch-free at import)
 
 _register_run(app)
 

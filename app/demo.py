@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from app import store
 from app.config import Settings
-from app.models import ModelRecord, Run
+from app.models import ModelRecord, Run, User
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,18 @@ def _demo_run(session: Session, name: str) -> Run | None:
     return session.exec(query.order_by(col(Run.id).desc())).first()
 
 
-def _untrained_model(settings: Settings, session: Session, owner) -> ModelRecord:  # noqa: ANN001
-    from app.web.api.models import FromArchitecture, create_from_architecture
+def _untrained_model(settings: Settings, session: Session, owner: User) -> ModelRecord:
+    from app.intake.models import create_from_architecture
 
-    body = FromArchitecture(
-        arch="cnn_small", name="demo cnn_small (untrained)", num_classes=10, input_shape=[1, 8, 8]
+    return create_from_architecture(
+        settings,
+        session,
+        owner,
+        arch="cnn_small",
+        name="demo cnn_small (untrained)",
+        num_classes=10,
+        input_shape=[1, 8, 8],
     )
-    return create_from_architecture(settings, session, owner, body)
 
 
 class DemoSeeder(threading.Thread):

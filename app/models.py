@@ -176,6 +176,10 @@ class Run(SQLModel, table=True):
     baseline: dict | None = _json()
     final: dict | None = _json()
     notes: list[str] | None = _json()
+    physical: bool | None = None
+    """Units were physically removed (the result model is smaller); None until a run succeeds."""
+    masks_only: bool | None = None
+    """Pruned with masks only: weights zeroed in place, no speed-up expected."""
     result_model_id: int | None = None
 
 

@@ -56,7 +56,8 @@ def child(which: str, sparsity: float, out: str) -> None:
     # imports: one-time costs, outside the timing and the memory baseline for both sides
     import torch.nn.utils.prune as tprune
 
-    from app.pruning.masks import apply_masks, compute_masks
+    from app.pruning.masks.compute import compute_masks
+    from app.pruning.masks.keeper import apply_masks
     from app.pruning.spec import PruningSpec
 
     model = build()

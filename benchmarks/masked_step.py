@@ -21,7 +21,9 @@ import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
-from app.pruning.masks import MaskKeeper, MaskPlan, apply_masks, compute_masks
+from app.pruning.masks.compute import compute_masks
+from app.pruning.masks.keeper import MaskKeeper, apply_masks
+from app.pruning.masks.plan import MaskPlan
 from app.pruning.spec import PruningSpec
 
 MASKS = {

@@ -23,8 +23,8 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from app import zoo
-from app.pruning.measure import count_flops
-from app.pruning.structural import physical_prune
+from app.pruning.counts import count_flops
+from app.pruning.structural.remove import physical_prune
 
 SHAPE = (3, 32, 32)
 

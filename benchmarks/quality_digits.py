@@ -28,9 +28,10 @@ import time
 import torch
 
 from app import zoo
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
+from app.pruning.counts import count_flops
 from app.pruning.granularity import prunable_layers
-from app.pruning.measure import count_flops, evaluate
+from app.pruning.measure import evaluate
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import FinetuneSpec, Recipe
 from app.pruning.train import fine_tune, train

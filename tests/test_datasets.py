@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.datasets import (
+from app.errors import BadRequest, Invalid, TooLarge
+from app.intake.datasets import (
     check_fits,
     dataset_summary,
     load_builtin,
@@ -17,7 +18,6 @@ from app.datasets import (
     load_saved_dataset,
     save_dataset,
 )
-from app.errors import BadRequest, Invalid, TooLarge
 
 RNG = np.random.default_rng(0)
 

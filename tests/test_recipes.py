@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import FinetuneSpec
 from app.pruning.train import train
-from app.runcli import load_recipe
+from app.runs.inputs import load_recipe
 
 torch.set_num_threads(1)
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.json"))

@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import save_file
 
 from app import zoo
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
 from app.pruning.spec import FinetuneSpec
 from app.pruning.train import train
-from app.runcli import load_recipe, parse_shape, run_command
+from app.runs.cli import parse_shape, run_command
+from app.runs.inputs import load_recipe
 
 torch.set_num_threads(1)
 RECIPE = {

@@ -2,12 +2,12 @@
 
 It loads the run's model and dataset, builds the recipe, calls ``pipeline.run_recipe`` with a
 reporter that writes throttled progress, curve points, steps and events to the row, and a
-``should_stop`` that the worker's heartbeat thread raises. On success ``results.store_files``
+``should_stop`` that the worker's heartbeat thread raises. On success ``runs.results.store_files``
 exports the model, writes ``masks.npz`` and the result model into the artifact store, and this
 module writes every result in one transaction, together with the ``succeeded`` status; a
 cancelled, interrupted or failed attempt writes nothing but its status (the per-step
-checkpoint stays for ``resume``). ``inputs`` and ``results`` are parts of this module, split
-out for size; they write no rows.
+checkpoint stays for ``resume``). ``app.runs`` (inputs, export, results) is shared with
+``prunelab run`` and writes no rows.
 """
 
 from __future__ import annotations
@@ -24,27 +24,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app import store
+from app.artifacts import ArtifactStore, checkpoint_key, run_prefix
 from app.config import Settings
 from app.db import make_engine, session_scope
-from app.jobs.artifacts import ArtifactStore, checkpoint_key, run_prefix
-from app.jobs.inputs import build_recipe, load_dataset, load_model_for
-from app.jobs.results import jsonable, module_record_fields, store_files
 from app.models import Run
-
-# moved to ``inputs`` and ``results``; still importable from here
-__all__ = [
-    "StopFlag",
-    "RunReporter",
-    "CheckpointSync",
-    "execute_run",
-    "one_line",
-    "resolve_device",
-    "build_recipe",
-    "load_dataset",
-    "load_model_for",
-    "module_record_fields",
-]
-_jsonable = jsonable
+from app.pruning.notes import add_notes, warning
+from app.runs.inputs import RunModel, build_recipe, load_dataset, load_model_for
+from app.runs.results import jsonable, store_files
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
@@ -94,15 +80,15 @@ class RunReporter:
                     fraction=float(payload.get("fraction", 0.0)),
                     message=payload.get("message"),
                 )
-                store.add_event(s, run_id=rid, type="progress", data=_jsonable(payload))
+                store.add_event(s, run_id=rid, type="progress", data=jsonable(payload))
         elif event == "metric":
             with session_scope(self.engine) as s:
                 store.add_curve_point(s, run_id=rid, point=payload)
-                store.add_event(s, run_id=rid, type="metric", data=_jsonable(payload))
+                store.add_event(s, run_id=rid, type="metric", data=jsonable(payload))
         elif event == "step":
             with session_scope(self.engine) as s:
-                store.save_step(s, run_id=rid, item=_jsonable(payload))
-                store.add_event(s, run_id=rid, type="metric", data={"step": _jsonable(payload)})
+                store.save_step(s, run_id=rid, item=jsonable(payload))
+                store.add_event(s, run_id=rid, type="metric", data={"step": jsonable(payload)})
 
 
 def resolve_device(setting: str) -> str:
@@ -197,7 +183,7 @@ def _run_attempt(
         run = store.require_run(s, run_id=run_id)
         recipe = build_recipe(run.recipe or {})
         data = load_dataset(s, artifacts, run.dataset_id, tmp)
-        model, rebuildable, arch, model_notes = load_model_for(s, artifacts, run, data, tmp)
+        model = load_model_for(s, artifacts, run, data, tmp)
         attempt = run.attempt
     ckpt_dir, resumed = _checkpoint_dir(artifacts, run_id, attempt, tmp)
     syncer = CheckpointSync(artifacts, run_id, ckpt_dir / "checkpoint.pt")
@@ -211,19 +197,19 @@ def _run_attempt(
     try:
         result = run_recipe(
             recipe,
-            model,
+            model.module,
             data,
             device=resolve_device(settings.device),
             report=on_event,
             should_stop=stop,
             checkpoint_dir=ckpt_dir,
-            rebuildable=rebuildable,
+            rebuildable=model.rebuildable,
             resume=resumed,
         )
     finally:
         syncer.sync()  # a stopped attempt leaves its last completed step for resume
-    result.notes.extend(model_notes)  # e.g. BatchNorm frozen in a TorchScript trace
-    _save_success(engine, settings, artifacts, run_id, recipe, result, data, arch, tmp)
+    add_notes(result.notes, model.notes)  # e.g. BatchNorm frozen in a TorchScript trace
+    _save_success(engine, settings, artifacts, run_id, recipe, result, data, model, tmp)
 
 
 def _checkpoint_dir(
@@ -271,21 +257,21 @@ def _save_success(
     recipe: Any,
     result: Any,
     data: Any,
-    arch: str | None,
+    model: RunModel,
     tmp: Path,
 ) -> None:
-    files = store_files(artifacts, run_id, recipe, result, data, arch, tmp)
+    files = store_files(artifacts, run_id, recipe, result, data, model, tmp)
     rows = files.artifacts
     with session_scope(engine) as s:
         run = store.require_run(s, run_id=run_id)
         store.replace_results(
             s,
             run_id=run_id,
-            steps=_jsonable(result.steps),
-            layers=_jsonable(result.layers),
-            histograms=_jsonable(result.histograms),
-            curve=_jsonable(result.curve),
-            sensitivity=_jsonable(result.sensitivity),
+            steps=jsonable(result.steps),
+            layers=jsonable(result.layers),
+            histograms=jsonable(result.histograms),
+            curve=jsonable(result.curve),
+            sensitivity=jsonable(result.sensitivity),
         )
         store.add_artifacts(s, run_id=run_id, items=rows)
         result_id = None
@@ -294,7 +280,7 @@ def _save_success(
                 s, owner_id=run.owner_id, source_run_id=run_id, **files.model_fields
             )
             result_id = record.id
-        notes = list(result.notes) + [r["error"] for r in rows if r.get("error")]
+        notes = list(result.notes) + [warning(r["error"]) for r in rows if r.get("error")]
         ok = store.transition(
             s,
             run_id=run_id,
@@ -302,9 +288,11 @@ def _save_success(
             to="succeeded",
             progress=1.0,
             message="done",
-            baseline=_jsonable(result.baseline),
-            final=_jsonable(result.final),
+            baseline=jsonable(result.baseline),
+            final=jsonable(result.final),
             notes=notes,
+            physical=bool(result.physical),
+            masks_only=bool(result.masks_only),
             result_model_id=result_id,
         )
         if not ok:

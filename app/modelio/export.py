@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from app.pruning.structural import rebuild
+from app.pruning.structural.rebuild import rebuild
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def export_all(
         example_input: real inputs (a batch of a few samples) for tracing and verification.
         out_dir: folder to write into (created if missing).
         recipe: the run's recipe as a JSON-able dict (written to ``recipe.json``).
-        arch_config: ``structural.architecture_config(model, ...)`` for a structurally pruned
+        arch_config: ``structural.rebuild.architecture_config(model, ...)`` for a structurally pruned
             model; written to ``architecture.json`` and used to reload the safetensors file.
 
     Returns:

@@ -20,18 +20,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from app.catalogue import MASKS_ONLY_NOTE
 from app.errors import Invalid, UnsupportedMedia
 from app.modelio.detect import CONVERT_HINT, FORMATS
-from app.modelio.signature import cast_inputs, onnx_signature, sample_shape
+from app.modelio.pt2 import make_trainable
+from app.modelio.rebuilt import read_architecture, rebuild_module
+from app.modelio.signature import cast_inputs, onnx_signature, pt2_signature, sample_shape
 
 Shape = tuple[int, ...]
 BN_FROZEN_NOTE = (
     "this TorchScript trace keeps its {kinds} layers in the mode they were traced in: "
     "fine-tuning does not update their statistics (upload ONNX or a .pt2 program to train them)"
 )
-MASKS_ONLY_NOTE = (
-    "{fmt} models can be pruned with masks only (weights zeroed in place); they cannot be "
-    "physically shrunk or rebuilt, so structured pruning brings no speed-up"
+FORMAT_NOTE = (
+    "{fmt} models: " + MASKS_ONLY_NOTE + " (weights are zeroed in place; they cannot be "
+    "physically shrunk or rebuilt)"
 )
 
 
@@ -97,9 +100,7 @@ def load_model(
     elif fmt == "torchscript":
         loaded = _load_torchscript(Path(path), shape, input_dtype)
     else:
-        from app.modelio.pt2 import load_pt2
-
-        loaded = load_pt2(Path(path), shape, input_dtype)
+        loaded = _load_pt2(Path(path), shape, input_dtype)
     loaded.module = cast_inputs(loaded.module, loaded.input_dtype)
     return loaded
 
@@ -109,7 +110,7 @@ def _load_onnx(path: Path, shape: Shape | None, dtype: str | None) -> LoadedMode
 
     module, model = convert_onnx(path)
     found, rank, file_dtype = onnx_signature(model)
-    dtype = file_dtype if file_dtype != "float32" else (dtype or file_dtype)
+    dtype = _file_dtype_wins(file_dtype, dtype)
     return LoadedModel(module, "onnx", sample_shape(shape, rank) or found, True, input_dtype=dtype)
 
 
@@ -120,7 +121,7 @@ def _load_torchscript(path: Path, shape: Shape | None, dtype: str | None) -> Loa
         raise UnsupportedMedia(
             f"the TorchScript archive could not be loaded: {short(exc)}"
         ) from exc
-    notes = [MASKS_ONLY_NOTE.format(fmt="torchscript")]
+    notes = [FORMAT_NOTE.format(fmt="torchscript")]
     kinds = {getattr(m, "original_name", "") for m in module.modules()}
     bn = sorted(k for k in kinds if k.startswith("BatchNorm"))
     train_notes = [BN_FROZEN_NOTE.format(kinds=", ".join(bn))] if bn else []
@@ -133,6 +134,30 @@ def _load_torchscript(path: Path, shape: Shape | None, dtype: str | None) -> Loa
         input_dtype=dtype or "float32",
         train_notes=train_notes,
     )
+
+
+def _load_pt2(path: Path, shape: Shape | None, dtype: str | None) -> LoadedModel:
+    """A ``.pt2`` program as a module whose ``train()``/``eval()`` work (masks only)."""
+    try:
+        program = torch.export.load(str(path))
+        module = program.module()
+    except Exception as exc:
+        raise UnsupportedMedia(f"the .pt2 program could not be loaded: {short(exc)}") from exc
+    found, rank, batch, file_dtype = pt2_signature(program)
+    return LoadedModel(
+        make_trainable(module),
+        "pt2",
+        sample_shape(shape, rank) or found,
+        False,
+        notes=[FORMAT_NOTE.format(fmt="pt2")],
+        example_batch=batch or 1,
+        input_dtype=_file_dtype_wins(file_dtype, dtype),
+    )
+
+
+def _file_dtype_wins(file_dtype: str, given: str | None) -> str:
+    """An integer input the file declares wins over the form's choice; float32 is the default."""
+    return file_dtype if file_dtype != "float32" else (given or file_dtype)
 
 
 def read_state_dict(path: Path, fmt: str) -> dict[str, torch.Tensor]:
@@ -165,11 +190,10 @@ def _load_weights(
     path: Path, fmt: str, arch: str | None, num_classes: int | None, shape: Shape | None
 ) -> LoadedModel:
     from app import zoo
-    from app.modelio.rebuilt import load_rebuilt, read_architecture
 
     config = read_architecture(path) if fmt == "safetensors" else None
     if config is not None:  # a physically pruned model: its own layer shapes, not the arch's
-        return load_rebuilt(read_state_dict(path, fmt), config, fmt, arch, shape)
+        return _load_rebuilt(read_state_dict(path, fmt), config, fmt, arch, shape)
     if not arch:
         known = ", ".join(zoo.ARCHITECTURES)
         raise Invalid(
@@ -186,6 +210,23 @@ def _load_weights(
     module.load_state_dict(state, strict=True)
     shape = shape or tuple(zoo.ARCHITECTURES[arch].default_input_shape)
     return LoadedModel(module, fmt, shape, True, arch=arch)
+
+
+def _load_rebuilt(
+    state: Mapping[str, torch.Tensor],
+    config: dict,
+    fmt: str,
+    arch: str | None,
+    shape: Shape | None,
+) -> LoadedModel:
+    """A ``LoadedModel`` of the rebuilt (smaller) architecture holding ``state``."""
+    module = rebuild_module(config, state, arch)
+    name = config.get("arch")
+    _check_fit(module, state, str(name))
+    module.load_state_dict(state, strict=True)
+    found = config.get("input_shape")
+    shape = shape or (tuple(int(d) for d in found) if found else None)
+    return LoadedModel(module, fmt, shape, True, arch=name)
 
 
 def _infer_num_classes(arch: str, state: Mapping[str, torch.Tensor], shape: Shape | None) -> int:

@@ -71,30 +71,21 @@ def read_architecture(path: Path) -> dict | None:
     return config
 
 
-def load_rebuilt(
-    state: Mapping[str, torch.Tensor],
-    config: dict,
-    fmt: str,
-    arch: str | None,
-    shape: tuple[int, ...] | None,
-):
-    """A ``LoadedModel`` of the rebuilt (smaller) architecture holding ``state``."""
-    from app.modelio.load import LoadedModel, _check_fit
-    from app.pruning.structural import rebuild
+def rebuild_module(config: dict, state: Mapping[str, torch.Tensor], arch: str | None) -> nn.Module:
+    """The rebuilt (smaller) architecture ``config`` describes, checked against ``state``.
+
+    The module comes back with fresh weights; ``load_model`` checks ``state`` fits and loads it.
+    """
+    from app.pruning.structural.rebuild import rebuild
 
     name = config.get("arch")
     if arch and name and arch != name:
         raise Invalid(f"the file holds a pruned {name!r} model, not arch {arch!r}")
     check_config(config, state)
     try:
-        module = rebuild(config)
+        return rebuild(config)
     except (ValueError, TypeError, KeyError) as exc:
         raise Invalid(f"{_BAD_HEADER} does not rebuild: {exc}") from exc
-    _check_fit(module, state, str(name))
-    module.load_state_dict(state, strict=True)
-    found = config.get("input_shape")
-    shape = shape or (tuple(int(d) for d in found) if found else None)
-    return LoadedModel(module, fmt, shape, True, arch=name)
 
 
 def check_config(config: Mapping, state: Mapping[str, torch.Tensor]) -> None:

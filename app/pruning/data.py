@@ -1,10 +1,16 @@
 """In-memory datasets the engine trains and evaluates on.
 
-The engine never reads files: callers (``app.datasets``, the CLI, a worker, a
+The engine never reads files: callers (``app.intake.datasets``, the CLI, a worker, a
 notebook) hand it an :class:`ArrayDataset` of numpy arrays.
 
-torch is imported inside the methods only: ``app.datasets`` (and through it the
+torch is imported inside the methods only: ``app.intake.datasets`` (and through it the
 web process, which must stay torch-free) builds and validates ArrayDatasets.
+
+Example:
+    >>> x = np.zeros((10, 1, 4, 4), np.float32)
+    >>> ds = ArrayDataset("toy", x, np.arange(10) % 3, x[:4], np.arange(4) % 3, 3)
+    >>> ds.input_shape, ds.n_train, ds.n_test, tuple(ds.sample_batch(2).shape)
+    ((1, 4, 4), 10, 4, (2, 1, 4, 4))
 """
 
 from __future__ import annotations

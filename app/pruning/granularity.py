@@ -24,27 +24,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from app.pruning.spec import GRANULARITY_NAMES
-
-
-@dataclass(frozen=True)
-class Granularity:
-    name: str
-    description: str
-    structured: bool  # whole output/input channels: physically removable
-
-
-GRANULARITIES: dict[str, Granularity] = {
-    "element": Granularity("element", "single weights", False),
-    "vector": Granularity("vector", "a 1-D row inside a kernel, W[o, i, r, :]", False),
-    "kernel": Granularity("kernel", "a whole kernel W[o, i, :, :]", False),
-    "group": Granularity("group", "the same (in, kh, kw) positions in every filter", False),
-    "filter": Granularity("filter", "an output channel / Linear row, with its bias", True),
-    "channel": Granularity("channel", "an input channel / Linear column", True),
-    "nm": Granularity("nm", "at most N non-zeros in every M weights along the input", False),
-    "layer": Granularity("layer", "a whole residual branch (identity shortcut kept)", True),
-}
-assert tuple(GRANULARITIES) == GRANULARITY_NAMES
+from app.catalogue import GRANULARITIES
 
 PRUNABLE_TYPES = (
     nn.Linear,
@@ -93,7 +73,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def layer_kinds(model: nn.Module) -> dict[str, str]:
     """Module path -> its class name (``Conv2d``), also inside TorchScript and exported graphs."""
-    exported = _exported_kinds(model)
+    exported = exported_kinds(model)
     kinds = {}
     for name, module in model.named_modules():
         kind = type(module).__name__
@@ -105,7 +85,7 @@ def layer_kinds(model: nn.Module) -> dict[str, str]:
     return kinds
 
 
-def _exported_kinds(model: nn.Module) -> dict[str, str]:
+def exported_kinds(model: nn.Module) -> dict[str, str]:
     """Module path -> class name, from a ``torch.export`` graph's ``nn_module_stack``."""
     graph = getattr(model, "graph", None)
     if graph is None or isinstance(model, torch.jit.ScriptModule):
@@ -211,7 +191,7 @@ def unit_view(
 
     Args:
         weight: a Linear/Conv weight (ConvTranspose with ``transposed=True``).
-        granularity: a name of :data:`GRANULARITIES`.
+        granularity: a name of :data:`app.catalogue.GRANULARITIES`.
         nm: (N, M) for ``nm``; its units are elements, selected by :func:`nm_mask`.
         transposed: the weight is stored ``(in, out, *k)``.
 
@@ -243,24 +223,41 @@ def unit_view(
     return UnitView(granularity, shape, transposed, unit_shape, dims)
 
 
-def nm_mask(scores: Tensor, n: int, m: int, *, transposed: bool = False) -> Tensor:
-    """Keep the ``n`` best of every ``m`` consecutive weights along the flattened input dim.
+def nm_dense_reason(layer: nn.Module, m: int) -> str | None:
+    """Why N:M cannot cut ``layer`` (its reduction dimension is not a multiple of ``m``), or None.
 
-    The input dim of a conv is flattened as ``in * kh * kw``; a last partial group keeps
-    at most ``n``. Returns a bool keep-mask shaped like ``scores``.
+    The reduction dimension is the input channels per group of a conv (``weight.shape[1]``; 1
+    for a depthwise kernel) and ``in_features`` of a Linear.
+    """
+    weight = layer.weight
+    inputs = weight.shape[0] if is_transposed(layer) else weight.shape[1]
+    if inputs % m == 0:
+        return None
+    what = "input features" if weight.dim() == 2 else "input channels"
+    if getattr(layer, "groups", 1) > 1:
+        what += " per group"
+    return f"its {what} ({inputs}) are not a multiple of M={m}"
+
+
+def nm_mask(scores: Tensor, n: int, m: int, *, transposed: bool = False) -> Tensor:
+    """Keep the ``n`` best of every ``m`` consecutive weights along the reduction dimension.
+
+    Grouped in the order sparse kernels (NVIDIA 2:4 tensor cores, ASP) read them: a Linear's
+    consecutive input features of a row; a conv weight laid out as ``[out, *kernel, in]``, i.e.
+    ``m`` consecutive input channels at a fixed kernel position. The input channels must be a
+    multiple of ``m`` (:func:`nm_dense_reason`). Returns a bool keep-mask shaped like ``scores``.
+
+    Raises:
+        ValueError: the input channels are not a multiple of ``m``.
     """
     c = canonical(scores, transposed)
-    out = c.shape[0]
-    flat = c.reshape(out, -1).float()
-    length = flat.shape[1]
-    pad = (-length) % m
-    if pad:
-        fill = torch.full((out, pad), float("-inf"), dtype=flat.dtype, device=flat.device)
-        flat = torch.cat([flat, fill], dim=1)
-    groups = flat.view(out, -1, m)
+    if c.shape[1] % m:
+        raise ValueError(f"N:M needs input channels in multiples of {m}, got {c.shape[1]}.")
+    last = c.movedim(1, -1)  # (out, *kernel, in)
+    groups = last.reshape(-1, m).float()
     keep = torch.zeros_like(groups, dtype=torch.bool)
-    keep.scatter_(2, groups.topk(min(n, m), dim=2).indices, True)
-    keep = keep.view(out, -1)[:, :length].reshape(c.shape)
+    keep.scatter_(1, groups.topk(min(n, m), dim=1).indices, True)
+    keep = keep.reshape(last.shape).movedim(-1, 1)
     return canonical(keep, transposed).contiguous()
 
 

@@ -1,69 +1,98 @@
 """The recipe kinds that prune nothing: ``train`` (dense training) and ``sensitivity`` (sweeps).
 
 ``pipeline.run_recipe`` dispatches here for ``kind: "train"`` and ``kind: "sensitivity"``;
-``kind: "prune"`` runs a schedule on a ``pipeline.RunContext``.
+``kind: "prune"`` runs a schedule on a ``context.RunContext``.
 
 Example:
-    >>> result = run_train_kind(recipe, model, load_digits(), device="cpu",
-    ...                         report=NULL_REPORT, should_stop=NEVER, latency=False)  # doctest: +SKIP
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from app.pruning.data import ArrayDataset
+    >>> from app.pruning.report import NEVER, NULL_REPORT
+    >>> from app.pruning.spec import Recipe
+    >>> x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    >>> data = ArrayDataset("toy", x, np.arange(40) % 2, x, np.arange(40) % 2, 2)
+    >>> recipe = Recipe.from_dict({"kind": "train", "name": "t", "finetune": {"epochs": 1}})
+    >>> result = run_train_kind(recipe, nn.Linear(6, 2), data, device="cpu",
+    ...                         report=NULL_REPORT, should_stop=NEVER, latency=False)
+    >>> [s["step"] for s in result.steps], result.masks_only
+    ([0], False)
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from app.pruning import measure as measure_mod
+from app.pruning.counts import layer_stats
 from app.pruning.data import ArrayDataset
+from app.pruning.notes import info
+from app.pruning.report import Report, ShouldStop
 from app.pruning.result import RunResult
+from app.pruning.sensitivity import run_sensitivity
+from app.pruning.spec import Recipe, SensitivitySpec
 from app.pruning.train import train
 
 
-def run_train_kind(recipe: Any, model: nn.Module, data: ArrayDataset, **kw: Any) -> RunResult:
+def run_train_kind(
+    recipe: Recipe,
+    model: nn.Module,
+    data: ArrayDataset,
+    *,
+    device: str,
+    report: Report,
+    should_stop: ShouldStop,
+    latency: bool,
+) -> RunResult:
     """Train ``model`` densely with ``recipe.finetune``; step 0 holds before and after.
 
-    ``kw``: ``device``, ``report``, ``should_stop``, ``latency`` as in ``run_recipe``.
+    ``device``, ``report``, ``should_stop``, ``latency`` as in ``run_recipe``.
     """
-    model.to(kw["device"])
-    base = measure_mod.measure(model, data, device=kw["device"], latency=kw["latency"])
+    model.to(device)
+    base = measure_mod.measure(model, data, device=device, latency=latency)
     curve = train(
         model,
         data,
         recipe.finetune,
-        device=kw["device"],
-        report=kw["report"],
-        should_stop=kw["should_stop"],
+        device=device,
+        report=report,
+        should_stop=should_stop,
         bn_l1=recipe.pruning.bn_l1,
         seed=recipe.seed,
     )
     final = measure_mod.measure(
-        model, data, device=kw["device"], latency=kw["latency"], baseline_nonzero=base["n_nonzero"]
+        model, data, device=device, latency=latency, baseline_nonzero=base["n_nonzero"]
     )
-    layers = measure_mod.layer_stats(model, input_shape=data.input_shape)
+    layers = layer_stats(model, input_shape=data.input_shape)
     step0 = {"step": 0, "target_sparsity": 0.0, "before_finetune": base, "after_finetune": final}
     return RunResult(
         model, base, final, steps=[step0], layers=[{"step": 0, **r} for r in layers], curve=curve
     )
 
 
-def run_sensitivity_kind(recipe: Any, model: nn.Module, data: ArrayDataset, **kw: Any) -> RunResult:
+def run_sensitivity_kind(
+    recipe: Recipe,
+    model: nn.Module,
+    data: ArrayDataset,
+    *,
+    device: str,
+    report: Report,
+    should_stop: ShouldStop,
+    latency: bool,
+) -> RunResult:
     """Sweep every layer alone (``recipe.sensitivity``); the model comes back unchanged.
 
-    ``kw``: ``device``, ``report``, ``should_stop``, ``latency`` as in ``run_recipe``.
+    ``device``, ``report``, ``should_stop``, ``latency`` as in ``run_recipe``.
     """
-    from app.pruning.sensitivity import run_sensitivity
-
-    model.to(kw["device"])
-    base = measure_mod.measure(model, data, device=kw["device"], latency=kw["latency"])
+    model.to(device)
+    base = measure_mod.measure(model, data, device=device, latency=latency)
     rows, allocation = run_sensitivity(
         model,
         data,
-        recipe.sensitivity,
+        recipe.sensitivity or SensitivitySpec(),
         pruning=recipe.pruning,
-        device=kw["device"],
-        report=kw["report"],
-        should_stop=kw["should_stop"],
+        device=device,
+        report=report,
+        should_stop=should_stop,
     )
-    notes = [] if not allocation else [f"allocation for the target: {allocation}"]
+    notes = [] if not allocation else [info(f"allocation for the target: {allocation}")]
     return RunResult(model, base, base, sensitivity=rows, notes=notes, allocation=allocation)

@@ -1,35 +1,41 @@
 """What a run hands back: :class:`RunResult`, with the final model physically smaller or masked.
 
-Structured levels (filter, channel) are physically removed at the end when asked
+Channel levels (filter, channel) are physically removed at the end when asked
 (``pruning.physical``) and the model can be rebuilt; everything else stays masked, and the
-notes say so (``MASKS_ONLY_NOTE``) so that nobody expects a speed-up that cannot come.
+notes say so (``app.catalogue.MASKS_ONLY_NOTE``) so that nobody expects a speed-up that cannot
+come. ``physical`` and ``masks_only`` say the same as typed fields.
 
 Example:
-    >>> result = finish_run(ctx, rebuildable=True)  # doctest: +SKIP
-    >>> result.physical  # doctest: +SKIP
-    True
+    >>> from torch import nn
+    >>> result = RunResult(nn.Linear(2, 2), {"accuracy": 0.9}, {"accuracy": 0.8}, masks_only=True)
+    >>> summary = result.summary()
+    >>> summary["physical"], summary["masks_only"], summary["final"]
+    (False, True, {'accuracy': 0.8})
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from app.pruning import measure as measure_mod
-from app.pruning import structural
-
-if TYPE_CHECKING:
-    from app.pruning.pipeline import RunContext
-
-MASKS_ONLY_NOTE = "masks only: no speed-up expected"
+from app.catalogue import MASKS_ONLY_NOTE
+from app.pruning.checks import chance_note, sparsity_notes
+from app.pruning.context import RunContext
+from app.pruning.granularity import prunable_layers
+from app.pruning.histograms import histograms, prunable_weights
+from app.pruning.notes import Note, add_notes, info, warning
+from app.pruning.structural.remove import physical_prune, removal_blockers
 
 
 @dataclass
 class RunResult:
-    """Everything a run produced; JSON-able except ``model`` and ``masks``."""
+    """Everything a run produced; JSON-able except ``model`` and ``masks``.
+
+    ``physical``: the model handed back is physically smaller. ``masks_only``: pruned weights
+    stay in place as zeros (no speed-up expected); both False for runs that pruned nothing.
+    """
 
     model: nn.Module
     baseline: dict
@@ -39,17 +45,26 @@ class RunResult:
     histograms: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     physical: bool = False
+    masks_only: bool = False
     masks: dict[str, torch.Tensor] | None = None
     allocation: dict[str, float] | None = None
 
-
-def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of every prunable layer's weight (for the before/after histograms)."""
-    from app.pruning.granularity import prunable_layers
-
-    return {n: m.weight.detach().clone().cpu() for n, m in prunable_layers(model).items()}
+    def summary(self) -> dict:
+        """The JSON-able part: measurements, records, notes and the typed flags."""
+        return {
+            "baseline": self.baseline,
+            "final": self.final,
+            "steps": self.steps,
+            "layers": self.layers,
+            "curve": self.curve,
+            "sensitivity": self.sensitivity,
+            "notes": self.notes,
+            "physical": self.physical,
+            "masks_only": self.masks_only,
+            "allocation": self.allocation,
+        }
 
 
 def max_abs_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
@@ -65,37 +80,61 @@ def max_abs_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 def final_model(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
     """The model to hand back: physically smaller when asked and possible, else the masked one."""
     spec = ctx.recipe.pruning
-    if ctx.masks is None:
+    if ctx.masks is None or ctx.plan is None:
         return ctx.model, False
     if not ctx.structured:
-        ctx.notes.append(MASKS_ONLY_NOTE)
+        ctx.notes.append(info(MASKS_ONLY_NOTE))
         return ctx.model, False
     if not spec.physical:
-        ctx.notes.append(f"{MASKS_ONLY_NOTE} (pruning.physical is false)")
+        ctx.notes.append(info(f"{MASKS_ONLY_NOTE} (pruning.physical is false)"))
         return ctx.model, False
     blockers = [] if rebuildable else ["this model format cannot be rebuilt (TorchScript, .pt2)"]
-    blockers = blockers or structural.removal_blockers(ctx.model, ctx.example)
+    blockers = blockers or removal_blockers(ctx.model, ctx.example)
     if blockers:
-        ctx.notes.append(f"{MASKS_ONLY_NOTE}: physical removal is not possible, {blockers[0]}")
+        text = f"{MASKS_ONLY_NOTE}: physical removal is not possible, {blockers[0]}"
+        ctx.notes.append(warning(text))
         return ctx.model, False
-    small = structural.physical_prune(
-        ctx.model, ctx.plan, ctx.example, granularity=spec.granularity
+    removal: list[str] = []
+    small = physical_prune(
+        ctx.model, ctx.plan, ctx.example, granularity=spec.granularity, notes=removal
     )
+    add_notes(ctx.notes, [warning(f"physical removal {n}") for n in removal])
     diff = max_abs_diff(ctx.model, small, ctx.example)
-    ctx.notes.append(f"physically removed {spec.granularity}s: max output difference {diff:.2e}")
+    ctx.notes.append(
+        info(f"physically removed {spec.granularity}s: max output difference {diff:.2e}")
+    )
     return small, True
+
+
+def result_notes(ctx: RunContext, model: nn.Module, final: dict, *, physical: bool) -> None:
+    """Warn when the result is far from what was asked (sparsity, chance accuracy)."""
+    spec = ctx.recipe.pruning
+    if ctx.plan is not None and spec.granularity != "nm":
+        total = sum(w.numel() for w in ctx.hist_before.values())
+        kept = sum(int(torch.count_nonzero(m.weight)) for m in prunable_layers(model).values())
+        achieved = 1.0 - kept / total if total else 0.0
+        add_notes(ctx.notes, sparsity_notes(ctx.plan, achieved, physical=physical))
+    note = chance_note(
+        float(final["accuracy"]),
+        ctx.baseline_accuracy,
+        ctx.data.n_classes,
+        threshold=spec.threshold,
+    )
+    if note is not None:
+        ctx.notes.append(note)
 
 
 def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
     """Histograms, the final model and its measurements, as a :class:`RunResult`."""
     after_finetune = prunable_weights(ctx.model)
     thresholds = {} if ctx.plan is None else dict(ctx.plan.thresholds)
-    hists = measure_mod.histograms(
+    hists = histograms(
         ctx.hist_before, ctx.hist_after_prune or after_finetune, after_finetune, thresholds
     )
     model, physical = final_model(ctx, rebuildable)
     ctx.model = model
     final = ctx.measure()
+    result_notes(ctx, model, final, physical=physical)
     ctx.report("progress", {"fraction": 1.0, "message": "done"})
     return RunResult(
         model=model,
@@ -107,5 +146,6 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
         curve=ctx.curve,
         notes=ctx.notes,
         physical=physical,
+        masks_only=ctx.masks is not None and not physical,
         masks=ctx.masks,
     )

@@ -1,7 +1,8 @@
 """When to prune: oneshot, iterative, agp, at_init and retrain, plus the stop-at-accuracy rule.
 
-The pipeline owns measuring and recording (``pipeline.RunContext``); this module decides the
-per-step targets and the order of prune / (re)initialise / train for each schedule kind.
+The run's state and records are a ``context.RunContext``; this module decides the per-step
+targets (``targets.schedule_targets``), the order of prune / (re)initialise / train for each
+schedule kind, and when a checkpoint is written.
 
 * ``oneshot``: prune to the target once, fine-tune ``finetune.epochs``.
 * ``iterative`` (Han et al. 2015): ``steps`` rounds of prune + fine-tune. Per-step targets are
@@ -24,17 +25,21 @@ per-step targets and the order of prune / (re)initialise / train for each schedu
 ``max_accuracy_drop`` (absolute, 0.01 = one point): the schedule stops at the first step whose
 accuracy after fine-tuning falls more than that below the baseline, and the run returns the
 deepest step that was within the drop (or the dense model when none was).
+
+Example:
+    >>> agp_update_iterations(4, 100)  # AGP's mask updates over the first 75 iterations
+    [0, 18, 37, 56]
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 from app.catalogue import SCHEDULE_KINDS
-from app.pruning.spec import schedule_targets
-
-if TYPE_CHECKING:
-    from app.pruning.pipeline import RunContext
+from app.pruning.checkpoint import save_checkpoint
+from app.pruning.context import RunContext
+from app.pruning.masks.keeper import MaskKeeper
+from app.pruning.targets import schedule_targets
 
 AGP_RAMP = 0.75  # share of the training iterations over which AGP ramps up
 
@@ -43,11 +48,6 @@ def agp_update_iterations(n: int, total_iterations: int, ramp: float | None = No
     """The training iterations at which AGP's ``n`` mask updates happen (the first at 0)."""
     window = max(int(total_iterations * (AGP_RAMP if ramp is None else ramp)), n)
     return [min(k * window // n, max(total_iterations - 1, 0)) for k in range(n)]
-
-
-def within_drop(baseline_accuracy: float, accuracy: float, max_drop: float | None) -> bool:
-    """True when ``accuracy`` is at most ``max_drop`` below the baseline (always without a rule)."""
-    return max_drop is None or baseline_accuracy - accuracy <= max_drop + 1e-9
 
 
 def run_schedule(ctx: RunContext) -> None:
@@ -86,11 +86,20 @@ def _run_stepwise(ctx: RunContext) -> None:
         target = plan_targets[k - 1]
         span = ((k - 1) / n, k / n)
         before = ctx.prune(target, step=k)
-        curve = ctx.finetune(step=k, span=span)
-        after = ctx.measure_after(step=k)
-        ctx.record_step(k, target, before, after, curve)
+        ctx.finetune(step=k, span=span)
+        after = ctx.measure_after()
+        ctx.record_step(k, target, before, after)
+        save_checkpoint(ctx, k)
         if not ctx.accept_step(k, after):
             return
+
+
+@dataclass
+class _AgpProgress:
+    """The mask updates done so far and the metrics measured right after the last one."""
+
+    k: int
+    before: dict
 
 
 def _run_agp(ctx: RunContext) -> None:
@@ -108,33 +117,34 @@ def _run_agp(ctx: RunContext) -> None:
     resume = ctx.resume_training
     if ctx.start_step >= n and resume is None:
         return
-    pending: dict[str, Any] = {"k": 0, "before": None}
+    pending = _AgpProgress(0, {})
     if resume is not None:
-        pending.update(k=int(resume["k"]), before=resume["before"])
+        pending = _AgpProgress(int(resume["k"]), resume["before"])
 
-    def hook(it: int, _total: int) -> Any:
-        k = pending["k"]
+    def hook(it: int, _total: int) -> MaskKeeper | None:
+        k = pending.k
         if k >= n or it < updates[k]:
             return None
         if k > 0:
-            after = ctx.measure_after(step=k)
-            ctx.record_step(k, plan_targets[k - 1], pending["before"], after, [], checkpoint=False)
-        pending["k"] = k + 1
-        pending["before"] = ctx.prune(plan_targets[k], step=k + 1)
+            after = ctx.measure_after()
+            ctx.record_step(k, plan_targets[k - 1], pending.before, after)
+        pending.k = k + 1
+        pending.before = ctx.prune(plan_targets[k], step=k + 1)
         return ctx.keeper
 
     def on_epoch(_point: dict, training: dict) -> None:
-        state = {**training, "k": pending["k"], "before": pending["before"]}
-        ctx.checkpoint(ctx.steps[-1]["step"], training=state)
+        state = {**training, "k": pending.k, "before": pending.before}
+        save_checkpoint(ctx, ctx.steps[-1]["step"], training=state)
 
     ctx.finetune(
         step=1, hook=hook, epochs=epochs, span=(0.0, 1.0), on_epoch=on_epoch, resume=resume
     )
-    while pending["k"] < n:  # fewer iterations than updates: finish the ramp now
-        hook(updates[pending["k"]], total)
+    while pending.k < n:  # fewer iterations than updates: finish the ramp now
+        hook(updates[pending.k], total)
     ctx.resume_training = None
-    after = ctx.measure_after(step=n)
-    ctx.record_step(n, plan_targets[-1], pending["before"], after, [])
+    after = ctx.measure_after()
+    ctx.record_step(n, plan_targets[-1], pending.before, after)
+    save_checkpoint(ctx, n)
     ctx.accept_step(n, ctx.steps[-1]["after_finetune"])
 
 
@@ -150,18 +160,19 @@ def _run_from_scratch(ctx: RunContext, *, prune_first: bool) -> None:
     if resume is not None:  # model and masks come from the checkpoint
         before = resume["before"]
     elif prune_first:
-        before = ctx.prune(target, step=1)
+        ctx.prune(target, step=1)
         ctx.reinitialise(rewind=ctx.recipe.schedule.retrain_init == "rewind")
-        before = ctx.measure_before(step=1, extra=before)
+        before = ctx.measure()
     else:
         ctx.reinitialise(rewind=False)
         before = ctx.prune(target, step=1)
 
     def on_epoch(_point: dict, training: dict) -> None:
-        ctx.checkpoint(0, training={**training, "before": before})
+        save_checkpoint(ctx, 0, training={**training, "before": before})
 
-    curve = ctx.finetune(step=1, span=(0.0, 1.0), on_epoch=on_epoch, resume=resume)
+    ctx.finetune(step=1, span=(0.0, 1.0), on_epoch=on_epoch, resume=resume)
     ctx.resume_training = None
-    after = ctx.measure_after(step=1)
-    ctx.record_step(1, target, before, after, curve)
+    after = ctx.measure_after()
+    ctx.record_step(1, target, before, after)
+    save_checkpoint(ctx, 1)
     ctx.accept_step(1, after)

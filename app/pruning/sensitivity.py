@@ -16,33 +16,39 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any
 
 import numpy as np
 from torch import nn
 
-from app.pruning import masks as masks_mod
 from app.pruning.data import ArrayDataset
 from app.pruning.granularity import prunable_layers
+from app.pruning.masks.compute import compute_masks
+from app.pruning.masks.keeper import apply_masks
+from app.pruning.measure import evaluate
 from app.pruning.report import NEVER, NULL_REPORT, Report, ShouldStop, check_cancelled
+from app.pruning.spec import PruningSpec, SensitivitySpec
 
 ALLOCATION_STEP = 0.01  # sparsity increment of the greedy allocation
 
 
-def _default_pruning() -> Any:
-    from app.pruning.spec import PruningSpec
-
+def _default_pruning() -> PruningSpec:
     return PruningSpec(granularity="element", criterion="l1", scope="layerwise", sparsity=0.5)
 
 
 def _evaluate(model: nn.Module, data: ArrayDataset, device: str) -> float:
-    from app.pruning.measure import evaluate
-
     return float(evaluate(model, data, device=device)["accuracy"])
 
 
-def _prune_one(model: nn.Module, pruning: Any, layer: str, others: list[str], s: float, **kw: Any):
-    """Masks for ``layer`` alone at sparsity ``s`` (every other layer excluded), applied in place."""
+def _prune_one(
+    model: nn.Module,
+    pruning: PruningSpec,
+    others: list[str],
+    s: float,
+    *,
+    data: ArrayDataset,
+    device: str,
+) -> None:
+    """Masks for the one layer not in ``others`` at sparsity ``s``, applied in place."""
     spec = dataclasses.replace(
         pruning,
         scope="layerwise",
@@ -51,18 +57,16 @@ def _prune_one(model: nn.Module, pruning: Any, layer: str, others: list[str], s:
         exclude=tuple(others),
         overrides={},
     )
-    plan = masks_mod.compute_masks(
-        model, spec, sparsity=float(s), data=kw["data"], device=kw["device"]
-    )
-    masks_mod.apply_masks(model, plan.masks)
+    plan = compute_masks(model, spec, sparsity=float(s), data=data, device=device)
+    apply_masks(model, plan.masks)
 
 
 def run_sensitivity(
     model: nn.Module,
     data: ArrayDataset,
-    spec: Any,
+    spec: SensitivitySpec,
     *,
-    pruning: Any = None,
+    pruning: PruningSpec | None = None,
     device: str = "cpu",
     report: Report = NULL_REPORT,
     should_stop: ShouldStop = NEVER,
@@ -103,7 +107,7 @@ def run_sensitivity(
         others = [n for n in prunable_layers(model) if n != layer]
         for j, s in enumerate(sweep):
             check_cancelled(should_stop)
-            _prune_one(model, pruning, layer, others, s, data=data, device=device)
+            _prune_one(model, pruning, others, s, data=data, device=device)
             rows.append({"layer": layer, "sparsity": s, "accuracy": _evaluate(model, data, device)})
             model.load_state_dict(original)
             done = i * len(sweep) + j + 1

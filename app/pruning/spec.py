@@ -27,6 +27,7 @@ from app.catalogue import (
     SCHEDULE_KINDS,
     SCOPES,
     VALID_PAIRS,
+    WANDA_GROUPS,
 )
 
 # Keys of the POST /api/runs body that belong to the run row, not to the recipe.
@@ -87,6 +88,7 @@ class PruningSpec:
     round_to: int | None = None
     calibration_batches: int = 4
     bn_l1: float = 0.0  # L1 sparsity-training strength on BN gamma (applied by the trainer)
+    wanda_group: str = "row"  # wanda (element) compares scores per output row or per layer
 
     def __post_init__(self) -> None:
         _choice(self.granularity, GRANULARITY_NAMES, "pruning.granularity")
@@ -120,8 +122,18 @@ class PruningSpec:
                 "pruning.round_to applies to granularities 'filter' and 'channel' only, "
                 f"not '{self.granularity}'."
             )
+        if self.granularity == "layer" and self.threshold is not None:
+            raise ValueError(
+                "pruning.threshold does not apply to granularity 'layer' (whole blocks go by "
+                "their share of the parameters); set pruning.sparsity instead."
+            )
         _int(self.calibration_batches, "pruning.calibration_batches", 1)
         _number(self.bn_l1, "pruning.bn_l1", 0.0, math.inf)
+        _choice(self.wanda_group, WANDA_GROUPS, "pruning.wanda_group")
+        if self.wanda_group != "row" and (self.criterion, self.granularity) != ("wanda", "element"):
+            raise ValueError(
+                "pruning.wanda_group applies to criterion 'wanda' at granularity 'element' only."
+            )
 
     def check_target(self) -> None:
         """Raise ValueError unless exactly one of sparsity/threshold is set (nm needs neither)."""
@@ -300,46 +312,3 @@ class Recipe:
             "seed": self.seed,
             "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
         }
-
-
-def agp_sparsity(t: int, n: int, final: float, initial: float = 0.0) -> float:
-    """Zhu & Gupta's cubic ramp at update ``t`` of ``n``: ``s_f + (s_i - s_f)(1 - t/n)^3``.
-
-    Example:
-        >>> agp_sparsity(4, 4, 0.9)
-        0.9
-    """
-    if n < 1:
-        raise ValueError(f"schedule.steps must be at least 1; got {n}")
-    frac = min(max(t / n, 0.0), 1.0)
-    return float(final + (initial - final) * (1.0 - frac) ** 3)
-
-
-def schedule_targets(spec: Any, final_sparsity: float) -> list[float]:
-    """Per-step target sparsities (torch-free: the new-run form previews them too) for a ``ScheduleSpec`` ending at ``final_sparsity``.
-
-    Args:
-        spec: a ``ScheduleSpec`` (``kind``, ``steps``).
-        final_sparsity: the fraction of prunable weights removed at the end.
-
-    Returns:
-        One target per pruning step, non-decreasing, the last equal to ``final_sparsity``.
-
-    Raises:
-        ValueError: an unknown schedule kind or a sparsity outside [0, 1).
-
-    Example:
-        >>> schedule_targets(ScheduleSpec(kind="iterative", steps=2), 0.75)
-        [0.5, 0.75]
-    """
-    s_f = float(final_sparsity)
-    if not 0.0 <= s_f < 1.0:
-        raise ValueError(f"pruning.sparsity must be in [0, 1); got {s_f}")
-    n = int(spec.steps)
-    if spec.kind in ("oneshot", "at_init", "retrain"):
-        return [s_f]
-    if spec.kind == "iterative":
-        return [1.0 - (1.0 - s_f) ** (k / n) if k < n else s_f for k in range(1, n + 1)]
-    if spec.kind == "agp":
-        return [agp_sparsity(k, n, s_f) for k in range(1, n + 1)]
-    raise ValueError(f"schedule.kind must be one of {', '.join(SCHEDULE_KINDS)}; got {spec.kind!r}")

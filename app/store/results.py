@@ -1,5 +1,5 @@
 """What runs produce (steps, layers, histograms, curve, sensitivity, artifacts, the result
-model) and sweeps. Split out of ``runs``, which re-exports every name here.
+model) and sweeps.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ __all__ = [
     "add_model_record",
     "create_sweep",
     "get_sweep",
+    "require_sweep",
 ]
 
 
@@ -216,7 +217,13 @@ def create_sweep(
     return sweep
 
 
-def get_sweep(session: Session, *, sweep_id: int) -> Sweep:
+def get_sweep(session: Session, *, sweep_id: int) -> Sweep | None:
+    """The sweep, or None."""
+    return session.get(Sweep, sweep_id)
+
+
+def require_sweep(session: Session, *, sweep_id: int) -> Sweep:
+    """The sweep, or ``NotFound`` with a sentence."""
     sweep = session.get(Sweep, sweep_id)
     if sweep is None:
         raise NotFound(f"sweep {sweep_id} does not exist")

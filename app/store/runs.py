@@ -1,5 +1,5 @@
-"""Runs and their events; what they produce and sweeps are in ``store.results`` (re-exported
-here). Status changes are conditional UPDATEs (``WHERE status IN ...``) so the web process,
+"""Runs and their events; what they produce and sweeps are in ``store.results``.
+Status changes are conditional UPDATEs (``WHERE status IN ...``) so the web process,
 the dispatcher and a worker never overwrite each other's decisions.
 """
 
@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, update
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from app.errors import Conflict, NotFound
 from app.models import (
@@ -25,22 +26,6 @@ from app.models import (
     utcnow,
 )
 from app.store.events import add_event, events_after
-from app.store.results import (
-    add_artifacts,
-    add_curve_point,
-    add_model_record,
-    create_sweep,
-    get_artifact,
-    get_sweep,
-    list_artifacts,
-    list_curve,
-    list_histograms,
-    list_layers,
-    list_sensitivity,
-    list_steps,
-    replace_results,
-    save_step,
-)
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -49,6 +34,7 @@ __all__ = [
     "require_run",
     "list_runs",
     "count_runs",
+    "runs_by_ids",
     "count_queued",
     "queued_runs",
     "active_runs",
@@ -62,24 +48,11 @@ __all__ = [
     "delete_run",
     "add_event",
     "events_after",
-    "save_step",
-    "add_curve_point",
-    "replace_results",
-    "add_artifacts",
-    "list_steps",
-    "list_layers",
-    "list_histograms",
-    "list_curve",
-    "list_sensitivity",
-    "list_artifacts",
-    "get_artifact",
-    "add_model_record",
-    "create_sweep",
-    "get_sweep",
     "aware",
 ]
 
 ACTIVE_STATUSES = ("queued", "running")
+T = TypeVar("T")
 
 
 def aware(dt: datetime | None) -> datetime | None:
@@ -117,6 +90,7 @@ def create_run(
 
 
 def get_run(session: Session, *, run_id: int) -> Run | None:
+    """The run, or None."""
     return session.get(Run, run_id)
 
 
@@ -129,8 +103,15 @@ def require_run(session: Session, *, run_id: int) -> Run:
 
 
 def _filtered(
-    query: Any, status: str | None, model_id: int | None, owner_id: int | None, sweep_id: int | None
-) -> Any:
+    query: SelectOfScalar[T],
+    status: str | None,
+    model_id: int | None,
+    owner_id: int | None,
+    sweep_id: int | None,
+    dataset_id: str | None,
+) -> SelectOfScalar[T]:
+    if dataset_id:
+        query = query.where(Run.dataset_id == dataset_id)
     if status is not None:
         query = query.where(Run.status == status)
     if model_id is not None:
@@ -149,11 +130,12 @@ def list_runs(
     model_id: int | None = None,
     owner_id: int | None = None,
     sweep_id: int | None = None,
+    dataset_id: str | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[Run]:
-    """Runs, newest first."""
-    query = _filtered(select(Run), status, model_id, owner_id, sweep_id)
+    """Runs matching the filters, newest first."""
+    query = _filtered(select(Run), status, model_id, owner_id, sweep_id, dataset_id)
     query = query.order_by(col(Run.id).desc()).offset(offset).limit(limit)
     return list(session.exec(query))
 
@@ -165,9 +147,19 @@ def count_runs(
     model_id: int | None = None,
     owner_id: int | None = None,
     sweep_id: int | None = None,
+    dataset_id: str | None = None,
 ) -> int:
-    query = _filtered(select(func.count()).select_from(Run), status, model_id, owner_id, sweep_id)
+    """How many runs match the filters (``list_runs`` gives a page of them)."""
+    query = _filtered(
+        select(func.count()).select_from(Run), status, model_id, owner_id, sweep_id, dataset_id
+    )
     return int(session.exec(query).one())
+
+
+def runs_by_ids(session: Session, *, ids: Sequence[int]) -> list[Run]:
+    """The runs with these ids, in the order asked (missing ids are skipped)."""
+    found = {r.id: r for r in session.exec(select(Run).where(col(Run.id).in_(list(ids)))).all()}
+    return [found[i] for i in ids if i in found]
 
 
 def count_queued(session: Session, *, owner_id: int | None) -> int:

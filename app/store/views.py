@@ -1,59 +1,23 @@
-"""Read-only queries the dashboard pages need (keyword-only, session first).
+"""Read-only queries the dashboard charts need (keyword-only, session first).
 
-Rows come back as plain dicts so the chart functions stay free of ORM objects.
+Rows come back as plain dicts so the chart functions stay free of ORM objects; rows themselves
+(runs, models, datasets, sweeps, artifacts) are read through the other store modules.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from app.models import (
-    Artifact,
     CurvePoint,
-    DatasetRecord,
     Histogram,
     LayerStat,
-    ModelRecord,
     Run,
     RunEvent,
     RunStep,
     SensitivityRow,
-    Sweep,
 )
-
-
-def list_runs(
-    session: Session,
-    *,
-    status: str | None = None,
-    model_id: int | None = None,
-    dataset_id: str | None = None,
-    sweep_id: int | None = None,
-    limit: int = 25,
-    offset: int = 0,
-) -> tuple[list[Run], int]:
-    """A page of runs, newest first, and the total count matching the filters."""
-    conds = []
-    if status:
-        conds.append(Run.status == status)
-    if model_id is not None:
-        conds.append(Run.model_id == model_id)
-    if dataset_id:
-        conds.append(Run.dataset_id == dataset_id)
-    if sweep_id is not None:
-        conds.append(Run.sweep_id == sweep_id)
-    total = session.exec(select(func.count()).select_from(Run).where(*conds)).one()
-    stmt = select(Run).where(*conds).order_by(col(Run.id).desc()).offset(offset).limit(limit)
-    return list(session.exec(stmt).all()), int(total)
-
-
-def runs_by_ids(session: Session, *, ids: Sequence[int]) -> list[Run]:
-    """The runs with these ids, in the order asked (missing ids are skipped)."""
-    found = {r.id: r for r in session.exec(select(Run).where(col(Run.id).in_(list(ids)))).all()}
-    return [found[i] for i in ids if i in found]
 
 
 def finished_runs(
@@ -145,38 +109,6 @@ def run_sensitivity(session: Session, *, run_id: int) -> list[dict]:
         {"layer": r.layer, "sparsity": r.sparsity, "accuracy": r.accuracy}
         for r in session.exec(stmt).all()
     ]
-
-
-def run_artifacts(session: Session, *, run_id: int) -> list[Artifact]:
-    stmt = select(Artifact).where(Artifact.run_id == run_id).order_by(col(Artifact.id))
-    return list(session.exec(stmt).all())
-
-
-def list_models(session: Session, *, limit: int = 25, offset: int = 0) -> tuple[list, int]:
-    total = session.exec(select(func.count()).select_from(ModelRecord)).one()
-    stmt = select(ModelRecord).order_by(col(ModelRecord.id).desc()).offset(offset).limit(limit)
-    return list(session.exec(stmt).all()), int(total)
-
-
-def all_models(session: Session, *, limit: int = 500) -> list[ModelRecord]:
-    stmt = select(ModelRecord).order_by(col(ModelRecord.id).desc()).limit(limit)
-    return list(session.exec(stmt).all())
-
-
-def get_model(session: Session, *, model_id: int) -> ModelRecord | None:
-    return session.get(ModelRecord, model_id)
-
-
-def list_datasets(session: Session) -> list[DatasetRecord]:
-    return list(session.exec(select(DatasetRecord).order_by(col(DatasetRecord.created_at))).all())
-
-
-def get_run(session: Session, *, run_id: int) -> Run | None:
-    return session.get(Run, run_id)
-
-
-def get_sweep(session: Session, *, sweep_id: int) -> Sweep | None:
-    return session.get(Sweep, sweep_id)
 
 
 def latest_event_id(session: Session, *, run_id: int) -> int:

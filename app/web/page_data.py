@@ -1,4 +1,4 @@
-"""What each page shows: reads rows through :mod:`app.store.views`, shapes them for templates.
+"""What each page shows: reads rows through :mod:`app.store`, shapes them for templates.
 
 No torch here: masks are read from the run's exported safetensors (or ``masks.npz``) with
 numpy only.
@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 from sqlmodel import Session
 
+from app import catalogue, store
+from app.artifacts import ArtifactStore
 from app.models import FINISHED_STATUSES, Run
+from app.pruning.notes import Note, as_note
 from app.store import views
 from app.web import charts, charts_runs
 
-MAX_COMPARE = 6
 PER_PAGE = 25
 MASK_ARTIFACTS = ("masks.npz", "masks.safetensors")
 
@@ -32,8 +34,10 @@ def parse_run_ids(text: str | None) -> list[int]:
         raise ValueError(
             "runs must be a comma-separated list of run ids, e.g. runs=1,2,3."
         ) from None
-    if not 2 <= len(ids) <= MAX_COMPARE:
-        raise ValueError(f"runs must name 2 to {MAX_COMPARE} runs to compare; got {len(ids)}.")
+    if not 2 <= len(ids) <= catalogue.MAX_COMPARE:
+        raise ValueError(
+            f"runs must name 2 to {catalogue.MAX_COMPARE} runs to compare; got {len(ids)}."
+        )
     return ids
 
 
@@ -70,8 +74,13 @@ def run_summary(run: Run) -> dict:
     }
 
 
+def run_notes(run: Run) -> list[Note]:
+    """The run's notes as structured notes (older runs stored plain sentences)."""
+    return [as_note(n) for n in run.notes or []]
+
+
 def masks_only(run: Run) -> bool:
-    return any("masks only" in n for n in run.notes or [])
+    return bool(run.masks_only)
 
 
 def final_layer_rows(layers: list[dict]) -> list[dict]:
@@ -84,13 +93,13 @@ def overview_context(session: Session, *, model_id: int | None, dataset_id: str 
         run_summary(r)
         for r in views.finished_runs(session, model_id=model_id, dataset_id=dataset_id)
     ]
-    recent, total = views.list_runs(session, limit=10)
+    recent = store.list_runs(session, limit=10)
     return {
         "figure": charts_runs.overview_scatter(runs),
         "n_points": len(runs),
         "recent": [run_summary(r) for r in recent],
-        "n_runs": total,
-        "models": views.all_models(session),
+        "n_runs": store.count_runs(session),
+        "models": store.list_models(session, limit=500),
         "datasets": dataset_choices(session),
         "model_id": model_id,
         "dataset_id": dataset_id,
@@ -98,7 +107,7 @@ def overview_context(session: Session, *, model_id: int | None, dataset_id: str 
 
 
 def dataset_choices(session: Session) -> list[dict]:
-    """Every dataset, the built-in digits first even when it has no row yet."""
+    """Every dataset, the built-in ones first (from the catalogue)."""
     rows = [
         {
             "id": d.id,
@@ -109,22 +118,22 @@ def dataset_choices(session: Session) -> list[dict]:
             "n_classes": d.n_classes,
             "format": d.format,
         }
-        for d in views.list_datasets(session)
+        for d in store.list_datasets(session)
     ]
-    if not any(r["id"] == "digits" for r in rows):
-        rows.insert(
-            0,
-            {
-                "id": "digits",
-                "name": "digits (built-in, scikit-learn 8x8)",
-                "n_train": 1257,
-                "n_test": 540,
-                "input_shape": [1, 8, 8],
-                "n_classes": 10,
-                "format": "builtin",
-            },
-        )
-    return rows
+    builtins = [
+        {
+            "id": d.id,
+            "name": d.name,
+            "n_train": d.n_train,
+            "n_test": d.n_test,
+            "input_shape": list(d.input_shape),
+            "n_classes": d.n_classes,
+            "format": "builtin",
+        }
+        for d in catalogue.DATASETS.values()
+        if not any(r["id"] == d.id for r in rows)
+    ]
+    return builtins + rows
 
 
 def run_figures(
@@ -172,7 +181,8 @@ def run_context(session: Session, run: Run) -> dict:
         "layer_rows": final_layer_rows(layers),
         "steps": steps,
         "masks_only": masks_only(run),
-        "artifacts": views.run_artifacts(session, run_id=run.id),
+        "notes": run_notes(run),
+        "artifacts": store.list_artifacts(session, run_id=run.id),
         "recipe_json": json.dumps(run.recipe or {}, indent=2),
         "last_event_id": views.latest_event_id(session, run_id=run.id),
         "metric_keys": [k for k, _, _ in charts_runs.FINAL_COLUMNS],
@@ -191,29 +201,21 @@ def histogram_figure(session: Session, run: Run, layer: str) -> dict:
     return charts.histogram_figure(rows, layer=layer)
 
 
-def _artifact_path(artifacts_root: str, storage_key: str) -> Path | None:
-    path = Path(storage_key)
-    if not path.is_absolute():
-        if "://" in artifacts_root:
-            return None
-        path = Path(artifacts_root) / storage_key
-    return path if path.is_file() else None
-
-
 def load_mask(session: Session, run: Run, layer: str, artifacts_root: str) -> np.ndarray | None:
     """The kept-weights mask of ``layer``: from ``masks.npz`` or the masked safetensors export."""
-    arts = {a.name: a for a in views.run_artifacts(session, run_id=run.id)}
+    artifacts = ArtifactStore(artifacts_root)
+    arts = {a.name: a for a in store.list_artifacts(session, run_id=run.id)}
     for name in MASK_ARTIFACTS:
-        if name in arts and (path := _artifact_path(artifacts_root, arts[name].storage_key)):
-            found = _read_tensor(path, (layer, f"{layer}.weight"))
+        if name in arts and artifacts.exists(key := arts[name].storage_key):
+            with artifacts.local_file(key) as path:
+                found = _read_tensor(path, (layer, f"{layer}.weight"))
             if found is not None:
                 return found.astype(bool)
     art = arts.get("pruned.safetensors")
-    physical = any("physically removed" in n for n in run.notes or [])
-    if art is None or physical:
+    if art is None or run.physical or not artifacts.exists(art.storage_key):
         return None
-    path = _artifact_path(artifacts_root, art.storage_key)
-    weight = _read_tensor(path, (f"{layer}.weight",)) if path else None
+    with artifacts.local_file(art.storage_key) as path:
+        weight = _read_tensor(path, (f"{layer}.weight",))
     return None if weight is None else weight != 0
 
 
@@ -247,7 +249,7 @@ def mask_figure(session: Session, run: Run, layer: str, artifacts_root: str) -> 
 
 def compare_context(session: Session, ids: list[int]) -> dict:
     runs = []
-    for run in views.runs_by_ids(session, ids=ids):
+    for run in store.runs_by_ids(session, ids=ids):
         r = run_summary(run)
         r["steps"] = views.run_steps(session, run_id=run.id)
         r["layers"] = views.run_layers(session, run_id=run.id)
@@ -276,16 +278,16 @@ def compare_context(session: Session, ids: list[int]) -> dict:
 def compare_histogram(session: Session, ids: list[int], layer: str) -> dict:
     runs = [
         {**run_summary(r), "histograms": views.run_histograms(session, run_id=r.id, layer=layer)}
-        for r in views.runs_by_ids(session, ids=ids)
+        for r in store.runs_by_ids(session, ids=ids)
     ]
     return charts_runs.compare_histograms(runs, layer=layer)
 
 
 def sweep_context(session: Session, sweep_id: int) -> dict | None:
-    sweep = views.get_sweep(session, sweep_id=sweep_id)
+    sweep = store.get_sweep(session, sweep_id=sweep_id)
     if sweep is None:
         return None
-    rows, _ = views.list_runs(session, sweep_id=sweep_id, limit=500)
+    rows = store.list_runs(session, sweep_id=sweep_id, limit=500)
     runs = [run_summary(r) for r in rows]
     return {
         "sweep": sweep,

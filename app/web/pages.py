@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from app import catalogue
+from app import catalogue, store
 from app.models import RUN_STATUSES, Run
 from app.store import views
 from app.web import page_data
@@ -30,7 +30,7 @@ def render(request: Request, name: str, user: object, ctx: dict, status: int = 2
 
 
 def _run_or_404(session: SessionDep, run_id: int) -> Run:
-    run = views.get_run(session, run_id=run_id)
+    run = store.get_run(session, run_id=run_id)
     if run is None:
         raise HTTPException(404, f"run {run_id} does not exist")
     return run
@@ -61,9 +61,8 @@ def runs_list(
     status: Annotated[str | None, Query(max_length=16)] = None,
 ) -> Response:
     status = status if status in RUN_STATUSES else None
-    _, total = views.list_runs(session, status=status, limit=1)
-    pag = page_data.pagination(total, page)
-    rows, _ = views.list_runs(session, status=status, limit=pag["per_page"], offset=pag["offset"])
+    pag = page_data.pagination(store.count_runs(session, status=status), page)
+    rows = store.list_runs(session, status=status, limit=pag["per_page"], offset=pag["offset"])
     ctx = {
         "runs": [page_data.run_summary(r) for r in rows],
         "pag": pag,
@@ -80,22 +79,17 @@ def run_new(
     session: SessionDep,
     model_id: Annotated[int | None, Query()] = None,
 ) -> Response:
-    models = views.all_models(session)
-    pairs = {
-        c: [g for g in catalogue.GRANULARITY_NAMES if g in catalogue.VALID_PAIRS[c]]
-        for c in catalogue.CRITERION_NAMES
-    }
+    models = store.list_models(session, limit=500)
     ctx = {
         "models": models,
         "model_id": model_id,
         "datasets": page_data.dataset_choices(session),
         "form_spec": {
-            "pairs": pairs,
-            "granularities": list(catalogue.GRANULARITY_NAMES),
-            "criteria": list(catalogue.CRITERION_NAMES),
-            "schedules": list(catalogue.SCHEDULE_KINDS),
-            "optimizers": list(catalogue.OPTIMIZERS),
-            "scopes": list(catalogue.SCOPES),
+            "catalogue": catalogue.as_json(),
+            "pairs": {
+                c.name: [g for g in catalogue.GRANULARITY_NAMES if g in c.granularities]
+                for c in catalogue.CRITERIA.values()
+            },
             "layers": {
                 m.id: [x["name"] for x in m.layers or [] if x.get("prunable", True)] for m in models
             },
@@ -154,8 +148,12 @@ def compare(
     try:
         ids = page_data.parse_run_ids(runs)
     except ValueError as exc:
-        recent, _ = views.list_runs(session, limit=20)
-        ctx = {"error": str(exc), "recent": [page_data.run_summary(r) for r in recent]}
+        recent = store.list_runs(session, limit=20)
+        ctx = {
+            "error": str(exc),
+            "recent": [page_data.run_summary(r) for r in recent],
+            "max_compare": catalogue.MAX_COMPARE,
+        }
         return render(request, "compare_pick.html", user, ctx, status=422 if runs else 200)
     return render(request, "compare.html", user, page_data.compare_context(session, ids))
 
@@ -186,18 +184,18 @@ def sweep_page(request: Request, sweep_id: int, user: PageUser, session: Session
 def models_list(
     request: Request, user: PageUser, session: SessionDep, page: PageNo = 1
 ) -> Response:
-    _, total = views.list_models(session, limit=1)
-    pag = page_data.pagination(total, page)
-    rows, _ = views.list_models(session, limit=pag["per_page"], offset=pag["offset"])
+    pag = page_data.pagination(store.count_models(session), page)
+    rows = store.list_models(session, limit=pag["per_page"], offset=pag["offset"])
     return render(request, "models.html", user, {"models": rows, "pag": pag})
 
 
 @router.get("/models/{model_id}", response_class=HTMLResponse)
 def model_page(request: Request, model_id: int, user: PageUser, session: SessionDep) -> Response:
-    model = views.get_model(session, model_id=model_id)
+    model = store.get_model(session, model_id=model_id)
     if model is None:
         raise HTTPException(404, f"model {model_id} does not exist")
-    runs, n_runs = views.list_runs(session, model_id=model_id, limit=10)
+    runs = store.list_runs(session, model_id=model_id, limit=10)
+    n_runs = store.count_runs(session, model_id=model_id)
     ctx = {"model": model, "runs": [page_data.run_summary(r) for r in runs], "n_runs": n_runs}
     return render(request, "model.html", user, ctx)
 

@@ -33,22 +33,21 @@
     form.querySelector("[data-section=schedule]").disabled = $("kind").value !== "prune";
   }
 
-  // The engine's schedule.targets(): iterative = equal fractions of the remaining weights each
-  // step; agp = Zhu & Gupta's cubic ramp; the one-shot kinds prune once.
-  function targets(kind, steps, s) {
-    var out = [], k;
-    if (["oneshot", "at_init", "retrain"].indexOf(kind) >= 0) return [s];
-    for (k = 1; k <= steps; k++) {
-      if (kind === "agp") out.push(s - s * Math.pow(1 - k / steps, 3));
-      else out.push(k < steps ? 1 - Math.pow(1 - s, k / steps) : s);
-    }
-    return out;
-  }
-
+  // The targets come from the server (GET /api/schedule/preview, the engine's
+  // schedule_targets), so the preview is exactly what the run will do.
+  var previewSeq = 0;
   function drawSchedule() {
     var s = num("sparsity"), steps = Math.max(1, Math.min(50, num("steps") || 1));
     if (s === null || !(s >= 0 && s < 1)) s = 0;
-    var t = targets($("schedule_kind").value, steps, s);
+    var seq = ++previewSeq;
+    var query = new URLSearchParams({ kind: $("schedule_kind").value, steps: steps, sparsity: s });
+    fetch("/api/schedule/preview?" + query, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (body) { if (body && seq === previewSeq) plotSchedule(body.targets); })
+      .catch(function () {});
+  }
+
+  function plotSchedule(t) {
     var x = t.map(function (_, i) { return i + 1; });
     Plotly.react("chart-schedule", [{
       type: "scatter", mode: "lines+markers", x: [0].concat(x), y: [0].concat(t), line: { shape: "hv", color: "#0072B2" },

@@ -124,6 +124,8 @@ def seed_run(
             "finetune": {"epochs": 2, "lr": 0.01},
         },
         notes=["masks only: no speed-up expected (pruning.physical is false)"],
+        physical=False,
+        masks_only=True,
     )
     session.add(run)
     session.flush()

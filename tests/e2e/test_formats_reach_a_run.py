@@ -120,7 +120,10 @@ def test_every_upload_format_reaches_a_prune_run(tmp_path, monkeypatch) -> None:
             if label.endswith("/element"):
                 assert final["sparsity"] >= 0.4, (label, final)
                 if label.startswith(("torchscript", "pt2")):
-                    assert any("masks only" in n for n in run["notes"]), (label, run["notes"])
+                    assert any("masks only" in n["text"] for n in run["notes"]), (
+                        label,
+                        run["notes"],
+                    )
             else:
                 assert final["n_params"] < 0.6 * base["n_params"], (label, final, base)
                 assert final["flops"] < 0.6 * base["flops"], (label, final, base)

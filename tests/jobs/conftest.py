@@ -46,9 +46,10 @@ def add_model(
     """Register a small zoo model (safetensors + arch) as a ModelRecord; returns its id."""
     from safetensors.torch import save_file
 
-    from app import datasets, store, zoo
-    from app.jobs.artifacts import ArtifactStore
-    from app.jobs.tasks import module_record_fields
+    from app import store, zoo
+    from app.artifacts import ArtifactStore
+    from app.intake import datasets
+    from app.runs.results import module_record_fields
 
     torch.manual_seed(0)
     data = datasets.load_digits()

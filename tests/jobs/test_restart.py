@@ -103,7 +103,7 @@ def test_kill_9_of_the_server_interrupts_the_run_and_resume_completes_it(tmp_pat
         )
         assert body["status"] == "succeeded", body
         assert body["attempt"] == 2
-        assert any(n.startswith("resumed after step") for n in body["notes"]), body["notes"]
+        assert any(n["text"].startswith("resumed after step") for n in body["notes"]), body["notes"]
         steps = httpx.get(f"{url}/{run_id}/steps", headers=headers).json()
         assert [s["step"] for s in steps] == [0, 1, 2, 3]
     finally:

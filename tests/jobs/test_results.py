@@ -10,7 +10,7 @@ import torch
 from sqlmodel import Session
 
 from app import db, store
-from app.jobs.artifacts import ArtifactStore
+from app.artifacts import ArtifactStore
 from app.jobs.tasks import execute_run
 from app.models import ModelRecord, Run
 from app.pruning.spec import Recipe
@@ -85,7 +85,7 @@ def test_a_physically_pruned_result_is_safetensors_that_a_second_run_prunes_agai
     assert trained.format == "safetensors" and trained.arch == "cnn_small"
 
     filt = _execute(lab, _prune("filter", 0.5, physical=True), trained.id)
-    assert any("physically removed" in n for n in filt.notes)
+    assert any("physically removed" in n["text"] for n in filt.notes)
     small = _model(lab, filt.result_model_id)
     assert small.format == "safetensors" and small.arch == "cnn_small" and small.structured_ok
     assert small.n_params == filt.final["n_params"] < trained.n_params
@@ -121,3 +121,30 @@ def test_masks_npz_keeps_the_original_shapes_of_a_physically_pruned_run(lab) -> 
     rows = drawn.reshape(drawn.shape[0], -1)
     assert (~rows.any(axis=1)).any(), "whole filters are removed"
     assert np.all(rows.all(axis=1) | ~rows.any(axis=1)), "a filter is kept or removed whole"
+
+
+def test_prunelab_run_writes_the_same_artifacts_as_a_server_run(lab, tmp_path: Path) -> None:
+    import json
+
+    from app.runs.cli import run_command
+    from tests.jobs.conftest import add_model
+
+    settings, engine = lab
+    with Session(engine) as s:
+        model_id = add_model(s, settings, arch="cnn_small")
+        key = s.get(ModelRecord, model_id).storage_key
+    body = {**_prune("filter", 0.5, physical=True), "arch": "cnn_small"}
+    server = _execute(lab, body, model_id)
+    assert server.physical is True and server.masks_only is False
+    with Session(engine) as s:
+        stored = {a.name for a in store.list_artifacts(s, run_id=server.id)}
+
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({k: v for k, v in body.items() if k != "arch"}))
+    out = tmp_path / "cli-out"
+    weights = ArtifactStore(settings.artifacts).local_path(key)
+    summary = run_command(recipe, weights, "digits", out, arch="cnn_small", progress=False)
+    written = {a["name"] for a in summary["artifacts"]}
+    assert "masks.npz" in stored and (out / "masks.npz").is_file()
+    assert written == stored
+    assert all((out / name).is_file() for name in written)

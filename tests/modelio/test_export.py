@@ -14,7 +14,8 @@ from torch import nn
 
 from app import zoo
 from app.modelio.export import export_all
-from app.pruning.structural import architecture_config, physical_prune, rebuild
+from app.pruning.structural.rebuild import architecture_config, rebuild
+from app.pruning.structural.remove import physical_prune
 
 torch.set_num_threads(1)
 

@@ -124,7 +124,7 @@ def test_truncated_code_archives_are_refused(files, key):
 
 def _pruned_lenet(keep: int = 4) -> tuple[torch.nn.Module, dict]:
     """lenet5 with ``keep`` of the 6 filters of its first conv, as physical removal leaves it."""
-    from app.pruning.structural import architecture_config, rebuild
+    from app.pruning.structural.rebuild import architecture_config, rebuild
 
     config = architecture_config(_reference(), arch="lenet5", num_classes=10, input_shape=(1, 8, 8))
     config["layers"]["features.0"]["args"]["out_channels"] = keep

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from app.pruning.granularity import following_bn, prunable_layers, residual_blocks, unit_view
-from app.pruning.masks import compute_masks
+from app.pruning.masks.compute import compute_masks
 from app.pruning.spec import PruningSpec
 from tests.pruning.conftest import TinyResNet, make_cnn
 
@@ -91,14 +91,40 @@ def test_group_pruning_uses_the_same_pattern_in_every_filter(layer, sparsity) ->
 @given(conv_layers(), st.sampled_from([(1, 2), (2, 4), (1, 4), (3, 8), (2, 3)]))
 def test_nm_keeps_at_most_n_of_every_m_along_the_input(layer, nm) -> None:
     n, m_ = nm
-    m = _canon(layer, _mask(layer, "nm", nm=nm)).reshape(
-        layer.weight.shape[1 if isinstance(layer, nn.ConvTranspose2d) else 0], -1
+    m = _canon(layer, _mask(layer, "nm", nm=nm))
+    if m.shape[1] % m_:  # the reduction dimension is not a multiple of M: left dense
+        assert bool(m.all())
+        return
+    groups = m.movedim(1, -1).reshape(-1, m_)  # (out, *kernel, in): M consecutive inputs
+    assert int(groups.sum(1).max()) <= n
+    assert bool((groups.sum(1) == min(n, groups.shape[1])).all())
+
+
+def test_nm_groups_input_channels_as_sparse_kernels_read_them() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 4),
     )
-    length = m.shape[1]
-    for start in range(0, length, m_):
-        chunk = m[:, start : start + m_]
-        assert int(chunk.sum(1).max()) <= n
-        assert bool((chunk.sum(1) == min(n, chunk.shape[1])).all())
+    plan = compute_masks(model, PruningSpec("nm", "l1", nm=(2, 4)))
+    hardware = plan.masks["2"].permute(0, 2, 3, 1).reshape(-1, 4)  # [out, kh, kw, in]
+    assert int(hardware.sum(1).max()) <= 2 and bool((hardware.sum(1) == 2).all())
+    linear = plan.masks["5"].reshape(-1, 4)  # consecutive input features of a row
+    assert bool((linear.sum(1) == 2).all())
+    assert bool(plan.masks["0"].all()) and plan.achieved["0"] == 0.0  # 1-channel stem
+    assert [note for note in plan.notes if "'0'" in note and "dense" in note]
+    assert not [note for note in plan.notes if "'2'" in note and "dense" in note]
+
+
+def test_nm_leaves_depthwise_kernels_dense_and_says_so() -> None:
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(), nn.Conv2d(8, 8, 1))
+    plan = compute_masks(model, PruningSpec("nm", "l1", nm=(2, 4)))
+    assert bool(plan.masks["0"].all()) and plan.achieved["2"] == 0.5
+    assert [note for note in plan.notes if "'0'" in note and "dense" in note]
 
 
 @FAST

@@ -7,11 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from app.pruning.criteria import CRITERIA
+from app.pruning.criteria.magnitude import bn_l1_penalty
+from app.pruning.criteria.reconstruction import reconstruct_next_layer
 from app.pruning.data import ArrayDataset
 from app.pruning.granularity import prunable_layers
-from app.pruning.importance import CRITERIA, bn_l1_penalty, reconstruct_next_layer
-from app.pruning.masks import compute_masks
-from app.pruning.spec import PruningSpec
+from app.pruning.masks.compute import compute_masks
+from app.pruning.pipeline import run_recipe
+from app.pruning.spec import PruningSpec, Recipe
 from tests.pruning.conftest import make_cnn, make_data, make_mlp
 
 USELESS, IMPORTANT = 3, 5
@@ -106,6 +109,81 @@ def test_reconstruct_next_layer_refits_better_than_zeroing(vector_data) -> None:
     assert bool((model[2].weight[:, ~keep] == 0).all())
     assert err < 0.9 * float(zeroed)
     assert abs(float(refit) - err) < 0.05
+
+
+def test_reconstruction_run_refits_the_next_layer_and_reports_the_error(vector_data) -> None:
+    model, original = make_mlp(), make_mlp()
+    recipe = Recipe.from_dict(
+        {
+            "kind": "prune",
+            "name": "thinet",
+            "pruning": {
+                "granularity": "channel",
+                "criterion": "reconstruction",
+                "scope": "layerwise",
+                "sparsity": 0.4,
+                "exclude": ["0", "4"],
+            },
+            "finetune": {"epochs": 0},
+        }
+    )
+    result = run_recipe(recipe, model, vector_data, latency=False)
+    pruned = model[2].weight.detach()
+    keep = pruned.abs().sum(0) > 0
+    assert 0 < int(keep.sum()) < 16
+    assert not torch.equal(pruned[:, keep], original[2].weight[:, keep])  # re-fit, not just zeroed
+    x = vector_data.tensors("train")[0]
+    hidden = original[1](original[0](x))  # layer '0' is excluded: the same input in both models
+    target = hidden @ original[2].weight.T
+    zeroed = (hidden[:, keep] @ original[2].weight[:, keep].T - target).norm() / target.norm()
+    refit = (hidden @ pruned.T - target).norm() / target.norm()
+    assert float(refit) < 0.9 * float(zeroed)
+    rows = {r["layer"]: r for r in result.steps[1]["reconstruction"]}
+    assert set(rows) == {"2"}
+    assert rows["2"]["error_after"] < rows["2"]["error_before"]
+    assert abs(rows["2"]["error_before"] - float(zeroed)) < 0.05
+    assert [n for n in result.notes if "re-fit" in n["text"] and "'2'" in n["text"]]
+
+
+def test_reconstruction_refits_a_conv_fed_by_a_conv(image_data) -> None:
+    model, original = make_cnn(bn=False), make_cnn(bn=False)
+    pruning = {"granularity": "channel", "criterion": "reconstruction", "sparsity": 0.5}
+    pruning |= {"scope": "layerwise", "exclude": ["0", "8"]}
+    recipe = Recipe.from_dict(
+        {"kind": "prune", "name": "c", "pruning": pruning, "finetune": {"epochs": 0}}
+    )
+    result = run_recipe(recipe, model, image_data, latency=False)
+    keep = model[3].weight.detach().abs().sum(dim=(0, 2, 3)) > 0
+    assert int(keep.sum()) == 4
+    assert not torch.equal(model[3].weight[:, keep], original[3].weight[:, keep])
+    (row,) = result.steps[1]["reconstruction"]
+    assert row["layer"] == "3" and row["error_after"] < 0.9 * row["error_before"]
+
+
+def test_wanda_compares_weights_within_each_output_row(vector_data) -> None:
+    model = make_mlp()
+    with torch.no_grad():
+        model[0].weight[:8] *= 10.0  # loud rows: a layer-wide ranking prunes the quiet rows
+    per_row = compute_masks(model, PruningSpec("element", "wanda", sparsity=0.5), data=vector_data)
+    for name, mask in per_row.masks.items():
+        kept = mask.sum(1)
+        assert int(kept.max() - kept.min()) <= 1, name
+        assert abs(per_row.achieved[name] - 0.5) < 0.05, name
+    spec = PruningSpec("element", "wanda", sparsity=0.5, wanda_group="layer")
+    kept = compute_masks(model, spec, data=vector_data).masks["0"].sum(1)
+    assert int(kept.max() - kept.min()) > 1
+
+
+def test_wanda_per_row_is_the_reference_selection(vector_data) -> None:
+    """locuslab/wanda: sort |W| * ||X||_2 along each row, prune the lowest share of it."""
+    model = make_mlp(seed=3)
+    spec = PruningSpec("element", "wanda", scope="layerwise", sparsity=0.25)
+    mask = compute_masks(model, spec, data=vector_data).masks["0"]
+    x = vector_data.tensors("train")[0][:64]
+    metric = model[0].weight.detach().abs() * x.norm(dim=0)
+    reference = torch.ones_like(mask)
+    reference.scatter_(1, metric.sort(dim=-1, stable=True).indices[:, :3], False)
+    assert torch.equal(mask, reference)
 
 
 def test_random_is_seeded() -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from app.pruning.keeper import INDEX_MAX_PRUNED, PrunedEntries
-from app.pruning.masks import MaskKeeper, apply_masks, compute_masks
+from app.pruning.masks.compute import compute_masks
+from app.pruning.masks.keeper import INDEX_MAX_PRUNED, MaskKeeper, PrunedEntries, apply_masks
 from app.pruning.spec import PruningSpec
 from tests.pruning.conftest import make_mlp
 

@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from app.pruning.masks import MaskKeeper, apply_masks, compute_masks, global_lowest, validate
+from app.pruning.masks.compute import compute_masks, validate
+from app.pruning.masks.keeper import MaskKeeper, apply_masks
+from app.pruning.masks.ranking import global_lowest
 from app.pruning.spec import PruningSpec
 from tests.pruning.conftest import TinyResNet, make_cnn, make_mlp
 
@@ -34,7 +36,7 @@ def test_element_l1_masks_equal_torch_prune(scope, amount) -> None:
     model = make_cnn()
     plan = compute_masks(model, PruningSpec("element", "l1", scope=scope, sparsity=amount))
     expected = _torch_masks(model, list(plan.masks), amount, scope == "global")
-    assert not any("would have been emptied" in n for n in plan.notes)
+    assert not any("would have been emptied" in n["text"] for n in plan.notes)
     for name, mask in expected.items():
         assert torch.equal(plan.masks[name], mask), name
 
@@ -102,7 +104,7 @@ def test_round_to_keeps_a_multiple_of_filters(round_to) -> None:
         kept = int(plan.channels[name].sum())
         assert kept % round_to == 0 and kept >= round_to
         assert int(plan.masks[name].any(dim=1).sum()) == kept
-    assert any("multiple of" in n for n in plan.notes)
+    assert any("multiple of" in n["text"] for n in plan.notes)
 
 
 def test_no_layer_is_emptied_even_at_extreme_global_targets() -> None:
@@ -111,7 +113,7 @@ def test_no_layer_is_emptied_even_at_extreme_global_targets() -> None:
         model[2].weight *= 1e-4  # a global ranking would take all of it
     plan = compute_masks(model, PruningSpec("filter", "l1", sparsity=0.95))
     assert int(plan.channels["2"].sum()) >= 1
-    assert any("would have been emptied" in n for n in plan.notes)
+    assert any("would have been emptied" in n["text"] for n in plan.notes)
 
 
 def test_previous_masks_stay_pruned_and_the_pruned_set_grows() -> None:
@@ -207,8 +209,8 @@ def _random_masks(model: nn.Module, frac: float, seed: int) -> dict[str, torch.T
 def test_element_magnitude_fast_path_equals_the_general_path(
     criterion, scope, sparsity, ties, with_previous, seed
 ) -> None:
-    import app.pruning.masks as masks_mod
-    import app.pruning.select as select_mod
+    import app.pruning.masks.compute as masks_mod
+    import app.pruning.masks.ranking as ranking_mod
 
     model = make_cnn(seed)
     if ties:  # few distinct magnitudes: many ties at every cut
@@ -224,7 +226,7 @@ def test_element_magnitude_fast_path_equals_the_general_path(
         overrides={"3": 0.5} if seed % 2 else {},
     )
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(select_mod, "CHUNK", 7 + seed)  # many chunks, some split mid-layer
+        mp.setattr(ranking_mod, "CHUNK", 7 + seed)  # many chunks, some split mid-layer
         fast = compute_masks(model, spec, previous=previous)
         mp.setattr(masks_mod, "_raw_magnitude", lambda *_: False)
         general = compute_masks(model, spec, previous=previous)
@@ -239,7 +241,7 @@ def test_element_magnitude_fast_path_equals_the_general_path(
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.integers(1, 300), min_size=1, max_size=4), st.floats(0, 1), st.integers(0, 99))
 def test_global_lowest_abs_equals_global_lowest_of_the_ranks(sizes, frac, seed) -> None:
-    from app.pruning.select import global_lowest_abs
+    from app.pruning.masks.ranking import global_lowest_abs
 
     gen = torch.Generator().manual_seed(seed)
     weights = [(torch.randint(-9, 10, (n,), generator=gen).float() / 7) for n in sizes]
@@ -251,7 +253,7 @@ def test_global_lowest_abs_equals_global_lowest_of_the_ranks(sizes, frac, seed) 
     k = round(frac * sum(sizes))
     expected, cut = global_lowest(ranks, k)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("app.pruning.select.CHUNK", 1 + seed % 50)
+        mp.setattr("app.pruning.masks.ranking.CHUNK", 1 + seed % 50)
         got, got_cut = global_lowest_abs(weights, forced, k)
     assert got_cut == cut
     for g, e in zip(got, expected, strict=True):

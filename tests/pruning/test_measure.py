@@ -10,18 +10,16 @@ import torch
 from torch import nn
 
 from app import zoo
+from app.pruning.counts import count_flops, layer_stats, sparse_size_bytes
 from app.pruning.data import ArrayDataset
+from app.pruning.histograms import histograms
+from app.pruning.latency import measure_latency
 from app.pruning.measure import (
     METRICS,
-    count_flops,
     evaluate,
-    histograms,
-    layer_stats,
     measure,
-    measure_latency,
-    sparse_size_bytes,
 )
-from app.pruning.structural import physical_prune
+from app.pruning.structural.remove import physical_prune
 
 torch.set_num_threads(1)
 

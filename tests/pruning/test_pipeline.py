@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
-from app.pruning.pipeline import CHECKPOINT, run_recipe
+from app.intake.datasets import load_digits
+from app.pruning.checkpoint import CHECKPOINT
+from app.pruning.pipeline import run_recipe
 from app.pruning.report import Cancelled
 from app.pruning.spec import FinetuneSpec, Recipe
 from app.pruning.train import train
@@ -88,7 +89,9 @@ def test_a_run_records_baseline_steps_layers_histograms_and_curve() -> None:
     assert [p["epoch"] for p in result.curve] == [1]
     assert [e for e, _ in events if e == "step"] == ["step", "step"]
     assert events[0] == ("status", {"status": "running"})
-    assert result.notes == ["masks only: no speed-up expected"]
+    masks_notes = [n["text"] for n in result.notes if "masks only" in n["text"]]
+    assert masks_notes == ["masks only: no speed-up expected"]
+    assert [n for n in result.notes if n["level"] == "warning"] == []
     assert not result.physical
 
 
@@ -109,7 +112,7 @@ def test_filter_pruning_physically_shrinks_cnn_and_recalibrates_bn() -> None:
     assert result.model.features[0].out_channels == 8
     assert "accuracy_before_bn_recalibration" in result.steps[1]
     assert result.model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
-    assert any(n.startswith("physically removed filters") for n in result.notes)
+    assert any(n["text"].startswith("physically removed filters") for n in result.notes)
     assert result.final["accuracy"] > 0.8
 
 
@@ -119,7 +122,7 @@ def test_structured_pruning_of_a_model_that_cannot_be_rebuilt_is_masks_only() ->
     )
     assert not result.physical
     assert result.final["n_params"] == result.baseline["n_params"]
-    assert any(n.startswith("masks only: no speed-up expected") for n in result.notes)
+    assert any(n["text"].startswith("masks only: no speed-up expected") for n in result.notes)
 
 
 def test_should_stop_cancels_the_run() -> None:
@@ -153,7 +156,7 @@ def test_resume_continues_after_the_last_completed_step(tmp_path) -> None:
     full = run_recipe(rec, trained("mlp"), load_digits(), latency=False)
     resumed = run_recipe(rec, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path)
     assert [s["step"] for s in resumed.steps] == [0, 1, 2, 3]
-    assert "resumed after step 2" in resumed.notes
+    assert "resumed after step 2" in [n["text"] for n in resumed.notes]
     assert resumed.steps[2] == full.steps[2]
     assert resumed.final["sparsity"] == pytest.approx(0.875, abs=0.01)
 
@@ -181,7 +184,7 @@ def test_agp_resumes_mid_training_at_the_next_epoch(tmp_path) -> None:
     assert [p["epoch"] for p in saved["curve"]] == [1, 2]
     full = run_recipe(rec, trained("mlp"), load_digits(), latency=False)
     resumed = run_recipe(rec, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path)
-    assert f"resumed after step {saved['step']}, epoch 2" in resumed.notes
+    assert f"resumed after step {saved['step']}, epoch 2" in [n["text"] for n in resumed.notes]
     assert [s["step"] for s in resumed.steps] == [0, 1, 2, 3, 4]
     assert resumed.steps[:4] == full.steps[:4]
     assert [p["epoch"] for p in resumed.curve] == [1, 2, 3]
@@ -219,7 +222,7 @@ def test_at_init_resumes_mid_training_and_keeps_the_fallback_of_max_accuracy_dro
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["training"]["epoch"] == 2
     full = run_recipe(rec, trained("mlp"), load_digits(), latency=False)
     resumed = run_recipe(rec, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path)
-    assert "resumed after step 0, epoch 2" in resumed.notes
+    assert "resumed after step 0, epoch 2" in [n["text"] for n in resumed.notes]
     assert full.final["n_nonzero"] == full.baseline["n_nonzero"]  # the drop rule fell back
     assert resumed.final == full.final
     assert resumed.steps == full.steps

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
 from app.pruning.pipeline import run_recipe
-from app.pruning.schedule import agp_update_iterations, within_drop
-from app.pruning.spec import FinetuneSpec, Recipe, ScheduleSpec, agp_sparsity
-from app.pruning.spec import schedule_targets as targets
+from app.pruning.schedule import agp_update_iterations
+from app.pruning.spec import FinetuneSpec, Recipe, ScheduleSpec
+from app.pruning.targets import agp_sparsity, within_drop
+from app.pruning.targets import schedule_targets as targets
 from app.pruning.train import train
 
 torch.set_num_threads(1)
@@ -155,4 +156,4 @@ def test_max_accuracy_drop_stops_at_the_deepest_step_within_the_drop() -> None:
     assert kept[-1]["step"] >= 1  # at least one pruning step was within the drop
     assert result.final["accuracy"] == pytest.approx(kept[-1]["after_finetune"]["accuracy"])
     assert result.final["sparsity"] == pytest.approx(kept[-1]["after_finetune"]["sparsity"])
-    assert any("max_accuracy_drop" in note for note in result.notes)
+    assert any("max_accuracy_drop" in note["text"] for note in result.notes)

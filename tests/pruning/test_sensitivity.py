@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
 from app.pruning.sensitivity import allocate, run_sensitivity
 from app.pruning.spec import FinetuneSpec, SensitivitySpec
 from app.pruning.train import train

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from app.pruning.importance import CRITERIA
+from app.pruning.criteria import CRITERIA
 from app.pruning.spec import (
     CRITERION_NAMES,
     GRANULARITY_NAMES,
@@ -70,6 +70,8 @@ def _with(section: str, **changes) -> dict:
             "criterion 'fpgm' does not support granularity 'element'",
         ),
         ("pruning", {"round_to": 8}, "pruning.round_to applies to granularities"),
+        ("pruning", {"wanda_group": "column"}, "pruning.wanda_group 'column' is not one of"),
+        ("pruning", {"wanda_group": "layer"}, "pruning.wanda_group applies to criterion 'wanda'"),
         ("pruning", {"colour": "red"}, "unknown key 'colour' in pruning"),
         ("finetune", {"epochs": -1}, "finetune.epochs must be an integer >= 0"),
         ("finetune", {"lr": 0}, "finetune.lr must be greater than 0"),
@@ -116,3 +118,8 @@ def test_spec_module_does_not_import_torch() -> None:
     code = "import sys, app.pruning.spec; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_threshold_on_the_layer_level_is_refused_not_dropped() -> None:
+    with pytest.raises(ValueError, match="threshold does not apply to granularity 'layer'"):
+        PruningSpec.from_dict({"granularity": "layer", "criterion": "l1", "threshold": 0.2})

@@ -9,14 +9,9 @@ import torch
 from torch import nn
 
 from app import zoo
-from app.pruning.structural import (
-    architecture_config,
-    physical_prune,
-    rebuild,
-    recalibrate_bn,
-    removal_blockers,
-    zero_removed_units,
-)
+from app.pruning.structural.bn import recalibrate_bn
+from app.pruning.structural.rebuild import architecture_config, rebuild
+from app.pruning.structural.remove import physical_prune, removal_blockers, zero_removed_units
 
 torch.set_num_threads(1)
 
@@ -222,7 +217,7 @@ def test_rebuild_from_architecture_config_restores_pruned_model() -> None:
 
 @pytest.mark.slow
 def test_recalibrate_bn_restores_accuracy_of_pruned_bn_model() -> None:
-    from app.datasets import load_digits
+    from app.intake.datasets import load_digits
 
     torch.manual_seed(0)
     data = load_digits()

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from app import zoo
-from app.datasets import load_digits
+from app.intake.datasets import load_digits
+from app.pruning.optim import lr_factor
 from app.pruning.report import Cancelled
 from app.pruning.spec import FinetuneSpec
-from app.pruning.train import fine_tune, lr_factor, train
+from app.pruning.train import fine_tune, train
 
 torch.set_num_threads(1)
 
@@ -62,7 +63,7 @@ def test_cosine_lr_decays_to_zero_and_step_divides_by_ten() -> None:
 
 
 def test_masked_weights_stay_zero_through_fine_tuning() -> None:
-    from app.pruning.masks import MaskKeeper, apply_masks
+    from app.pruning.masks.keeper import MaskKeeper, apply_masks
 
     model = _mlp()
     masks = {

@@ -91,7 +91,7 @@ def test_architectures_trace_for_export(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", ["mlp", "lenet5", "cnn_small", "resnet20", "vgg11_bn"])
 def test_structured_removal_is_possible_on_conv_and_mlp_architectures(arch: str) -> None:
-    from app.pruning.structural import removal_blockers
+    from app.pruning.structural.remove import removal_blockers
 
     model = zoo.build(arch, input_shape=(1, 8, 8))
     assert removal_blockers(model, torch.rand(2, 1, 8, 8)) == []

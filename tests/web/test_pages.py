@@ -255,3 +255,60 @@ def test_web_pages_do_not_import_torch() -> None:
     code = "import sys, app.web.pages, app.web.page_data; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_catalogue_endpoint_lists_every_criterion_and_granularity(
+    client: TestClient, member_headers: dict
+) -> None:
+    from app import catalogue
+
+    assert client.get("/api/catalogue").status_code == 401
+    body = client.get("/api/catalogue", headers=member_headers).json()
+    assert [c["name"] for c in body["criteria"]] == list(catalogue.CRITERION_NAMES)
+    assert [g["name"] for g in body["granularities"]] == list(catalogue.GRANULARITY_NAMES)
+    wanda = next(c for c in body["criteria"] if c["name"] == "wanda")
+    assert wanda["needs_data"] is True and set(wanda["granularities"]) == {
+        "element",
+        "nm",
+        "channel",
+    }
+    assert body["max_compare"] == catalogue.MAX_COMPARE
+    assert "/api/catalogue" in client.get("/openapi.json", headers=member_headers).json()["paths"]
+
+
+@pytest.mark.parametrize(("kind", "steps"), [("agp", 5), ("iterative", 3), ("oneshot", 1)])
+def test_schedule_preview_equals_the_engine_targets(
+    client: TestClient, member_headers: dict, kind: str, steps: int
+) -> None:
+    from app.pruning.spec import ScheduleSpec
+    from app.pruning.targets import schedule_targets
+
+    r = client.get(
+        f"/api/schedule/preview?kind={kind}&steps={steps}&sparsity=0.9", headers=member_headers
+    )
+    assert r.status_code == 200
+    assert r.json()["targets"] == schedule_targets(ScheduleSpec(kind=kind, steps=steps), 0.9)
+
+
+def test_schedule_preview_names_a_bad_kind(client: TestClient, member_headers: dict) -> None:
+    r = client.get("/api/schedule/preview?kind=cubic&steps=2&sparsity=0.5", headers=member_headers)
+    assert r.status_code == 422 and "schedule.kind" in r.text
+
+
+def test_run_page_shows_structured_warnings_and_old_sentences(
+    client: TestClient, lab: dict, db_session: Session
+) -> None:
+    run = db_session.get(Run, lab["a"])
+    run.notes = [
+        "an old plain sentence",
+        {"level": "warning", "layer": "fc", "text": "'fc' would have been emptied"},
+    ]
+    db_session.add(run)
+    db_session.commit()
+    r = client.get(f"/runs/{lab['a']}", headers=lab["h"])
+    assert [n["level"] for n in r.context["notes"]] == ["info", "warning"]
+    assert '<li class="warn"><strong>warning</strong>: <code>fc</code>:' in r.text
+    assert "an old plain sentence" in r.text
+    body = client.get(f"/api/runs/{lab['a']}", headers=lab["h"]).json()
+    assert body["notes"][0] == {"level": "info", "layer": None, "text": "an old plain sentence"}
+    assert body["notes"][1]["level"] == "warning"

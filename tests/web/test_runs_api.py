@@ -267,3 +267,19 @@ def test_null_recipe_sections_mean_the_defaults_not_a_500(api, people) -> None:
     assert r.json()["recipe"]["schedule"]["kind"] == "oneshot"
     r = api.post("/api/runs", json={**body, "pruning": None}, headers=people["alice"])
     assert r.status_code == 422 and "pruning.sparsity" in _detail(r)
+
+
+def test_the_app_dispatches_to_the_runner_it_is_given(tmp_path) -> None:
+    from app.main import create_app
+    from tests.jobs.conftest import wait_for
+
+    fake = FakeRunner()
+    settings = job_settings(tmp_path / "data")
+    with TestClient(create_app(settings, runner=fake)) as client:
+        with Session(client.app.state.engine, expire_on_commit=False) as s:
+            alice, headers = make_user(s, "alice")
+            model_id = add_model(s, settings, owner_id=alice.id)
+        r = client.post("/api/runs", json=tiny_recipe(model_id), headers=headers)
+        assert r.status_code == 201, r.text
+        wait_for(lambda: fake.launched, timeout=10)
+        assert fake.launched == [(r.json()["id"], 1)]

@@ -1,35 +1,25 @@
-"""Datasets: the built-in ``digits`` and uploads (.npz, .csv, .zip of class folders)."""
+"""Datasets: the built-in ``digits`` and uploads (.npz, .csv, .zip of class folders).
+
+Thin routes: parsing, validation and the new row are ``app.intake.datasets``'s.
+"""
 
 from __future__ import annotations
 
-import secrets
-import tempfile
+from functools import partial
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from app import store
-from app.config import Settings
-from app.jobs.artifacts import ArtifactStore
-from app.models import DatasetRecord, Run, User
+from app import catalogue, store
+from app.artifacts import ArtifactStore
+from app.intake.datasets import ingest_dataset
+from app.models import DatasetRecord, Run
 from app.web.deps import CurrentUser, SessionDep, SettingsDep
 from app.web.uploads import receive_upload
 
 router = APIRouter(prefix="/api", tags=["datasets"])
-
-DIGITS = {
-    "id": "digits",
-    "name": "digits (scikit-learn 8x8, built in)",
-    "format": "builtin",
-    "n_train": 1257,
-    "n_test": 540,
-    "input_shape": [1, 8, 8],
-    "n_classes": 10,
-    "builtin": True,
-    "owner_id": None,
-}
 
 
 class DatasetPublic(BaseModel):
@@ -44,50 +34,21 @@ class DatasetPublic(BaseModel):
     owner_id: int | None = None
 
 
+def _builtin(info: catalogue.DatasetInfo) -> DatasetPublic:
+    return DatasetPublic(
+        id=info.id,
+        name=info.name,
+        format="builtin",
+        n_train=info.n_train,
+        n_test=info.n_test,
+        input_shape=list(info.input_shape),
+        n_classes=info.n_classes,
+        builtin=True,
+    )
+
+
 def _public(row: DatasetRecord) -> DatasetPublic:
     return DatasetPublic(**row.model_dump(exclude={"sha256", "storage_key", "created_at"}))
-
-
-def _format_of(path: Path, filename: str) -> str:
-    with path.open("rb") as fh:
-        head = fh.read(4)
-    if head.startswith(b"PK"):
-        return "npz" if filename.lower().endswith(".npz") else "zip"
-    return "csv"
-
-
-def _ingest(
-    settings: Settings, session, user: User, path: Path, filename: str, name: str, sha: str
-) -> DatasetRecord:
-    """Parse and validate the file, store it normalised as .npz, add the row."""
-    from app import datasets
-
-    ds = datasets.load_dataset_file(path, name=name)
-    ds_id = "ds_" + secrets.token_hex(5)
-    key = f"datasets/{ds_id}/dataset.npz"
-    artifacts = ArtifactStore(settings.artifacts)
-    with tempfile.TemporaryDirectory(dir=path.parent) as work:
-        artifacts.put_file(datasets.save_dataset(ds, Path(work)), key)
-    try:
-        row = store.add_dataset(
-            session,
-            id=ds_id,
-            name=name,
-            format=_format_of(path, filename),
-            n_train=ds.n_train,
-            n_test=ds.n_test,
-            input_shape=list(ds.input_shape),
-            n_classes=ds.n_classes,
-            sha256=sha,
-            storage_key=key,
-            owner_id=user.id,
-        )
-        session.commit()
-    except Exception:
-        session.rollback()
-        artifacts.delete_prefix(f"datasets/{ds_id}")
-        raise
-    return row
 
 
 @router.post("/datasets", response_model=DatasetPublic, status_code=201)
@@ -105,7 +66,16 @@ async def upload_dataset(
         filename = upload.filename or "dataset"
         name = (upload.fields.get("name") or Path(filename).stem)[:200]
         row = await run_in_threadpool(
-            _ingest, settings, session, user, upload.path, filename, name, upload.sha256
+            partial(
+                ingest_dataset,
+                settings,
+                session,
+                user,
+                upload.path,
+                filename=filename,
+                name=name,
+                sha256=upload.sha256,
+            )
         )
     finally:
         upload.discard()
@@ -114,14 +84,15 @@ async def upload_dataset(
 
 @router.get("/datasets", response_model=list[DatasetPublic])
 def list_datasets(_: CurrentUser, session: SessionDep) -> list[DatasetPublic]:
-    """The built-in digits first, then uploads (oldest first)."""
-    return [DatasetPublic(**DIGITS)] + [_public(r) for r in store.list_datasets(session)]
+    """The built-in datasets first, then uploads (oldest first)."""
+    builtins = [_builtin(d) for d in catalogue.DATASETS.values()]
+    return builtins + [_public(r) for r in store.list_datasets(session)]
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetPublic)
 def get_dataset(dataset_id: str, _: CurrentUser, session: SessionDep) -> DatasetPublic:
-    if dataset_id == "digits":
-        return DatasetPublic(**DIGITS)
+    if (info := catalogue.DATASETS.get(dataset_id)) is not None:
+        return _builtin(info)
     row = session.get(DatasetRecord, dataset_id)
     if row is None:
         raise HTTPException(404, f"dataset {dataset_id!r} does not exist")
@@ -134,8 +105,8 @@ def delete_dataset(
 ) -> None:
     if user.role == "viewer":
         raise HTTPException(403, "viewers cannot delete datasets; ask an admin for the member role")
-    if dataset_id == "digits":
-        raise HTTPException(409, "the built-in digits dataset cannot be deleted")
+    if dataset_id in catalogue.DATASETS:
+        raise HTTPException(409, f"the built-in {dataset_id} dataset cannot be deleted")
     row = session.get(DatasetRecord, dataset_id)
     if row is None:
         raise HTTPException(404, f"dataset {dataset_id!r} does not exist")

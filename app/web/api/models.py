@@ -1,15 +1,10 @@
-"""Models: upload (streamed, detected, preflighted), list, get, download, delete, from-architecture."""
+"""Models: upload, list, get, download, delete, from-architecture.
+
+Thin routes: detection, preflight and the new row are ``app.intake.models``'s.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
-import zipfile
 from pathlib import Path
 from typing import Annotated
 
@@ -19,30 +14,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from app import store
-from app.catalogue import ARCHITECTURES, check_arch
-from app.config import Settings
+from app.artifacts import ArtifactStore, content_disposition
+from app.catalogue import ARCHITECTURES
 from app.errors import Invalid
-from app.jobs.artifacts import ArtifactStore, content_disposition
-from app.modelio.detect import check_code_format_allowed, detect_format
-from app.modelio.onnx_bundle import bundle_files
-from app.modelio.preflight import run_preflight
+from app.intake import models as intake
 from app.models import ModelRecord, User
 from app.web.deps import CurrentUser, SessionDep, SettingsDep
 from app.web.uploads import Upload, receive_upload
 
 router = APIRouter(prefix="/api", tags=["models"])
-# Each preflight is a child process that imports torch: bound how many run at once so a burst
-# of uploads queues instead of exhausting the server's memory and CPU.
-PREFLIGHT_SLOTS = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))
-
-EXTENSIONS = {
-    "safetensors": "safetensors",
-    "state_dict": "pt",
-    "onnx": "onnx",
-    "torchscript": "pt",
-    "pt2": "pt2",
-}
-INPUT_DTYPES = ("float32", "int64")
 
 
 class LayerInfo(BaseModel):
@@ -86,106 +66,11 @@ def to_public(row: ModelRecord) -> ModelPublic:
     return ModelPublic(**data)
 
 
-def tmp_dir(settings: Settings) -> Path:
-    return settings.data_dir / "tmp"
-
-
 def _require_writer(user: User) -> None:
     if user.role == "viewer":
         raise HTTPException(
             403, "viewers cannot upload or change models; ask an admin for the member role"
         )
-
-
-def parse_shape(text: str | None) -> list[int] | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        shape = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
-    except ValueError:
-        raise Invalid(
-            f"input_shape must be comma-separated integers such as 1,8,8; got {text!r}"
-        ) from None
-    if not 1 <= len(shape) <= 4 or any(d < 1 or d > 65536 for d in shape):
-        raise Invalid(f"input_shape must be 1 to 4 positive sizes such as 1,8,8; got {text!r}")
-    return shape
-
-
-def parse_dtype(text: str | None) -> str | None:
-    if text is None or not text.strip():
-        return None
-    if text.strip().lower() not in INPUT_DTYPES:
-        raise Invalid(f"input_dtype must be float32 or int64 (token ids); got {text!r}")
-    return text.strip().lower()
-
-
-def _storage_ext(fmt: str, path: Path) -> str:
-    return "zip" if fmt == "onnx" and zipfile.is_zipfile(path) else EXTENSIONS[fmt]
-
-
-def _accept(
-    settings: Settings,
-    session,
-    user: User,
-    path: Path,
-    sha: str,
-    *,
-    name: str,
-    arch: str | None,
-    input_shape: list[int] | None,
-    num_classes: int | None,
-    input_dtype: str | None = None,
-) -> tuple[ModelRecord, bool]:
-    """Detect, check policy, preflight, then move the file into place and add the row."""
-    existing = store.model_by_sha(session, sha256=sha)
-    if existing is not None:
-        return existing, False
-    fmt = detect_format(path)
-    check_code_format_allowed(fmt, settings.code_formats, is_admin=user.role == "admin")
-    if fmt in ("safetensors", "state_dict") and not arch:
-        raise Invalid(
-            f"a {fmt} file holds only weights: also send 'arch' (one of {', '.join(ARCHITECTURES)})"
-        )
-    if arch:
-        check_arch(arch)
-    with PREFLIGHT_SLOTS:  # at most a few model-loading child processes at once
-        report = run_preflight(
-            path,
-            fmt,
-            arch=arch,
-            input_shape=input_shape,
-            input_dtype=input_dtype,
-            num_classes=num_classes,
-            timeout_s=settings.preflight_timeout_s,
-            memory_mb=settings.preflight_memory_mb,
-        )
-    key = f"models/{sha}.{_storage_ext(fmt, path)}"
-    artifacts = ArtifactStore(settings.artifacts)
-    artifacts.put_file(path, key)
-    try:
-        row = store.add_model(
-            session,
-            name=name or f"{fmt} model",
-            format=fmt,
-            arch=arch,
-            input_shape=report.get("input_shape"),
-            input_dtype=report.get("input_dtype") or "float32",
-            num_classes=report.get("num_classes"),
-            n_params=int(report.get("n_params", 0)),
-            size_bytes=path.stat().st_size,
-            sha256=sha,
-            storage_key=key,
-            structured_ok=bool(report.get("structured_ok")),
-            layers=report.get("layers", []),
-            preflight=report,
-            owner_id=user.id,
-        )
-        session.commit()
-    except Exception:
-        session.rollback()
-        artifacts.delete_prefix(key)
-        raise
-    return row, True
 
 
 @router.post(
@@ -203,36 +88,30 @@ async def upload_model(
     _require_writer(user)
     upload: Upload = await receive_upload(
         request,
-        tmp_dir=tmp_dir(settings),
+        tmp_dir=intake.tmp_dir(settings),
         max_bytes=settings.max_upload_mb * 1024 * 1024,
-        max_extra=4,
+        max_extra=intake.MAX_DATA_PARTS,
     )
-    work = Path(tempfile.mkdtemp(dir=tmp_dir(settings)))
     try:
         f = upload.fields
         num_classes = f.get("num_classes")
         if num_classes is not None and not num_classes.strip().isdigit():
             raise Invalid(f"num_classes must be a positive integer; got {num_classes!r}")
-        path, sha = (upload.path, upload.sha256)
-        if upload.extra:  # an ONNX model and its data file(s) as separate parts
-            parts = [(upload.filename or "", upload.path), *upload.extra]
-            path, sha = bundle_files(parts, work / "bundle.zip")
         row, created = await run_in_threadpool(
-            _accept,
+            intake.accept_upload,
             settings,
             session,
             user,
-            path,
-            sha,
+            [(upload.filename or "", upload.path), *upload.extra],
+            upload.sha256,
             name=(f.get("name") or Path(upload.filename or "model").stem)[:200],
             arch=(f.get("arch") or None),
-            input_shape=parse_shape(f.get("input_shape")),
+            input_shape=intake.parse_shape(f.get("input_shape")),
             num_classes=int(num_classes) if num_classes else None,
-            input_dtype=parse_dtype(f.get("input_dtype")),
+            input_dtype=intake.parse_dtype(f.get("input_dtype")),
         )
     finally:
         upload.discard()
-        shutil.rmtree(work, ignore_errors=True)
     body = to_public(row)
     return body if created else JSONResponse(body.model_dump(mode="json"), status_code=200)
 
@@ -325,61 +204,19 @@ def architectures(_: CurrentUser) -> list[dict]:
     ]
 
 
-def _build_untrained(settings: Settings, body: FromArchitecture, out: Path) -> None:
-    shape = body.input_shape or list(ARCHITECTURES[body.arch].default_input_shape)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.modelio.build_worker",
-            body.arch,
-            str(body.num_classes),
-            ",".join(str(d) for d in shape),
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=settings.preflight_timeout_s,
-        check=False,
-    )
-    if proc.returncode != 0:
-        lines = (proc.stderr or "").strip().splitlines()
-        raise Invalid(lines[-1] if lines else f"building {body.arch!r} failed")
-
-
-def create_from_architecture(
-    settings: Settings, session, user: User, body: FromArchitecture
-) -> ModelRecord:
-    """Build an untrained built-in architecture in a child process, preflight it, store it."""
-    try:
-        check_arch(body.arch)
-    except ValueError as exc:
-        raise Invalid(str(exc)) from None
-    tmp = tmp_dir(settings)
-    tmp.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tmp) as work:
-        out = Path(work) / "model.safetensors"
-        _build_untrained(settings, body, out)
-        sha = hashlib.sha256(out.read_bytes()).hexdigest()
-        shape = body.input_shape or list(ARCHITECTURES[body.arch].default_input_shape)
-        row, _ = _accept(
-            settings,
-            session,
-            user,
-            out,
-            sha,
-            name=body.name or f"{body.arch} (untrained)",
-            arch=body.arch,
-            input_shape=shape,
-            num_classes=body.num_classes,
-        )
-    return row
-
-
 @router.post("/models/from-architecture", response_model=ModelPublic, status_code=201)
 def from_architecture(
     body: FromArchitecture, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> ModelPublic:
     """An untrained built-in architecture (train it with a ``kind: "train"`` run)."""
     _require_writer(user)
-    return to_public(create_from_architecture(settings, session, user, body))
+    row = intake.create_from_architecture(
+        settings,
+        session,
+        user,
+        arch=body.arch,
+        name=body.name,
+        num_classes=body.num_classes,
+        input_shape=body.input_shape,
+    )
+    return to_public(row)

@@ -9,10 +9,8 @@ from typing import Any
 from fastapi import HTTPException, Request
 from sqlmodel import Session
 
-from app import store
+from app import catalogue, store
 from app.models import DatasetRecord, ModelRecord, Run, User
-
-BUILTIN_DATASETS = {"digits": {"input_shape": [1, 8, 8], "n_classes": 10}}
 
 
 # ---------------------------------------------------------------- validation
@@ -27,15 +25,12 @@ def _shape(shape: list[int] | None, like: list[int]) -> list[int] | None:
 
 
 def _dataset_meta(session: Session, dataset_id: str) -> dict:
-    if dataset_id in BUILTIN_DATASETS:
-        return BUILTIN_DATASETS[dataset_id]
+    if (builtin := catalogue.DATASETS.get(dataset_id)) is not None:
+        return {"input_shape": list(builtin.input_shape), "n_classes": builtin.n_classes}
     record = session.get(DatasetRecord, dataset_id)
     if record is None:
         raise invalid(f"dataset_id {dataset_id!r} does not exist; use 'digits' or upload one")
     return {"input_shape": record.input_shape, "n_classes": record.n_classes}
-
-
-NEEDS_BN = frozenset({"bn_gamma", "synaptic"})
 
 
 def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
@@ -56,7 +51,7 @@ def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
         return
     kinds = {str(layer.get("kind", "")) for layer in model.layers or []}
     criterion = pruning.get("criterion")
-    if criterion in NEEDS_BN and not any(k.startswith("BatchNorm") for k in kinds):
+    if criterion in catalogue.NEEDS_BN and not any(k.startswith("BatchNorm") for k in kinds):
         raise invalid(
             f"pruning.criterion {criterion!r} needs BatchNorm layers and model_id "
             f"{model.id} has none; try 'l1' or 'fpgm'"

@@ -12,13 +12,13 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app import store
-from app.jobs.artifacts import ArtifactStore, content_disposition, log_path, run_prefix
+from app.artifacts import ArtifactStore, content_disposition, log_path, run_prefix
 from app.models import RUN_STATUSES, Run
+from app.pruning.notes import Note, as_note
 from app.web.api.run_checks import (
-    BUILTIN_DATASETS,
     invalid,
     may_change,
     may_create,
@@ -27,24 +27,7 @@ from app.web.api.run_checks import (
     validate_body,
     wake,
 )
-from app.web.api.sweeps import SweepCreate, create_sweep, get_sweep, sweep_bodies
 from app.web.deps import CurrentUser, SessionDep, SettingsDep
-
-# split into ``run_checks`` and ``sweeps``; these names stay importable from here
-__all__ = [
-    "router",
-    "RunCreate",
-    "RunPublic",
-    "public",
-    "BUILTIN_DATASETS",
-    "validate_body",
-    "may_create",
-    "may_change",
-    "SweepCreate",
-    "sweep_bodies",
-    "create_sweep",
-    "get_sweep",
-]
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
@@ -63,6 +46,14 @@ class RunCreate(BaseModel):
     finetune: dict[str, Any] | None = None
     seed: int = 0
     sensitivity: dict[str, Any] | None = None
+
+
+class NotePublic(BaseModel):
+    """One note of a run: ``level`` "info" or "warning", the ``layer`` it is about, if any."""
+
+    level: str
+    layer: str | None
+    text: str
 
 
 class RunPublic(BaseModel):
@@ -87,8 +78,20 @@ class RunPublic(BaseModel):
     last_step: int | None
     baseline: dict | None
     final: dict | None
-    notes: list[str] | None
+    notes: list[NotePublic] | None
+    physical: bool | None = Field(
+        description="units were physically removed (a smaller model); null until it succeeds"
+    )
+    masks_only: bool | None = Field(
+        description="pruned with masks only: weights zeroed in place, no speed-up expected"
+    )
     result_model_id: int | None
+
+    @field_validator("notes", mode="before")
+    @classmethod
+    def _structured(cls, notes: list | None) -> list[Note] | None:
+        """Older runs stored plain sentences: they read as info notes."""
+        return None if notes is None else [as_note(n) for n in notes]
 
 
 def public(run: Run) -> RunPublic:

@@ -75,7 +75,7 @@ def create_sweep(
 @router.get("/sweeps/{sweep_id}")
 def get_sweep(sweep_id: int, session: SessionDep, _: CurrentUser) -> dict:
     """The sweep's runs with their final metrics, for accuracy-vs-compression plots."""
-    sweep = store.get_sweep(session, sweep_id=sweep_id)
+    sweep = store.require_sweep(session, sweep_id=sweep_id)
     runs = store.list_runs(session, sweep_id=sweep_id, limit=1000)
     return {
         "id": sweep.id,

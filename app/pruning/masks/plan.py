@@ -1,4 +1,12 @@
-"""The outcome of one pruning step: :class:`MaskPlan` (built by :mod:`app.pruning.masks`)."""
+"""The outcome of one pruning step: :class:`MaskPlan` (built by
+:func:`app.pruning.masks.compute.compute_masks`).
+
+Example:
+    >>> import torch
+    >>> plan = MaskPlan({"fc": torch.tensor([True, False])}, {"fc": 0.5}, {"fc": 0.5}, {"fc": None})
+    >>> plan.granularity, plan.channels
+    ('element', None)
+"""
 
 from __future__ import annotations
 

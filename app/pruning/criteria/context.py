@@ -1,24 +1,35 @@
-"""What every criterion works with: the scoring context and calibration passes.
+"""What every criterion works with: the scoring context and the calibration passes.
 
 :class:`ScoreContext` carries the model, the layers to score, the granularity and the
 calibration budget; :func:`weight_grads` and :func:`forward_hooked` run the backward or
-forward passes that data-driven criteria (:mod:`app.pruning.criteria_data`,
-:mod:`app.pruning.reconstruction`) need, in eval mode and without touching ``.grad``.
+forward passes that data-driven criteria (:mod:`app.pruning.criteria.data`,
+:mod:`app.pruning.criteria.reconstruction`) need, in eval mode and without touching ``.grad``.
+
+Example:
+    >>> import numpy as np
+    >>> from app.pruning.data import ArrayDataset
+    >>> x, y = np.zeros((10, 4), np.float32), np.arange(10) % 2
+    >>> batches = calibration_batches(ArrayDataset("toy", x, y, x, y, 2), 2, batch_size=4)
+    >>> [tuple(b[0].shape) for b in batches]
+    [(4, 4), (4, 4)]
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.pruning.granularity import is_transposed, unit_view
+from app.pruning.data import ArrayDataset
+from app.pruning.granularity import UnitView, is_transposed, unit_view
 
 Scores = dict[str, Tensor]
+"""layer name -> one score per unit (higher = more important)."""
+CalibrationData = ArrayDataset | Iterable[tuple[Tensor, Tensor] | list[Tensor] | Tensor]
+"""An ``ArrayDataset`` (its shuffled train split) or an iterable of ``(x, y)`` / ``x`` batches."""
 
 
 @dataclass
@@ -28,14 +39,14 @@ class ScoreContext:
     model: nn.Module
     layers: dict[str, nn.Module]
     granularity: str
-    data: Any
+    data: CalibrationData | None
     device: torch.device
     nm: tuple[int, int]
     seed: int
     batches: int
     name: str = ""
 
-    def view(self, layer: nn.Module):
+    def view(self, layer: nn.Module) -> UnitView:
         return unit_view(layer.weight, self.granularity, self.nm, transposed=is_transposed(layer))
 
     def reduce(self, elem: dict[str, Tensor], how: str = "mean") -> Scores:
@@ -45,13 +56,20 @@ class ScoreContext:
 
 
 def calibration_batches(
-    data: Any, n: int, *, device: torch.device | str = "cpu", batch_size: int = 64, seed: int = 0
+    data: CalibrationData | None,
+    n: int,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    seed: int = 0,
 ) -> list[tuple[Tensor, Tensor | None]]:
     """Up to ``n`` ``(x, y)`` batches from an ``ArrayDataset`` (shuffled with ``seed``) or an
     iterable of batches (``y`` may be None)."""
+    if data is None:
+        raise ValueError("the calibration data is empty.")
     source: Iterable = (
         data.loader("train", batch_size, shuffle=True, seed=seed)
-        if hasattr(data, "loader")
+        if isinstance(data, ArrayDataset)
         else data
     )
     out = []
@@ -65,7 +83,7 @@ def calibration_batches(
     return out
 
 
-def eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module) -> bool:
     was = model.training
     model.eval()
     return was
@@ -93,6 +111,7 @@ def weight_grads(ctx: ScoreContext, accumulate: Callable[[str, Tensor, Tensor], 
 
 
 def forward_hooked(ctx: ScoreContext, hooks: dict[nn.Module, Callable], pre: bool) -> None:
+    """Forward passes on calibration batches with ``hooks`` (forward or pre-forward) attached."""
     was = eval_mode(ctx.model)
     handles = [
         m.register_forward_pre_hook(h) if pre else m.register_forward_hook(h)

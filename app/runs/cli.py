@@ -4,8 +4,9 @@
 ``prunelab run RECIPE --model FILE --data digits|FILE --out DIR [--arch NAME]
 [--input-shape 1,1,8,8] [--device cpu]``. The output folder receives ``summary.json`` (the
 ``GET /api/runs/{id}`` body plus ``steps``, ``layers`` and ``notes``), ``histograms.json``,
-``curve.json``, ``sensitivity.json`` for sensitivity runs, and the exported artifacts
-(``pruned.pt``, ``pruned.onnx``, ``pruned.safetensors``, ``recipe.json``).
+``curve.json``, ``sensitivity.json`` for sensitivity runs, and the same artifacts a server
+run stores (``runs.export.write_run_files``: ``pruned.pt``, ``pruned.onnx``,
+``pruned.safetensors``, ``recipe.json``, ``masks.npz``).
 """
 
 from __future__ import annotations
@@ -18,42 +19,10 @@ from typing import Annotated, Any
 
 import typer
 
-# Keys reference recipes carry for people and tests; the recipe loader does not know them.
-ANNOTATION_KEYS = ("expected", "description", "comment")
+from app.pruning.notes import info, warning
+from app.runs.inputs import load_data_file, load_model_file, load_recipe
+
 ARTIFACT_KEYS = ("name", "kind", "size_bytes", "verified", "max_abs_diff", "error")
-
-
-def read_recipe_dict(path: str | Path) -> dict:
-    """A recipe file (JSON, or YAML by its ``.yaml``/``.yml`` suffix) as a dict, minus annotations.
-
-    Raises:
-        ValueError: the file is not a JSON/YAML object.
-    """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        body = yaml.safe_load(text)
-    else:
-        try:
-            body = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"recipe {path.name} is not valid JSON: {exc.msg} (line {exc.lineno})"
-            ) from None
-    if not isinstance(body, dict):
-        raise ValueError(f"recipe {path.name} must hold one JSON/YAML object")
-    return {k: v for k, v in body.items() if k not in ANNOTATION_KEYS}
-
-
-def load_recipe(path: str | Path) -> Any:
-    """Read and validate a recipe file into a ``spec.Recipe`` (the name defaults to the file's)."""
-    from app.pruning.spec import Recipe
-
-    body = read_recipe_dict(path)
-    body.setdefault("name", Path(path).stem)
-    return Recipe.from_dict(body)
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -73,68 +42,12 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     return dims
 
 
-def load_data(data: str) -> Any:
-    """``digits`` (built in) or an ``.npz`` with ``x``, ``y`` and optional ``x_test``/``y_test``."""
-    from app import datasets
-
-    if data in datasets.BUILTIN_DATASETS:
-        return datasets.load_builtin(data)
-    path = Path(data)
-    if not path.exists():
-        raise ValueError(f"--data {data!r} is neither a built-in dataset nor an existing file")
-    return datasets.load_dataset_file(path, name=path.stem)
-
-
-def load_model_file(
-    model_path: str | Path | None,
-    *,
-    arch: str | None,
-    input_shape: tuple[int, ...] | None,
-    num_classes: int,
-) -> tuple[Any, bool, list[str]]:
-    """``(module, rebuildable, notes)`` from a model file, or a fresh ``arch`` when no file."""
-    from app import zoo
-
-    if model_path is None:
-        if arch is None:
-            raise ValueError("give --model FILE, or --arch NAME to start from an untrained model")
-        return zoo.build(arch, num_classes=num_classes, input_shape=input_shape), True, []
-    from app.modelio.detect import detect_format
-    from app.modelio.load import load_model
-
-    path = Path(model_path)
-    fmt = detect_format(path)
-    loaded = load_model(path, fmt, arch=arch, num_classes=num_classes, input_shape=input_shape)
-    return loaded.module, bool(loaded.rebuildable), list(loaded.notes)
-
-
 def _write_json(path: Path, body: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=_jsonable), encoding="utf-8")
+    from app.runs.results import jsonable
+
+    tmp.write_text(json.dumps(jsonable(body), indent=2), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, tuple | set | frozenset):
-        return list(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def _export(result: Any, data: Any, out: Path, recipe: Any, arch: str | None) -> list[dict]:
-    from app.modelio.export import export_all
-    from app.pruning import structural
-
-    config = None
-    if result.physical and arch is not None:
-        config = structural.architecture_config(
-            result.model, arch=arch, num_classes=data.n_classes, input_shape=data.input_shape
-        )
-    example = data.sample_batch(8)
-    return export_all(
-        result.model.cpu().eval(), example, out, recipe=recipe.to_dict(), arch_config=config
-    )
 
 
 def _summary(recipe: Any, result: Any, started: str, artifacts: list[dict], **extra: Any) -> dict:
@@ -181,10 +94,11 @@ def run_command(
     """
     from app.pruning.pipeline import run_recipe
     from app.pruning.report import ProgressBar
+    from app.runs.export import write_run_files
 
     started = datetime.now(UTC).isoformat()
     recipe = load_recipe(recipe_path)
-    dataset = load_data(data)
+    dataset = load_data_file(data)
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
     model, rebuildable, notes = load_model_file(
         model_path,
@@ -204,8 +118,11 @@ def run_command(
             rebuildable=rebuildable,
             checkpoint_dir=out / "checkpoints",
         )
-    result.notes[:0] = notes
-    artifacts = [] if recipe.kind == "sensitivity" else _export(result, dataset, out, recipe, arch)
+    result.notes[:0] = [info(n) for n in notes]
+    artifacts = []
+    if recipe.kind != "sensitivity":
+        artifacts, _ = write_run_files(out, recipe, result, dataset, arch)
+    result.notes.extend(warning(a["error"]) for a in artifacts if a.get("error"))
     summary = _summary(recipe, result, started, artifacts, model=str(model_path), dataset_id=data)
     _write_json(out / "summary.json", summary)
     _write_json(out / "histograms.json", result.histograms)

@@ -4,9 +4,11 @@ No hooks and no ``weight_orig`` (unlike ``torch.nn.utils.prune``): the forward p
 dense one, and the keeper spends about one pass over the pruned tensors per training step.
 
 Example:
-    >>> apply_masks(model, plan)
-    >>> keeper = MaskKeeper(model, plan)
-    >>> loss.backward(); keeper.zero_grads(); opt.step(); keeper.after_step(opt)
+    >>> model = nn.Linear(4, 2)
+    >>> keep = torch.tensor([[True, False, True, False], [False, True, True, True]])
+    >>> apply_masks(model, {"": keep})
+    >>> int((model.weight == 0).sum())
+    3
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from app.pruning.plan import MaskPlan
+from app.pruning.masks.plan import MaskPlan
 
 # Below this fraction of pruned entries, writing zeros at their indices beats a full multiply
 # (random masks, CPU: 0.2 ms vs 8 ms at 1%, about even at 5%; benchmarks/masked_step.py).
@@ -158,8 +160,14 @@ class MaskKeeper:
     changing the weights outside the optimizer (e.g. loading a checkpoint).
 
     Example:
-        >>> keeper = MaskKeeper(model, plan)
-        >>> loss.backward(); keeper.zero_grads(); opt.step(); keeper.after_step(opt)
+        >>> model = nn.Linear(4, 2)
+        >>> keep = torch.tensor([[True, False, True, False], [False, True, True, True]])
+        >>> apply_masks(model, {"": keep})
+        >>> keeper, opt = MaskKeeper(model, {"": keep}), torch.optim.SGD(model.parameters(), 0.1)
+        >>> model(torch.randn(8, 4)).sum().backward()
+        >>> keeper.zero_grads(); opt.step(); keeper.after_step(opt)
+        >>> int((model.weight == 0).sum())
+        3
     """
 
     _STATE_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")

@@ -1,9 +1,12 @@
-"""Where a run's files live: ``settings.artifacts`` is a local folder or an fsspec URL.
+"""THE artifact store: every file a run, an upload or a page reads or writes goes through it.
+
+``settings.artifacts`` is a local folder or an fsspec URL.
 
 Keys are ``/``-separated paths relative to that root (``runs/7/artifacts/pruned.onnx``,
 ``runs/7/checkpoints/checkpoint.pt``, ``models/run-7.safetensors``). Workers write to a local
 folder first and ``put`` the finished files, so a reader never sees half a file. This module
-imports neither torch nor the engine: the web process streams downloads through it.
+imports neither torch nor the engine: the web process streams downloads and reads the masks its
+pages draw through it; nothing else builds file paths from storage keys.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +101,17 @@ class ArtifactStore:
         else:
             shutil.copyfile(self.local_path(key), dest)
         return True
+
+    @contextmanager
+    def local_file(self, key: str) -> Iterator[Path]:
+        """A local path holding ``key``: the file itself, or a temporary copy of a remote one."""
+        if not self.remote:
+            yield self.local_path(key)
+            return
+        with tempfile.TemporaryDirectory(prefix="prunelab-read-") as tmp:
+            dest = Path(tmp) / key.rsplit("/", 1)[-1]
+            self.fs.get_file(self.url(key), str(dest))
+            yield dest
 
     def exists(self, key: str) -> bool:
         if self.remote:

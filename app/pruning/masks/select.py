@@ -1,29 +1,62 @@
 """Choosing which units to prune from their scores: global or layer-wise, sparsity, threshold, N:M.
 
 :class:`Selection` holds one step's working state (scores, units forced by earlier masks, the
-chosen units) and builds the :class:`MaskPlan`; :func:`global_lowest` is the exact, low-memory
-k-lowest selection across layers that a global ranking needs.
+chosen units) and builds the :class:`~app.pruning.masks.plan.MaskPlan`;
+:mod:`~app.pruning.masks.ranking` does the exact k-lowest selection a global ranking needs.
+
+Example:
+    >>> from torch import nn
+    >>> from app.pruning.spec import PruningSpec
+    >>> layer = nn.Linear(4, 3)
+    >>> scores = {"": torch.tensor([0.3, 0.1, 0.2])}
+    >>> sel = Selection(PruningSpec("filter", "l1", sparsity=0.34), {"": layer}, scores, {})
+    >>> sel.select_sparsity(0.34, {})
+    >>> sel.plan(layer, {"": layer}).channels[""].tolist()
+    [True, False, True]
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from app.pruning.granularity import following_bn, is_transposed, nm_mask, unit_view
-from app.pruning.plan import NEVER_EMPTY_NOTE, MaskPlan
+from app.catalogue import CHANNEL_LEVELS
+from app.pruning.granularity import (
+    canonical,
+    following_bn,
+    is_transposed,
+    nm_dense_reason,
+    nm_mask,
+    unit_view,
+)
+from app.pruning.masks.plan import NEVER_EMPTY_NOTE, MaskPlan
+from app.pruning.masks.ranking import count_true, global_lowest, global_lowest_abs, invert
+from app.pruning.notes import Note, info, warning
+from app.pruning.spec import PruningSpec
 
 MAGNITUDE = ("l1", "l2", "threshold")
+_ROW_UNITS = ("element", "vector", "kernel")  # levels whose units lie inside one output row
 
 
 class Selection:
     """Per-step working state: scores, forced (previously pruned) units, chosen units."""
 
-    def __init__(self, spec, layers, scores, previous, *, absolute: bool = False) -> None:
+    def __init__(
+        self,
+        spec: PruningSpec,
+        layers: dict[str, nn.Module],
+        scores: dict[str, Tensor],
+        previous: dict[str, Tensor],
+        *,
+        absolute: bool = False,
+        outputs: frozenset[str] = frozenset(),
+    ) -> None:
         """``absolute``: ``scores`` are float32 CPU weights and the score is their ``|w|``
-        (element magnitude criteria; never materialised for a whole model)."""
-        self.spec, self.layers, self.notes = spec, layers, [NEVER_EMPTY_NOTE]
+        (element magnitude criteria; never materialised for a whole model). ``outputs``: the
+        model's output layers; each of their output rows keeps at least one unit."""
+        self.spec, self.layers = spec, layers
+        self.notes: list[Note] = [info(NEVER_EMPTY_NOTE)]
+        self.outputs = outputs
         self.absolute = absolute
         self.views = {
             n: unit_view(m.weight, spec.granularity, spec.nm, transposed=is_transposed(m))
@@ -45,8 +78,15 @@ class Selection:
         return torch.where(self.forced[n], float("-inf"), s) if n in self.forced else s
 
     def select_nm(self) -> None:
+        """N:M along the reduction dimension; layers it cannot cut stay dense, with a note."""
         n_keep, m = self.spec.nm
         for n, layer in self.layers.items():
+            reason = nm_dense_reason(layer, m)
+            if reason is not None:
+                self.pruned[n] = torch.zeros(self.scores[n].shape, dtype=torch.bool)
+                self.requested[n] = 0.0
+                self.notes.append(f"'{n}' left dense by {n_keep}:{m} sparsity: {reason}")
+                continue
             keep = nm_mask(self._ranking(n), n_keep, m, transposed=is_transposed(layer))
             self.pruned[n] = ~keep
             self.requested[n] = 1.0 - n_keep / m
@@ -61,6 +101,9 @@ class Selection:
 
     def select_sparsity(self, target: float, overrides: dict[str, float]) -> None:
         local = {n: overrides.get(n, target) for n in self.layers}
+        if self._per_row():
+            self._select_rows(local)
+            return
         pool = [n for n in self.layers if n not in overrides] if self.spec.scope == "global" else []
         for n in self.layers:
             self.requested[n] = local[n]
@@ -70,6 +113,31 @@ class Selection:
             self._select_global(pool, target)
         self._never_empty()
         self._round_to()
+
+    def _per_row(self) -> bool:
+        spec = self.spec
+        return (spec.criterion, spec.granularity, spec.wanda_group) == ("wanda", "element", "row")
+
+    def _select_rows(self, local: dict[str, float]) -> None:
+        """Wanda as published: prune the lowest ``round(s * row length)`` scores of every output
+        row (each layer at its own target ``s``); earlier masks stay pruned."""
+        for n, layer in self.layers.items():
+            self.requested[n] = local[n]
+            rank = canonical(self._ranking(n), is_transposed(layer))
+            rows = rank.reshape(rank.shape[0], -1)
+            k = round(local[n] * rows.shape[1])
+            pruned = torch.zeros(rows.shape, dtype=torch.bool)
+            pruned.scatter_(1, rows.sort(dim=1, stable=True).indices[:, :k], True)
+            pruned = canonical(pruned.reshape(rank.shape), is_transposed(layer)).contiguous()
+            self.pruned[n] = pruned | self.forced[n] if n in self.forced else pruned
+        glob = self.spec.scope == "global"
+        scope = "; scope 'global' ranks nothing across layers here" if glob else ""
+        self.notes.append(
+            "wanda compared weights within each output row (pruning.wanda_group 'row', as "
+            f"published): every row of a layer keeps the same share{scope}; "
+            "wanda_group 'layer' ranks each layer as a whole"
+        )
+        self._never_empty()
 
     def _select_global(self, names: list[str], target: float) -> None:
         if len({self.views[n].unit_size for n in names}) == 1:  # equal units: exact fast path
@@ -120,7 +188,36 @@ class Selection:
             need = min(self._min_keep(), pruned.numel())
             if kept < need:
                 self._keep_best(n, need)
-                self.notes.append(f"'{n}' would have been emptied; its best {need} unit(s) kept")
+                text = f"'{n}' would have been emptied; its best {need} unit(s) kept"
+                self.notes.append(self._emptied_note(n, text))
+            if n in self.outputs and self.spec.granularity in _ROW_UNITS:
+                self._keep_rows(n)
+
+    def _emptied_note(self, n: str, text: str) -> Note:
+        if self.spec.threshold is not None:
+            text += (
+                "; the threshold is too high for this layer: give it its own sparsity "
+                "(pruning.overrides), exclude it, or prune by sparsity instead"
+            )
+        return warning(text, layer=n)
+
+    def _keep_rows(self, n: str) -> None:
+        """Every output row of an output layer keeps its best unit (no class is cut off)."""
+        flip = self.spec.granularity == "element" and is_transposed(self.layers[n])
+        pruned = canonical(self.pruned[n], flip).contiguous()
+        rows = pruned.reshape(pruned.shape[0], -1)
+        dead = rows.all(dim=1)
+        if not bool(dead.any()):
+            return
+        best = canonical(self._ranking(n), flip).reshape(rows.shape).argmax(dim=1)
+        idx = dead.nonzero().flatten()
+        rows[idx, best[idx]] = False
+        self.pruned[n] = canonical(pruned, flip).contiguous()
+        text = (
+            f"{len(idx)} output unit(s) of '{n}' would have been emptied; their best weight "
+            "kept (the model's outputs are never cut)"
+        )
+        self.notes.append(self._emptied_note(n, text))
 
     def _round_to(self) -> None:
         r = self.spec.round_to
@@ -131,7 +228,7 @@ class Selection:
             rounded = min(units, -(-kept // r) * r)
             if rounded != kept:
                 self._keep_best(n, rounded)
-        self.notes.append(f"kept filter/channel counts rounded up to a multiple of {r}")
+        self.notes.append(info(f"kept filter/channel counts rounded up to a multiple of {r}"))
 
     def plan(self, model: nn.Module, layers: dict[str, nn.Module]) -> MaskPlan:
         masks, achieved, channels = {}, {}, {}
@@ -142,7 +239,7 @@ class Selection:
             if n in self.previous:
                 keep &= self.previous[n].bool().cpu()
             masks[n] = keep
-            if self.spec.granularity in ("filter", "channel"):
+            if self.spec.granularity in CHANNEL_LEVELS:
                 channels[n] = ~pruned.flatten()
         for n in layers:
             if n not in masks and n in self.previous:
@@ -178,146 +275,3 @@ def filter_extras(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Tenso
         if n in bns:
             extra[f"{bns[n]}.weight"], extra[f"{bns[n]}.bias"] = alive.clone(), alive.clone()
     return extra
-
-
-def global_lowest(scores: list[Tensor], k: int) -> tuple[list[Tensor], float | None]:
-    """Exactly the ``k`` lowest entries across several tensors of scores.
-
-    A sample of about 2^18 entries brackets the k-th value; one pass per tensor counts
-    the entries below the bracket and gathers the few inside it; ``np.partition`` on those
-    gives the exact cut. Only per-tensor temporaries are allocated (no concatenation of
-    all scores, no full sort), unlike ``torch.quantile`` (refuses more than 2^24 entries)
-    or ``torch.topk`` with a huge ``k``. Ties at the cut are broken by position (earlier
-    tensors and lower flat indices are selected first).
-
-    Args:
-        scores: float tensors without NaN.
-        k: how many entries to select, 0 <= k <= total.
-
-    Returns:
-        (bool tensors shaped like ``scores``, True = among the k lowest; the k-th value or None).
-    """
-    # numpy on CPU views (no copies): its compare/count/select loops are several times
-    # faster than torch's for these one-pass reductions.
-    flat = [s.detach().float().cpu().reshape(-1).numpy() for s in scores]
-    if k <= 0:
-        return [torch.zeros(s.shape, dtype=torch.bool) for s in scores], None
-    ranked = _Ranked(flat, [None] * len(flat), absolute=False)
-    return _lowest(ranked, k, [s.shape for s in scores])
-
-
-def global_lowest_abs(
-    weights: list[Tensor], forced: list[Tensor | None], k: int
-) -> tuple[list[Tensor], float | None]:
-    """:func:`global_lowest` of ``|w|`` (``+inf`` where ``forced``), never materialising ``|w|``.
-
-    The weights are read in chunks of ``CHUNK`` entries through one reused float buffer:
-    one pass counts and gathers around a sampled bracket, one pass writes the selection
-    straight into preallocated bool arrays. Same selection, ties and cut as
-    ``global_lowest([torch.where(f, inf, w.abs()) ...], k)``.
-
-    Args:
-        weights: float32 CPU tensors without NaN.
-        forced: per tensor, None or a bool tensor of its shape (entries ranked last).
-        k: how many entries to select, 0 <= k <= total.
-    """
-    flat = [w.detach().reshape(-1).numpy() for w in weights]
-    if k <= 0:
-        return [torch.zeros(w.shape, dtype=torch.bool) for w in weights], None
-    masks = [None if f is None else f.reshape(-1).numpy() for f in forced]
-    return _lowest(_Ranked(flat, masks, absolute=True), k, [w.shape for w in weights])
-
-
-CHUNK = 1 << 20  # entries per chunk (4 MiB of float32: stays in cache between the steps)
-
-
-class _Ranked:
-    """Read-only ranks of several flat arrays: the values, or |values| with +inf where forced,
-    produced chunk by chunk into one reused buffer."""
-
-    def __init__(self, flat: list[np.ndarray], forced: list, *, absolute: bool) -> None:
-        self.flat, self.forced, self.absolute = flat, forced, absolute
-        self.total = sum(f.size for f in flat)
-        size = min(CHUNK, max(f.size for f in flat)) if absolute else 0
-        self.buf, self.tmp = np.empty(size, np.float32), np.empty(size, bool)
-
-    def rank(self, i: int, a: int, b: int, step: int = 1, out: np.ndarray | None = None):
-        w = self.flat[i][a:b:step]
-        if not self.absolute:
-            return w
-        r = np.abs(w, out=out) if out is not None else np.abs(w)
-        if self.forced[i] is not None:
-            np.copyto(r, np.inf, where=self.forced[i][a:b:step])
-        return r
-
-    def chunks(self):
-        """(tensor index, start, ranks of the chunk) for every chunk, in order."""
-        for i, f in enumerate(self.flat):
-            step = CHUNK if self.absolute else max(f.size, 1)
-            for a in range(0, f.size, step):
-                b = min(a + step, f.size)
-                yield i, a, self.rank(i, a, b, out=self.buf[: b - a] if self.absolute else None)
-
-    def bracket(self, k: int) -> tuple[float, float]:
-        stride = max(1, self.total // (1 << 18))
-        parts = [self.rank(i, 0, f.size, stride) for i, f in enumerate(self.flat)]
-        sample = np.sort(np.concatenate(parts))
-        q, n = min(k / self.total, 1.0), sample.size
-        margin = 6.0 * (n * q * (1 - q)) ** 0.5 + 16
-        lo_i, hi_i = int(q * n - margin), int(q * n + margin) + 1
-        return (
-            float(sample[lo_i]) if lo_i >= 0 else -np.inf,
-            float(sample[hi_i]) if hi_i < n else np.inf,
-        )
-
-    def split(self, lo: float, hi: float, out: list[np.ndarray]):
-        """One pass: ``out`` = rank < lo; returns that count and the values and (tensor,
-        index) of the entries in [lo, hi], in positional order."""
-        below, vals, where = 0, [], []
-        for i, a, r in self.chunks():
-            sure = np.less(r, lo, out=out[i][a : a + r.size])
-            below += int(np.count_nonzero(sure))
-            inside = np.less_equal(r, hi, out=self.tmp[: r.size] if self.absolute else None)
-            idx = np.flatnonzero(np.logical_xor(inside, sure, out=inside))  # lo <= r <= hi
-            vals.append(r[idx])
-            where.append((i, idx + a))
-        return below, np.concatenate(vals), where
-
-
-def _lowest(ranked: _Ranked, k: int, shapes: list) -> tuple[list[Tensor], float]:
-    """Select below the sampled bracket in one pass, then decide the few entries inside it."""
-    lo, hi = ranked.bracket(k)
-    out = [np.empty(f.size, bool) for f in ranked.flat]
-    while True:
-        below, cand, where = ranked.split(lo, hi, out)
-        need = k - below
-        if need < 1:
-            lo = -np.inf
-            continue
-        if need <= cand.size:
-            break
-        hi = np.inf
-    cut = float(np.partition(cand, need - 1)[need - 1])
-    chosen = cand <= cut
-    ties = np.flatnonzero(cand == cut)  # positional order: un-select the last ones
-    surplus = below + int(np.count_nonzero(chosen)) - k
-    if surplus > 0:
-        chosen[ties[ties.size - surplus :]] = False
-    start = 0
-    for i, idx in where:
-        out[i][idx] = chosen[start : start + idx.size]
-        start += idx.size
-    return [torch.from_numpy(o).reshape(s) for o, s in zip(out, shapes, strict=True)], cut
-
-
-def invert(t: Tensor, *, inplace: bool = False) -> Tensor:
-    """``~t``; with ``inplace`` (a CPU tensor nothing else reads) without a new allocation."""
-    if t.device.type != "cpu":
-        return ~t
-    arr = t.numpy()
-    return torch.from_numpy(np.logical_not(arr, out=arr) if inplace else ~arr)
-
-
-def count_true(t: Tensor) -> int:
-    """Non-zeros of a tensor (numpy's count is much faster on CPU)."""
-    return int(np.count_nonzero(t.numpy())) if t.device.type == "cpu" else int(t.count_nonzero())

@@ -4,9 +4,9 @@ Masks are bool tensors shaped like each layer's weight, True = kept (as in
 ``torch.nn.utils.prune``). They are applied by zeroing in place: no hooks, no
 ``weight_orig``, so a pruned model saves, copies and exports like any other.
 
-The work is split: :mod:`app.pruning.select` ranks and chooses units,
-:mod:`app.pruning.keeper` applies and keeps masks, :mod:`app.pruning.plan` holds
-:class:`MaskPlan`; every public name stays importable from here.
+This module validates a spec and computes a :class:`~app.pruning.masks.plan.MaskPlan`;
+:mod:`~app.pruning.masks.select` chooses the units, :mod:`~app.pruning.masks.keeper` applies
+and keeps the masks.
 
 Rules every plan follows (and states in ``plan.notes``):
 * a layer is never emptied: at least one unit (``round_to`` units for filter/channel)
@@ -16,39 +16,39 @@ Rules every plan follows (and states in ``plan.notes``):
   removes units until half of the parameters in scope are gone.
 
 Example:
-    >>> plan = compute_masks(model, PruningSpec("element", "l1", sparsity=0.9))
+    >>> from torch import nn
+    >>> from app.pruning.masks.keeper import apply_masks
+    >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    >>> plan = compute_masks(model, PruningSpec("element", "l1", scope="layerwise", sparsity=0.9))
+    >>> round(plan.achieved["0"], 2), plan.masks["0"].shape
+    (0.9, torch.Size([16, 8]))
     >>> apply_masks(model, plan)
-    >>> keeper = MaskKeeper(model, plan)   # call keeper.after_step(opt) after each step
+    >>> round(float((model[0].weight == 0).float().mean()), 2)
+    0.9
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from app.pruning.granularity import check_layer, following_bn, prunable_layers, residual_blocks
-from app.pruning.importance import CRITERIA
-from app.pruning.keeper import MaskKeeper, PrunedEntries, apply_masks, mask_pairs
-from app.pruning.plan import NEVER_EMPTY_NOTE, MaskPlan
-from app.pruning.select import MAGNITUDE, Selection, global_lowest
+from app.pruning.criteria import CRITERIA
+from app.pruning.criteria.context import CalibrationData
+from app.pruning.criteria.magnitude import no_bn_error
+from app.pruning.granularity import (
+    Block,
+    canonical,
+    check_layer,
+    following_bn,
+    is_transposed,
+    prunable_layers,
+    residual_blocks,
+)
+from app.pruning.masks.plan import MaskPlan
+from app.pruning.masks.select import MAGNITUDE, Selection
+from app.pruning.notes import Note, info, warning
+from app.pruning.outputs import example_input, output_layers
 from app.pruning.spec import PruningSpec
-
-__all__ = [
-    "NEVER_EMPTY_NOTE",
-    "MaskKeeper",
-    "MaskPlan",
-    "PrunedEntries",
-    "apply_masks",
-    "compute_masks",
-    "global_lowest",
-    "mask_pairs",
-    "validate",
-]
-
-logger = logging.getLogger(__name__)
 
 
 def _layer_error(
@@ -91,10 +91,7 @@ def validate(spec: PruningSpec, model: nn.Module) -> None:
             f"it supports: {', '.join(sorted(crit.granularities))}."
         )
     if crit.needs_bn and not following_bn(model):
-        raise ValueError(
-            f"criterion '{crit.name}' needs BatchNorm layers after the pruned layers; "
-            "this model has none (try l1 or fpgm)."
-        )
+        raise no_bn_error(crit.name)
     for name, layer in targets.items():
         check_layer(name, layer, spec.granularity)
     if spec.granularity == "layer" and not _blocks_in(model, targets):
@@ -104,7 +101,7 @@ def validate(spec: PruningSpec, model: nn.Module) -> None:
         )
 
 
-def _blocks_in(model: nn.Module, targets: dict[str, nn.Module]):
+def _blocks_in(model: nn.Module, targets: dict[str, nn.Module]) -> list[Block]:
     return [b for b in residual_blocks(model) if all(n in targets for n in b.layers)]
 
 
@@ -113,10 +110,11 @@ def compute_masks(
     spec: PruningSpec,
     *,
     sparsity: float | None = None,
-    data: Any = None,
+    data: CalibrationData | None = None,
     device: str | torch.device = "cpu",
     previous: dict[str, Tensor] | None = None,
     seed: int = 0,
+    example: Tensor | None = None,
 ) -> MaskPlan:
     """Score the units of every layer in scope and choose which to prune.
 
@@ -128,6 +126,7 @@ def compute_masks(
         device: where criteria run their passes.
         previous: earlier keep-masks; what they pruned stays pruned.
         seed: for ``random`` and calibration sampling.
+        example: an input batch to find the model's output layers (default: from ``data``).
 
     Returns:
         A :class:`MaskPlan`.
@@ -145,6 +144,9 @@ def compute_masks(
     targets = {n: m for n, m in layers.items() if n not in spec.exclude}
     if spec.granularity == "layer":
         return _layer_plan(model, spec, targets, layers, target or 0.0, previous, seed)
+    outputs, notes = _outputs(model, spec, data, example)
+    if spec.granularity == "filter":  # a filter of an output layer is an output unit
+        targets = {n: m for n, m in targets.items() if n not in outputs}
     absolute = _raw_magnitude(spec, targets)
     if absolute:  # |w| is ranked chunk by chunk from the weights themselves
         scores = {n: m.weight.detach() for n, m in targets.items()}
@@ -159,9 +161,12 @@ def compute_masks(
             seed=seed,
             batches=spec.calibration_batches,
         )
-    ctx = Selection(spec, {n: targets[n] for n in scores}, scores, previous, absolute=absolute)
+    ctx = Selection(
+        spec, {n: targets[n] for n in scores}, scores, previous, absolute=absolute, outputs=outputs
+    )
+    ctx.notes.extend(notes)
     ctx.notes.extend(
-        f"'{n}' left dense: criterion '{spec.criterion}' cannot score it"
+        warning(f"'{n}' left dense: criterion '{spec.criterion}' cannot score it", layer=n)
         for n in targets
         if n not in scores
     )
@@ -172,7 +177,28 @@ def compute_masks(
         ctx.select_threshold(threshold)
     else:
         ctx.select_sparsity(target, spec.overrides)
-    return ctx.plan(model, layers)
+    plan = ctx.plan(model, layers)
+    for n in outputs - set(plan.masks) - set(spec.exclude):  # protected: kept whole
+        plan.masks[n] = torch.ones_like(layers[n].weight, dtype=torch.bool, device="cpu")
+        if plan.channels is not None:
+            units = canonical(plan.masks[n], is_transposed(layers[n])).shape[0]
+            plan.channels[n] = torch.ones(units, dtype=torch.bool)
+    return plan
+
+
+def _outputs(
+    model: nn.Module, spec: PruningSpec, data: CalibrationData | None, example: Tensor | None
+) -> tuple[frozenset[str], list[Note]]:
+    """The output layers of ``model`` (never cut) and the notes that say so."""
+    x = example if example is not None else example_input(data, model)
+    if x is None:
+        text = "the model's output layers could not be traced (no example input): their "
+        return frozenset(), [warning(text + "output units are not protected")]
+    found = frozenset(output_layers(model, x))
+    what = "left dense" if spec.granularity == "filter" else "every output unit kept"
+    return found, [
+        info(f"'{n}' {what}: its outputs are the model's outputs", layer=n) for n in sorted(found)
+    ]
 
 
 def _raw_magnitude(spec: PruningSpec, targets: dict[str, nn.Module]) -> bool:
@@ -187,7 +213,15 @@ def _raw_magnitude(spec: PruningSpec, targets: dict[str, nn.Module]) -> bool:
     )
 
 
-def _layer_plan(model, spec, targets, layers, target, previous, seed) -> MaskPlan:
+def _layer_plan(
+    model: nn.Module,
+    spec: PruningSpec,
+    targets: dict[str, nn.Module],
+    layers: dict[str, nn.Module],
+    target: float,
+    previous: dict[str, Tensor],
+    seed: int,
+) -> MaskPlan:
     """Granularity ``layer``: remove whole residual branches, lowest score first, until
     ``target`` of the parameters in scope are gone."""
     blocks = _blocks_in(model, targets)
@@ -224,9 +258,9 @@ def _layer_plan(model, spec, targets, layers, target, previous, seed) -> MaskPla
     achieved = {
         n: 1.0 - float(masks[n].sum()) / masks[n].numel() if n in masks else 0.0 for n in layers
     }
-    notes = [
-        f"granularity 'layer' removed {len(removed)} of {len(blocks)} residual blocks: "
-        + (", ".join("+".join(b.layers) for b in removed) or "none")
-    ]
+    text = f"granularity 'layer' removed {len(removed)} of {len(blocks)} residual blocks: " + (
+        ", ".join("+".join(b.layers) for b in removed) or "none"
+    )
+    notes = [info(text) if removed else warning(text + "; no block fits the target")]
     requested = {n: (target if n in targets else 0.0) for n in layers}
     return MaskPlan(masks, requested, achieved, dict.fromkeys(layers), None, extra, notes, "layer")

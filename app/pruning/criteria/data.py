@@ -1,7 +1,20 @@
 """Data-driven criteria: gradients (taylor, snip) and activations (apoz, wanda).
 
-Each takes a :class:`~app.pruning.scoring.ScoreContext` and returns layer -> unit scores;
-:data:`app.pruning.importance.CRITERIA` registers them.
+Each takes a :class:`~app.pruning.criteria.context.ScoreContext` and returns layer -> unit
+scores; :data:`app.pruning.criteria.CRITERIA` registers them.
+
+Example:
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from app.pruning.data import ArrayDataset
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> x = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
+    >>> y = np.arange(16) % 2
+    >>> ctx = ScoreContext(model, {"0": model[0]}, "element", ArrayDataset("toy", x, y, x, y, 2),
+    ...                    torch.device("cpu"), (2, 4), 0, 2)
+    >>> taylor(ctx)["0"].shape
+    torch.Size([4, 6])
 """
 
 from __future__ import annotations
@@ -9,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from app.pruning.criteria.context import ScoreContext, Scores, forward_hooked, weight_grads
 from app.pruning.granularity import canonical, following_bn, is_transposed
-from app.pruning.scoring import ScoreContext, Scores, forward_hooked, weight_grads
 
 
 def taylor(ctx: ScoreContext) -> Scores:

@@ -1,4 +1,4 @@
-"""The files a finished run leaves (part of ``tasks``): exports, ``masks.npz``, the result model.
+"""A finished server run's files in the artifact store: exports, ``masks.npz``, the result model.
 
 Nothing here writes the database: :func:`store_files` puts the files in the artifact store and
 returns the artifact rows and the ``ModelRecord`` columns that ``tasks`` records in the one
@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.jobs.artifacts import ArtifactStore, artifact_key
+from app.artifacts import ArtifactStore, artifact_key
+from app.runs.export import sha256_of, write_run_files
+from app.runs.inputs import RunModel
 
 log = logging.getLogger(__name__)
-MASKS_NAME = "masks.npz"
 
 
 @dataclass
@@ -36,7 +37,7 @@ def jsonable(value: Any) -> Any:
     """Tensors, numpy scalars and tuples as plain JSON values."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v) for v in value]
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -49,70 +50,23 @@ def store_files(
     recipe: Any,
     result: Any,
     data: Any,
-    arch: str | None,
+    source: RunModel,
     tmp: Path,
 ) -> RunFiles:
-    """Export, write the masks, save the result model; put every file in the artifact store."""
+    """Export, write the masks, save the result model; put every file in the artifact store.
+
+    The result model takes the ``source`` model's arch and input dtype (token ids stay int64).
+    """
     if recipe.kind == "sensitivity":
         return RunFiles()
     out = tmp / "export"
-    config = _arch_config(result, data, arch)
-    example = data.sample_batch(8)
-    from app.modelio.export import export_all
-
-    rows = export_all(
-        result.model.cpu().eval(), example, out, recipe=recipe.to_dict(), arch_config=config
-    )
-    rows += write_masks(result.masks, out / MASKS_NAME)
+    rows, config = write_run_files(out, recipe, result, data, source.arch)
     for row in rows:
         row["storage_key"] = artifact_key(run_id, row["name"])
         if (out / row["name"]).is_file():  # a failed export removed its file
             artifacts.put_file(out / row["name"], row["storage_key"])
-    fields = _result_model(artifacts, run_id, recipe, result, data, arch, config, tmp)
+    fields = _result_model(artifacts, run_id, recipe, result, data, source, config, tmp)
     return RunFiles(rows, fields)
-
-
-def _arch_config(result: Any, data: Any, arch: str | None) -> dict | None:
-    """How to rebuild a physically pruned built-in architecture from its weights. Models that
-    came without a built-in arch (ONNX) have none: their rebuildable exports are pruned.onnx and
-    pruned.pt, and pruned.safetensors is checked by loading it into the pruned module."""
-    if not result.physical or arch is None:
-        return None
-    from app.pruning import structural
-
-    return structural.architecture_config(
-        result.model, arch=arch, num_classes=data.n_classes, input_shape=data.input_shape
-    )
-
-
-def write_masks(masks: dict | None, path: Path) -> list[dict]:
-    """``masks.npz``: one boolean keep-mask per prunable layer, keyed by layer name.
-
-    The masks are the final plan's, taken before physical removal, so they have the original
-    weight shapes: the dashboard draws them for physically pruned runs too. Read back and
-    compared before the row says ``verified``.
-    """
-    if not masks:
-        return []
-    import numpy as np
-
-    arrays = {str(name): m.detach().cpu().numpy().astype(bool) for name, m in masks.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
-    with np.load(path) as z:
-        same = set(z.files) == set(arrays) and all(
-            np.array_equal(z[k], v) for k, v in arrays.items()
-        )
-    return [
-        {
-            "name": path.name,
-            "kind": "masks",
-            "size_bytes": path.stat().st_size,
-            "verified": same,
-            "max_abs_diff": 0.0 if same else None,
-            "sha256": sha256_of(path),
-        }
-    ]
 
 
 def _result_model(
@@ -121,11 +75,12 @@ def _result_model(
     recipe: Any,
     result: Any,
     data: Any,
-    arch: str | None,
+    source: RunModel,
     config: dict | None,
     tmp: Path,
 ) -> dict | None:
     """Store the result as a model users can prune next: weights + arch, else TorchScript."""
+    arch = source.arch
     path = tmp / "result.safetensors"
     fmt = "safetensors" if arch and _save_weights(result.model, path, config, data) else None
     if fmt is None:
@@ -143,6 +98,7 @@ def _result_model(
         input_shape=list(data.input_shape),
         num_classes=data.n_classes,
         name=f"{recipe.name or recipe.kind} (run {run_id})",
+        input_dtype=source.input_dtype,
     )
 
 
@@ -188,6 +144,7 @@ def module_record_fields(
     input_shape: list[int],
     num_classes: int,
     name: str,
+    input_dtype: str = "float32",
 ) -> dict:
     """The ``ModelRecord`` columns of a module saved at ``path`` under ``key``; ``layers`` lists
     every module holding parameters, as the upload preflight does (BatchNorm included)."""
@@ -213,6 +170,7 @@ def module_record_fields(
         "format": fmt,
         "arch": arch,
         "input_shape": input_shape,
+        "input_dtype": input_dtype,
         "num_classes": num_classes,
         "n_params": sum(p.numel() for p in module.parameters()),
         "size_bytes": path.stat().st_size,
@@ -221,9 +179,3 @@ def module_record_fields(
         "structured_ok": fmt == "safetensors",
         "layers": layers,
     }
-
-
-def sha256_of(path: Path) -> str:
-    from app.modelio.export import file_sha256
-
-    return file_sha256(path)

@@ -1,0 +1,318 @@
+"""The state of one prune run: :class:`RunContext` (model, masks, keeper and the records so far).
+
+The schedule (``schedule.py``) drives it step by step: ``prune`` computes and applies the masks
+of a target, ``finetune`` trains with them kept, ``measure_after`` and ``record_step`` write the
+step with the fixed metric names of ``measure.METRICS``. Checkpoints (``checkpoint.py``) save
+and restore its fields; ``result.py`` turns it into a ``RunResult``.
+
+Example:
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from app.pruning.data import ArrayDataset
+    >>> from app.pruning.report import NEVER, NULL_REPORT
+    >>> from app.pruning.spec import Recipe
+    >>> x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    >>> data = ArrayDataset("toy", x, np.arange(40) % 2, x, np.arange(40) % 2, 2)
+    >>> recipe = Recipe.from_dict({"kind": "prune", "name": "toy",
+    ...     "pruning": {"granularity": "element", "criterion": "l1", "sparsity": 0.5}})
+    >>> ctx = RunContext(recipe, nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)),
+    ...                  data, report=NULL_REPORT, should_stop=NEVER, latency=False)
+    >>> ctx.record_baseline()
+    >>> before = ctx.prune(0.5, step=1)
+    >>> round(before["sparsity"], 1)
+    0.5
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from app.catalogue import CHANNEL_LEVELS
+from app.pruning import measure as measure_mod
+from app.pruning.counts import layer_stats
+from app.pruning.criteria.reconstruction import refit_layers, refit_note
+from app.pruning.data import ArrayDataset
+from app.pruning.histograms import prunable_weights
+from app.pruning.masks.compute import compute_masks
+from app.pruning.masks.keeper import MaskKeeper, apply_masks
+from app.pruning.masks.plan import MaskPlan
+from app.pruning.notes import Note, add_notes, info, warning
+from app.pruning.report import Report, ShouldStop, check_cancelled
+from app.pruning.spec import Recipe
+from app.pruning.structural.bn import recalibrate_bn
+from app.pruning.structural.remove import removal_blockers, zero_removed_units
+from app.pruning.targets import within_drop
+from app.pruning.train import BatchHook, EpochHook, fine_tune
+from app.zoo import reset_parameters
+
+BN_NOTE_KEY = "accuracy_before_bn_recalibration"
+REFIT_KEY = "reconstruction"  # a step's ThiNet re-fit: [{"layer", "error_before", "error_after"}]
+
+
+def _has_bn(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@dataclass
+class BestStep:
+    """The step a ``max_accuracy_drop`` run falls back on: its weights, masks and histograms."""
+
+    step: int
+    state: dict[str, Tensor]
+    masks: dict[str, Tensor] | None
+    plan: MaskPlan | None
+    after_prune: dict[str, Tensor] | None
+
+
+@dataclass
+class RunContext:
+    """The state of one prune run: model, masks, keeper, and what has been recorded so far.
+
+    ``initial_state`` (the weights ``retrain_init="rewind"`` goes back to) defaults to the
+    model's weights at the start. ``start_step``/``resume_training`` say where a resumed run
+    goes on (set by ``checkpoint.load_checkpoint``).
+    """
+
+    recipe: Recipe
+    model: nn.Module
+    data: ArrayDataset
+    report: Report
+    should_stop: ShouldStop
+    device: str = "cpu"
+    latency: bool = True
+    checkpoint_dir: Path | None = None
+    initial_state: dict[str, Tensor] | None = None
+    masks: dict[str, Tensor] | None = None
+    plan: MaskPlan | None = None
+    keeper: MaskKeeper | None = None
+    baseline: dict = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    hist_before: dict[str, Tensor] = field(default_factory=dict)
+    hist_after_prune: dict[str, Tensor] | None = None
+    best: BestStep | None = None
+    start_step: int = 0
+    resume_training: dict | None = None
+    accuracy_before_bn: float | None = None  # structured levels with BN: before recalibration
+    refits: list[dict] = field(default_factory=list)  # the last prune's ThiNet re-fit errors
+
+    def __post_init__(self) -> None:
+        self.model = self.model.to(self.device)
+        self.example = self.data.sample_batch(32).to(self.device)
+        self.structured = self.recipe.pruning.granularity in CHANNEL_LEVELS
+        self.initial_state = copy.deepcopy(self.initial_state or self.model.state_dict())
+        self.hist_before = prunable_weights(self.model)
+
+    @property
+    def baseline_accuracy(self) -> float:
+        return float(self.baseline["accuracy"])
+
+    # -- measuring ---------------------------------------------------------------------------
+    def measure(self) -> dict:
+        was_training = self.model.training
+        out = measure_mod.measure(
+            self.model,
+            self.data,
+            device=self.device,
+            baseline_nonzero=self.baseline.get("n_nonzero"),
+            latency=self.latency,
+        )
+        self.model.train(was_training)
+        return out
+
+    def evaluate(self) -> dict:
+        was_training = self.model.training
+        out = measure_mod.evaluate(self.model, self.data, device=self.device)
+        self.model.train(was_training)
+        return out
+
+    def batches_per_epoch(self) -> int:
+        return max(1, math.ceil(self.data.n_train / int(self.recipe.finetune.batch_size)))
+
+    def record_baseline(self) -> None:
+        """Measure and record the baseline as step 0."""
+        self.baseline = self.measure()
+        step0 = {
+            "step": 0,
+            "target_sparsity": 0.0,
+            "before_finetune": self.baseline,
+            "after_finetune": self.baseline,
+        }
+        self.steps.append(step0)
+        self._record_layers(0)
+        self.report("step", step0)
+        self.remember_best(0)
+
+    # -- pruning ----------------------------------------------------------------------------
+    def prune(self, target: float | None, *, step: int) -> dict:
+        """Compute and apply the masks for ``target``; returns the metrics before fine-tuning."""
+        check_cancelled(self.should_stop)
+        plan = compute_masks(
+            self.model,
+            self.recipe.pruning,
+            sparsity=target,
+            data=self.data,
+            device=self.device,
+            previous=self.masks,
+            seed=int(self.recipe.seed),
+            example=self.example,
+        )
+        add_notes(self.notes, plan.notes)
+        self.plan, self.masks = plan, plan.masks
+        self.refits = self._refit(plan, step)
+        apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
+        self.keeper = MaskKeeper(self.model, plan)
+        self.accuracy_before_bn = self._settle_structure()
+        self.hist_after_prune = prunable_weights(self.model)
+        return self.measure()
+
+    def _refit(self, plan: MaskPlan, step: int) -> list[dict]:
+        """``reconstruction`` (ThiNet): re-fit every layer that lost input channels by least
+        squares on calibration data, before the masks zero them; noted with the errors."""
+        spec = self.recipe.pruning
+        if spec.criterion != "reconstruction" or not plan.channels:
+            return []
+        errors = refit_layers(
+            self.model,
+            plan.channels,
+            self.data,
+            batches=spec.calibration_batches,
+            device=self.device,
+            seed=int(self.recipe.seed),
+        )
+        if errors:
+            self.notes.append(info(refit_note(step, errors)))
+        return [e.as_dict() for e in errors]
+
+    def _settle_structure(self) -> float | None:
+        """Channel levels: zero what physical removal would delete, then re-estimate BN.
+
+        Returns the accuracy before the BN recalibration (None when there was none).
+        """
+        if not self.structured or self.plan is None:
+            return None
+        gran = self.recipe.pruning.granularity
+        if not removal_blockers(self.model, self.example):
+            zero_removed_units(self.model, self.plan, self.example, granularity=gran)
+        if not _has_bn(self.model):
+            return None
+        acc_before = float(self.evaluate()["accuracy"])
+        was_training = self.model.training
+        loader = self.data.loader(
+            "train", int(self.recipe.finetune.batch_size), seed=self.recipe.seed
+        )
+        recalibrate_bn(self.model, loader, batches=20)
+        self.model.train(was_training)
+        return acc_before
+
+    def reinitialise(self, *, rewind: bool) -> None:
+        """Rewind to the initial weights or re-draw them; the current masks are re-applied."""
+        if rewind and self.initial_state is not None:
+            self.model.load_state_dict(self.initial_state)
+        else:
+            torch.manual_seed(int(self.recipe.seed))
+            reset_parameters(self.model)
+        if self.plan is not None:
+            apply_masks(self.model, self.plan)
+            self.keeper = MaskKeeper(self.model, self.plan)
+            self._settle_structure()
+
+    def finetune(
+        self,
+        *,
+        step: int,
+        span: tuple[float, float],
+        hook: BatchHook | None = None,
+        epochs: int | None = None,
+        on_epoch: EpochHook | None = None,
+        resume: dict | None = None,
+    ) -> list[dict]:
+        """Fine-tune with the recipe's spec; each epoch's point joins ``self.curve`` as it ends."""
+
+        def record(point: dict, training: dict) -> None:
+            self.curve.append(point)
+            if on_epoch is not None:
+                on_epoch(point, training)
+
+        return fine_tune(
+            self.model,
+            self.data,
+            self.recipe.finetune,
+            device=self.device,
+            keeper=self.keeper,
+            report=self.report,
+            should_stop=self.should_stop,
+            step=step,
+            seed=self.recipe.seed,
+            hook=hook,
+            epochs=epochs,
+            span=span,
+            on_epoch=record,
+            resume=resume,
+        )
+
+    def measure_after(self) -> dict:
+        """The metrics after fine-tuning (BN re-estimated first for channel levels)."""
+        self._settle_structure()  # BN shifts of removed channels drift during fine-tuning
+        return self.measure()
+
+    # -- recording --------------------------------------------------------------------------
+    def _record_layers(self, step: int) -> None:
+        plan = self.plan
+        rows = layer_stats(
+            self.model,
+            thresholds=None if plan is None else plan.thresholds,
+            requested=None if plan is None else plan.requested,
+            input_shape=self.data.input_shape,
+        )
+        self.layers.extend({"step": step, **row} for row in rows)
+
+    def record_step(self, k: int, target: float | None, before: dict, after: dict) -> None:
+        """Record step ``k`` (metrics before and after fine-tuning) and report it."""
+        item = {
+            "step": k,
+            "target_sparsity": after["sparsity"] if target is None else target,
+            "before_finetune": before,
+            "after_finetune": after,
+        }
+        if self.accuracy_before_bn is not None:
+            item[BN_NOTE_KEY] = self.accuracy_before_bn
+        if self.refits:
+            item[REFIT_KEY] = self.refits
+        self.steps.append(item)
+        self._record_layers(k)
+        self.report("step", item)
+
+    def accept_step(self, k: int, after: dict) -> bool:
+        """Keep step ``k`` when within ``max_accuracy_drop``; else restore the best and stop."""
+        max_drop = self.recipe.schedule.max_accuracy_drop
+        if within_drop(self.baseline_accuracy, float(after["accuracy"]), max_drop):
+            self.remember_best(k)
+            return True
+        best = self.best
+        self.notes.append(
+            warning(
+                f"step {k} lost {self.baseline_accuracy - after['accuracy']:.4f} accuracy, more than "
+                f"max_accuracy_drop {max_drop}; kept step {0 if best is None else best.step}"
+            )
+        )
+        if best is not None:
+            self.model.load_state_dict(best.state)
+            self.masks, self.plan = best.masks, best.plan
+            self.hist_after_prune = best.after_prune
+        return False
+
+    def remember_best(self, k: int) -> None:
+        """Keep a copy of step ``k`` to fall back on (only with ``max_accuracy_drop``)."""
+        if self.recipe.schedule.max_accuracy_drop is None:
+            return
+        state = copy.deepcopy(self.model.state_dict())
+        self.best = BestStep(k, state, self.masks, self.plan, self.hist_after_prune)

@@ -1,0 +1,176 @@
+"""What a run starts from: its dataset, its model and its recipe.
+
+A server run reads its rows in the worker's session and its files from the artifact store (a
+local copy is made when the store is remote); ``prunelab run`` reads local files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from app.artifacts import ArtifactStore
+from app.models import DatasetRecord, ModelRecord, Run
+from app.pruning.notes import Note, info
+
+# Keys reference recipes carry for people and tests; the recipe loader does not know them.
+ANNOTATION_KEYS = ("expected", "description", "comment")
+
+
+def fetch(artifacts: ArtifactStore, key: str, tmp: Path) -> Path:
+    """A local copy of a stored file (absolute paths are used as they are)."""
+    if Path(key).is_absolute():
+        return Path(key)
+    if not artifacts.remote:
+        return artifacts.local_path(key)
+    dest = tmp / Path(key).name
+    if not artifacts.get_file(key, dest):
+        raise ValueError(f"stored file {key!r} is missing from the artifact store")
+    return dest
+
+
+def load_dataset(session: Session, artifacts: ArtifactStore, dataset_id: str, tmp: Path) -> Any:
+    """The run's dataset as an ``ArrayDataset`` (built-in ``digits`` or an uploaded one)."""
+    from app.intake import datasets
+
+    if dataset_id in datasets.BUILTIN_DATASETS:
+        return datasets.load_builtin(dataset_id)
+    record = session.get(DatasetRecord, dataset_id)
+    if record is None or not record.storage_key:
+        raise ValueError(f"dataset_id {dataset_id!r} does not exist (any more)")
+    key = record.storage_key
+    if not artifacts.remote and artifacts.local_path(key).is_dir():
+        key = f"{key}/dataset.npz"  # save_dataset writes a folder holding dataset.npz
+    return datasets.load_saved_dataset(fetch(artifacts, key, tmp))
+
+
+@dataclass
+class RunModel:
+    """The module a server run prunes and what the run needs to know about it.
+
+    ``input_dtype`` is the model's (``float32`` or ``int64`` token ids; the result model keeps
+    it); ``notes`` say what fine-tuning cannot change (BatchNorm frozen in a trace).
+    """
+
+    module: Any
+    rebuildable: bool
+    arch: str | None
+    input_dtype: str = "float32"
+    notes: list[Note] = field(default_factory=list)
+
+
+def load_model_for(
+    session: Session, artifacts: ArtifactStore, run: Run, data: Any, tmp: Path
+) -> RunModel:
+    """The run's model, or a fresh zoo model for ``arch``."""
+    from app import zoo
+
+    arch = (run.recipe or {}).get("arch")
+    if run.model_id is None:
+        if not arch:
+            raise ValueError("model_id is missing: give a model, or an arch for a train run")
+        module = zoo.build(arch, num_classes=data.n_classes, input_shape=data.input_shape)
+        return RunModel(module, True, arch)
+    from app.modelio.load import load_model
+
+    record = session.get(ModelRecord, run.model_id)
+    if record is None:
+        raise ValueError(f"model_id {run.model_id} does not exist (any more)")
+    shape = tuple(record.input_shape) if record.input_shape else data.input_shape
+    if len(shape) == len(data.input_shape) + 1:
+        shape = shape[1:]
+    # the model's own input dtype: an int64 (token ids) module rounds float batches to ids
+    loaded = load_model(
+        fetch(artifacts, record.storage_key, tmp),
+        record.format,
+        arch=record.arch,
+        num_classes=record.num_classes or data.n_classes,
+        input_shape=shape,
+        input_dtype=record.input_dtype,
+    )
+    return RunModel(
+        loaded.module,
+        bool(loaded.rebuildable),
+        record.arch or loaded.arch,
+        input_dtype=loaded.input_dtype,
+        notes=[info(n) for n in loaded.train_notes],
+    )
+
+
+def build_recipe(body: dict) -> Any:
+    """The engine's ``Recipe`` of a stored run recipe (``arch`` is the envelope's, not its)."""
+    from app.pruning.spec import Recipe
+
+    return Recipe.from_dict({k: v for k, v in body.items() if k != "arch"})
+
+
+def read_recipe_dict(path: str | Path) -> dict:
+    """A recipe file (JSON, or YAML by its ``.yaml``/``.yml`` suffix) as a dict, minus annotations.
+
+    Raises:
+        ValueError: the file is not a JSON/YAML object.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        body = yaml.safe_load(text)
+    else:
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"recipe {path.name} is not valid JSON: {exc.msg} (line {exc.lineno})"
+            ) from None
+    if not isinstance(body, dict):
+        raise ValueError(f"recipe {path.name} must hold one JSON/YAML object")
+    return {k: v for k, v in body.items() if k not in ANNOTATION_KEYS}
+
+
+def load_recipe(path: str | Path) -> Any:
+    """Read and validate a recipe file into a ``spec.Recipe`` (the name defaults to the file's)."""
+    from app.pruning.spec import Recipe
+
+    body = read_recipe_dict(path)
+    body.setdefault("name", Path(path).stem)
+    return Recipe.from_dict(body)
+
+
+def load_data_file(data: str) -> Any:
+    """``digits`` (built in) or an ``.npz`` with ``x``, ``y`` and optional ``x_test``/``y_test``."""
+    from app.intake import datasets
+
+    if data in datasets.BUILTIN_DATASETS:
+        return datasets.load_builtin(data)
+    path = Path(data)
+    if not path.exists():
+        raise ValueError(f"--data {data!r} is neither a built-in dataset nor an existing file")
+    return datasets.load_dataset_file(path, name=path.stem)
+
+
+def load_model_file(
+    model_path: str | Path | None,
+    *,
+    arch: str | None,
+    input_shape: tuple[int, ...] | None,
+    num_classes: int,
+) -> tuple[Any, bool, list[str]]:
+    """``(module, rebuildable, notes)`` from a model file, or a fresh ``arch`` when no file."""
+    from app import zoo
+
+    if model_path is None:
+        if arch is None:
+            raise ValueError("give --model FILE, or --arch NAME to start from an untrained model")
+        return zoo.build(arch, num_classes=num_classes, input_shape=input_shape), True, []
+    from app.modelio.detect import detect_format
+    from app.modelio.load import load_model
+
+    path = Path(model_path)
+    fmt = detect_format(path)
+    loaded = load_model(path, fmt, arch=arch, num_classes=num_classes, input_shape=input_shape)
+    return loaded.module, bool(loaded.rebuildable), list(loaded.notes)
