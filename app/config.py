@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=5.0, gt=0)
     stale_after_s: float = Field(default=60.0, gt=0)
     cancel_grace_s: float = Field(default=10.0, ge=0)
+    sse_ping_s: float = Field(default=15.0, gt=0)
+    sse_poll_s: float = Field(default=0.5, gt=0)
     preflight_timeout_s: float = Field(default=120.0, gt=0)
     preflight_memory_mb: int = Field(default=8192, ge=256)
     ray_num_gpus: float = Field(default=0.0, ge=0)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app import __version__, db, store
@@ -33,6 +35,9 @@ from app.web.ratelimit import LoginLimiter
 from app.web.security_headers import SecurityHeadersMiddleware
 from app.web.templating import STATIC_DIR
 
+if TYPE_CHECKING:
+    from app.jobs.dispatcher import Dispatcher
+
 log = logging.getLogger(__name__)
 
 
@@ -43,13 +48,19 @@ def _bootstrap(settings: Settings, engine) -> None:  # noqa: ANN001
             session.commit()
 
 
-def _start_dispatcher(settings: Settings, engine, runner: Runner | None):  # noqa: ANN001, ANN202
-    """The one dispatcher thread (recovers unfinished runs first) driving ``runner``."""
+def _start_dispatcher(
+    settings: Settings, engine: Engine, runner: Runner | None, *, thread: bool
+) -> Dispatcher:
+    """The one dispatcher (recovers unfinished runs first) driving ``runner``; without its
+    thread it only moves when :meth:`~app.jobs.dispatcher.Dispatcher.tick` is called."""
     from app.jobs.dispatcher import Dispatcher
     from app.jobs.runner import make_runner
 
     dispatcher = Dispatcher(settings, engine, runner or make_runner(settings))
-    dispatcher.start()
+    if thread:
+        dispatcher.start()
+    else:
+        dispatcher.recover()
     return dispatcher
 
 
@@ -57,11 +68,15 @@ def create_app(
     settings: Settings | None = None,
     *,
     runner: Runner | None = None,
+    dispatch_thread: bool = True,
     migrate: bool = True,
     demo: bool = False,
 ) -> FastAPI:
     """Build the app. The lifespan owns the engine and the dispatcher driving ``runner``
-    (default: the one ``settings`` name, local worker processes or Ray jobs)."""
+    (default: the one ``settings`` name, local worker processes or Ray jobs).
+
+    ``dispatch_thread=False`` builds the dispatcher without its thread: a test steps it with
+    ``app.state.dispatcher.tick()`` (with a :class:`~app.jobs.runner.FakeRunner`, say)."""
     settings = settings or load_settings()
 
     @asynccontextmanager
@@ -73,7 +88,7 @@ def create_app(
         app.state.engine = engine
         app.state.metrics_registry, app.state.http_latency = make_registry(engine)
         _bootstrap(settings, engine)
-        app.state.dispatcher = _start_dispatcher(settings, engine, runner)
+        app.state.dispatcher = _start_dispatcher(settings, engine, runner, thread=dispatch_thread)
         seeder = None
         if demo:
             from app.demo import DemoSeeder

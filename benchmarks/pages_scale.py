@@ -19,7 +19,7 @@ from app.config import Settings
 from app.main import create_app
 from app.models import Run
 from tests.browser import seed
-from tests.conftest import make_user
+from tests.factories import make_user
 
 BUDGET_S, BUDGET_BYTES = 0.300, 2 * 1024 * 1024
 

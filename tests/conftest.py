@@ -12,6 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
+from tests.factories import make_user
+
 PG_ADMIN_URL = os.environ.get(
     "PRUNELAB_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -49,16 +51,6 @@ def client(app) -> Iterator[TestClient]:
 def db_session(client) -> Iterator[Session]:
     with Session(client.app.state.engine, expire_on_commit=False) as session:
         yield session
-
-
-def make_user(session: Session, name: str, role: str = "member", password: str | None = None):
-    """A user and a bearer header for them."""
-    from app import store
-
-    user = store.create_user(session, name=name, role=role, password=password)
-    _, secret = store.create_token(session, user=user, name="test")
-    session.commit()
-    return user, {"Authorization": f"Bearer {secret}"}
 
 
 @pytest.fixture

@@ -6,8 +6,13 @@ bombs). The checks read only the central directory; :func:`safe_extract` then wr
 files under the destination, stopping if an entry expands beyond what its header declared.
 
 Example:
-    >>> with zipfile.ZipFile(path) as zf:
-    ...     safe_extract(zf, Path("/data/tmp/x"))
+    >>> import io, tempfile
+    >>> buf = io.BytesIO()
+    >>> with zipfile.ZipFile(buf, "w") as zf:
+    ...     zf.writestr("digits/0/a.png", b"...")
+    >>> with zipfile.ZipFile(buf) as zf:
+    ...     [p.name for p in safe_extract(zf, Path(tempfile.mkdtemp()))]
+    ['a.png']
 """
 
 from __future__ import annotations

@@ -7,7 +7,14 @@ that makes the batch dynamic. (ONNX files fixed at batch 1 are first rewritten w
 safe, see ``onnx_batch``.)
 
 Example:
-    >>> check_batch_of_two(loaded.module, loaded)  # raises Invalid with the export call
+    >>> class FixedBatch(nn.Module):
+    ...     def forward(self, x):
+    ...         return x.view(1, -1)  # traced code that fixes the batch
+    >>> loaded = LoadedModel(FixedBatch(), "torchscript", (4,), False)
+    >>> check_batch_of_two(loaded.module, loaded)
+    Traceback (most recent call last):
+    ...
+    app.errors.Invalid: the model returns an output of shape [1, 8] for a batch of 2: ...
 """
 
 from __future__ import annotations

@@ -6,8 +6,12 @@ unpickled and torch is not imported, so the web process can call :func:`detect_f
 it has just received.
 
 Example:
-    >>> detect_format(Path("model.onnx"))
-    'onnx'
+    >>> import tempfile, torch
+    >>> from safetensors.torch import save_file
+    >>> path = Path(tempfile.mkdtemp()) / "upload.bin"  # the name does not matter
+    >>> save_file({"fc.weight": torch.zeros(2, 2)}, str(path))
+    >>> detect_format(path)
+    'safetensors'
 """
 
 from __future__ import annotations

@@ -9,7 +9,12 @@ much (``max_abs_diff``). A format that fails is reported with ``verified: False`
 ``error`` sentence; the other exports still happen.
 
 Example:
-    >>> rows = export_all(model, data.sample_batch(16), out_dir, recipe=recipe.to_dict(),
+    >>> from app import zoo
+    >>> from app.pruning.spec import Recipe
+    >>> from app.pruning.structural.rebuild import architecture_config
+    >>> model = zoo.build("cnn_small")
+    >>> rows = export_all(model, torch.zeros(16, 1, 8, 8), tempfile.mkdtemp(),
+    ...                   recipe=Recipe.from_dict({"pruning": {"sparsity": 0.5}}).to_dict(),
     ...                   arch_config=architecture_config(model, arch="cnn_small"))
     >>> all(r["verified"] for r in rows)
     True

@@ -5,7 +5,12 @@ TorchScript and ``.pt2`` files can execute code when loaded (PyTorch's security 
 Nothing here calls ``torch.load(weights_only=False)`` or ``pickle.load``.
 
 Example:
-    >>> loaded = load_model(Path("w.safetensors"), "safetensors", arch="lenet5")
+    >>> import tempfile
+    >>> from safetensors.torch import save_file
+    >>> from app import zoo
+    >>> path = Path(tempfile.mkdtemp()) / "w.safetensors"
+    >>> save_file(zoo.build("lenet5").state_dict(), str(path))
+    >>> loaded = load_model(path, "safetensors", arch="lenet5")
     >>> loaded.module(torch.zeros(1, *loaded.input_shape)).shape
     torch.Size([1, 10])
 """

@@ -9,7 +9,16 @@ check fails the model is returned unchanged and the preflight's batch-2 run refu
 export call to use.
 
 Example:
-    >>> model, changed = batch_agnostic(onnx.load("static.onnx"))
+    >>> import io, onnx, torch
+    >>> buf = io.BytesIO()
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    >>> torch.onnx.export(net, (torch.zeros(1, 2, 2),), buf, dynamo=False, opset_version=17)
+    >>> model = onnx.load_from_string(buf.getvalue())
+    >>> fixed_batch(model)
+    1
+    >>> model, changed = batch_agnostic(model)
+    >>> changed, fixed_batch(model)
+    (True, None)
 """
 
 from __future__ import annotations

@@ -7,8 +7,19 @@ files inside the upload are read: the archive is checked and extracted by
 ``location`` must name a regular file inside the extracted folder.
 
 Example:
-    >>> with tempfile.TemporaryDirectory() as work:
-    ...     model = read_onnx_zip(Path("model.zip"), Path(work))
+    >>> import io, onnx, tempfile, torch
+    >>> work, buf = Path(tempfile.mkdtemp()), io.BytesIO()
+    >>> net = torch.nn.Linear(4, 2)
+    >>> torch.onnx.export(net, (torch.zeros(1, 4),), buf, dynamo=False, opset_version=17)
+    >>> onnx.save_model(onnx.load_from_string(buf.getvalue()), work / "model.onnx",
+    ...     save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    >>> parts = [(p.name, p) for p in sorted(work.iterdir())]
+    >>> [name for name, _ in parts]
+    ['model.onnx', 'model.onnx.data']
+    >>> path, sha = bundle_files(parts, work / "model.zip")
+    >>> model = read_onnx_zip(path, work / "unzipped")
+    >>> sorted(i.name for i in model.graph.initializer)
+    ['bias', 'weight']
 """
 
 from __future__ import annotations

@@ -8,7 +8,18 @@ graph: ``MatMul(x, W)`` (+ ``Add`` of a constant bias) becomes ``nn.Linear`` and
 ``Gather(T, ids)`` on axis 0 becomes ``nn.Embedding``, with the same numbers.
 
 Example:
-    >>> module = expose_weights(onnx2torch.convert(model))
+    >>> import io, onnx
+    >>> from app.modelio.onnx_convert import import_onnx2torch
+    >>> onnx2torch = import_onnx2torch()  # without torchvision
+    >>> buf = io.BytesIO()
+    >>> net = nn.Linear(4, 3)
+    >>> torch.onnx.export(net, (torch.zeros(2, 5, 4),), buf, dynamo=False, opset_version=17)
+    >>> converted = onnx2torch.convert(onnx.load_from_string(buf.getvalue()))
+    >>> any(isinstance(m, nn.Linear) for m in converted.modules())
+    False
+    >>> module = expose_weights(converted)
+    >>> [type(m).__name__ for m in module.modules() if isinstance(m, nn.Linear)]
+    ['Linear']
 """
 
 from __future__ import annotations

@@ -7,7 +7,14 @@ replaces each ``Gelu`` with its definition before the down-conversion:
 ``LessOrEqual``/``GreaterOrEqual``, which onnx2torch lacks, with ``Not(Greater)``/``Not(Less)``.
 
 Example:
+    >>> from onnx import TensorProto, helper
+    >>> x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    >>> y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    >>> graph = helper.make_graph([helper.make_node("Gelu", ["x"], ["y"])], "g", [x], [y])
+    >>> model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     >>> decompose_new_ops(model)  # in place; then version_converter.convert_version(model, 17)
+    >>> sorted({n.op_type for n in model.graph.node})
+    ['Add', 'Div', 'Erf', 'Mul']
 """
 
 from __future__ import annotations

@@ -7,9 +7,14 @@ process group is killed on timeout, so a hostile or broken file can neither run 
 process nor take it down. This module does not import torch.
 
 Example:
-    >>> report = run_preflight(Path("m.onnx"), "onnx", input_shape=(1, 8, 8))
-    >>> report["ok"], report["structured_ok"], report["layers"][0]["name"]
-    (True, True, 'Conv_0')
+    >>> import tempfile
+    >>> from safetensors.torch import save_file
+    >>> from app import zoo
+    >>> path = Path(tempfile.mkdtemp()) / "m.safetensors"
+    >>> save_file(zoo.build("cnn_small").state_dict(), str(path))
+    >>> report = run_preflight(path, "safetensors", arch="cnn_small", input_shape=(1, 8, 8))
+    >>> report["ok"], report["structured_ok"]
+    (True, True)
 """
 
 from __future__ import annotations

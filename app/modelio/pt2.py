@@ -7,8 +7,13 @@ updates its running statistics while fine-tuning and uses them when evaluating, 
 original module.
 
 Example:
-    >>> module = make_trainable(torch.export.load("m.pt2").module())
-    >>> module.train()  # BatchNorm now uses batch statistics
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).eval()
+    >>> program = torch.export.export(net, (torch.randn(2, 4),))
+    >>> module = make_trainable(program.module())
+    >>> module.train().training  # BatchNorm now uses batch statistics and updates its own
+    True
+    >>> module.eval().training
+    False
 """
 
 from __future__ import annotations

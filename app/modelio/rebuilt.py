@@ -10,8 +10,15 @@ The header comes from a file a user may upload, so it is checked before anything
 only Conv/Linear/norm layers, and no more parameters declared than the file plausibly holds.
 
 Example:
-    >>> save_pruned(small, Path("m.safetensors"), architecture_config(small, arch="lenet5"))
-    >>> load_model(Path("m.safetensors"), "safetensors").module  # the smaller lenet5
+    >>> import tempfile
+    >>> from app import zoo
+    >>> from app.modelio.load import load_model
+    >>> from app.pruning.structural.rebuild import architecture_config
+    >>> small = zoo.build("lenet5")  # structurally pruned, in a run
+    >>> path = Path(tempfile.mkdtemp()) / "m.safetensors"
+    >>> save_pruned(small, path, architecture_config(small, arch="lenet5"))
+    >>> type(load_model(path, "safetensors").module).__name__  # no arch given: the header has it
+    'LeNet5'
 """
 
 from __future__ import annotations

@@ -5,8 +5,12 @@ not a normalisation statistic (``running_mean``/``running_var``) is a weight the
 as a constant; the upload warns when these are 10% or more of the model's float weights.
 
 Example:
-    >>> seen_warning(810, hidden_weights(vit))
-    ['the lab sees 810 of 18,218 float weights (4%) ...']
+    >>> net = torch.nn.Linear(4, 2)
+    >>> net.register_buffer("table", torch.randn(100, 100))  # a weight held as a constant
+    >>> hidden_weights(net)
+    {'table': 10000}
+    >>> seen_warning(10, hidden_weights(net))
+    ['the lab sees 10 of 10,010 float weights (0%); ... largest first: table (10,000)']
 """
 
 from __future__ import annotations

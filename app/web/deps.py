@@ -1,4 +1,9 @@
-"""Typed dependencies: database session, current user (bearer token or session cookie)."""
+"""Typed dependencies: database session, current user (bearer token or session cookie), and
+the rows a route works on (``RunDep``, ``OwnedRunDep``, ``ModelDep`` ...: 404 with a sentence
+when missing, 403 when the caller may not change it).
+
+Every resource dependency resolves the caller first (401, or the login redirect for the
+``Page*`` variants), so a signed-out caller never learns whether a row exists."""
 
 from __future__ import annotations
 
@@ -9,9 +14,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlmodel import Session
 
-from app import store
+from app import catalogue, store
 from app.config import Settings
-from app.models import User
+from app.models import DatasetRecord, ModelRecord, Run, Sweep, User
 
 SESSION_COOKIE = "prunelab_session"
 
@@ -111,3 +116,133 @@ def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
 CurrentUser = Annotated[User, Depends(current_user)]
 PageUser = Annotated[User, Depends(page_user)]
 AdminUser = Annotated[User, Depends(admin_user)]
+
+
+# ---------------------------------------------------------------- permissions
+def may_create(user: User) -> None:
+    if user.role == "viewer":
+        raise HTTPException(403, "viewers can look at runs but not start, change or delete them")
+
+
+def may_change(user: User, run: Run) -> None:
+    may_create(user)
+    if user.role != "admin" and run.owner_id != user.id:
+        raise HTTPException(403, f"run {run.id} belongs to another user; you can change only yours")
+
+
+def may_write_models(user: User) -> None:
+    if user.role == "viewer":
+        raise HTTPException(
+            403, "viewers cannot upload or change models; ask an admin for the member role"
+        )
+
+
+# ---------------------------------------------------------------- runs
+def _run(run_id: int, session: SessionDep) -> Run:
+    run = store.get_run(session, run_id=run_id)
+    if run is None:
+        raise HTTPException(404, f"run {run_id} does not exist")
+    return run
+
+
+def run_for_reader(_: CurrentUser, run: Annotated[Run, Depends(_run)]) -> Run:
+    """Every signed-in user reads every run of the team."""
+    return run
+
+
+def run_for_page(_: PageUser, run: Annotated[Run, Depends(_run)]) -> Run:
+    return run
+
+
+RunDep = Annotated[Run, Depends(run_for_reader)]
+PageRunDep = Annotated[Run, Depends(run_for_page)]
+
+
+def run_for_changer(user: CurrentUser, run: RunDep) -> Run:
+    """A run the caller may cancel, resume or delete: their own (any, for an admin)."""
+    may_change(user, run)
+    return run
+
+
+OwnedRunDep = Annotated[Run, Depends(run_for_changer)]
+
+
+# ---------------------------------------------------------------- models
+def _model(model_id: int, session: SessionDep) -> ModelRecord:
+    row = store.get_model(session, model_id=model_id)
+    if row is None:
+        raise HTTPException(404, f"model {model_id} does not exist")
+    return row
+
+
+def model_for_reader(_: CurrentUser, model: Annotated[ModelRecord, Depends(_model)]) -> ModelRecord:
+    return model
+
+
+def model_for_page(_: PageUser, model: Annotated[ModelRecord, Depends(_model)]) -> ModelRecord:
+    return model
+
+
+def model_for_owner(user: CurrentUser, model_id: int, session: SessionDep) -> ModelRecord:
+    """A model the caller may delete (a viewer is refused before the model is looked up)."""
+    may_write_models(user)
+    model = _model(model_id, session)
+    if user.role != "admin" and model.owner_id != user.id:
+        raise HTTPException(403, "you can only delete your own models")
+    return model
+
+
+ModelDep = Annotated[ModelRecord, Depends(model_for_reader)]
+PageModelDep = Annotated[ModelRecord, Depends(model_for_page)]
+OwnedModelDep = Annotated[ModelRecord, Depends(model_for_owner)]
+
+
+# ---------------------------------------------------------------- datasets
+def dataset_for_reader(
+    dataset_id: str, _: CurrentUser, session: SessionDep
+) -> DatasetRecord | catalogue.DatasetInfo:
+    """A built-in dataset's catalogue entry, or the uploaded dataset's row."""
+    if (info := catalogue.DATASETS.get(dataset_id)) is not None:
+        return info
+    row = store.get_dataset(session, dataset_id=dataset_id)
+    if row is None:
+        raise HTTPException(404, f"dataset {dataset_id!r} does not exist")
+    return row
+
+
+def dataset_for_owner(dataset_id: str, user: CurrentUser, session: SessionDep) -> DatasetRecord:
+    """An uploaded dataset the caller may delete (built-in ones are 409)."""
+    if user.role == "viewer":
+        raise HTTPException(403, "viewers cannot delete datasets; ask an admin for the member role")
+    if dataset_id in catalogue.DATASETS:
+        raise HTTPException(409, f"the built-in {dataset_id} dataset cannot be deleted")
+    row = store.get_dataset(session, dataset_id=dataset_id)
+    if row is None:
+        raise HTTPException(404, f"dataset {dataset_id!r} does not exist")
+    if user.role != "admin" and row.owner_id != user.id:
+        raise HTTPException(403, "you can only delete your own datasets")
+    return row
+
+
+DatasetDep = Annotated[DatasetRecord | catalogue.DatasetInfo, Depends(dataset_for_reader)]
+OwnedDatasetDep = Annotated[DatasetRecord, Depends(dataset_for_owner)]
+
+
+# ---------------------------------------------------------------- sweeps
+def _sweep(sweep_id: int, session: SessionDep) -> Sweep:
+    sweep = store.get_sweep(session, sweep_id=sweep_id)
+    if sweep is None:
+        raise HTTPException(404, f"sweep {sweep_id} does not exist")
+    return sweep
+
+
+def sweep_for_reader(_: CurrentUser, sweep: Annotated[Sweep, Depends(_sweep)]) -> Sweep:
+    return sweep
+
+
+def sweep_for_page(_: PageUser, sweep: Annotated[Sweep, Depends(_sweep)]) -> Sweep:
+    return sweep
+
+
+SweepDep = Annotated[Sweep, Depends(sweep_for_reader)]
+PageSweepDep = Annotated[Sweep, Depends(sweep_for_page)]

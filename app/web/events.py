@@ -3,7 +3,7 @@
 Events come from the ``run_events`` table (the row id is the SSE ``id``), so a client that
 reconnects with ``Last-Event-ID`` gets exactly what it missed. Each poll opens a short session
 and closes it: a listener never holds a transaction. Keep-alive comments go out every
-``PING_S`` seconds; the stream ends after the event that finishes the run.
+``settings.sse_ping_s`` seconds; the stream ends after the event that finishes the run.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from app import store
-from app.web.deps import CurrentUser, SessionDep
+from app.web.deps import RunDep, SessionDep, SettingsDep
 
 router = APIRouter(prefix="/api", tags=["runs"])
-PING_S = 15.0
-POLL_S = 0.5
 ACTIVE = ("queued", "running")
 
 
@@ -37,7 +35,7 @@ def _poll(engine: Engine, run_id: int, after: int) -> tuple[str | None, list[tup
 
 
 async def stream(
-    engine: Engine, run_id: int, after: int, poll_s: float = POLL_S
+    engine: Engine, run_id: int, after: int, poll_s: float
 ) -> AsyncIterator[ServerSentEvent]:
     """Events after ``after`` until the run has ended and its last event was sent.
 
@@ -66,13 +64,11 @@ def _last_id(request: Request) -> int:
 
 @router.get("/runs/{run_id}/events", response_class=EventSourceResponse)
 def run_events(
-    run_id: int, request: Request, session: SessionDep, _: CurrentUser
+    run: RunDep, request: Request, session: SessionDep, settings: SettingsDep
 ) -> EventSourceResponse:
     """Server-Sent Events of one run; resumes from ``Last-Event-ID``; closes when it ends."""
-    if store.get_run(session, run_id=run_id) is None:
-        raise HTTPException(404, f"run {run_id} does not exist")
+    run_id = run.id
     session.close()  # the stream polls with its own short sessions
     after = _last_id(request)
-    ping = getattr(request.app.state, "sse_ping_s", PING_S)
-    poll = getattr(request.app.state, "sse_poll_s", POLL_S)
-    return EventSourceResponse(stream(request.app.state.engine, run_id, after, poll), ping=ping)
+    events = stream(request.app.state.engine, run_id, after, settings.sse_poll_s)
+    return EventSourceResponse(events, ping=settings.sse_ping_s)

@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from app import catalogue, store
 from app.artifacts import ArtifactStore
-from app.models import FINISHED_STATUSES, Run
+from app.models import FINISHED_STATUSES, Run, Sweep
 from app.pruning.notes import Note, as_note
 from app.store import views
 from app.web import charts, charts_runs
@@ -283,11 +283,8 @@ def compare_histogram(session: Session, ids: list[int], layer: str) -> dict:
     return charts_runs.compare_histograms(runs, layer=layer)
 
 
-def sweep_context(session: Session, sweep_id: int) -> dict | None:
-    sweep = store.get_sweep(session, sweep_id=sweep_id)
-    if sweep is None:
-        return None
-    rows = store.list_runs(session, sweep_id=sweep_id, limit=500)
+def sweep_context(session: Session, sweep: Sweep) -> dict:
+    rows = store.list_runs(session, sweep_id=sweep.id, limit=500)
     runs = [run_summary(r) for r in rows]
     return {
         "sweep": sweep,

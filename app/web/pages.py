@@ -11,11 +11,18 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from app import catalogue, store
-from app.models import RUN_STATUSES, Run
+from app.models import RUN_STATUSES
 from app.store import views
 from app.web import page_data
 from app.web.charts_runs import fmt_metric
-from app.web.deps import PageUser, SessionDep, SettingsDep
+from app.web.deps import (
+    PageModelDep,
+    PageRunDep,
+    PageSweepDep,
+    PageUser,
+    SessionDep,
+    SettingsDep,
+)
 from app.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -27,13 +34,6 @@ def render(request: Request, name: str, user: object, ctx: dict, status: int = 2
     web_session = getattr(request.state, "web_session", None)
     base = {"user": user, "csrf_token": getattr(web_session, "csrf_token", "")}
     return templates.TemplateResponse(request, name, base | ctx, status_code=status)
-
-
-def _run_or_404(session: SessionDep, run_id: int) -> Run:
-    run = store.get_run(session, run_id=run_id)
-    if run is None:
-        raise HTTPException(404, f"run {run_id} does not exist")
-    return run
 
 
 def _figure(fig: dict) -> JSONResponse:
@@ -99,15 +99,13 @@ def run_new(
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: int, user: PageUser, session: SessionDep) -> Response:
-    run = _run_or_404(session, run_id)
+def run_page(request: Request, run: PageRunDep, user: PageUser, session: SessionDep) -> Response:
     return render(request, "run.html", user, page_data.run_context(session, run))
 
 
 @router.get("/runs/{run_id}/figures.json")
-def run_figures(run_id: int, user: PageUser, session: SessionDep) -> JSONResponse:
+def run_figures(run: PageRunDep, session: SessionDep) -> JSONResponse:
     """The run page's row-based charts and status, for the live refresh."""
-    run = _run_or_404(session, run_id)
     body = {
         "status": run.status,
         "progress": run.progress,
@@ -121,20 +119,18 @@ def run_figures(run_id: int, user: PageUser, session: SessionDep) -> JSONRespons
 
 @router.get("/runs/{run_id}/charts/histogram")
 def run_histogram(
-    run_id: int, user: PageUser, session: SessionDep, layer: Annotated[str, Query(max_length=200)]
+    run: PageRunDep, session: SessionDep, layer: Annotated[str, Query(max_length=200)]
 ) -> JSONResponse:
-    return _figure(page_data.histogram_figure(session, _run_or_404(session, run_id), layer))
+    return _figure(page_data.histogram_figure(session, run, layer))
 
 
 @router.get("/runs/{run_id}/charts/mask")
 def run_mask(
-    run_id: int,
-    user: PageUser,
+    run: PageRunDep,
     session: SessionDep,
     settings: SettingsDep,
     layer: Annotated[str, Query(max_length=200)],
 ) -> JSONResponse:
-    run = _run_or_404(session, run_id)
     return _figure(page_data.mask_figure(session, run, layer, settings.artifacts))
 
 
@@ -173,11 +169,10 @@ def compare_histogram(
 
 
 @router.get("/sweeps/{sweep_id}", response_class=HTMLResponse)
-def sweep_page(request: Request, sweep_id: int, user: PageUser, session: SessionDep) -> Response:
-    ctx = page_data.sweep_context(session, sweep_id)
-    if ctx is None:
-        raise HTTPException(404, f"sweep {sweep_id} does not exist")
-    return render(request, "sweep.html", user, ctx)
+def sweep_page(
+    request: Request, sweep: PageSweepDep, user: PageUser, session: SessionDep
+) -> Response:
+    return render(request, "sweep.html", user, page_data.sweep_context(session, sweep))
 
 
 @router.get("/models", response_class=HTMLResponse)
@@ -190,12 +185,11 @@ def models_list(
 
 
 @router.get("/models/{model_id}", response_class=HTMLResponse)
-def model_page(request: Request, model_id: int, user: PageUser, session: SessionDep) -> Response:
-    model = store.get_model(session, model_id=model_id)
-    if model is None:
-        raise HTTPException(404, f"model {model_id} does not exist")
-    runs = store.list_runs(session, model_id=model_id, limit=10)
-    n_runs = store.count_runs(session, model_id=model_id)
+def model_page(
+    request: Request, model: PageModelDep, user: PageUser, session: SessionDep
+) -> Response:
+    runs = store.list_runs(session, model_id=model.id, limit=10)
+    n_runs = store.count_runs(session, model_id=model.id)
     ctx = {"model": model, "runs": [page_data.run_summary(r) for r in runs], "n_runs": n_runs}
     return render(request, "model.html", user, ctx)
 

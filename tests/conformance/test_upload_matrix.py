@@ -20,7 +20,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from tests.conformance.conftest import ARCHS, FORMATS
-from tests.conftest import make_user
+from tests.factories import make_user
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from sqlmodel import Session
 from app.config import Settings
 from app.main import create_app
 from app.zoo import build
-from tests.conftest import make_user
+from tests.factories import make_user
 
 torch.set_num_threads(1)
 

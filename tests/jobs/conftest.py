@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from sqlmodel import Session
 
 from app.config import Settings
 
@@ -33,44 +32,6 @@ def job_settings(data_dir: Path, **over: object) -> Settings:
     }
     values.update(over)
     return Settings(**values)
-
-
-def add_model(
-    session: Session,
-    settings: Settings,
-    *,
-    arch: str = "mlp",
-    owner_id: int | None = None,
-    train_epochs: int = 0,
-) -> int:
-    """Register a small zoo model (safetensors + arch) as a ModelRecord; returns its id."""
-    from safetensors.torch import save_file
-
-    from app import store, zoo
-    from app.artifacts import ArtifactStore
-    from app.intake import datasets
-    from app.runs.results import module_record_fields
-
-    torch.manual_seed(0)
-    data = datasets.load_digits()
-    module = zoo.build(arch, num_classes=10, input_shape=data.input_shape)
-    key = f"models/test-{arch}-{time.monotonic_ns()}.safetensors"
-    path = ArtifactStore(settings.artifacts).local_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
-    fields = module_record_fields(
-        module,
-        path,
-        fmt="safetensors",
-        key=key,
-        arch=arch,
-        input_shape=[1, 8, 8],
-        num_classes=10,
-        name=f"test {arch}",
-    )
-    record = store.add_model_record(session, owner_id=owner_id, **fields)
-    session.commit()
-    return int(record.id)
 
 
 def tiny_recipe(model_id: int | None, **over: object) -> dict:

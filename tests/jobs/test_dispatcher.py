@@ -13,6 +13,7 @@ from app import db, store
 from app.jobs.dispatcher import Dispatcher, pick_fair
 from app.jobs.runner import FakeRunner, RayRunner, worker_env
 from app.models import Run, utcnow
+from tests.factories import make_run
 from tests.jobs.conftest import job_settings
 
 
@@ -35,14 +36,7 @@ def _users(engine, *names):
 
 def _queue(engine, owner_id, n=1):
     with Session(engine) as s:
-        ids = [
-            store.create_run(
-                s, owner_id=owner_id, recipe={"kind": "prune"}, model_id=None, dataset_id="digits"
-            ).id
-            for _ in range(n)
-        ]
-        s.commit()
-    return ids
+        return [make_run(s, owner_id=owner_id).id for _ in range(n)]
 
 
 def _status(engine, run_id):

@@ -9,8 +9,8 @@ import pytest
 from sqlmodel import Session
 
 from app.models import Run
-from tests.conftest import make_user
-from tests.jobs.conftest import add_model, long_recipe, tiny_recipe, wait_for
+from tests.factories import make_model_record, make_user
+from tests.jobs.conftest import long_recipe, tiny_recipe, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def _setup(client):
     engine = client.app.state.engine
     with Session(engine, expire_on_commit=False) as s:
         user, headers = make_user(s, "alice")
-        model_id = add_model(s, client.app.state.settings, owner_id=user.id)
+        model_id = make_model_record(s, client.app.state.settings, owner_id=user.id).id
     return headers, model_id
 
 

@@ -17,8 +17,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from tests.conftest import free_port, make_user
-from tests.jobs.conftest import add_model, job_settings, long_recipe, tiny_recipe, wait_for
+from tests.conftest import free_port
+from tests.factories import make_model_record, make_user
+from tests.jobs.conftest import job_settings, long_recipe, tiny_recipe, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.postgres, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -119,7 +120,7 @@ def test_a_ray_job_runs_a_prune_end_to_end_and_a_cancel_stops_it(
     with TestClient(create_app(settings)) as client:
         with Session(client.app.state.engine, expire_on_commit=False) as s:
             user, headers = make_user(s, "alice")
-            model_id = add_model(s, settings, owner_id=user.id)
+            model_id = make_model_record(s, settings, owner_id=user.id).id
         run_id = client.post("/api/runs", json=tiny_recipe(model_id), headers=headers).json()["id"]
         body = wait_for(
             lambda: (

@@ -14,8 +14,9 @@ from sqlmodel import Session
 
 from app import db, store
 from app.models import Run
-from tests.conftest import free_port, make_user
-from tests.jobs.conftest import add_model, job_settings, long_recipe, wait_for
+from tests.conftest import free_port
+from tests.factories import make_model_record, make_user
+from tests.jobs.conftest import job_settings, long_recipe, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ def test_kill_9_of_the_server_interrupts_the_run_and_resume_completes_it(tmp_pat
     engine = db.make_engine(settings)
     with Session(engine, expire_on_commit=False) as s:
         user, headers = make_user(s, "alice")
-        model_id = add_model(s, settings, owner_id=user.id)
+        model_id = make_model_record(s, settings, owner_id=user.id).id
     env = {
         **os.environ,
         "PRUNELAB_DATA_DIR": str(settings.data_dir),

@@ -15,6 +15,7 @@ from app.jobs.tasks import execute_run
 from app.models import ModelRecord, Run
 from app.pruning.spec import Recipe
 from app.web import page_data
+from tests.factories import make_run
 from tests.jobs.conftest import job_settings
 
 torch.set_num_threads(1)
@@ -36,11 +37,7 @@ def _execute(lab, body: dict, model_id: int | None = None) -> Run:
     if "arch" in body:
         recipe["arch"] = body["arch"]
     with Session(engine) as s:
-        run = store.create_run(
-            s, owner_id=None, recipe=recipe, model_id=model_id, dataset_id="digits"
-        )
-        s.commit()
-        run_id = int(run.id)
+        run_id = int(make_run(s, recipe=recipe, model_id=model_id).id)
         assert store.claim_run(s, run_id=run_id)
         s.commit()
     execute_run(run_id, settings, engine=engine)
@@ -127,11 +124,11 @@ def test_prunelab_run_writes_the_same_artifacts_as_a_server_run(lab, tmp_path: P
     import json
 
     from app.runs.cli import run_command
-    from tests.jobs.conftest import add_model
+    from tests.factories import make_model_record
 
     settings, engine = lab
     with Session(engine) as s:
-        model_id = add_model(s, settings, arch="cnn_small")
+        model_id = make_model_record(s, settings, arch="cnn_small").id
         key = s.get(ModelRecord, model_id).storage_key
     body = {**_prune("filter", 0.5, physical=True), "arch": "cnn_small"}
     server = _execute(lab, body, model_id)

@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import make_user
+from tests.factories import make_user
 
 _state: dict = {}
 

@@ -20,11 +20,10 @@ from safetensors.torch import save
 from sqlmodel import Session
 
 from app import store, zoo
-from app.jobs.dispatcher import Dispatcher
 from app.jobs.runner import FakeRunner
 from app.models import User
-from tests.conftest import make_user
-from tests.jobs.conftest import add_model, job_settings, tiny_recipe
+from tests.factories import make_dataset_record, make_model_record, make_run, make_token, make_user
+from tests.jobs.conftest import job_settings, tiny_recipe
 
 torch.set_num_threads(1)
 ROLES = ("admin", "member", "viewer")
@@ -42,9 +41,7 @@ def lab(tmp_path) -> Iterator[Lab]:
     from app.main import create_app
 
     settings = job_settings(tmp_path / "data")
-    with TestClient(create_app(settings)) as client:
-        client.app.state.dispatcher.stop()
-        client.app.state.dispatcher = Dispatcher(settings, client.app.state.engine, FakeRunner())
+    with TestClient(create_app(settings, runner=FakeRunner(), dispatch_thread=False)) as client:
         with Session(client.app.state.engine, expire_on_commit=False) as s:
             made = {
                 key: make_user(s, name, role)
@@ -69,37 +66,20 @@ def _session(lab: Lab) -> Session:
 # ---------------------------------------------------------------- owned resources
 def _model(lab: Lab, owner: int) -> str:
     with _session(lab) as s:
-        return f"/api/models/{add_model(s, lab.client.app.state.settings, owner_id=owner)}"
+        model = make_model_record(s, lab.client.app.state.settings, owner_id=owner)
+        return f"/api/models/{model.id}"
 
 
 def _dataset(lab: Lab, owner: int) -> str:
     with _session(lab) as s:
-        store.add_dataset(
-            s,
-            id=f"ds{owner}",
-            name="mine",
-            format="npz",
-            n_train=4,
-            n_test=2,
-            input_shape=[1, 8, 8],
-            n_classes=10,
-            storage_key=f"datasets/ds{owner}",
-            owner_id=owner,
-        )
-        s.commit()
+        make_dataset_record(s, id=f"ds{owner}", name="mine", owner_id=owner)
     return f"/api/datasets/ds{owner}"
 
 
 def _run(lab: Lab, owner: int) -> int:
     """An interrupted run: it may be cancelled, resumed or deleted."""
     with _session(lab) as s:
-        run = store.create_run(
-            s,
-            owner_id=owner,
-            recipe={"kind": "prune", "name": "r"},
-            model_id=None,
-            dataset_id="digits",
-        )
+        run = make_run(s, owner_id=owner, recipe={"kind": "prune", "name": "r"})
         assert store.transition(s, run_id=run.id, from_=("queued",), to="interrupted")
         s.commit()
         return int(run.id)
@@ -107,8 +87,7 @@ def _run(lab: Lab, owner: int) -> int:
 
 def _token(lab: Lab, owner: int) -> str:
     with _session(lab) as s:
-        row, _ = store.create_token(s, user=s.get(User, owner), name="spare")
-        s.commit()
+        row, _ = make_token(s, s.get(User, owner), name="spare")
         return f"/api/tokens/{row.id}"
 
 

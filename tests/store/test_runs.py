@@ -8,6 +8,7 @@ from sqlmodel import Session
 from app import db, store
 from app.config import Settings
 from app.errors import Conflict
+from tests.factories import make_run
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -22,11 +23,7 @@ def session(request, tmp_path):
 
 
 def _run(s, owner=None):
-    run = store.create_run(
-        s, owner_id=owner, recipe={"kind": "prune", "name": "r"}, model_id=None, dataset_id="digits"
-    )
-    s.commit()
-    return run.id
+    return make_run(s, owner_id=owner, recipe={"kind": "prune", "name": "r"}).id
 
 
 def test_a_transition_only_happens_from_the_expected_state(session) -> None:

@@ -8,7 +8,7 @@ from sqlmodel import Session, select
 from app import store
 from app.models import ApiToken
 from app.security import hash_secret
-from tests.conftest import make_user
+from tests.factories import make_user
 
 
 def test_health_needs_no_token(client: TestClient) -> None:

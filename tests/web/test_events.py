@@ -12,9 +12,8 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from app import store
-from app.jobs.dispatcher import Dispatcher
 from app.jobs.runner import FakeRunner
-from tests.conftest import make_user
+from tests.factories import make_run, make_user
 from tests.jobs.conftest import job_settings
 
 
@@ -22,11 +21,8 @@ from tests.jobs.conftest import job_settings
 def api(tmp_path) -> Iterator[TestClient]:
     from app.main import create_app
 
-    settings = job_settings(tmp_path / "data")
-    with TestClient(create_app(settings)) as client:
-        client.app.state.dispatcher.stop()
-        client.app.state.dispatcher = Dispatcher(settings, client.app.state.engine, FakeRunner())
-        client.app.state.sse_poll_s = 0.05
+    settings = job_settings(tmp_path / "data", sse_poll_s=0.05, sse_ping_s=0.2)
+    with TestClient(create_app(settings, runner=FakeRunner(), dispatch_thread=False)) as client:
         yield client
 
 
@@ -48,9 +44,7 @@ def _parse(text: str) -> list[dict]:
 def _run_with_events(api) -> tuple[int, dict]:
     with Session(api.app.state.engine, expire_on_commit=False) as s:
         _, headers = make_user(s, "alice")
-        run = store.create_run(
-            s, owner_id=None, recipe={"kind": "prune"}, model_id=None, dataset_id="digits"
-        )
+        run = make_run(s)
         store.claim_run(s, run_id=run.id)
         store.add_event(s, run_id=run.id, type="progress", data={"fraction": 0.5, "message": "x"})
         store.add_event(s, run_id=run.id, type="metric", data={"epoch": 0, "loss": 1.5})
@@ -91,13 +85,9 @@ def test_last_event_id_resumes_after_what_the_client_saw(api) -> None:
 
 
 def test_a_live_stream_sends_keepalives_and_closes_when_the_run_ends(api) -> None:
-    api.app.state.sse_ping_s = 0.2
     with Session(api.app.state.engine, expire_on_commit=False) as s:
         _, headers = make_user(s, "bob")
-        run = store.create_run(
-            s, owner_id=None, recipe={"kind": "prune"}, model_id=None, dataset_id="digits"
-        )
-        s.commit()
+        run = make_run(s)
 
     def finish_later() -> None:
         time.sleep(1.0)

@@ -14,7 +14,7 @@ from sqlmodel import select
 
 from app.models import ModelRecord
 from app.zoo import build
-from tests.conftest import make_user
+from tests.factories import make_user
 
 
 def _files(settings) -> set[Path]:

@@ -15,7 +15,7 @@ from sqlmodel import Session
 from app.models import Run
 from app.pruning import spec
 from tests.browser import seed
-from tests.conftest import make_user
+from tests.factories import make_user
 
 PAGES = ["/", "/runs", "/runs/new", "/compare", "/models", "/datasets"]
 

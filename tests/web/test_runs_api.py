@@ -10,11 +10,10 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from app import store
-from app.jobs.dispatcher import Dispatcher
 from app.jobs.runner import FakeRunner
 from app.models import Run
-from tests.conftest import make_user
-from tests.jobs.conftest import add_model, job_settings, tiny_recipe
+from tests.factories import make_dataset_record, make_model_record, make_sweep, make_user
+from tests.jobs.conftest import job_settings, tiny_recipe
 
 torch.set_num_threads(1)
 
@@ -24,9 +23,7 @@ def api(tmp_path) -> Iterator[TestClient]:
     from app.main import create_app
 
     settings = job_settings(tmp_path / "data", max_queued_per_user=5)
-    with TestClient(create_app(settings)) as client:
-        client.app.state.dispatcher.stop()
-        client.app.state.dispatcher = Dispatcher(settings, client.app.state.engine, FakeRunner())
+    with TestClient(create_app(settings, runner=FakeRunner(), dispatch_thread=False)) as client:
         yield client
 
 
@@ -37,7 +34,7 @@ def people(api):
         _, hb = make_user(s, "bob")
         _, hv = make_user(s, "vera", role="viewer")
         _, hadmin = make_user(s, "root", role="admin")
-        model_id = add_model(s, api.app.state.settings, owner_id=alice.id)
+        model_id = make_model_record(s, api.app.state.settings, owner_id=alice.id).id
     return {"alice": ha, "bob": hb, "viewer": hv, "admin": hadmin, "model_id": model_id}
 
 
@@ -111,18 +108,14 @@ def test_bad_recipes_are_422_sentences_naming_the_field(api, people, change, exp
 
 def test_a_dataset_that_does_not_fit_the_model_is_refused(api, people) -> None:
     with Session(api.app.state.engine) as s:
-        store.add_dataset(
+        make_dataset_record(
             s,
             id="wide",
-            name="wide",
-            format="npz",
             n_train=10,
             n_test=5,
             input_shape=[3, 32, 32],
-            n_classes=10,
             storage_key="datasets/wide.npz",
         )
-        s.commit()
     r = api.post(
         "/api/runs",
         json=tiny_recipe(people["model_id"], dataset_id="wide"),
@@ -250,6 +243,16 @@ def test_a_sweep_queues_one_run_per_criterion_and_sparsity_with_random(api, peop
     assert bad.status_code == 422 and "bn_gamma" in _detail(bad)
 
 
+def test_a_sweep_is_read_by_id_and_an_unknown_one_is_404(api, people) -> None:
+    with Session(api.app.state.engine, expire_on_commit=False) as s:
+        sweep_id = make_sweep(s, name="empty").id
+    r = api.get(f"/api/sweeps/{sweep_id}", headers=people["viewer"])
+    assert r.status_code == 200 and r.json()["name"] == "empty" and r.json()["runs"] == []
+    missing = api.get("/api/sweeps/999", headers=people["viewer"])
+    assert missing.status_code == 404 and _detail(missing) == "sweep 999 does not exist"
+    assert api.get(f"/api/sweeps/{sweep_id}").status_code == 401
+
+
 def test_results_of_an_unknown_run_or_artifact_are_404(api, people) -> None:
     assert api.get("/api/runs/77/steps", headers=people["alice"]).status_code == 404
     run_id = api.post(
@@ -278,7 +281,7 @@ def test_the_app_dispatches_to_the_runner_it_is_given(tmp_path) -> None:
     with TestClient(create_app(settings, runner=fake)) as client:
         with Session(client.app.state.engine, expire_on_commit=False) as s:
             alice, headers = make_user(s, "alice")
-            model_id = add_model(s, settings, owner_id=alice.id)
+            model_id = make_model_record(s, settings, owner_id=alice.id).id
         r = client.post("/api/runs", json=tiny_recipe(model_id), headers=headers)
         assert r.status_code == 201, r.text
         wait_for(lambda: fake.launched, timeout=10)

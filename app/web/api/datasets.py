@@ -16,7 +16,7 @@ from app import catalogue, store
 from app.artifacts import ArtifactStore
 from app.intake.datasets import ingest_dataset
 from app.models import DatasetRecord, Run
-from app.web.deps import CurrentUser, SessionDep, SettingsDep
+from app.web.deps import CurrentUser, DatasetDep, OwnedDatasetDep, SessionDep, SettingsDep
 from app.web.uploads import receive_upload
 
 router = APIRouter(prefix="/api", tags=["datasets"])
@@ -90,28 +90,15 @@ def list_datasets(_: CurrentUser, session: SessionDep) -> list[DatasetPublic]:
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetPublic)
-def get_dataset(dataset_id: str, _: CurrentUser, session: SessionDep) -> DatasetPublic:
-    if (info := catalogue.DATASETS.get(dataset_id)) is not None:
-        return _builtin(info)
-    row = session.get(DatasetRecord, dataset_id)
-    if row is None:
-        raise HTTPException(404, f"dataset {dataset_id!r} does not exist")
-    return _public(row)
+def get_dataset(dataset: DatasetDep) -> DatasetPublic:
+    if isinstance(dataset, catalogue.DatasetInfo):
+        return _builtin(dataset)
+    return _public(dataset)
 
 
 @router.delete("/datasets/{dataset_id}", status_code=204)
-def delete_dataset(
-    dataset_id: str, user: CurrentUser, session: SessionDep, settings: SettingsDep
-) -> None:
-    if user.role == "viewer":
-        raise HTTPException(403, "viewers cannot delete datasets; ask an admin for the member role")
-    if dataset_id in catalogue.DATASETS:
-        raise HTTPException(409, f"the built-in {dataset_id} dataset cannot be deleted")
-    row = session.get(DatasetRecord, dataset_id)
-    if row is None:
-        raise HTTPException(404, f"dataset {dataset_id!r} does not exist")
-    if user.role != "admin" and row.owner_id != user.id:
-        raise HTTPException(403, "you can only delete your own datasets")
+def delete_dataset(row: OwnedDatasetDep, session: SessionDep, settings: SettingsDep) -> None:
+    dataset_id = row.id
     from sqlmodel import select
 
     used = list(session.exec(select(Run.id).where(Run.dataset_id == dataset_id)))

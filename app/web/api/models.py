@@ -18,8 +18,15 @@ from app.artifacts import ArtifactStore, content_disposition
 from app.catalogue import ARCHITECTURES
 from app.errors import Invalid
 from app.intake import models as intake
-from app.models import ModelRecord, User
-from app.web.deps import CurrentUser, SessionDep, SettingsDep
+from app.models import ModelRecord
+from app.web.deps import (
+    CurrentUser,
+    ModelDep,
+    OwnedModelDep,
+    SessionDep,
+    SettingsDep,
+    may_write_models,
+)
 from app.web.uploads import Upload, receive_upload
 
 router = APIRouter(prefix="/api", tags=["models"])
@@ -66,13 +73,6 @@ def to_public(row: ModelRecord) -> ModelPublic:
     return ModelPublic(**data)
 
 
-def _require_writer(user: User) -> None:
-    if user.role == "viewer":
-        raise HTTPException(
-            403, "viewers cannot upload or change models; ask an admin for the member role"
-        )
-
-
 @router.post(
     "/models",
     response_model=ModelPublic,
@@ -85,7 +85,7 @@ async def upload_model(
     """Upload a model file (multipart: ``file``, ``name``, ``arch``, ``input_shape``,
     ``input_dtype``, ``num_classes``; an ONNX model's data file may come as a second ``file``
     or a ``data`` part)."""
-    _require_writer(user)
+    may_write_models(user)
     upload: Upload = await receive_upload(
         request,
         tmp_dir=intake.tmp_dir(settings),
@@ -127,25 +127,17 @@ def list_models(
     return [to_public(r) for r in store.list_models(session, limit=limit, offset=offset)]
 
 
-def get_model_or_404(session, model_id: int) -> ModelRecord:
-    row = session.get(ModelRecord, model_id)
-    if row is None:
-        raise HTTPException(404, f"model {model_id} does not exist")
-    return row
-
-
 @router.get("/models/{model_id}", response_model=ModelPublic)
-def get_model(model_id: int, _: CurrentUser, session: SessionDep) -> ModelPublic:
-    return to_public(get_model_or_404(session, model_id))
+def get_model(model: ModelDep) -> ModelPublic:
+    return to_public(model)
 
 
 @router.get("/models/{model_id}/file", response_class=StreamingResponse)
-def download_model(model_id: int, _: CurrentUser, session: SessionDep, settings: SettingsDep):
+def download_model(row: ModelDep, settings: SettingsDep):
     """The model file as uploaded (or as a run produced it)."""
-    row = get_model_or_404(session, model_id)
     artifacts = ArtifactStore(settings.artifacts)
     if not artifacts.exists(row.storage_key):
-        raise HTTPException(410, f"the file of model {model_id} is missing from the artifact store")
+        raise HTTPException(410, f"the file of model {row.id} is missing from the artifact store")
     filename = f"model-{row.id}.{row.storage_key.rsplit('.', 1)[-1]}"
     return StreamingResponse(
         artifacts.iter_bytes(row.storage_key),
@@ -159,17 +151,10 @@ def download_model(model_id: int, _: CurrentUser, session: SessionDep, settings:
 
 @router.delete("/models/{model_id}", status_code=204)
 def delete_model(
-    model_id: int,
-    user: CurrentUser,
-    session: SessionDep,
-    settings: SettingsDep,
-    cascade: bool = False,
+    row: OwnedModelDep, session: SessionDep, settings: SettingsDep, cascade: bool = False
 ) -> None:
     """Delete a model; 409 naming the runs that use it unless ``?cascade=true``."""
-    _require_writer(user)
-    row = get_model_or_404(session, model_id)
-    if user.role != "admin" and row.owner_id != user.id:
-        raise HTTPException(403, "you can only delete your own models")
+    model_id = row.id
     run_ids = store.runs_using_model(session, model_id=model_id)
     if run_ids and not cascade:
         raise HTTPException(
@@ -209,7 +194,7 @@ def from_architecture(
     body: FromArchitecture, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> ModelPublic:
     """An untrained built-in architecture (train it with a ``kind: "train"`` run)."""
-    _require_writer(user)
+    may_write_models(user)
     row = intake.create_from_architecture(
         settings,
         session,

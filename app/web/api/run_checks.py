@@ -1,16 +1,16 @@
 """What the runs and sweeps routes check before they queue anything: the recipe against the
-model and dataset rows (no model is loaded), who may change a run, and the per-user queue cap.
+model and dataset rows (no model is loaded) and the per-user queue cap. Who may create or
+change a run is :mod:`app.web.deps`'s (``may_create``, ``OwnedRunDep``).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from fastapi import HTTPException, Request
 from sqlmodel import Session
 
 from app import catalogue, store
-from app.models import DatasetRecord, ModelRecord, Run, User
+from app.config import Settings
+from app.models import ModelRecord, User
 
 
 # ---------------------------------------------------------------- validation
@@ -27,7 +27,7 @@ def _shape(shape: list[int] | None, like: list[int]) -> list[int] | None:
 def _dataset_meta(session: Session, dataset_id: str) -> dict:
     if (builtin := catalogue.DATASETS.get(dataset_id)) is not None:
         return {"input_shape": list(builtin.input_shape), "n_classes": builtin.n_classes}
-    record = session.get(DatasetRecord, dataset_id)
+    record = store.get_dataset(session, dataset_id=dataset_id)
     if record is None:
         raise invalid(f"dataset_id {dataset_id!r} does not exist; use 'digits' or upload one")
     return {"input_shape": record.input_shape, "n_classes": record.n_classes}
@@ -87,26 +87,15 @@ def validate_body(session: Session, body: dict) -> tuple[dict, int | None, str]:
             raise invalid("model_id is required (a train run may give arch instead)")
         stored["arch"] = str(arch)
         return stored, None, dataset_id
-    model = session.get(ModelRecord, model_id)
+    model = store.get_model(session, model_id=model_id)
     if model is None:
         raise invalid(f"model_id {model_id} does not exist")
     _check_model(model, data, stored["pruning"])
     return stored, model_id, dataset_id
 
 
-# ---------------------------------------------------------------- permissions
-def may_create(user: User) -> None:
-    if user.role == "viewer":
-        raise HTTPException(403, "viewers can look at runs but not start, change or delete them")
-
-
-def may_change(user: User, run: Run) -> None:
-    may_create(user)
-    if user.role != "admin" and run.owner_id != user.id:
-        raise HTTPException(403, f"run {run.id} belongs to another user; you can change only yours")
-
-
-def queue_room(session: Session, settings: Any, user: User, adding: int) -> None:
+# ---------------------------------------------------------------- queueing
+def queue_room(session: Session, settings: Settings, user: User, adding: int) -> None:
     queued = store.count_queued(session, owner_id=user.id)
     if queued + adding > settings.max_queued_per_user:
         raise HTTPException(
@@ -121,10 +110,3 @@ def wake(request: Request) -> None:
     dispatcher = getattr(request.app.state, "dispatcher", None)
     if dispatcher is not None:
         dispatcher.wake()
-
-
-def run_or_404(session: Session, run_id: int) -> Run:
-    run = store.get_run(session, run_id=run_id)
-    if run is None:
-        raise HTTPException(404, f"run {run_id} does not exist")
-    return run

@@ -18,16 +18,8 @@ from app import store
 from app.artifacts import ArtifactStore, content_disposition, log_path, run_prefix
 from app.models import RUN_STATUSES, Run
 from app.pruning.notes import Note, as_note
-from app.web.api.run_checks import (
-    invalid,
-    may_change,
-    may_create,
-    queue_room,
-    run_or_404,
-    validate_body,
-    wake,
-)
-from app.web.deps import CurrentUser, SessionDep, SettingsDep
+from app.web.api.run_checks import invalid, queue_room, validate_body, wake
+from app.web.deps import CurrentUser, OwnedRunDep, RunDep, SessionDep, SettingsDep, may_create
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
@@ -136,15 +128,14 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunPublic)
-def get_run(run_id: int, session: SessionDep, _: CurrentUser) -> RunPublic:
-    return public(run_or_404(session, run_id))
+def get_run(run: RunDep) -> RunPublic:
+    return public(run)
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunPublic, status_code=202)
-def cancel_run(run_id: int, request: Request, user: CurrentUser, session: SessionDep) -> RunPublic:
+def cancel_run(run: OwnedRunDep, request: Request, session: SessionDep) -> RunPublic:
     """A queued run ends at once; a running one stops at its next batch."""
-    may_change(user, run_or_404(session, run_id))
-    run = store.request_cancel(session, run_id=run_id)
+    run = store.request_cancel(session, run_id=run.id)
     session.commit()
     wake(request)
     return public(run)
@@ -152,20 +143,23 @@ def cancel_run(run_id: int, request: Request, user: CurrentUser, session: Sessio
 
 @router.post("/runs/{run_id}/resume", response_model=RunPublic, status_code=202)
 def resume_run(
-    run_id: int, request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
+    run: OwnedRunDep,
+    request: Request,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> RunPublic:
     """Queue an interrupted run again; it continues after its last completed step."""
-    may_change(user, run_or_404(session, run_id))
     queue_room(session, settings, user, 1)
-    run = store.queue_resume(session, run_id=run_id)
+    run = store.queue_resume(session, run_id=run.id)
     session.commit()
     wake(request)
     return public(run)
 
 
 @router.delete("/runs/{run_id}", status_code=204)
-def delete_run(run_id: int, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> None:
-    may_change(user, run_or_404(session, run_id))
+def delete_run(run: OwnedRunDep, session: SessionDep, settings: SettingsDep) -> None:
+    run_id = run.id
     store.delete_run(session, run_id=run_id)
     session.commit()
     ArtifactStore(settings.artifacts).delete_prefix(run_prefix(run_id))
@@ -173,8 +167,7 @@ def delete_run(run_id: int, user: CurrentUser, session: SessionDep, settings: Se
 
 
 @router.get("/runs/{run_id}/steps")
-def run_steps(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict]:
-    run_or_404(session, run_id)
+def run_steps(run: RunDep, session: SessionDep) -> list[dict]:
     return [
         {
             "step": s.step,
@@ -183,13 +176,12 @@ def run_steps(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict]:
             "before_finetune": s.before_finetune,
             "after_finetune": s.after_finetune,
         }
-        for s in store.list_steps(session, run_id=run_id)
+        for s in store.list_steps(session, run_id=run.id)
     ]
 
 
 @router.get("/runs/{run_id}/layers")
-def run_layers(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict]:
-    run_or_404(session, run_id)
+def run_layers(run: RunDep, session: SessionDep) -> list[dict]:
     keys = (
         "step",
         "layer",
@@ -202,15 +194,12 @@ def run_layers(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict]:
         "threshold",
         "flops",
     )
-    return [{k: getattr(r, k) for k in keys} for r in store.list_layers(session, run_id=run_id)]
+    return [{k: getattr(r, k) for k in keys} for r in store.list_layers(session, run_id=run.id)]
 
 
 @router.get("/runs/{run_id}/histograms")
-def run_histograms(
-    run_id: int, session: SessionDep, _: CurrentUser, layer: str | None = None
-) -> list[dict]:
-    run_or_404(session, run_id)
-    rows = store.list_histograms(session, run_id=run_id, layer=layer)
+def run_histograms(run: RunDep, session: SessionDep, layer: str | None = None) -> list[dict]:
+    rows = store.list_histograms(session, run_id=run.id, layer=layer)
     return [
         {
             "layer": h.layer,
@@ -224,26 +213,23 @@ def run_histograms(
 
 
 @router.get("/runs/{run_id}/curve")
-def run_curve(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict]:
-    run_or_404(session, run_id)
+def run_curve(run: RunDep, session: SessionDep) -> list[dict]:
     return [
         {"epoch": p.epoch, "step": p.step, "loss": p.loss, "accuracy": p.accuracy, "lr": p.lr}
-        for p in store.list_curve(session, run_id=run_id)
+        for p in store.list_curve(session, run_id=run.id)
     ]
 
 
 @router.get("/runs/{run_id}/sensitivity")
-def run_sensitivity(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict]:
-    run_or_404(session, run_id)
+def run_sensitivity(run: RunDep, session: SessionDep) -> list[dict]:
     return [
         {"layer": r.layer, "sparsity": r.sparsity, "accuracy": r.accuracy}
-        for r in store.list_sensitivity(session, run_id=run_id)
+        for r in store.list_sensitivity(session, run_id=run.id)
     ]
 
 
 @router.get("/runs/{run_id}/artifacts")
-def run_artifacts(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict]:
-    run_or_404(session, run_id)
+def run_artifacts(run: RunDep, session: SessionDep) -> list[dict]:
     return [
         {
             "name": a.name,
@@ -253,20 +239,19 @@ def run_artifacts(run_id: int, session: SessionDep, _: CurrentUser) -> list[dict
             "max_abs_diff": a.max_abs_diff,
             "sha256": a.sha256,
         }
-        for a in store.list_artifacts(session, run_id=run_id)
+        for a in store.list_artifacts(session, run_id=run.id)
     ]
 
 
 @router.get("/runs/{run_id}/artifacts/{name}")
 def download_artifact(
-    run_id: int, name: str, session: SessionDep, _: CurrentUser, settings: SettingsDep
+    run: RunDep, name: str, session: SessionDep, settings: SettingsDep
 ) -> StreamingResponse:
     """One artifact as an attachment (streamed from a local folder or an fsspec store)."""
-    run_or_404(session, run_id)
-    row = store.get_artifact(session, run_id=run_id, name=name)
+    row = store.get_artifact(session, run_id=run.id, name=name)
     artifacts = ArtifactStore(settings.artifacts)
     if row is None or not artifacts.exists(row.storage_key):
-        raise HTTPException(404, f"run {run_id} has no artifact named {name!r}")
+        raise HTTPException(404, f"run {run.id} has no artifact named {name!r}")
     session.close()  # no transaction held while the file streams
     media = "application/json" if name.endswith(".json") else "application/octet-stream"
     headers = {

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from app import store
-from app.web.api.run_checks import may_create, queue_room, validate_body, wake
-from app.web.deps import CurrentUser, SessionDep, SettingsDep
+from app.web.api.run_checks import queue_room, validate_body, wake
+from app.web.deps import CurrentUser, SessionDep, SettingsDep, SweepDep, may_create
 
 router = APIRouter(prefix="/api", tags=["sweeps"])
 
@@ -73,10 +73,9 @@ def create_sweep(
 
 
 @router.get("/sweeps/{sweep_id}")
-def get_sweep(sweep_id: int, session: SessionDep, _: CurrentUser) -> dict:
+def get_sweep(sweep: SweepDep, session: SessionDep) -> dict:
     """The sweep's runs with their final metrics, for accuracy-vs-compression plots."""
-    sweep = store.require_sweep(session, sweep_id=sweep_id)
-    runs = store.list_runs(session, sweep_id=sweep_id, limit=1000)
+    runs = store.list_runs(session, sweep_id=sweep.id, limit=1000)
     return {
         "id": sweep.id,
         "name": sweep.name,
