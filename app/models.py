@@ -108,6 +108,7 @@ class ModelRecord(SQLModel, table=True):
     format: str = Field(max_length=32)
     arch: str | None = Field(default=None, max_length=64)
     input_shape: list[int] | None = _json()
+    input_dtype: str = Field(default="float32", max_length=16)  # or int64 (token ids)
     num_classes: int | None = None
     n_params: int = 0
     size_bytes: int = 0

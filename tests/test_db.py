@@ -8,7 +8,8 @@ from sqlalchemy import inspect, text
 from app import db
 from app.config import Settings
 
-HEAD = ScriptDirectory.from_config(db.alembic_config("sqlite://")).get_current_head()
+# the one head revision of alembic/versions (get_current_head refuses a forked chain)
+HEAD = ScriptDirectory(str(db.ALEMBIC_DIR)).get_current_head()
 
 EXPECTED_TABLES = {
     "users",
@@ -42,6 +43,7 @@ def _check_schema(settings: Settings) -> None:
         }
         with engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
+        assert "input_dtype" in {c["name"] for c in inspect(engine).get_columns("models")}
     finally:
         engine.dispose()
 

@@ -7,12 +7,15 @@ call it; the heavy work happens in ``app.modelio.preflight``'s child process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import threading
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlmodel import Session
@@ -24,6 +27,7 @@ from app.config import Settings
 from app.errors import Invalid
 from app.limits import check_input_shape
 from app.modelio.detect import check_code_format_allowed, detect_format
+from app.modelio.onnx_bundle import bundle_files
 from app.modelio.preflight import run_preflight
 from app.models import ModelRecord, User
 
@@ -38,6 +42,9 @@ EXTENSIONS = {
     "torchscript": "pt",
     "pt2": "pt2",
 }
+INPUT_DTYPES = ("float32", "int64")
+# an ONNX model's external-data files may come as this many more upload parts
+MAX_DATA_PARTS = 4
 
 
 def tmp_dir(settings: Settings) -> Path:
@@ -59,6 +66,51 @@ def parse_shape(text: str | None) -> list[int] | None:
     return shape
 
 
+def parse_dtype(text: str | None) -> str | None:
+    if text is None or not text.strip():
+        return None
+    if text.strip().lower() not in INPUT_DTYPES:
+        raise Invalid(f"input_dtype must be float32 or int64 (token ids); got {text!r}")
+    return text.strip().lower()
+
+
+def accept_upload(
+    settings: Settings,
+    session: Session,
+    user: User,
+    parts: Sequence[tuple[str, Path]],
+    sha: str,
+    *,
+    name: str,
+    arch: str | None,
+    input_shape: list[int] | None,
+    num_classes: int | None,
+    input_dtype: str | None = None,
+) -> tuple[ModelRecord, bool]:
+    """:func:`accept_model` of an uploaded file: ``parts`` are ``(filename, path)``, the model
+    first (``sha`` is its hash); an ONNX model with its data file(s) in more parts is stored as
+    one zip of them."""
+    with contextlib.ExitStack() as stack:
+        path = parts[0][1]
+        if len(parts) > 1:
+            tmp = tmp_dir(settings)
+            tmp.mkdir(parents=True, exist_ok=True)
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=tmp)))
+            path, sha = bundle_files(list(parts), work / "bundle.zip")
+        return accept_model(
+            settings,
+            session,
+            user,
+            path,
+            sha,
+            name=name,
+            arch=arch,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            input_dtype=input_dtype,
+        )
+
+
 def accept_model(
     settings: Settings,
     session: Session,
@@ -70,8 +122,13 @@ def accept_model(
     arch: str | None,
     input_shape: list[int] | None,
     num_classes: int | None,
+    input_dtype: str | None = None,
 ) -> tuple[ModelRecord, bool]:
-    """Detect, check policy, preflight, then move the file into place and add the row."""
+    """Detect, check policy, preflight, then move the file into place and add the row.
+
+    ``input_dtype`` (``float32`` or ``int64`` token ids) is what the preflight feeds when the
+    file does not say; the row records the dtype the preflight found.
+    """
     existing = store.model_by_sha(session, sha256=sha)
     if existing is not None:
         return existing, False
@@ -89,11 +146,13 @@ def accept_model(
             fmt,
             arch=arch,
             input_shape=input_shape,
+            input_dtype=input_dtype,
             num_classes=num_classes,
             timeout_s=settings.preflight_timeout_s,
             memory_mb=settings.preflight_memory_mb,
         )
-    key = f"models/{sha}.{EXTENSIONS[fmt]}"
+    ext = "zip" if fmt == "onnx" and zipfile.is_zipfile(path) else EXTENSIONS[fmt]
+    key = f"models/{sha}.{ext}"
     artifacts = ArtifactStore(settings.artifacts)
     artifacts.put_file(path, key)
     try:
@@ -103,6 +162,7 @@ def accept_model(
             format=fmt,
             arch=arch,
             input_shape=report.get("input_shape"),
+            input_dtype=report.get("input_dtype") or "float32",
             num_classes=report.get("num_classes"),
             n_params=int(report.get("n_params", 0)),
             size_bytes=path.stat().st_size,

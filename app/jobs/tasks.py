@@ -29,8 +29,8 @@ from app.config import Settings
 from app.db import make_engine, session_scope
 from app.jobs.limits import memory_sentence
 from app.models import Run
-from app.pruning.notes import warning
-from app.runs.inputs import StoredModel, build_recipe, load_dataset, load_model_for
+from app.pruning.notes import add_notes, warning
+from app.runs.inputs import RunModel, StoredModel, build_recipe, load_dataset, load_model_for
 from app.runs.results import jsonable, store_files
 from app.runs.rewind_files import rewind_state_for
 
@@ -189,7 +189,7 @@ def _run_attempt(
         data = load_dataset(artifacts, run.dataset_id, key, tmp)
         stored = _stored_model(s, run.model_id)
         arch_asked = (run.recipe or {}).get("arch")
-        model, rebuildable, arch = load_model_for(artifacts, stored, arch_asked, data, tmp)
+        model = load_model_for(artifacts, stored, arch_asked, data, tmp)
         keys = store.rewind_points(s, model_id=run.model_id)
         rewind = rewind_state_for(artifacts, keys, recipe, tmp)
         attempt = run.attempt
@@ -207,13 +207,13 @@ def _run_attempt(
     try:
         result = run_recipe(
             recipe,
-            model,
+            model.module,
             data,
             device=resolve_device(settings.device),
             report=on_event,
             should_stop=stop,
             checkpoint_dir=ckpt_dir,
-            rebuildable=rebuildable,
+            rebuildable=model.rebuildable,
             resume=resumed,
             initial_state=rewind,
             shape_cache=cache,
@@ -221,7 +221,8 @@ def _run_attempt(
         )
     finally:
         syncer.sync()  # a stopped attempt leaves its last completed step for resume
-    _save_success(engine, settings, artifacts, run_id, recipe, result, data, arch, tmp)
+    add_notes(result.notes, model.notes)  # e.g. BatchNorm frozen in a TorchScript trace
+    _save_success(engine, settings, artifacts, run_id, recipe, result, data, model, tmp)
 
 
 def _stored_model(session: Session, model_id: int | None) -> StoredModel | None:
@@ -231,7 +232,7 @@ def _stored_model(session: Session, model_id: int | None) -> StoredModel | None:
     row = store.get_model(session, model_id=model_id)
     if row is None:
         raise ValueError(f"model_id {model_id} does not exist (any more)")
-    fields = {"storage_key", "format", "arch", "input_shape", "num_classes"}
+    fields = {"storage_key", "format", "arch", "input_shape", "num_classes", "input_dtype"}
     return StoredModel(**row.model_dump(include=fields))
 
 
@@ -280,10 +281,10 @@ def _save_success(
     recipe: Any,
     result: Any,
     data: Any,
-    arch: str | None,
+    model: RunModel,
     tmp: Path,
 ) -> None:
-    files = store_files(artifacts, run_id, recipe, result, data, arch, tmp)
+    files = store_files(artifacts, run_id, recipe, result, data, model, tmp)
     rows = files.artifacts
     with session_scope(engine) as s:
         run = store.require_run(s, run_id=run_id)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from app.errors import Forbidden, UnsupportedMedia
 from app.modelio.archive import check_zip
+from app.modelio.onnx_bundle import is_onnx_zip
 
 FORMATS = ("safetensors", "state_dict", "onnx", "torchscript", "pt2")
 CODE_FORMATS = frozenset({"torchscript", "pt2"})
@@ -94,7 +95,8 @@ def detect_format(path: Path) -> str:
 
     Returns:
         One of ``FORMATS``: ``safetensors``, ``state_dict`` (a weights-only ``torch.save``),
-        ``onnx``, ``torchscript`` (``torch.jit.save``) or ``pt2`` (``torch.export.save``).
+        ``onnx`` (also a ``.zip`` of one with its external data), ``torchscript``
+        (``torch.jit.save``) or ``pt2`` (``torch.export.save``).
 
     Raises:
         UnsupportedMedia: garbage, a truncated archive, or a pickle that holds more than
@@ -155,6 +157,8 @@ def _detect_zip(path: Path) -> str:
             return "pt2"
         if any("/code/" in n or n.endswith("constants.pkl") for n in names):
             return "torchscript"
+        if is_onnx_zip(names):
+            return "onnx"  # an .onnx with its external-data file(s)
         pickles = [n for n in names if n.endswith("data.pkl")]
         if len(pickles) != 1:
             raise UnsupportedMedia(

@@ -28,9 +28,15 @@ from torch import nn
 from app.catalogue import MASKS_ONLY_NOTE
 from app.errors import Invalid, UnsupportedMedia
 from app.modelio.detect import CONVERT_HINT, FORMATS
+from app.modelio.pt2 import make_trainable
 from app.modelio.rebuilt import read_architecture, rebuild_module
+from app.modelio.signature import cast_inputs, onnx_signature, pt2_signature, sample_shape
 
 Shape = tuple[int, ...]
+BN_FROZEN_NOTE = (
+    "this TorchScript trace keeps its {kinds} layers in the mode they were traced in: "
+    "fine-tuning does not update their statistics (upload ONNX or a .pt2 program to train them)"
+)
 FORMAT_NOTE = (
     "{fmt} models: " + MASKS_ONLY_NOTE + " (weights are zeroed in place; they cannot be "
     "physically shrunk or rebuilt)"
@@ -43,7 +49,9 @@ class LoadedModel:
 
     ``input_shape`` is one sample's shape without the batch dimension (``(1, 8, 8)``), as in
     ``app.zoo`` and ``ArrayDataset``; ``None`` when the file does not tell it.
-    ``rebuildable`` is False for TorchScript and ``.pt2`` (masks only).
+    ``rebuildable`` is False for TorchScript and ``.pt2`` (masks only). ``input_dtype`` is
+    ``float32`` or ``int64`` (token ids); an ``int64`` module also accepts float batches (see
+    ``signature.cast_inputs``). ``train_notes`` are what a run that trains it should say.
     """
 
     module: nn.Module
@@ -52,7 +60,9 @@ class LoadedModel:
     rebuildable: bool
     arch: str | None = None
     notes: list[str] = field(default_factory=list)
-    example_batch: int = 1  # a .pt2 program may only run at the batch size it was exported with
+    example_batch: int = 1  # the batch a .pt2 program was exported with, where it is fixed
+    input_dtype: str = "float32"
+    train_notes: list[str] = field(default_factory=list)
 
 
 def load_model(
@@ -62,6 +72,7 @@ def load_model(
     arch: str | None = None,
     num_classes: int | None = None,
     input_shape: Shape | None = None,
+    input_dtype: str | None = None,
 ) -> LoadedModel:
     """Load a model file.
 
@@ -71,7 +82,9 @@ def load_model(
         arch: a built-in architecture, required for ``safetensors`` and ``state_dict`` (unless
             the safetensors header holds the architecture of a pruned model, see ``rebuilt``).
         num_classes: classifier size for ``arch``; read from the weights when None.
-        input_shape: one sample's shape (no batch dimension); overrides what the file says.
+        input_shape: one sample's shape, or a full shape with a leading batch of 1; overrides
+            what the file says.
+        input_dtype: ``float32`` or ``int64``; an integer input the file declares wins.
 
     Returns:
         A :class:`LoadedModel` on the CPU.
@@ -85,21 +98,71 @@ def load_model(
         raise Invalid(f"unknown model format {fmt!r}; known formats: {', '.join(FORMATS)}")
     shape = tuple(int(d) for d in input_shape) if input_shape else None
     if fmt in ("safetensors", "state_dict"):
-        return _load_weights(Path(path), fmt, arch, num_classes, shape)
-    if fmt == "onnx":
-        from app.modelio.onnx_convert import convert_onnx, load_onnx
+        loaded = _load_weights(Path(path), fmt, arch, num_classes, sample_shape(shape, 4))
+        loaded.input_dtype = input_dtype or "float32"
+    elif fmt == "onnx":
+        loaded = _load_onnx(Path(path), shape, input_dtype)
+    elif fmt == "torchscript":
+        loaded = _load_torchscript(Path(path), shape, input_dtype)
+    else:
+        loaded = _load_pt2(Path(path), shape, input_dtype)
+    loaded.module = cast_inputs(loaded.module, loaded.input_dtype)
+    return loaded
 
-        module = convert_onnx(Path(path))
-        return LoadedModel(module, fmt, shape or _onnx_input_shape(load_onnx(Path(path))), True)
-    if fmt == "torchscript":
-        try:
-            module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:
-            raise UnsupportedMedia(
-                f"the TorchScript archive could not be loaded: {_short(exc)}"
-            ) from exc
-        return LoadedModel(module, fmt, shape, False, notes=[FORMAT_NOTE.format(fmt=fmt)])
-    return _load_pt2(Path(path), shape)
+
+def _load_onnx(path: Path, shape: Shape | None, dtype: str | None) -> LoadedModel:
+    from app.modelio.onnx_convert import convert_onnx
+
+    module, model = convert_onnx(path)
+    found, rank, file_dtype = onnx_signature(model)
+    dtype = _file_dtype_wins(file_dtype, dtype)
+    return LoadedModel(module, "onnx", sample_shape(shape, rank) or found, True, input_dtype=dtype)
+
+
+def _load_torchscript(path: Path, shape: Shape | None, dtype: str | None) -> LoadedModel:
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise UnsupportedMedia(
+            f"the TorchScript archive could not be loaded: {short(exc)}"
+        ) from exc
+    notes = [FORMAT_NOTE.format(fmt="torchscript")]
+    kinds = {getattr(m, "original_name", "") for m in module.modules()}
+    bn = sorted(k for k in kinds if k.startswith("BatchNorm"))
+    train_notes = [BN_FROZEN_NOTE.format(kinds=", ".join(bn))] if bn else []
+    return LoadedModel(
+        module,
+        "torchscript",
+        sample_shape(shape, None),
+        False,
+        notes=notes + train_notes,
+        input_dtype=dtype or "float32",
+        train_notes=train_notes,
+    )
+
+
+def _load_pt2(path: Path, shape: Shape | None, dtype: str | None) -> LoadedModel:
+    """A ``.pt2`` program as a module whose ``train()``/``eval()`` work (masks only)."""
+    try:
+        program = torch.export.load(str(path))
+        module = program.module()
+    except Exception as exc:
+        raise UnsupportedMedia(f"the .pt2 program could not be loaded: {short(exc)}") from exc
+    found, rank, batch, file_dtype = pt2_signature(program)
+    return LoadedModel(
+        make_trainable(module),
+        "pt2",
+        sample_shape(shape, rank) or found,
+        False,
+        notes=[FORMAT_NOTE.format(fmt="pt2")],
+        example_batch=batch or 1,
+        input_dtype=_file_dtype_wins(file_dtype, dtype),
+    )
+
+
+def _file_dtype_wins(file_dtype: str, given: str | None) -> str:
+    """An integer input the file declares wins over the form's choice; float32 is the default."""
+    return file_dtype if file_dtype != "float32" else (given or file_dtype)
 
 
 def read_state_dict(path: Path, fmt: str) -> dict[str, torch.Tensor]:
@@ -112,7 +175,7 @@ def read_state_dict(path: Path, fmt: str) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UnsupportedMedia(
-            f"the weights file could not be read safely ({_short(exc)}); {CONVERT_HINT}"
+            f"the weights file could not be read safely ({short(exc)}); {CONVERT_HINT}"
         ) from exc
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
@@ -205,73 +268,12 @@ def _check_fit(module: nn.Module, state: Mapping[str, torch.Tensor], arch: str) 
         )
 
 
-def _onnx_input_shape(model) -> Shape | None:
-    inits = {i.name for i in model.graph.initializer}
-    for value in model.graph.input:
-        if value.name in inits:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        sizes = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-        rest = sizes[1:]
-        if rest and all(isinstance(s, int) and s > 0 for s in rest):
-            return tuple(int(s) for s in rest)
-        return None
-    return None
-
-
-def _fix_mode(module: nn.Module) -> None:
-    """An exported program's ``train()``/``eval()`` raise NotImplementedError; its BatchNorm and
-    Dropout stay in the exported mode anyway. Make both calls no-ops on this instance so the
-    engine (evaluate, fine-tune) can run it like any module."""
-    import types
-
-    module.train = types.MethodType(lambda self, mode=True: self, module)  # type: ignore[method-assign]
-    module.eval = types.MethodType(lambda self: self, module)  # type: ignore[method-assign]
-
-
-def _load_pt2(path: Path, shape: Shape | None) -> LoadedModel:
-    try:
-        program = torch.export.load(str(path))
-        module = program.module()
-    except Exception as exc:
-        raise UnsupportedMedia(f"the .pt2 program could not be loaded: {_short(exc)}") from exc
-    _fix_mode(module)
-    found, batch = _pt2_input_shape(program)
-    notes = [
-        FORMAT_NOTE.format(fmt="pt2"),
-        "a torch.export program keeps BatchNorm/Dropout in the mode it was exported in",
-    ]
-    if batch and batch > 1:
-        notes.append(
-            f"the .pt2 program was exported with a batch of {batch}; if it only runs at that "
-            "batch size, export it again with dynamic_shapes for the batch dimension"
-        )
-    return LoadedModel(module, "pt2", shape or found, False, notes=notes, example_batch=batch or 1)
-
-
-def _pt2_input_shape(program) -> tuple[Shape | None, int | None]:
-    """One sample's shape and the batch size of the program's first input, where known."""
-    user_inputs = set(program.graph_signature.user_inputs)
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in user_inputs:
-            val = node.meta.get("val")
-            if val is None or val.dim() < 1:
-                return None, None
-            try:
-                sample = tuple(int(d) for d in val.shape[1:])
-            except TypeError:  # symbolic sizes
-                return None, None
-            batch = val.shape[0]
-            return sample, int(batch) if isinstance(batch, int) else None
-    return None, None
-
-
 def set_eval(module: nn.Module) -> None:
     """``module.eval()``, tolerating ``.pt2`` modules whose ``eval()`` raises NotImplementedError."""
     with contextlib.suppress(NotImplementedError):
         module.eval()
 
 
-def _short(exc: BaseException) -> str:
+def short(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:300] or type(exc).__name__

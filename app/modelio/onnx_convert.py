@@ -3,7 +3,10 @@
 onnx2torch 1.5.15 converts what the legacy exporter writes at opset <= 17. Newer files are first
 moved to opset 17 with ``onnx.version_converter``; whatever still fails is refused with the op
 and its opset named. Files whose weights live in a sidecar (``x.onnx.data``, the default of
-``torch.onnx.export``) are refused: a single upload cannot carry them.
+``torch.onnx.export``) come as one ``.zip`` (:mod:`app.modelio.onnx_bundle`); a bare ``.onnx``
+that names a sidecar is refused. A model fixed at batch 1 is made batch-agnostic where that is
+safe (:mod:`app.modelio.onnx_batch`), and constant MatMul/Gather weights become ``nn.Linear``/
+``nn.Embedding`` layers (:mod:`app.modelio.onnx_linear`).
 
 onnx2torch imports torchvision for its NonMaxSuppression and RoiAlign converters only; there is
 no CPU torchvision here, so :func:`import_onnx2torch` installs a stand-in for exactly those
@@ -13,14 +16,17 @@ symbols while onnx2torch is imported, and removes it from ``sys.modules`` afterw
 from __future__ import annotations
 
 import sys
+import tempfile
 import types
+import zipfile
 from pathlib import Path
 
 from app.errors import Invalid, UnsupportedMedia
 
 TARGET_OPSET = 17
 _EXTERNAL_HINT = (
-    "re-export it with its weights inside the file: "
+    "upload a .zip holding the .onnx and its .onnx.data file (or send both files in one "
+    "upload), or re-export it with its weights inside the file: "
     "torch.onnx.export(model, (example,), 'model.onnx', dynamo=False, external_data=False)"
 )
 
@@ -67,31 +73,43 @@ def import_onnx2torch() -> types.ModuleType:
     return onnx2torch
 
 
-def load_onnx(path: Path):
-    """Parse and check an ONNX file without touching any external data.
+def load_onnx(path: Path, workdir: Path | None = None):
+    """Parse and check an ONNX file, or a ``.zip`` of one with its external data.
+
+    Args:
+        path: an ``.onnx`` file holding its own weights, or a zip (see ``onnx_bundle``).
+        workdir: where a zip is extracted; required for a zip.
 
     Raises:
         UnsupportedMedia: not parseable as ONNX.
-        Invalid: weights in an external file, or ``onnx.checker`` finds the model invalid.
+        Invalid: a bare file naming external data, or ``onnx.checker`` finds the model invalid.
+        BadRequest: a zip whose data locations point outside it.
     """
     import onnx
     from onnx import external_data_helper
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise UnsupportedMedia(f"the file is not a readable ONNX model ({_short(exc)})") from exc
-    external = [
-        t.name
-        for t in external_data_helper._get_all_tensors(model)
-        if external_data_helper.uses_external_data(t)
-    ]
-    if external:
-        raise Invalid(
-            f"this ONNX file keeps {len(external)} weight tensors (first: {external[0]!r}) in a "
-            "separate .onnx.data file, which the default torch.onnx.export writes; "
-            + _EXTERNAL_HINT
-        )
+    if zipfile.is_zipfile(path) and workdir is not None:
+        from app.modelio.onnx_bundle import read_onnx_zip
+
+        model = read_onnx_zip(Path(path), workdir)
+    else:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
+            raise UnsupportedMedia(
+                f"the file is not a readable ONNX model ({_short(exc)})"
+            ) from exc
+        external = [
+            t.name
+            for t in external_data_helper._get_all_tensors(model)
+            if external_data_helper.uses_external_data(t)
+        ]
+        if external:
+            raise Invalid(
+                f"this ONNX file keeps {len(external)} weight tensors (first: {external[0]!r}) "
+                "in a separate .onnx.data file, which the default torch.onnx.export writes; "
+                + _EXTERNAL_HINT
+            )
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
@@ -108,18 +126,27 @@ def convert_onnx(path: Path):
     """Load, check, down-convert if needed and convert an ONNX file to a torch module.
 
     Args:
-        path: an ``.onnx`` file holding its own weights.
+        path: an ``.onnx`` file holding its own weights, or a ``.zip`` with its data files.
 
     Returns:
-        A ``torch.fx.GraphModule`` with ordinary ``nn.Conv2d``/``nn.Linear`` layers where
-        onnx2torch can map them.
+        ``(module, model)``: a ``torch.fx.GraphModule`` with ordinary ``nn.Conv2d``/
+        ``nn.Linear``/``nn.Embedding`` layers where they can be mapped, and the ONNX model it
+        came from (after a batch-1 rewrite, see ``onnx_batch``).
 
     Raises:
-        Invalid: external data, a checker failure, or an op onnx2torch cannot convert (named,
-            with its opset).
+        Invalid: external data missing, a checker failure, or an op onnx2torch cannot convert
+            (named, with its opset).
     """
-    model = load_onnx(path)
+    from app.modelio.onnx_batch import batch_agnostic
+    from app.modelio.onnx_linear import expose_weights
+    from app.modelio.onnx_ops import decompose_new_ops
+
+    with tempfile.TemporaryDirectory(prefix="prunelab-onnx-") as work:
+        model = load_onnx(path, Path(work))
+    model, _ = batch_agnostic(model)
+    _inline_identities(model)
     opset = model_opset(model)
+    decompose_new_ops(model)
     if opset > TARGET_OPSET:
         model = _down_convert(model, opset)
         opset = TARGET_OPSET
@@ -127,12 +154,13 @@ def convert_onnx(path: Path):
     _check_ops_supported(model, opset)
     _relax_reshape_allowzero(model)
     try:
-        return onnx2torch.convert(model)
+        module = onnx2torch.convert(model)
     except Exception as exc:
         raise Invalid(
             f"the ONNX model (opset {opset}) could not be converted to PyTorch: {_short(exc)}; "
             f"export it with torch.onnx.export(..., dynamo=False, opset_version={TARGET_OPSET})"
         ) from exc
+    return expose_weights(module), model
 
 
 def _down_convert(model, opset: int):
@@ -146,6 +174,28 @@ def _down_convert(model, opset: int):
             f"{TARGET_OPSET} ({_short(exc)}); export it with torch.onnx.export(..., dynamo=False, "
             f"opset_version={TARGET_OPSET}, external_data=False)"
         ) from exc
+
+
+def _inline_identities(model) -> None:
+    """Give each ``Identity(initializer)`` output its own copy of the tensor.
+
+    The legacy exporter stores equal weights (e.g. zero biases) once and hands them out through
+    ``Identity`` nodes; onnx2torch then sees a computed value where it needs a constant
+    (``Conv``, ``Gemm``) and the weights cannot become separate layers.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in inits:
+            copy = model.graph.initializer.add()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            inits[copy.name] = copy
+        else:
+            keep.append(node)
+    if len(keep) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
 
 
 def _relax_reshape_allowzero(model) -> None:

@@ -48,6 +48,7 @@ def run_preflight(
     *,
     arch: str | None = None,
     input_shape: Sequence[int] | None = None,
+    input_dtype: str | None = None,
     num_classes: int | None = None,
     timeout_s: float = 60,
     memory_mb: int = 4096,
@@ -59,21 +60,24 @@ def run_preflight(
         path: the model file (already detected as ``fmt``).
         fmt: ``safetensors``, ``state_dict``, ``onnx``, ``torchscript`` or ``pt2``.
         arch: built-in architecture for weight files.
-        input_shape: one sample's shape without the batch dimension; required when the file
-            does not tell it (TorchScript).
+        input_shape: one sample's shape, or a full shape with a leading batch of 1; required
+            when the file does not tell it (TorchScript).
+        input_dtype: ``float32`` or ``int64`` (token ids); the file's own dtype wins.
         num_classes: expected classifier size; checked against the output when given.
         timeout_s: wall-clock limit; the child's process group is killed after it.
         memory_mb: address-space limit of the child.
         threads: torch intra-op threads in the child.
 
     Returns:
-        ``{"ok", "format", "arch", "input_shape", "output_shape", "num_classes", "n_params",
-        "layers": [{"name", "kind", "shape", "n_params", "prunable"}], "prunable_fraction",
+        ``{"ok", "format", "arch", "input_shape", "input_dtype", "output_shape", "num_classes",
+        "n_params", "layers": [{"name", "kind", "shape", "n_params", "prunable"}],
+        "prunable_fraction", "weights_seen_fraction",
         "groups": [[layer names]], "structured_ok", "rebuildable", "warnings", "seconds"}``.
 
     Raises:
         Invalid: the model fails to load or run (the reason, e.g. "the model's forward raised
-            ..."), runs out of time or memory.
+            ..."), cannot take a batch of 2 (with the export call to use), has no prunable
+            weights, runs out of time or memory.
         UnsupportedMedia: the file cannot be read as ``fmt``.
     """
     workdir = Path(tempfile.mkdtemp(prefix="prunelab-preflight-"))
@@ -83,6 +87,7 @@ def run_preflight(
             "format": fmt,
             "arch": arch,
             "input_shape": list(input_shape) if input_shape else None,
+            "input_dtype": input_dtype,
             "num_classes": num_classes,
             "threads": threads,
         }

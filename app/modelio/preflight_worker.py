@@ -16,7 +16,10 @@ import torch
 from torch import nn
 
 from app.errors import Invalid, LabError
+from app.modelio.batches import check_batch_of_two, check_fixed_batch
 from app.modelio.load import LoadedModel, load_model, set_eval
+from app.modelio.signature import example_input
+from app.modelio.weights import hidden_weights, seen_warning
 
 PRUNABLE_KINDS = {"Conv1d", "Conv2d", "Linear"}
 # module types Torch-Pruning knows how to cut; other leaf modules with weights block removal
@@ -38,24 +41,15 @@ def inspect_model(request: dict) -> dict:
     """Load, run a zero input and describe the model (see ``run_preflight`` for the keys)."""
     start = time.perf_counter()
     torch.set_num_threads(max(1, int(request.get("threads") or 1)))
-    shape = request.get("input_shape")
-    loaded = load_model(
-        Path(request["path"]),
-        request["format"],
-        arch=request.get("arch"),
-        num_classes=request.get("num_classes"),
-        input_shape=tuple(shape) if shape else None,
-    )
-    if loaded.input_shape is None:
-        raise Invalid(
-            f"input_shape is required for a {loaded.format} model: the file does not say what "
-            "one input looks like (e.g. 1,8,8 for one 8x8 grey image)"
-        )
+    loaded = _load(request)
+    assert loaded.input_shape is not None
     model = loaded.module
     set_eval(model)
-    x = torch.zeros(loaded.example_batch, *loaded.input_shape)
+    check_fixed_batch(loaded)
+    x = example_input(loaded.input_shape, loaded.input_dtype)
     order: list[str] = []
     out = _forward(model, x, loaded, order)
+    check_batch_of_two(model, loaded)
     n_classes = int(out.shape[-1]) if out.dim() >= 2 else None
     expected = request.get("num_classes")
     if expected and n_classes != int(expected):
@@ -63,7 +57,13 @@ def inspect_model(request: dict) -> dict:
     layers = list_layers(model, loaded.format)
     n_params = sum(p.numel() for p in model.parameters())
     prunable = sum(layer["n_params"] for layer in layers if layer["prunable"])
-    warnings = list(loaded.notes)
+    if not prunable:
+        raise Invalid(
+            "the lab sees no weights it can prune in this model (no Conv or Linear layer holds "
+            "parameters); export it so its layers keep their weights as parameters"
+        )
+    hidden = hidden_weights(model)
+    warnings = list(loaded.notes) + seen_warning(n_params, hidden)
     groups: list[list[str]] = []
     if loaded.rebuildable:
         output_layer = order[-1] if order else None
@@ -74,11 +74,13 @@ def inspect_model(request: dict) -> dict:
         "format": loaded.format,
         "arch": loaded.arch,
         "input_shape": list(loaded.input_shape),
+        "input_dtype": loaded.input_dtype,
         "output_shape": list(out.shape[1:]),
         "num_classes": n_classes,
         "n_params": int(n_params),
         "layers": layers,
         "prunable_fraction": round(prunable / n_params, 6) if n_params else 0.0,
+        "weights_seen_fraction": round(n_params / (n_params + sum(hidden.values())), 6),
         "groups": groups,
         "residual_blocks": removable_blocks(model),
         "structured_ok": bool(loaded.rebuildable and groups),
@@ -86,6 +88,24 @@ def inspect_model(request: dict) -> dict:
         "warnings": warnings,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _load(request: dict) -> LoadedModel:
+    shape = request.get("input_shape")
+    loaded = load_model(
+        Path(request["path"]),
+        request["format"],
+        arch=request.get("arch"),
+        num_classes=request.get("num_classes"),
+        input_shape=tuple(shape) if shape else None,
+        input_dtype=request.get("input_dtype"),
+    )
+    if loaded.input_shape is None:
+        raise Invalid(
+            f"input_shape is required for a {loaded.format} model: the file does not say what "
+            "one input looks like (e.g. 1,8,8 for one 8x8 grey image, 16 for 16 token ids)"
+        )
+    return loaded
 
 
 def _forward(model: nn.Module, x: torch.Tensor, loaded: LoadedModel, order: list[str]):

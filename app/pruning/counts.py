@@ -27,9 +27,10 @@ from app.pruning.layers import exported_kinds, prunable_layers
 
 
 def _hookable(model: nn.Module) -> bool:
-    """Forward hooks fire on eager modules only: not in TorchScript, not in an exported graph
-    (which calls the ops directly)."""
-    return not isinstance(model, torch.jit.ScriptModule) and not exported_kinds(model)
+    """Forward hooks fire on eager modules only: not in TorchScript (also wrapped, as a token-id
+    model's ``IdsInput``), not in an exported graph (which calls the ops directly)."""
+    scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+    return not scripted and not exported_kinds(model)
 
 
 def device_of(model: nn.Module) -> torch.device:

@@ -8,12 +8,13 @@ is remote); ``prunelab run`` reads local files.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.artifacts import ArtifactStore
 from app.catalogue import BUILTIN_DATASETS
+from app.pruning.notes import Note, info
 
 if TYPE_CHECKING:
     from app.pruning.data import ArrayDataset
@@ -60,6 +61,22 @@ class StoredModel:
     arch: str | None
     input_shape: list[int] | None
     num_classes: int | None
+    input_dtype: str | None = None
+
+
+@dataclass
+class RunModel:
+    """The module a server run prunes and what the run needs to know about it.
+
+    ``input_dtype`` is the model's (``float32`` or ``int64`` token ids; the result model keeps
+    it); ``notes`` say what fine-tuning cannot change (BatchNorm frozen in a trace).
+    """
+
+    module: Any
+    rebuildable: bool
+    arch: str | None
+    input_dtype: str = "float32"
+    notes: list[Note] = field(default_factory=list)
 
 
 def load_model_for(
@@ -68,8 +85,8 @@ def load_model_for(
     arch: str | None,
     data: ArrayDataset,
     tmp: Path,
-) -> tuple[Any, bool, str | None]:
-    """``(module, rebuildable, arch)`` of the run's stored model, or a fresh zoo model for
+) -> RunModel:
+    """The run's stored model (module, rebuildable, arch, input dtype, notes), or a fresh zoo model for
     ``arch`` when the run has none (a train run)."""
     from app import zoo
 
@@ -77,20 +94,28 @@ def load_model_for(
         if not arch:
             raise ValueError("model_id is missing: give a model, or an arch for a train run")
         module = zoo.build(arch, num_classes=data.n_classes, input_shape=data.input_shape)
-        return module, True, arch
+        return RunModel(module, True, arch)
     from app.modelio.load import load_model
 
     shape = tuple(stored.input_shape) if stored.input_shape else data.input_shape
     if len(shape) == len(data.input_shape) + 1:
         shape = shape[1:]
+    # the model's own input dtype: an int64 (token ids) module rounds float batches to ids
     loaded = load_model(
         fetch(artifacts, stored.storage_key, tmp),
         stored.format,
         arch=stored.arch,
         num_classes=stored.num_classes or data.n_classes,
         input_shape=shape,
+        input_dtype=stored.input_dtype,
     )
-    return loaded.module, bool(loaded.rebuildable), stored.arch or loaded.arch
+    return RunModel(
+        loaded.module,
+        bool(loaded.rebuildable),
+        stored.arch or loaded.arch,
+        input_dtype=loaded.input_dtype,
+        notes=[info(n) for n in loaded.train_notes],
+    )
 
 
 def build_recipe(body: dict) -> Any:

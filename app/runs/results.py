@@ -21,6 +21,7 @@ from typing import Any
 
 from app.artifacts import ArtifactStore, artifact_key
 from app.runs.export import sha256_of, write_run_files
+from app.runs.inputs import RunModel
 from app.runs.timing import record_onnx_speedup
 
 log = logging.getLogger(__name__)
@@ -51,21 +52,23 @@ def store_files(
     recipe: Any,
     result: Any,
     data: Any,
-    arch: str | None,
+    source: RunModel,
     tmp: Path,
 ) -> RunFiles:
     """Export, write the masks, save the result model; put every file in the artifact store.
 
-    Also times ``pruned.onnx`` against the original (``final["speedup_onnx"]``, ``timing``)."""
+    Also times ``pruned.onnx`` against the original (``final["speedup_onnx"]``, ``timing``).
+    The result model takes the ``source`` model's arch and input dtype (token ids stay int64).
+    """
     if recipe.kind == "sensitivity":
         return RunFiles()
     out = tmp / "export"
-    rows, config = write_run_files(out, recipe, result, data, arch)
+    rows, config = write_run_files(out, recipe, result, data, source.arch)
     for row in rows:
         row["storage_key"] = artifact_key(run_id, row["name"])
         if (out / row["name"]).is_file():  # a failed export removed its file
             artifacts.put_file(out / row["name"], row["storage_key"])
-    fields = _result_model(artifacts, run_id, recipe, result, data, arch, config, tmp)
+    fields = _result_model(artifacts, run_id, recipe, result, data, source, config, tmp)
     record_onnx_speedup(result, out, data)
     return RunFiles(rows, fields)
 
@@ -76,11 +79,12 @@ def _result_model(
     recipe: Any,
     result: Any,
     data: Any,
-    arch: str | None,
+    source: RunModel,
     config: dict | None,
     tmp: Path,
 ) -> dict | None:
     """Store the result as a model users can prune next: weights + arch, else TorchScript."""
+    arch = source.arch
     path = tmp / "result.safetensors"
     fmt = "safetensors" if arch and _save_weights(result.model, path, config, data) else None
     if fmt is None:
@@ -98,6 +102,7 @@ def _result_model(
         input_shape=list(data.input_shape),
         num_classes=data.n_classes,
         name=f"{recipe.name or recipe.kind} (run {run_id})",
+        input_dtype=source.input_dtype,
     )
 
 
@@ -143,6 +148,7 @@ def module_record_fields(
     input_shape: list[int],
     num_classes: int,
     name: str,
+    input_dtype: str = "float32",
 ) -> dict:
     """The ``ModelRecord`` columns of a module saved at ``path`` under ``key``; ``layers`` lists
     every module holding parameters, as the upload preflight does (BatchNorm included)."""
@@ -168,6 +174,7 @@ def module_record_fields(
         "format": fmt,
         "arch": arch,
         "input_shape": input_shape,
+        "input_dtype": input_dtype,
         "num_classes": num_classes,
         "n_params": sum(p.numel() for p in module.parameters()),
         "size_bytes": path.stat().st_size,

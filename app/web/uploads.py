@@ -21,25 +21,31 @@ MAX_FIELDS = 20
 
 @dataclass
 class Upload:
-    """A received multipart body: text fields and at most one file (``file``), on disk."""
+    """A received multipart body: text fields and one file (``file``), on disk, plus the
+    ``extra`` files (a second ``file`` or a ``data`` part) where the route allows them."""
 
     fields: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
     filename: str | None = None
     size: int = 0
     sha256: str = ""
+    extra: list[tuple[str, Path]] = field(default_factory=list)
 
     def discard(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
             self.path = None
+        for _, path in self.extra:
+            path.unlink(missing_ok=True)
+        self.extra = []
 
 
 class _Receiver:
     """python-multipart callbacks writing the ``file`` part straight to a temporary file."""
 
-    def __init__(self, tmp_dir: Path, max_bytes: int) -> None:
-        self.tmp_dir, self.max_bytes = tmp_dir, max_bytes
+    def __init__(self, tmp_dir: Path, max_bytes: int, max_extra: int = 0) -> None:
+        self.tmp_dir, self.max_bytes, self.max_extra = tmp_dir, max_bytes, max_extra
+        self._main = False
         self.upload = Upload()
         self._headers: dict[str, str] = {}
         self._hname = b""
@@ -72,12 +78,17 @@ class _Receiver:
         name = opts.get(b"name", b"").decode("utf-8", "replace")
         self._name = name
         if b"filename" in opts:
-            if name != "file" or self._fh is not None or self.upload.path is not None:
+            filename = opts[b"filename"].decode("utf-8", "replace")[:255]
+            path = self.tmp_dir / f"upload-{secrets.token_hex(8)}.part"
+            if name == "file" and self.upload.path is None and self._fh is None:
+                self.upload.filename, self.upload.path, self._main = filename, path, True
+            elif name in ("file", "data") and len(self.upload.extra) < self.max_extra:
+                self.upload.extra.append((filename, path))
+                self._main = False
+            else:
                 raise BadRequest("send exactly one file, in the form field 'file'")
-            self.upload.filename = opts[b"filename"].decode("utf-8", "replace")[:255]
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            self.upload.path = self.tmp_dir / f"upload-{secrets.token_hex(8)}.part"
-            self._fh = open(self.upload.path, "wb")  # noqa: SIM115 (closed in _part_end/abort)
+            self._fh = open(path, "wb")  # noqa: SIM115 (closed in _part_end/abort)
         elif len(self.upload.fields) >= MAX_FIELDS:
             raise BadRequest("too many form fields")
 
@@ -87,7 +98,8 @@ class _Receiver:
             self.upload.size += len(chunk)
             if self.upload.size > self.max_bytes:
                 raise TooLarge(_too_large(self.max_bytes))
-            self._hash.update(chunk)
+            if self._main:
+                self._hash.update(chunk)
             self._fh.write(chunk)
         else:
             self._buf += chunk
@@ -98,7 +110,8 @@ class _Receiver:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-            self.upload.sha256 = self._hash.hexdigest()
+            if self._main:
+                self.upload.sha256 = self._hash.hexdigest()
         elif self._name:
             self.upload.fields[self._name] = self._buf.decode("utf-8", "replace")
 
@@ -116,8 +129,11 @@ def _too_large(max_bytes: int) -> str:
     )
 
 
-async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> Upload:
-    """Stream a ``multipart/form-data`` body to ``tmp_dir``.
+async def receive_upload(
+    request: Request, *, tmp_dir: Path, max_bytes: int, max_extra: int = 0
+) -> Upload:
+    """Stream a ``multipart/form-data`` body to ``tmp_dir`` (``max_extra`` more file parts
+    named ``file`` or ``data`` are kept in ``Upload.extra``; the size limit covers them all).
 
     Raises:
         TooLarge: the declared or streamed size exceeds ``max_bytes`` (before reading it all).
@@ -129,7 +145,7 @@ async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> 
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + 1024 * 1024:
         raise TooLarge(_too_large(max_bytes))
-    receiver = _Receiver(tmp_dir, max_bytes)
+    receiver = _Receiver(tmp_dir, max_bytes, max_extra)
     parser = MultipartParser(opts[b"boundary"], receiver.callbacks())
     try:
         async for chunk in request.stream():

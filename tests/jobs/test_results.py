@@ -145,3 +145,46 @@ def test_prunelab_run_writes_the_same_artifacts_as_a_server_run(lab, tmp_path: P
     assert "masks.npz" in stored and (out / "masks.npz").is_file()
     assert written == stored
     assert all((out / name).is_file() for name in written)
+
+
+class _TokenClassifier(torch.nn.Module):
+    """Token ids in, ten class scores out (the shape of a small text classifier)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(17, 8)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).flatten(1, -2).mean(1))
+
+
+@pytest.mark.slow
+def test_the_result_model_of_a_token_id_model_takes_token_ids_too(lab) -> None:
+    from app.runs.results import module_record_fields
+
+    settings, engine = lab
+    torch.manual_seed(0)
+    scripted = torch.jit.script(_TokenClassifier())
+    key = "models/tokens.pt"
+    path = ArtifactStore(settings.artifacts).local_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(scripted, str(path))
+    fields = module_record_fields(
+        scripted,
+        path,
+        fmt="torchscript",
+        key=key,
+        arch=None,
+        input_shape=[1, 8, 8],
+        num_classes=10,
+        name="token ids",
+        input_dtype="int64",
+    )
+    with Session(engine) as s:
+        model_id = int(store.add_model_record(s, **fields).id)
+        s.commit()
+    run = _execute(lab, _prune("element", 0.5, physical=False), model_id)
+    assert run.masks_only is True
+    result = _model(lab, run.result_model_id)
+    assert result.format == "torchscript" and result.input_dtype == "int64"

@@ -104,7 +104,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out["torchscript"] = d / "ts.pt"
     torch.jit.save(torch.jit.script(lenet), str(out["torchscript"]))
     out["pt2"] = d / "prog.pt2"
-    torch.export.save(torch.export.export(lenet, (torch.zeros(2, *SHAPE),)), str(out["pt2"]))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(lenet, (torch.zeros(2, *SHAPE),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(out["pt2"]))
+    out["pt2_batch2"] = d / "static2.pt2"  # a fixed batch of 2: every run would fail
+    torch.export.save(torch.export.export(lenet, (torch.zeros(2, *SHAPE),)), str(out["pt2_batch2"]))
+    out["pt2_batch1"] = d / "static1.pt2"
+    torch.export.save(torch.export.export(lenet, (torch.zeros(1, *SHAPE),)), str(out["pt2_batch1"]))
     out["onnx"] = d / "m.onnx"
     _onnx_export(lenet, out["onnx"])
     _hostile(d, out, lenet)

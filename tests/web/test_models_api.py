@@ -297,3 +297,51 @@ def test_twenty_concurrent_uploads_leave_exactly_the_good_ones(tmp_path):
     stored = sorted(p.name for p in (Path(settings.artifacts) / "models").iterdir())
     assert len(stored) == 2
     assert not any((settings.data_dir / "tmp").iterdir())
+
+
+def test_onnx_with_its_data_file_as_two_parts_is_stored_as_one_zip(
+    client: TestClient, admin_headers, tmp_path
+):
+    import math
+    import zipfile
+
+    import onnx
+
+    torch.manual_seed(0)
+    model = build("cnn_small", num_classes=10, input_shape=(1, 8, 8)).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch"}},
+    )
+    proto = onnx.load(str(path))
+    in_file = sum(math.prod(t.dims) for t in proto.graph.initializer if t.data_type == 1)
+    onnx.save_model(
+        proto, str(path), save_as_external_data=True, location="m.onnx.data", size_threshold=0
+    )
+    alone = _upload(client, admin_headers, path.read_bytes(), filename="m.onnx")
+    assert alone.status_code == 422 and ".zip" in alone.json()["detail"]
+    files = [
+        ("file", ("m.onnx", path.read_bytes())),
+        ("data", ("m.onnx.data", (tmp_path / "m.onnx.data").read_bytes())),
+    ]
+    r = client.post("/api/models", headers=admin_headers, files=files, data={"name": "two"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["format"] == "onnx" and body["input_dtype"] == "float32"
+    assert body["n_params"] >= in_file  # every float weight of the file is a parameter
+    dl = client.get(f"/api/models/{body['id']}/file", headers=admin_headers)
+    assert sorted(zipfile.ZipFile(io.BytesIO(dl.content)).namelist()) == ["m.onnx", "m.onnx.data"]
+
+
+def test_input_dtype_outside_float32_and_int64_is_refused(client: TestClient, member_headers):
+    r = _upload(client, member_headers, _mlp_bytes(), arch="mlp", input_dtype="int8")
+    assert r.status_code == 422 and "float32 or int64" in r.json()["detail"]
+    r = _upload(client, member_headers, _mlp_bytes(), arch="mlp", input_shape="1,1,8,8")
+    assert r.status_code == 201, r.text
+    assert r.json()["input_shape"] == [1, 8, 8] and r.json()["input_dtype"] == "float32"

@@ -47,6 +47,7 @@ class ModelPublic(BaseModel):
     format: str
     arch: str | None
     input_shape: list[int] | None
+    input_dtype: str
     num_classes: int | None
     n_params: int
     size_bytes: int
@@ -82,10 +83,15 @@ def to_public(row: ModelRecord) -> ModelPublic:
 async def upload_model(
     request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ):
-    """Upload a model file (multipart: ``file``, ``name``, ``arch``, ``input_shape``, ``num_classes``)."""
+    """Upload a model file (multipart: ``file``, ``name``, ``arch``, ``input_shape``,
+    ``input_dtype``, ``num_classes``; an ONNX model's data file may come as a second ``file``
+    or a ``data`` part)."""
     may_write_models(user)
     upload: Upload = await receive_upload(
-        request, tmp_dir=intake.tmp_dir(settings), max_bytes=settings.max_upload_mb * 1024 * 1024
+        request,
+        tmp_dir=intake.tmp_dir(settings),
+        max_bytes=settings.max_upload_mb * 1024 * 1024,
+        max_extra=intake.MAX_DATA_PARTS,
     )
     try:
         f = upload.fields
@@ -98,16 +104,17 @@ async def upload_model(
         if num_classes and int(num_classes) > settings.max_classes:
             raise over("num_classes", int(num_classes), settings.max_classes, "max_classes")
         row, created = await run_in_threadpool(
-            intake.accept_model,
+            intake.accept_upload,
             settings,
             session,
             user,
-            upload.path,
+            [(upload.filename or "", upload.path), *upload.extra],
             upload.sha256,
             name=(f.get("name") or Path(upload.filename or "model").stem)[:200],
             arch=(f.get("arch") or None),
             input_shape=shape,
             num_classes=int(num_classes) if num_classes else None,
+            input_dtype=intake.parse_dtype(f.get("input_dtype")),
         )
     finally:
         upload.discard()
