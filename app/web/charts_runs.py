@@ -1,4 +1,4 @@
-"""Figures across runs: overview scatter with the Pareto front, compare, sweep, sensitivity.
+"""Figures across runs: overview scatter with the Pareto front, compare page figures.
 
 Pure functions over plain dicts (no I/O), like :mod:`app.web.charts`. A run summary is
 ``{"id", "name", "criterion", "granularity", "final": {metrics}, "baseline": {metrics}}``.
@@ -7,18 +7,9 @@ Pure functions over plain dicts (no I/O), like :mod:`app.web.charts`. A run summ
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
-from app.web.charts import (
-    PALETTE,
-    PHASE_LABELS,
-    SYMBOLS,
-    _num,
-    base_layout,
-    empty_figure,
-    rebin,
-)
-from app.web.latency_view import step_speedup
+from app.web.chart_style import PALETTE, PHASE_LABELS, SYMBOLS, as_number, base_layout, empty_figure
+from app.web.charts_layers import rebin
 
 # (metric, label, higher is better)
 FINAL_COLUMNS = (
@@ -43,7 +34,7 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, flo
 
 def overview_scatter(runs: list[dict]) -> dict:
     """Accuracy vs compression of all runs: colour = criterion, marker = granularity."""
-    pts = [r for r in runs if _num((r.get("final") or {}).get("compression")) is not None]
+    pts = [r for r in runs if as_number((r.get("final") or {}).get("compression")) is not None]
     if not pts:
         return empty_figure(
             "Accuracy vs compression", "No finished prune runs yet: start one from “New run”."
@@ -58,7 +49,7 @@ def overview_scatter(runs: list[dict]) -> dict:
                 "mode": "markers",
                 "name": crit,
                 "x": [r["final"]["compression"] for r in group],
-                "y": [_num(r["final"].get("accuracy")) for r in group],
+                "y": [as_number(r["final"].get("accuracy")) for r in group],
                 "customdata": [r["id"] for r in group],
                 "text": [f"#{r['id']} {r['name']} ({r.get('granularity')})" for r in group],
                 "marker": {
@@ -76,7 +67,7 @@ def overview_scatter(runs: list[dict]) -> dict:
     front = pareto_front(
         (r["final"]["compression"], r["final"]["accuracy"])
         for r in pts
-        if _num(r["final"].get("accuracy")) is not None
+        if as_number(r["final"].get("accuracy")) is not None
     )
     data.append(
         {
@@ -125,8 +116,8 @@ def compare_tradeoff(runs: list[dict]) -> dict:
                 "type": "scatter",
                 "mode": "lines+markers",
                 "name": f"#{r['id']} {r['name']}",
-                "x": [_num((s.get("after_finetune") or {}).get("compression")) for s in steps],
-                "y": [_num((s.get("after_finetune") or {}).get("accuracy")) for s in steps],
+                "x": [as_number((s.get("after_finetune") or {}).get("compression")) for s in steps],
+                "y": [as_number((s.get("after_finetune") or {}).get("accuracy")) for s in steps],
                 "marker": {"color": PALETTE[i % len(PALETTE)], "symbol": SYMBOLS[i % 8], "size": 8},
             }
         )
@@ -148,7 +139,7 @@ def compare_curves(runs: list[dict]) -> dict:
             "mode": "lines",
             "name": f"#{r['id']} {r['name']}",
             "x": list(range(1, len(r.get("curve") or []) + 1)),
-            "y": [_num(p.get("accuracy")) for p in r.get("curve") or []],
+            "y": [as_number(p.get("accuracy")) for p in r.get("curve") or []],
             "line": {"color": PALETTE[i % len(PALETTE)]},
         }
         for i, r in enumerate(runs)
@@ -221,133 +212,10 @@ def best_cells(runs: list[dict]) -> dict[str, int]:
     best: dict[str, int] = {}
     for key, _, higher in FINAL_COLUMNS:
         vals = [
-            (v, r["id"]) for r in runs if (v := _num((r.get("final") or {}).get(key))) is not None
+            (v, r["id"])
+            for r in runs
+            if (v := as_number((r.get("final") or {}).get(key))) is not None
         ]
         if len(vals) > 1:
             best[key] = (max(vals) if higher else min(vals))[1]
     return best
-
-
-def _sweep_speedup(run: dict, base: dict, final: dict) -> float | None:
-    """1.0 for masks-only runs; the interleaved speed-up when timed; else the batch-1 ratio."""
-    if run.get("masks_only"):
-        return 1.0
-    if isinstance(final.get("speedup"), dict):
-        rows = final["speedup"].get("rows") or []
-        return _num(rows[0].get("speedup")) if rows else None
-    return step_speedup(final, base, "latency_ms")
-
-
-def sweep_figure(runs: list[dict], *, axis: str) -> dict:
-    """ShrinkBench-style: accuracy vs compression or vs speed-up, one line per criterion."""
-    label = {"compression": "compression (x)", "speedup": "measured speed-up (x, batch 1)"}
-    data = []
-    for i, crit in enumerate(sorted({r.get("criterion") or "?" for r in runs})):
-        group = []
-        for r in runs:
-            final, base = r.get("final") or {}, r.get("baseline") or {}
-            if (r.get("criterion") or "?") != crit or _num(final.get("accuracy")) is None:
-                continue
-            x = (
-                _num(final.get("compression"))
-                if axis == "compression"
-                else _sweep_speedup(r, base, final)
-            )
-            group.append((x, final["accuracy"], r["id"]))
-        group.sort(key=lambda p: (p[0] is None, p[0] or 0))
-        dash = "dot" if crit == "random" else "solid"
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "name": crit,
-                "x": [p[0] for p in group],
-                "y": [p[1] for p in group],
-                "customdata": [p[2] for p in group],
-                "line": {"color": PALETTE[i % len(PALETTE)], "dash": dash},
-            }
-        )
-    if not any(t["x"] for t in data):
-        return empty_figure("Sweep", "No run of this sweep has finished yet.")
-    layout = base_layout(
-        f"Accuracy vs {axis.replace('speedup', 'speed-up')}",
-        label[axis],
-        "test accuracy",
-        height=360,
-    )
-    layout["yaxis"] |= {
-        "tickformat": ".0%",
-        "autorangeoptions": {"maxallowed": 1.02},
-    }
-    if axis == "compression":
-        layout["xaxis"] |= {"type": "log"}
-    return {"data": data, "layout": layout}
-
-
-def suggest_allocation(rows: list[dict], baseline: float | None, max_drop: float = 0.01) -> dict:
-    """Per layer, the highest swept sparsity whose accuracy stays within ``max_drop``."""
-    out: dict[str, float] = {}
-    for r in rows:
-        ok = baseline is None or baseline - r["accuracy"] <= max_drop + 1e-9
-        if ok and r["sparsity"] >= out.get(r["layer"], 0.0):
-            out[r["layer"]] = r["sparsity"]
-        out.setdefault(r["layer"], 0.0)
-    return out
-
-
-def sensitivity_figure(rows: list[dict], *, baseline: float | None) -> dict:
-    """Accuracy vs sparsity with one line per layer (Han et al. 2015, Fig. 5)."""
-    if not rows:
-        return empty_figure("Sensitivity", "No sensitivity rows yet.")
-    data = []
-    for i, layer in enumerate(dict.fromkeys(r["layer"] for r in rows)):
-        pts = sorted((r["sparsity"], r["accuracy"]) for r in rows if r["layer"] == layer)
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "name": layer,
-                "x": [p[0] for p in pts],
-                "y": [p[1] for p in pts],
-                "line": {"color": PALETTE[i % len(PALETTE)]},
-                "marker": {"symbol": SYMBOLS[(i // len(PALETTE)) % 8]},
-            }
-        )
-    layout = base_layout(
-        "Sensitivity: accuracy when one layer is pruned",
-        "sparsity of that layer",
-        "test accuracy",
-        height=380,
-    )
-    layout["xaxis"] |= {"tickformat": ".0%"}
-    layout["yaxis"] |= {
-        "tickformat": ".0%",
-        "autorangeoptions": {"maxallowed": 1.02},
-    }
-    if baseline is not None:
-        layout["shapes"] = [
-            {
-                "type": "line",
-                "xref": "paper",
-                "x0": 0,
-                "x1": 1,
-                "y0": baseline,
-                "y1": baseline,
-                "line": {"dash": "dash", "color": "#5b6577"},
-            }
-        ]
-    return {"data": data, "layout": layout}
-
-
-def fmt_metric(key: str, value: Any) -> str:
-    """A metric value as the tables show it."""
-    v = _num(value)
-    if v is None:
-        return "—"
-    if key in ("accuracy", "val_accuracy", "sparsity"):
-        return f"{v:.2%}"
-    if key == "compression":
-        return f"{v:.2f}x"
-    if key in ("loss", "latency_ms"):
-        return f"{v:.4g}"
-    return f"{v:,.0f}"

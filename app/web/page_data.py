@@ -1,28 +1,23 @@
-"""What each page shows: reads rows through :mod:`app.store`, shapes them for templates.
+"""What the overview, compare and sweep pages show, and the helpers every page shares.
 
-No torch here: masks are read from the run's exported safetensors (or ``masks.npz``) with
-numpy only.
+Reads rows through :mod:`app.store` and shapes them for templates; the run page is
+:mod:`app.web.run_view`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlmodel import Session
 
 from app import catalogue, store
-from app.artifacts import ArtifactStore
 from app.models import FINISHED_STATUSES, Run, Sweep
-from app.pruning.notes import Note, as_note
 from app.store import views
-from app.web import charts, charts_runs, latency_view
+from app.web import charts_runs, charts_sweep
 
 PER_PAGE = 25
-MASK_ARTIFACTS = ("masks.npz", "masks.safetensors")
 
 
 def parse_run_ids(text: str | None) -> list[int]:
@@ -75,20 +70,6 @@ def run_summary(run: Run) -> dict:
     }
 
 
-def run_notes(run: Run) -> list[Note]:
-    """The run's notes as structured notes (older runs stored plain sentences)."""
-    return [as_note(n) for n in run.notes or []]
-
-
-def masks_only(run: Run) -> bool:
-    return bool(run.masks_only)
-
-
-def final_layer_rows(layers: list[dict]) -> list[dict]:
-    last = max((int(r["step"]) for r in layers), default=0)
-    return [r for r in layers if int(r["step"]) == last]
-
-
 def overview_context(session: Session, *, model_id: int | None, dataset_id: str | None) -> dict:
     runs = [
         run_summary(r)
@@ -137,128 +118,6 @@ def dataset_choices(session: Session) -> list[dict]:
     return builtins + rows
 
 
-def run_figures(
-    session: Session,
-    run: Run,
-    *,
-    steps: list[dict] | None = None,
-    layers: list[dict] | None = None,
-) -> dict[str, dict]:
-    """Every chart of the run page that comes from rows (the live refresh re-sends these)."""
-    steps = views.run_steps(session, run_id=run.id) if steps is None else steps
-    layers = views.run_layers(session, run_id=run.id) if layers is None else layers
-    mo = masks_only(run)
-    fin = run.final if run.status == "succeeded" else None
-    figs = {
-        "sparsity": charts.sparsity_heatmap(layers),
-        "tradeoff_compression": charts.tradeoff_figure(
-            steps, axis="compression", masks_only=mo, final=fin
-        ),
-        "tradeoff_flops": charts.tradeoff_figure(steps, axis="flops", masks_only=mo, final=fin),
-        "tradeoff_speedup": charts.tradeoff_figure(steps, axis="speedup", masks_only=mo, final=fin),
-        "curve": charts.curve_figure(views.run_curve(session, run_id=run.id)),
-    }
-    if run.kind == "sensitivity":
-        rows = views.run_sensitivity(session, run_id=run.id)
-        figs["sensitivity"] = charts_runs.sensitivity_figure(
-            rows, baseline=(run.baseline or {}).get("accuracy")
-        )
-    return figs
-
-
-def metric_keys(run: Run) -> list[str]:
-    """The run page's metric columns; ``val_accuracy`` next to (test) accuracy when the run
-    chose on a validation split."""
-    keys = [k for k, _, _ in charts_runs.FINAL_COLUMNS]
-    if "val_accuracy" in (run.final or {}) or "val_accuracy" in (run.baseline or {}):
-        keys.insert(keys.index("accuracy") + 1, "val_accuracy")
-    return keys
-
-
-def run_context(session: Session, run: Run) -> dict:
-    layers = views.run_layers(session, run_id=run.id)
-    names = views.run_layer_names(session, run_id=run.id)
-    steps = views.run_steps(session, run_id=run.id)
-    ctx = {
-        "run": run,
-        "summary": run_summary(run),
-        "finished": run.status in FINISHED_STATUSES,
-        "figures": run_figures(session, run, steps=steps, layers=layers),
-        "layer_names": names,
-        "layer_empty": charts.empty_figure(
-            "Weights and mask", "Histograms and masks appear once the run has measured its layers."
-        ),
-        "layer_rows": final_layer_rows(layers),
-        "steps": steps,
-        "masks_only": masks_only(run),
-        "deploy_rows": latency_view.deploy_rows(run.final),
-        "budget_line": latency_view.budget_line(run.final),
-        "notes": run_notes(run),
-        "artifacts": store.list_artifacts(session, run_id=run.id),
-        "recipe_json": json.dumps(run.recipe or {}, indent=2),
-        "last_event_id": views.latest_event_id(session, run_id=run.id),
-        "metric_keys": metric_keys(run),
-    }
-    if run.kind == "sensitivity":
-        rows = views.run_sensitivity(session, run_id=run.id)
-        stored = run.allocation or (run.final or {}).get("allocation")
-        ctx["allocation"] = stored or charts_runs.suggest_allocation(
-            rows, (run.baseline or {}).get("accuracy")
-        )
-    return ctx
-
-
-def histogram_figure(session: Session, run: Run, layer: str) -> dict:
-    rows = views.run_histograms(session, run_id=run.id, layer=layer)
-    return charts.histogram_figure(rows, layer=layer)
-
-
-def load_mask(session: Session, run: Run, layer: str, artifacts_root: str) -> np.ndarray | None:
-    """The kept-weights mask of ``layer``: from ``masks.npz`` or the masked safetensors export."""
-    artifacts = ArtifactStore(artifacts_root)
-    arts = {a.name: a for a in store.list_artifacts(session, run_id=run.id)}
-    for name in MASK_ARTIFACTS:
-        if name in arts and artifacts.exists(key := arts[name].storage_key):
-            with artifacts.local_file(key) as path:
-                found = _read_tensor(path, (layer, f"{layer}.weight"))
-            if found is not None:
-                return found.astype(bool)
-    art = arts.get("pruned.safetensors")
-    if art is None or run.physical or not artifacts.exists(art.storage_key):
-        return None
-    with artifacts.local_file(art.storage_key) as path:
-        weight = _read_tensor(path, (f"{layer}.weight",))
-    return None if weight is None else weight != 0
-
-
-def _read_tensor(path: Path, keys: tuple[str, ...]) -> np.ndarray | None:
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            return next((z[k] for k in keys if k in z.files), None)
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        have = set(f.keys())
-        return next((f.get_tensor(k) for k in keys if k in have), None)
-
-
-def mask_figure(session: Session, run: Run, layer: str, artifacts_root: str) -> dict:
-    granularity = ((run.recipe or {}).get("pruning") or {}).get("granularity", "element")
-    try:
-        mask = load_mask(session, run, layer, artifacts_root)
-    except (OSError, ValueError, KeyError):
-        mask = None
-    if mask is None:
-        why = (
-            "This run removed units physically: the pruned model is smaller and dense, so "
-            "there is no mask to draw."
-            if not masks_only(run) and run.status == "succeeded"
-            else "The mask is drawn from the exported weights once the run has finished."
-        )
-        return charts.empty_figure(f"Mask of {layer}", why)
-    return charts.mask_heatmap(mask, layer=layer, granularity=granularity)
-
-
 def compare_context(session: Session, ids: list[int]) -> dict:
     runs = []
     for run in store.runs_by_ids(session, ids=ids):
@@ -303,8 +162,8 @@ def sweep_context(session: Session, sweep: Sweep) -> dict:
         "runs": runs,
         "n_done": sum(r["status"] in FINISHED_STATUSES for r in runs),
         "figures": {
-            "compression": charts_runs.sweep_figure(runs, axis="compression"),
-            "speedup": charts_runs.sweep_figure(runs, axis="speedup"),
+            "compression": charts_sweep.sweep_figure(runs, axis="compression"),
+            "speedup": charts_sweep.sweep_figure(runs, axis="speedup"),
         },
     }
 

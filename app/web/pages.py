@@ -1,6 +1,7 @@
 """HTML pages -> templates, plus the small JSON chart endpoints those pages fetch.
 
-Routes are thin: :mod:`app.web.page_data` reads the rows and builds the figures.
+Routes are thin: :mod:`app.web.page_data` and :mod:`app.web.run_view`
+(the run page) read the rows and build the figures.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from app import catalogue, store
 from app.models import RUN_STATUSES
 from app.store import views
-from app.web import page_data
-from app.web.charts_runs import fmt_metric
+from app.web import page_data, run_view
+from app.web.chart_style import fmt_metric
 from app.web.deps import (
     PageModelDep,
     PageRunDep,
@@ -100,7 +101,7 @@ def run_new(
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run: PageRunDep, user: PageUser, session: SessionDep) -> Response:
-    return render(request, "run.html", user, page_data.run_context(session, run))
+    return render(request, "run.html", user, run_view.run_context(session, run))
 
 
 @router.get("/runs/{run_id}/figures.json")
@@ -111,7 +112,7 @@ def run_figures(run: PageRunDep, session: SessionDep) -> JSONResponse:
         "progress": run.progress,
         "message": run.message,
         "error": run.error,
-        "figures": page_data.run_figures(session, run),
+        "figures": run_view.run_figures(session, run),
         "layers": views.run_layer_names(session, run_id=run.id),
     }
     return _figure(body)
@@ -121,7 +122,7 @@ def run_figures(run: PageRunDep, session: SessionDep) -> JSONResponse:
 def run_histogram(
     run: PageRunDep, session: SessionDep, layer: Annotated[str, Query(max_length=200)]
 ) -> JSONResponse:
-    return _figure(page_data.histogram_figure(session, run, layer))
+    return _figure(run_view.histogram_figure(session, run, layer))
 
 
 @router.get("/runs/{run_id}/charts/mask")
@@ -131,7 +132,7 @@ def run_mask(
     settings: SettingsDep,
     layer: Annotated[str, Query(max_length=200)],
 ) -> JSONResponse:
-    return _figure(page_data.mask_figure(session, run, layer, settings.artifacts))
+    return _figure(run_view.mask_figure(session, run, layer, settings.artifacts))
 
 
 @router.get("/compare", response_class=HTMLResponse)

@@ -14,7 +14,7 @@ from app.artifacts import ArtifactStore
 from app.jobs.tasks import execute_run
 from app.models import ModelRecord, Run
 from app.pruning.spec import Recipe
-from app.web import page_data
+from app.web import run_view
 from tests.factories import make_run
 from tests.jobs.conftest import job_settings
 
@@ -113,7 +113,7 @@ def test_masks_npz_keeps_the_original_shapes_of_a_physically_pruned_run(lab) -> 
                 assert mask.dtype == bool and list(mask.shape) == list(shape)
         sparsity = {r.layer: r.sparsity for r in store.list_layers(s, run_id=run.id)}
         conv = max((n for n in layers if len(layers[n]) == 4), key=lambda n: sparsity[n])
-        drawn = page_data.load_mask(s, run, conv, settings.artifacts)
+        drawn = run_view.load_mask(s, run, conv, settings.artifacts)
     assert drawn is not None and drawn.shape == tuple(layers[conv])
     rows = drawn.reshape(drawn.shape[0], -1)
     assert (~rows.any(axis=1)).any(), "whole filters are removed"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from app.web import charts, charts_runs
+from app.web import charts, charts_layers, charts_runs, charts_sweep
 
 
 def _layers(n_layers: int, n_steps: int) -> list[dict]:
@@ -25,7 +25,7 @@ def _layers(n_layers: int, n_steps: int) -> list[dict]:
 
 
 def test_sparsity_heatmap_is_layers_by_steps_with_requested_on_hover() -> None:
-    fig = charts.sparsity_heatmap(_layers(3, 2))
+    fig = charts_layers.sparsity_heatmap(_layers(3, 2))
     trace = fig["data"][0]
     assert trace["type"] == "heatmap"
     assert trace["y"] == ["l0", "l1", "l2"]
@@ -36,7 +36,7 @@ def test_sparsity_heatmap_is_layers_by_steps_with_requested_on_hover() -> None:
 
 
 def test_empty_inputs_give_a_message_not_empty_axes() -> None:
-    fig = charts.sparsity_heatmap([])
+    fig = charts_layers.sparsity_heatmap([])
     assert fig["data"] == []
     assert "first pruning step" in fig["layout"]["annotations"][0]["text"]
     assert charts_runs.overview_scatter([])["layout"]["annotations"][0]["text"].startswith("No")
@@ -44,18 +44,18 @@ def test_empty_inputs_give_a_message_not_empty_axes() -> None:
 
 def test_downsample_matrix_bounds_cells_and_keeps_the_mean() -> None:
     z = np.random.default_rng(0).random((1000, 700))
-    small, fr, fc = charts.downsample_matrix(z, max_cells=128 * 128)
+    small, fr, fc = charts_layers.downsample_matrix(z, max_cells=128 * 128)
     assert small.size <= 128 * 128
     assert fr > 1 and fc > 1
     assert small.mean() == pytest.approx(z.mean(), abs=0.01)
-    same, fr1, fc1 = charts.downsample_matrix(np.ones((4, 5)))
+    same, fr1, fc1 = charts_layers.downsample_matrix(np.ones((4, 5)))
     assert same.shape == (4, 5) and (fr1, fc1) == (1, 1)
 
 
 def test_mask_of_conv_is_filters_by_input_channels_for_filter_level() -> None:
     mask = np.ones((6, 4, 3, 3), dtype=bool)
     mask[2] = False  # filter 2 pruned
-    fig = charts.mask_heatmap(mask, layer="conv1", granularity="filter")
+    fig = charts_layers.mask_heatmap(mask, layer="conv1", granularity="filter")
     z = np.array(fig["data"][0]["z"])
     assert z.shape == (6, 4)
     assert z[2].sum() == 0 and z[0].sum() == 4
@@ -66,7 +66,7 @@ def test_mask_of_conv_is_filters_by_input_channels_for_filter_level() -> None:
 def test_mask_of_kernel_level_shows_kernel_positions_as_tiles() -> None:
     mask = np.ones((2, 3, 3, 3), dtype=bool)
     mask[1, 2, 0, :] = False  # one row (vector) of one kernel
-    grid, x_title, _ = charts.mask_matrix(mask, "vector")
+    grid, x_title, _ = charts_layers.mask_matrix(mask, "vector")
     assert grid.shape == (2 * 3, 3 * 3)
     assert grid[3, 6:9].sum() == 0 and grid.sum() == mask.sum()
     assert "kernel column" in x_title
@@ -74,8 +74,8 @@ def test_mask_of_kernel_level_shows_kernel_positions_as_tiles() -> None:
 
 def test_large_mask_is_downsampled_under_the_payload_bound() -> None:
     mask = np.random.default_rng(1).random((512, 512, 3, 3)) > 0.5
-    fig = charts.mask_heatmap(mask, layer="big", granularity="element")
-    assert np.array(fig["data"][0]["z"]).size <= charts.MAX_CELLS
+    fig = charts_layers.mask_heatmap(mask, layer="big", granularity="element")
+    assert np.array(fig["data"][0]["z"]).size <= charts_layers.MAX_CELLS
     assert "each cell averages" in fig["layout"]["title"]["text"]
     assert len(json.dumps(fig)) < 300_000
 
@@ -97,7 +97,7 @@ def test_histogram_overlays_phases_on_shared_bins_with_thresholds_and_log_toggle
         _hist("before", [3, 4, 4, 3]),
         _hist("after_prune", [3, 0, 0, 3], 0.3, zeros=8),
     ]
-    fig = charts.histogram_figure(rows, layer="fc")
+    fig = charts_layers.histogram_figure(rows, layer="fc")
     names = [t["name"] for t in fig["data"]]
     assert names == ["before pruning", "after thresholding", "after fine-tuning"]
     assert all(t["type"] == "bar" and t["x"] == [-0.75, -0.25, 0.25, 0.75] for t in fig["data"])
@@ -110,7 +110,7 @@ def test_histogram_overlays_phases_on_shared_bins_with_thresholds_and_log_toggle
 def test_rebin_merges_bins_and_keeps_the_total() -> None:
     edges = list(np.linspace(0, 1, 201))
     counts = list(range(200))
-    e2, c2 = charts.rebin(edges, counts, max_bins=64)
+    e2, c2 = charts_layers.rebin(edges, counts, max_bins=64)
     assert len(c2) <= 64 and len(e2) == len(c2) + 1
     assert sum(c2) == sum(counts) and e2[0] == 0 and e2[-1] == 1
 
@@ -205,10 +205,10 @@ def test_sweep_plots_method_against_random_baseline_dotted() -> None:
         }
         for i, (c, x, a) in enumerate([("l1", 2, 0.9), ("l1", 4, 0.85), ("random", 2, 0.6)])
     ]
-    fig = charts_runs.sweep_figure(runs, axis="compression")
+    fig = charts_sweep.sweep_figure(runs, axis="compression")
     by_name = {t["name"]: t for t in fig["data"]}
     assert by_name["l1"]["x"] == [2, 4] and by_name["random"]["line"]["dash"] == "dot"
-    speed = charts_runs.sweep_figure(runs, axis="speedup")
+    speed = charts_sweep.sweep_figure(runs, axis="speedup")
     assert speed["data"][0]["x"] == [1.0, 1.0]
 
 
@@ -218,11 +218,11 @@ def test_sensitivity_allocation_takes_the_highest_sparsity_within_the_drop() -> 
         for s, acc in [(0.5, 0.95), (0.75, 0.945), (0.9, 0.90)]
     ]
     rows += [{"layer": "b", "sparsity": 0.5, "accuracy": 0.5}]
-    assert charts_runs.suggest_allocation(rows, 0.95) == {"a": 0.75, "b": 0.0}
-    fig = charts_runs.sensitivity_figure(rows, baseline=0.95)
+    assert charts_sweep.suggest_allocation(rows, 0.95) == {"a": 0.75, "b": 0.0}
+    fig = charts_sweep.sensitivity_figure(rows, baseline=0.95)
     assert [t["name"] for t in fig["data"]] == ["a", "b"]
 
 
 def test_figures_are_plain_json() -> None:
-    fig = charts.sparsity_heatmap(_layers(2, 2))
+    fig = charts_layers.sparsity_heatmap(_layers(2, 2))
     assert json.loads(json.dumps(fig)) == fig

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from app.models import Run
-from app.web import charts, charts_runs
+from app.web import charts, charts_sweep
 from app.web.latency_view import NO_SPEEDUP, budget_line, deploy_rows
 from app.web.page_data import run_summary
 from tests.browser import seed
@@ -112,9 +112,9 @@ def test_a_masks_only_sweep_run_plots_at_one_x_from_its_typed_flag() -> None:
     run.baseline = {"latency_ms": 4.0}  # the timer saw 4x; the zeros are still computed
     row = {**run_summary(run), "id": 1, "criterion": "l1"}
     assert row["masks_only"] is True
-    fig = charts_runs.sweep_figure([row], axis="speedup")
+    fig = charts_sweep.sweep_figure([row], axis="speedup")
     assert fig["data"][0]["x"] == [1.0]
-    fig = charts_runs.sweep_figure([{**row, "masks_only": False}], axis="speedup")
+    fig = charts_sweep.sweep_figure([{**row, "masks_only": False}], axis="speedup")
     assert fig["data"][0]["x"] == [4.0]
 
 

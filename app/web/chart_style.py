@@ -1,0 +1,79 @@
+"""The shared look of every Plotly figure: palette, layout, empty-state and notes, numbers.
+
+Every figure is ``{"data": [...], "layout": {...}}`` ready for ``Plotly.react``.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from typing import Any
+
+# Okabe-Ito: distinguishable with the common colour-vision deficiencies.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000")
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon")
+PHASE_LABELS = {
+    "before": "before pruning",
+    "after_prune": "after thresholding",
+    "after_finetune": "after fine-tuning",
+}
+SEQ_SCALE = [[0.0, "#f7fbff"], [0.5, "#6baed6"], [1.0, "#08306b"]]
+
+
+def base_layout(title: str, x_title: str, y_title: str, **extra: Any) -> dict:
+    """The shared look: white plot, light grid, labelled axes."""
+    layout = {
+        "title": {"text": title, "font": {"size": 15}},
+        "xaxis": {"title": {"text": x_title}, "gridcolor": "#e6e9ef", "zeroline": False},
+        "yaxis": {"title": {"text": y_title}, "gridcolor": "#e6e9ef", "zeroline": False},
+        "margin": {"l": 64, "r": 24, "t": 48, "b": 96},
+        "paper_bgcolor": "#ffffff",
+        "plot_bgcolor": "#ffffff",
+        "font": {"family": "system-ui, sans-serif", "size": 12, "color": "#1d2330"},
+        "legend": {"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0, "x": 0},
+        "hovermode": "closest",
+    }
+    layout.update(extra)
+    return layout
+
+
+def empty_figure(title: str, message: str) -> dict:
+    """A figure that says what to do instead of drawing empty axes."""
+    layout = base_layout(title, "", "")
+    layout["xaxis"] |= {"visible": False}
+    layout["yaxis"] |= {"visible": False}
+    wrapped = "<br>".join(textwrap.wrap(message, 48))  # Plotly annotations do not wrap
+    layout["annotations"] = [paper_note(wrapped, y=0.5, x=0.5, size=14)]
+    return {"data": [], "layout": layout}
+
+
+def paper_note(text: str, *, x: float = 0.0, y: float = 1.08, size: int = 12) -> dict:
+    return {
+        "text": text,
+        "xref": "paper",
+        "yref": "paper",
+        "x": x,
+        "y": y,
+        "showarrow": False,
+        "font": {"size": size, "color": "#5b6577"},
+    }
+
+
+def as_number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def fmt_metric(key: str, value: Any) -> str:
+    """A metric value as the tables show it."""
+    v = as_number(value)
+    if v is None:
+        return "—"
+    if key in ("accuracy", "val_accuracy", "sparsity"):
+        return f"{v:.2%}"
+    if key == "compression":
+        return f"{v:.2f}x"
+    if key in ("loss", "latency_ms"):
+        return f"{v:.4g}"
+    return f"{v:,.0f}"
