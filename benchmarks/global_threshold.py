@@ -58,7 +58,7 @@ def child(which: str, sparsity: float, out: str) -> None:
 
     from app.pruning.masks.compute import compute_masks
     from app.pruning.masks.keeper import apply_masks
-    from app.pruning.spec import PruningSpec
+    from app.pruning.pruning_spec import PruningSpec
 
     model = build()
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -24,7 +24,8 @@ from app.pruning.latency import time_models
 from app.pruning.layers import prunable_layers
 from app.pruning.measure import batch_of
 from app.pruning.pipeline import run_recipe
-from app.pruning.spec import FinetuneSpec, PruningSpec, Recipe
+from app.pruning.pruning_spec import PruningSpec
+from app.pruning.spec import FinetuneSpec, Recipe
 from app.pruning.train import train
 
 FINETUNE = {"epochs": 3, "lr": 0.01, "optimizer": "sgd", "batch_size": 64}

@@ -24,7 +24,7 @@ from torch import nn
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import MaskKeeper, apply_masks
 from app.pruning.masks.plan import MaskPlan
-from app.pruning.spec import PruningSpec
+from app.pruning.pruning_spec import PruningSpec
 
 MASKS = {
     "element 50%": PruningSpec("element", "l1", sparsity=0.5),

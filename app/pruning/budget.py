@@ -33,7 +33,8 @@ from app.pruning.layers import prunable_layers
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import apply_masks
 from app.pruning.measure import batch_of, evaluate
-from app.pruning.spec import PruningSpec, Recipe
+from app.pruning.pruning_spec import PruningSpec
+from app.pruning.spec import Recipe
 from app.pruning.structural.remove import physical_prune
 
 MAX_SPARSITY = 0.9

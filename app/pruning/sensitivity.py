@@ -25,8 +25,9 @@ from app.pruning.layers import prunable_layers
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import apply_masks
 from app.pruning.measure import evaluate
+from app.pruning.pruning_spec import PruningSpec
 from app.pruning.report import NEVER, NULL_REPORT, Report, ShouldStop, check_cancelled
-from app.pruning.spec import PruningSpec, SensitivitySpec
+from app.pruning.spec import SensitivitySpec
 
 ALLOCATION_STEP = 0.01  # sparsity increment of the greedy allocation
 

@@ -12,7 +12,7 @@ from app import zoo
 from app.pruning.checks import sparsity_notes
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import apply_masks
-from app.pruning.spec import PruningSpec
+from app.pruning.pruning_spec import PruningSpec
 from app.pruning.structural.remove import physical_prune, zero_removed_units
 
 torch.set_num_threads(1)

@@ -11,7 +11,7 @@ from torch import nn
 from app.pruning.granularity import unit_view
 from app.pruning.layers import prunable_layers
 from app.pruning.masks.compute import compute_masks
-from app.pruning.spec import PruningSpec
+from app.pruning.pruning_spec import PruningSpec
 from app.pruning.topology import following_bn, residual_blocks
 from tests.pruning.conftest import TinyResNet, make_cnn
 

@@ -14,7 +14,8 @@ from app.pruning.data import ArrayDataset
 from app.pruning.layers import prunable_layers
 from app.pruning.masks.compute import compute_masks
 from app.pruning.pipeline import run_recipe
-from app.pruning.spec import PruningSpec, Recipe
+from app.pruning.pruning_spec import PruningSpec
+from app.pruning.spec import Recipe
 from tests.pruning.conftest import make_cnn, make_data, make_mlp
 
 USELESS, IMPORTANT = 3, 5

@@ -10,7 +10,7 @@ from torch import nn
 
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import INDEX_MAX_PRUNED, MaskKeeper, PrunedEntries, apply_masks
-from app.pruning.spec import PruningSpec
+from app.pruning.pruning_spec import PruningSpec
 from tests.pruning.conftest import make_mlp
 
 OPTIMIZERS = {

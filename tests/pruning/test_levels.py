@@ -9,7 +9,8 @@ from torch import nn
 from app import zoo
 from app.modelio.dataset_files import load_digits
 from app.pruning.pipeline import run_recipe
-from app.pruning.spec import PruningSpec, Recipe
+from app.pruning.pruning_spec import PruningSpec
+from app.pruning.spec import Recipe
 from app.pruning.structural.rebuild import architecture_config, rebuild
 
 torch.set_num_threads(1)

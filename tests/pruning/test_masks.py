@@ -14,7 +14,7 @@ from torch import nn
 from app.pruning.masks.compute import compute_masks, validate
 from app.pruning.masks.keeper import MaskKeeper, apply_masks
 from app.pruning.masks.ranking import global_lowest
-from app.pruning.spec import PruningSpec
+from app.pruning.pruning_spec import PruningSpec
 from tests.pruning.conftest import TinyResNet, make_cnn, make_mlp
 
 

@@ -13,7 +13,8 @@ from app.modelio.load import load_model
 from app.pruning.masks.compute import compute_masks
 from app.pruning.outputs import output_layers
 from app.pruning.pipeline import run_recipe
-from app.pruning.spec import PruningSpec, Recipe
+from app.pruning.pruning_spec import PruningSpec
+from app.pruning.spec import Recipe
 from tests.pruning.conftest import make_cnn, make_data, make_mlp
 
 

@@ -8,15 +8,10 @@ import sys
 
 import pytest
 
+from app.catalogue import CRITERION_NAMES, GRANULARITY_NAMES, SCHEDULE_KINDS, VALID_PAIRS
 from app.pruning.criteria import CRITERIA
-from app.pruning.spec import (
-    CRITERION_NAMES,
-    GRANULARITY_NAMES,
-    SCHEDULE_KINDS,
-    VALID_PAIRS,
-    PruningSpec,
-    Recipe,
-)
+from app.pruning.pruning_spec import PruningSpec
+from app.pruning.spec import Recipe
 
 API_EXAMPLE = {
     "kind": "prune",

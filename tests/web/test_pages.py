@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
+from app import catalogue
 from app.models import Run
-from app.pruning import spec
 from tests.browser import seed
 from tests.factories import make_user
 
@@ -200,7 +200,7 @@ def test_new_run_form_offers_only_valid_pairs(client: TestClient, lab: dict) -> 
     r = client.get(f"/runs/new?model_id={lab['model']}", headers=lab["h"])
     fs = r.context["form_spec"]
     for criterion, grans in fs["pairs"].items():
-        assert set(grans) == set(spec.VALID_PAIRS[criterion])
+        assert set(grans) == set(catalogue.VALID_PAIRS[criterion])
     assert fs["pairs"]["threshold"] == ["element"]
     assert fs["layers"][lab["model"]] == ["conv1", "conv2", "fc"]
     assert f'<option value="{lab["model"]}" selected>' in r.text
@@ -288,7 +288,6 @@ def test_sensitivity_run_page_shows_the_stored_allocation(
 def test_catalogue_endpoint_lists_every_criterion_and_granularity(
     client: TestClient, member_headers: dict
 ) -> None:
-    from app import catalogue
 
     assert client.get("/api/catalogue").status_code == 401
     body = client.get("/api/catalogue", headers=member_headers).json()

@@ -42,7 +42,7 @@ from app.pruning.masks.plan import MaskPlan
 from app.pruning.masks.select import MAGNITUDE, Selection
 from app.pruning.notes import Note, info, warning
 from app.pruning.outputs import example_input, output_layers
-from app.pruning.spec import PruningSpec
+from app.pruning.pruning_spec import PruningSpec
 from app.pruning.structural.coupling import Coupled, coupled_layers
 from app.pruning.topology import Block, following_bn, residual_blocks
 

@@ -7,7 +7,7 @@ chosen units) and builds the :class:`~app.pruning.masks.plan.MaskPlan`;
 
 Example:
     >>> from torch import nn
-    >>> from app.pruning.spec import PruningSpec
+    >>> from app.pruning.pruning_spec import PruningSpec
     >>> layer = nn.Linear(4, 3)
     >>> scores = {"": torch.tensor([0.3, 0.1, 0.2])}
     >>> sel = Selection(PruningSpec("filter", "l1", sparsity=0.34), {"": layer}, scores, {})
@@ -31,7 +31,7 @@ from app.pruning.masks.plan import NEVER_EMPTY_NOTE, MaskPlan, filter_extras
 from app.pruning.masks.ranking import count_true, global_lowest, global_lowest_abs, invert
 from app.pruning.masks.rows import nm_pruned, row_note, row_pruned
 from app.pruning.notes import Note, info, warning
-from app.pruning.spec import PruningSpec
+from app.pruning.pruning_spec import PruningSpec
 from app.pruning.structural.coupling import Coupled
 
 MAGNITUDE = ("l1", "l2", "threshold")

@@ -13,7 +13,7 @@ Example:
     >>> from app import zoo
     >>> from app.pruning.masks.compute import compute_masks
     >>> from app.pruning.masks.keeper import apply_masks
-    >>> from app.pruning.spec import PruningSpec
+    >>> from app.pruning.pruning_spec import PruningSpec
     >>> model = zoo.build("resnet20", input_shape=(3, 8, 8)).eval()
     >>> plan = compute_masks(model, PruningSpec("layer", "l1", sparsity=0.3))
     >>> apply_masks(model, plan)
