@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app import store
-from app.artifacts import ArtifactStore, checkpoint_key, run_prefix
+from app.artifacts import ArtifactStore, run_prefix
 from app.config import Settings
 from app.db import make_engine, session_scope
+from app.jobs.attempt import CheckpointSync, StopFlag, checkpoint_dir
 from app.jobs.limits import memory_sentence
 from app.models import Run
 from app.pruning.notes import add_notes, warning
@@ -36,22 +36,6 @@ from app.runs.rewind_files import rewind_state_for
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
-
-
-class StopFlag:
-    """``should_stop`` for the engine, raised by the worker with a reason (cancel or interrupt)."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self._lock = threading.Lock()
-
-    def set(self, reason: str) -> None:
-        with self._lock:
-            if self.reason is None or reason == "cancel":
-                self.reason = reason
-
-    def __call__(self) -> bool:
-        return self.reason is not None
 
 
 class RunReporter:
@@ -195,7 +179,7 @@ def _run_attempt(
         attempt = run.attempt
         cache = settings.data_dir / "cache"
         budget_cache = cache / f"budget-model-{run.model_id}.json" if run.model_id else None
-    ckpt_dir, resumed = _checkpoint_dir(artifacts, run_id, attempt, tmp)
+    ckpt_dir, resumed = checkpoint_dir(artifacts, run_id, attempt, tmp)
     syncer = CheckpointSync(artifacts, run_id, ckpt_dir / "checkpoint.pt")
     report = RunReporter(engine, run_id)
 
@@ -234,43 +218,6 @@ def _stored_model(session: Session, model_id: int | None) -> StoredModel | None:
         raise ValueError(f"model_id {model_id} does not exist (any more)")
     fields = {"storage_key", "format", "arch", "input_shape", "num_classes", "input_dtype"}
     return StoredModel(**row.model_dump(include=fields))
-
-
-def _checkpoint_dir(
-    artifacts: ArtifactStore, run_id: int, attempt: int, tmp: Path
-) -> tuple[Path, bool]:
-    """Where the pipeline checkpoints, and whether an earlier attempt left a step to resume.
-
-    A local store is written directly (the pipeline replaces ``checkpoint.pt`` atomically);
-    a remote one gets a copy after each step and when the attempt stops.
-    """
-    key = checkpoint_key(run_id)
-    if not artifacts.remote:
-        path = artifacts.local_path(key)
-        return path.parent, attempt > 1 and path.is_file()
-    local = tmp / "checkpoints"
-    return local, attempt > 1 and artifacts.get_file(key, local / "checkpoint.pt")
-
-
-class CheckpointSync:
-    """Copies the pipeline's checkpoint into the artifact store when it changed.
-
-    The pipeline writes ``checkpoint.pt`` atomically after each completed step (and, for agp,
-    at_init and retrain, each epoch); the copy is made when the next step or epoch is reported
-    (only if the file changed) and when the attempt ends.
-    """
-
-    def __init__(self, artifacts: ArtifactStore, run_id: int, path: Path) -> None:
-        self.artifacts, self.key, self.path = artifacts, checkpoint_key(run_id), path
-        self._seen: float | None = None
-
-    def sync(self) -> None:
-        if not self.artifacts.remote or not self.path.exists():
-            return
-        mtime = self.path.stat().st_mtime
-        if mtime != self._seen:
-            self.artifacts.put_file(self.path, self.key)
-            self._seen = mtime
 
 
 def _save_success(

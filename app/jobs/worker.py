@@ -74,7 +74,8 @@ def _claimable(engine, run_id: int) -> bool:  # noqa: ANN001
 def run_worker(run_id: int, settings: Settings) -> int:
     """Execute one attempt of ``run_id``; returns the process exit code."""
     from app.db import make_engine
-    from app.jobs.tasks import StopFlag, execute_run
+    from app.jobs.attempt import StopFlag
+    from app.jobs.tasks import execute_run
 
     engine = make_engine(settings)
     try:

@@ -1,7 +1,8 @@
 """Tell an uploaded model file's format from its content, never its name, without running it.
 
 Everything here is static: magic bytes, zip entry names, a safetensors header, a walk over the
-top-level protobuf fields of an ONNX file and a ``pickletools`` scan of any pickle. Nothing is
+top-level protobuf fields of an ONNX file and a ``pickletools`` scan of any pickle
+(:mod:`app.modelio.pickle_scan`). Nothing is
 unpickled and torch is not imported, so the web process can call :func:`detect_format` on a file
 it has just received.
 
@@ -17,74 +18,25 @@ Example:
 from __future__ import annotations
 
 import json
-import pickletools
 import zipfile
 from pathlib import Path
 
 from app.errors import Forbidden, UnsupportedMedia
 from app.modelio.archive import check_zip
 from app.modelio.onnx_bundle import is_onnx_zip
+from app.modelio.pickle_scan import (
+    MAX_PICKLE_BYTES,
+    check_legacy_pickle,
+    pickle_globals,
+    pickle_refusal,
+    unsafe_globals,
+)
 
 FORMATS = ("safetensors", "state_dict", "onnx", "torchscript", "pt2")
 CODE_FORMATS = frozenset({"torchscript", "pt2"})
-
-CONVERT_HINT = (
-    "save a loadable model instead: torch.jit.save(torch.jit.script(model), 'model.pt'), "
-    "torch.export.save(torch.export.export(model, (example,)), 'model.pt2'), "
-    "torch.onnx.export(model, (example,), 'model.onnx', dynamo=False, external_data=False), "
-    "or torch.save(model.state_dict(), 'weights.pt') uploaded with a built-in arch"
-)
-
 _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
-_MAX_PICKLE_BYTES = 64 * 1024 * 1024
 # Top-level field numbers of onnx.ModelProto (onnx/onnx.proto3).
 _ONNX_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 21, 25}
-_ALLOWED_GLOBALS = {
-    "collections.OrderedDict",
-    "torch.Size",
-    "builtins.set",
-    "builtins.dict",
-    "__builtin__.set",
-    "__builtin__.dict",
-}
-_DANGEROUS_ROOTS = {
-    "os",
-    "posix",
-    "nt",
-    "subprocess",
-    "builtins",
-    "__builtin__",
-    "sys",
-    "shutil",
-    "socket",
-    "importlib",
-    "runpy",
-    "pty",
-    "code",
-    "webbrowser",
-    "ctypes",
-    "pickle",
-    "marshal",
-    "types",
-}
-_TORCH_DTYPES = {
-    "float32",
-    "float64",
-    "float16",
-    "bfloat16",
-    "int64",
-    "int32",
-    "int16",
-    "int8",
-    "uint8",
-    "bool",
-    "float",
-    "double",
-    "half",
-    "long",
-    "int",
-    "short",
-}
 
 
 def detect_format(path: Path) -> str:
@@ -113,15 +65,15 @@ def detect_format(path: Path) -> str:
     if head.startswith(b"PK"):
         return _detect_zip(path)
     if head.startswith(_LEGACY_MAGIC):
-        _check_legacy_pickle(path)
+        check_legacy_pickle(path)
         return "state_dict"
     if _is_safetensors(path, size):
         return "safetensors"
     if _is_onnx(path, size):
         return "onnx"
     if head[:1] == b"\x80":
-        names = _pickle_globals(path.read_bytes()[:_MAX_PICKLE_BYTES])
-        raise UnsupportedMedia(_pickle_refusal(names))
+        names = pickle_globals(path.read_bytes()[:MAX_PICKLE_BYTES])
+        raise UnsupportedMedia(pickle_refusal(names))
     raise UnsupportedMedia(
         "not a model file we recognise: expected safetensors, a weights-only torch.save "
         "state_dict, ONNX, a TorchScript archive or a torch.export .pt2 program"
@@ -166,94 +118,16 @@ def _detect_zip(path: Path) -> str:
                 "a TorchScript archive or a torch.export .pt2 program"
             )
         info = zf.getinfo(pickles[0])
-        if info.file_size > _MAX_PICKLE_BYTES:
+        if info.file_size > MAX_PICKLE_BYTES:
             raise UnsupportedMedia("the checkpoint's pickle is too large to be a plain state_dict")
         try:
             data = zf.read(info)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise UnsupportedMedia(f"the archive is truncated or damaged ({exc})") from exc
-    names_imported = _pickle_globals(data)
-    if _unsafe(names_imported):
-        raise UnsupportedMedia(_pickle_refusal(names_imported))
+    names_imported = pickle_globals(data)
+    if unsafe_globals(names_imported):
+        raise UnsupportedMedia(pickle_refusal(names_imported))
     return "state_dict"
-
-
-def _check_legacy_pickle(path: Path) -> None:
-    """Scan the pickles of a pre-1.6 ``torch.save`` file (magic, version, sys info, payload)."""
-    with path.open("rb") as fh:
-        data = fh.read(_MAX_PICKLE_BYTES)
-    found: list[str] = []
-    pos = 0
-    for _ in range(4):
-        try:
-            ops = list(pickletools.genops(data[pos:]))
-        except Exception as exc:
-            raise UnsupportedMedia(
-                f"the file starts like an old torch.save checkpoint but it is damaged ({exc})"
-            ) from exc
-        found += _globals_from_ops(ops)
-        pos += ops[-1][2] + 1
-    if _unsafe(found):
-        raise UnsupportedMedia(_pickle_refusal(found))
-
-
-def _pickle_globals(data: bytes) -> list[str]:
-    """``module.name`` of every GLOBAL / STACK_GLOBAL / INST in a pickle, without unpickling."""
-    try:
-        ops = list(pickletools.genops(data))
-    except Exception as exc:
-        raise UnsupportedMedia(
-            f"not a model file we recognise: an unreadable or truncated pickle ({exc})"
-        ) from exc
-    return _globals_from_ops(ops)
-
-
-def _globals_from_ops(ops: list) -> list[str]:
-    found: list[str] = []
-    strings: list[str] = []
-    memo: dict[int, str] = {}
-    for op, arg, _pos in ops:
-        name = op.name
-        if name in ("GLOBAL", "INST"):
-            found.append(str(arg).replace(" ", "."))
-        elif isinstance(arg, str) and "UNICODE" in name or name in ("STRING", "SHORT_BINSTRING"):
-            strings.append(str(arg))
-        elif name == "MEMOIZE" and strings:
-            memo[len(memo)] = strings[-1]
-        elif name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
-            memo[int(arg)] = strings[-1]
-        elif name in ("BINGET", "LONG_BINGET", "GET") and int(arg) in memo:
-            strings.append(memo[int(arg)])
-        elif name == "STACK_GLOBAL":
-            mod, attr = (strings[-2], strings[-1]) if len(strings) >= 2 else ("?", "?")
-            found.append(f"{mod}.{attr}")
-    return found
-
-
-def _allowed(qualname: str) -> bool:
-    mod, _, attr = qualname.rpartition(".")
-    if qualname in _ALLOWED_GLOBALS:
-        return True
-    if mod == "torch._utils" and attr.startswith("_rebuild_"):
-        return True
-    return bool(mod == "torch" and (attr.endswith("Storage") or attr in _TORCH_DTYPES))
-
-
-def _unsafe(names: list[str]) -> list[str]:
-    return [n for n in names if not _allowed(n)]
-
-
-def _pickle_refusal(names: list[str]) -> str:
-    bad = _unsafe(names)
-    shown = ", ".join(dict.fromkeys(bad[:5])) or "nothing we can name"
-    dangerous = [n for n in bad if n.split(".", 1)[0] in _DANGEROUS_ROOTS]
-    if dangerous:
-        shown = ", ".join(dict.fromkeys(dangerous[:5]))
-    if not dangerous and any(n.startswith("torch.nn.") for n in bad):
-        what = f"a pickled whole model ({shown})"
-    else:
-        what = f"a pickle that imports code ({shown})"
-    return f"this file is {what}, which PruneLab never unpickles; {CONVERT_HINT}"
 
 
 def _is_safetensors(path: Path, size: int) -> bool:

@@ -27,7 +27,8 @@ from torch import nn
 
 from app.catalogue import MASKS_ONLY_NOTE
 from app.errors import Invalid, UnsupportedMedia
-from app.modelio.detect import CONVERT_HINT, FORMATS
+from app.modelio.detect import FORMATS
+from app.modelio.pickle_scan import CONVERT_HINT
 from app.modelio.pt2 import make_trainable
 from app.modelio.rebuilt import read_architecture, rebuild_module
 from app.modelio.signature import cast_inputs, onnx_signature, pt2_signature, sample_shape
