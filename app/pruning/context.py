@@ -2,8 +2,9 @@
 
 The schedule (``schedule.py``) drives it step by step: ``prune`` computes and applies the masks
 of a target, ``finetune`` trains with them kept, ``measure_after`` and ``record_step`` write the
-step with the fixed metric names of ``measure.METRICS``. Checkpoints (``checkpoint.py``) save
-and restore its fields; ``result.py`` turns it into a ``RunResult``.
+step with the fixed metric names of ``measure.METRICS``. The model side of a prune step (the
+ThiNet re-fit, zeroing removed units, BN re-estimation) is ``prune_step.py``. Checkpoints
+(``checkpoint.py``) save and restore its fields; ``result.py`` turns it into a ``RunResult``.
 
 Example:
     >>> import numpy as np
@@ -36,17 +37,15 @@ from torch import Tensor, nn
 from app.catalogue import CHANNEL_LEVELS
 from app.pruning import measure as measure_mod
 from app.pruning.counts import layer_stats
-from app.pruning.criteria.reconstruction import refit_layers, refit_note
 from app.pruning.data import ArrayDataset
 from app.pruning.histograms import prunable_weights
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import MaskKeeper, apply_masks
 from app.pruning.masks.plan import MaskPlan
-from app.pruning.notes import Note, add_notes, info, warning
+from app.pruning.notes import Note, add_notes, warning
+from app.pruning.prune_step import refit, settle_structure
 from app.pruning.report import Report, ShouldStop, check_cancelled
 from app.pruning.spec import Recipe
-from app.pruning.structural.bn import recalibrate_bn
-from app.pruning.structural.remove import removal_blockers, zero_removed_units
 from app.pruning.targets import within_drop
 from app.pruning.train import fine_tune
 from app.pruning.train_state import BatchHook, EpochHook
@@ -54,10 +53,6 @@ from app.zoo import reset_parameters
 
 BN_NOTE_KEY = "accuracy_before_bn_recalibration"
 REFIT_KEY = "reconstruction"  # a step's ThiNet re-fit: [{"layer", "error_before", "error_after"}]
-
-
-def _has_bn(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 @dataclass
@@ -127,12 +122,6 @@ class RunContext:
         self.model.train(was_training)
         return out
 
-    def evaluate(self) -> dict:
-        was_training = self.model.training
-        out = measure_mod.evaluate(self.model, self.data, device=self.device)
-        self.model.train(was_training)
-        return out
-
     def batches_per_epoch(self) -> int:
         return max(1, math.ceil(self.data.n_train / int(self.recipe.finetune.batch_size)))
 
@@ -166,51 +155,28 @@ class RunContext:
         )
         add_notes(self.notes, plan.notes)
         self.plan, self.masks = plan, plan.masks
-        self.refits = self._refit(plan, step)
+        self.refits = refit(
+            self.model,
+            plan,
+            self.data,
+            self.recipe,
+            step=step,
+            device=self.device,
+            notes=self.notes,
+        )
         apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
         self.keeper = MaskKeeper(self.model, plan)
         self.accuracy_before_bn = self._settle_structure()
         self.hist_after_prune = prunable_weights(self.model)
         return self.measure()
 
-    def _refit(self, plan: MaskPlan, step: int) -> list[dict]:
-        """``reconstruction`` (ThiNet): re-fit every layer that lost input channels by least
-        squares on calibration data, before the masks zero them; noted with the errors."""
-        spec = self.recipe.pruning
-        if spec.criterion != "reconstruction" or not plan.channels:
-            return []
-        errors = refit_layers(
-            self.model,
-            plan.channels,
-            self.data,
-            batches=spec.calibration_batches,
-            device=self.device,
-            seed=int(self.recipe.seed),
-        )
-        if errors:
-            self.notes.append(info(refit_note(step, errors)))
-        return [e.as_dict() for e in errors]
-
     def _settle_structure(self) -> float | None:
-        """Channel levels: zero what physical removal would delete, then re-estimate BN.
-
-        Returns the accuracy before the BN recalibration (None when there was none).
-        """
+        """Channel levels: zero what physical removal would delete, then re-estimate BN."""
         if not self.structured or self.plan is None:
             return None
-        gran = self.recipe.pruning.granularity
-        if not removal_blockers(self.model, self.example):
-            zero_removed_units(self.model, self.plan, self.example, granularity=gran)
-        if not _has_bn(self.model):
-            return None
-        acc_before = float(self.evaluate()["accuracy"])
-        was_training = self.model.training
-        loader = self.data.loader(
-            "train", int(self.recipe.finetune.batch_size), seed=self.recipe.seed
+        return settle_structure(
+            self.model, self.plan, self.data, self.recipe, example=self.example, device=self.device
         )
-        recalibrate_bn(self.model, loader, batches=20)
-        self.model.train(was_training)
-        return acc_before
 
     def reinitialise(self, *, rewind: bool) -> None:
         """Rewind to the initial weights or re-draw them; the current masks are re-applied."""
