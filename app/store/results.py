@@ -82,7 +82,8 @@ def _curve_row(run_id: int, p: dict) -> CurvePoint:
     )
 
 
-_LAYER_KEYS = (
+LAYER_COLUMNS = (
+    "step",
     "layer",
     "kind",
     "shape",
@@ -93,6 +94,8 @@ _LAYER_KEYS = (
     "threshold",
     "flops",
 )
+"""A layer row's fields, as the API and the pages read them."""
+_LAYER_KEYS = LAYER_COLUMNS[1:]  # what a step's layer dict carries (the step is the row's)
 
 
 def replace_results(

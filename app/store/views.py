@@ -18,6 +18,7 @@ from app.models import (
     RunStep,
     SensitivityRow,
 )
+from app.store.results import LAYER_COLUMNS
 
 
 def finished_runs(
@@ -49,20 +50,6 @@ def run_steps(session: Session, *, run_id: int) -> list[dict]:
         }
         for s in session.exec(stmt).all()
     ]
-
-
-LAYER_COLUMNS = (
-    "step",
-    "layer",
-    "kind",
-    "shape",
-    "sparsity",
-    "requested",
-    "n_params",
-    "n_nonzero",
-    "threshold",
-    "flops",
-)
 
 
 def run_layers(session: Session, *, run_id: int) -> list[dict]:

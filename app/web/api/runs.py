@@ -18,6 +18,7 @@ from app import store
 from app.artifacts import ArtifactStore, content_disposition, log_path, run_prefix
 from app.models import RUN_STATUSES, Run
 from app.pruning.notes import Note, as_note
+from app.store.results import LAYER_COLUMNS
 from app.web.api.run_checks import invalid, queue_room, validate_body, wake
 from app.web.deps import CurrentUser, OwnedRunDep, RunDep, SessionDep, SettingsDep, may_create
 
@@ -187,19 +188,8 @@ def run_steps(run: RunDep, session: SessionDep) -> list[dict]:
 
 @router.get("/runs/{run_id}/layers")
 def run_layers(run: RunDep, session: SessionDep) -> list[dict]:
-    keys = (
-        "step",
-        "layer",
-        "kind",
-        "shape",
-        "sparsity",
-        "requested",
-        "n_params",
-        "n_nonzero",
-        "threshold",
-        "flops",
-    )
-    return [{k: getattr(r, k) for k in keys} for r in store.list_layers(session, run_id=run.id)]
+    rows = store.list_layers(session, run_id=run.id)
+    return [{k: getattr(r, k) for k in LAYER_COLUMNS} for r in rows]
 
 
 @router.get("/runs/{run_id}/histograms")
