@@ -111,7 +111,7 @@ def run_recipe(
             latency=latency,
         )
     else:
-        recipe, round_note = with_default_round_to(recipe, shape_cache)
+        recipe, round_note = with_default_round_to(recipe, shape_cache, model)
         target, alloc, original = recipe.pruning.target, None, None
         if target is not None:
             original = copy.deepcopy(model).eval()

@@ -83,21 +83,44 @@ def cached_round_to(cache_dir: Path, *, threads: int | None = None) -> tuple[int
     return preferred_multiple(table), table
 
 
-def with_default_round_to(recipe: Recipe, cache_dir: Path | None) -> tuple[Recipe, Note | None]:
+def with_default_round_to(
+    recipe: Recipe, cache_dir: Path | None, model: nn.Module | None = None
+) -> tuple[Recipe, Note | None]:
     """A physical channel-level recipe without ``round_to`` gets the measured multiple, and a note.
 
-    Anything else (or no cache directory) is returned unchanged, without a note.
+    With ``model``, the multiple is capped at a quarter of the narrowest layer that would be cut
+    (a power of two), so rounding never hands a small layer back whole: 16 on a 16-filter stem
+    would turn "50%" into "keep all 16". Anything else (or no cache directory) is returned
+    unchanged, without a note.
     """
     spec = recipe.pruning
     if cache_dir is None or spec.round_to is not None or not spec.physical:
         return recipe, None
     if recipe.kind != "prune" or spec.granularity not in CHANNEL_LEVELS:
         return recipe, None
-    multiple, _ = cached_round_to(cache_dir)
+    measured, _ = cached_round_to(cache_dir)
+    multiple = min(measured, _width_cap(model)) if model is not None else measured
     if multiple <= 1:
         return recipe, None
+    capped = (
+        f" (the measured {measured}, capped for the narrowest layer)" if multiple < measured else ""
+    )
     note = info(
-        f"pruning.round_to defaulted to {multiple}: kept channel counts are multiples of "
+        f"pruning.round_to defaulted to {multiple}{capped}: kept channel counts are multiples of "
         f"{multiple}, which this machine's convolution kernels run fastest (measured once)"
     )
     return replace(recipe, pruning=replace(spec, round_to=multiple)), note
+
+
+def _width_cap(model: nn.Module) -> int:
+    """The largest power of two at most a quarter of the narrowest prunable layer's width
+    (convolutions when there are any; the last Linear, a classifier, is never cut)."""
+    from app.pruning.layers import prunable_layers
+
+    weights = [m.weight for m in prunable_layers(model).values()]
+    convs = [w.shape[0] for w in weights if w.dim() > 2]
+    widths = convs or [w.shape[0] for w in weights[:-1]]
+    if not widths:
+        return 1
+    cap = max(1, min(widths) // 4)
+    return 1 << (cap.bit_length() - 1)

@@ -43,3 +43,14 @@ def test_a_physical_filter_recipe_without_round_to_gets_the_measured_multiple(
     for unchanged in (_recipe(round_to=4), _recipe(physical=False)):
         assert shapes.with_default_round_to(unchanged, tmp_path) == (unchanged, None)
     assert shapes.with_default_round_to(_recipe(), None) == (_recipe(), None)
+
+
+def test_the_default_multiple_never_hands_a_narrow_layer_back_whole(tmp_path, monkeypatch) -> None:
+    from app import zoo
+
+    fake = {"widths": {str(c): 0.5 if c % 16 == 0 else 1.0 for c in shapes.WIDTHS}}
+    monkeypatch.setattr(shapes, "channel_table", lambda **kw: fake)
+    model = zoo.build("cnn_small", input_shape=(1, 8, 8))  # its narrowest conv has 16 filters
+    recipe, note = shapes.with_default_round_to(_recipe(), tmp_path, model)
+    assert recipe.pruning.round_to == 4
+    assert "capped for the narrowest layer" in note["text"]
