@@ -30,13 +30,25 @@ def apply_memory_limit(settings: Settings) -> None:
 def memory_sentence(exc: BaseException, settings: Settings) -> str | None:
     """The run's error when ``exc`` is an allocation over the worker's memory limit."""
     text = str(exc).lower()
-    if isinstance(exc, MemoryError) or any(m in text for m in _OOM_MARKERS):
+    if (
+        isinstance(exc, MemoryError)
+        or any(m in text for m in _OOM_MARKERS)
+        or (isinstance(exc, SystemError) and _address_space_limited())
+    ):
         return (
             f"the run needed more memory than the worker's limit of {settings.worker_memory_mb} "
             "MB; raise PRUNELAB_WORKER_MEMORY_MB on the server (or use a smaller batch size "
             "or model)"
         )
     return None
+
+
+def _address_space_limited() -> bool:
+    """A C extension whose allocation fails under ``RLIMIT_AS`` often returns NULL without
+    setting an exception, which Python reports as ``SystemError``; under a finite limit that is
+    the memory limit speaking, not a bug in the run."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return soft != resource.RLIM_INFINITY
 
 
 def wall_time_sentence(settings: Settings) -> str:

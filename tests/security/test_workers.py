@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
+from app import store
 from app.jobs.runner import RayRunner
 from tests.factories import make_model_record, make_user
 from tests.jobs.conftest import job_settings, long_recipe, tiny_recipe, wait_for
@@ -109,11 +110,59 @@ def test_the_ray_job_spec_holds_no_secret(tmp_path) -> None:
         RayRunner(with_password, client=Client()).launch(8, 1)
 
 
+def _memory_hog_record(client: TestClient, owner_id: int) -> int:
+    """A TorchScript model whose forward needs batch x 64 x 16384 floats (1 GiB at batch 256):
+    over a 1100 MB worker limit whatever the worker's own baseline is, yet tiny on disk and at
+    the preflight's batch of 2."""
+    import time
+
+    import torch
+    from torch import nn
+
+    from app.artifacts import ArtifactStore
+    from app.runs.results import module_record_fields
+
+    class Hog(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            wide = x.flatten(1).unsqueeze(-1).expand(-1, -1, 16384).contiguous()
+            return self.fc(wide.mean(-1))
+
+    settings = client.app.state.settings
+    traced = torch.jit.trace(Hog().eval(), torch.zeros(2, 1, 8, 8))
+    key = f"models/hog-{time.monotonic_ns()}.pt"
+    path = ArtifactStore(settings.artifacts).local_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(traced, str(path))
+    fields = module_record_fields(
+        traced,
+        path,
+        fmt="torchscript",
+        key=key,
+        arch=None,
+        input_shape=[1, 8, 8],
+        num_classes=10,
+        name="hog",
+    )
+    with Session(client.app.state.engine, expire_on_commit=False) as s:
+        record = store.add_model_record(s, owner_id=owner_id, **fields)
+        s.commit()
+        return record.id
+
+
 def test_a_worker_over_its_memory_limit_fails_with_a_sentence(tmp_path) -> None:
     settings = job_settings(tmp_path / "data", worker_memory_mb=1100)
     with _client(settings) as client:
-        body = lambda m: tiny_recipe(m, finetune={"epochs": 1, "batch_size": 1024})  # noqa: E731
-        headers, run_id = _start(client, body)
+        with Session(client.app.state.engine, expire_on_commit=False) as s:
+            user, headers = make_user(s, "alice")
+        model_id = _memory_hog_record(client, user.id)
+        body = tiny_recipe(model_id, finetune={"epochs": 1, "batch_size": 1024})
+        r = client.post("/api/runs", json=body, headers=headers)
+        assert r.status_code == 201, r.text
+        run_id = r.json()["id"]
         run = wait_for(lambda: _ended(client, headers, run_id), timeout=120)
         assert client.get("/api/health").status_code == 200  # the server stays up
     assert run["status"] == "failed", run
@@ -130,3 +179,25 @@ def test_a_worker_over_its_wall_time_is_stopped_and_failed(tmp_path) -> None:
     assert (
         "wall-time limit of 3 s" in run["error"] and "PRUNELAB_WORKER_MAX_SECONDS" in run["error"]
     )
+
+
+def test_an_allocation_failure_under_the_limit_reads_as_the_memory_limit(tmp_path) -> None:
+    # Under RLIMIT_AS a C extension may fail an allocation without setting an exception, which
+    # Python reports as SystemError; the run must still end with the memory sentence.
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        limited, unlimited = pool.apply(_sentences_in_a_limited_child, (str(tmp_path),))
+    assert "PRUNELAB_WORKER_MEMORY_MB" in limited and "900 MB" in limited
+    assert unlimited is None
+
+
+def _sentences_in_a_limited_child(data_dir: str):
+    from app.jobs.limits import apply_memory_limit, memory_sentence
+
+    settings = job_settings(Path(data_dir) / "data", worker_memory_mb=900)
+    unlimited = memory_sentence(SystemError("error return without exception set"), settings)
+    apply_memory_limit(settings)
+    limited = memory_sentence(SystemError("error return without exception set"), settings)
+    return limited, unlimited
