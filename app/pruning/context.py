@@ -3,7 +3,7 @@
 The schedule (``schedule.py``) drives it step by step: ``prune`` computes and applies the masks
 of a target, ``finetune`` trains with them kept, ``measure_after`` and ``record_step`` write the
 step with the fixed metric names of ``measure.METRICS``. The model side of a prune step (the
-ThiNet re-fit, zeroing removed units, BN re-estimation) is ``prune_step.py``. Checkpoints
+ThiNet re-fit, zeroing removed units, bias correction, BN re-estimation) is ``prune_step.py``. Checkpoints
 (``checkpoint.py``) save and restore its fields; ``result.py`` turns it into a ``RunResult``.
 
 Example:
@@ -43,7 +43,7 @@ from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import MaskKeeper, apply_masks
 from app.pruning.masks.plan import MaskPlan
 from app.pruning.notes import Note, add_notes, warning
-from app.pruning.prune_step import refit, settle_structure
+from app.pruning.prune_step import BiasCare, recalibrate, refit, settle_structure, zero_structure
 from app.pruning.report import Report, ShouldStop, check_cancelled
 from app.pruning.spec import Recipe
 from app.pruning.targets import within_drop
@@ -98,7 +98,7 @@ class RunContext:
     best: BestStep | None = None
     start_step: int = 0
     resume_training: dict | None = None
-    accuracy_before_bn: float | None = None  # structured levels with BN: before recalibration
+    accuracy_before_bn: float | None = None  # models with BN: accuracy before recalibration
     refits: list[dict] = field(default_factory=list)  # the last prune's ThiNet re-fit errors
 
     def __post_init__(self) -> None:
@@ -155,6 +155,9 @@ class RunContext:
         )
         add_notes(self.notes, plan.notes)
         self.plan, self.masks = plan, plan.masks
+        care = BiasCare.start(
+            self.model, self.data, self.recipe, step=step, device=self.device
+        )
         self.refits = refit(
             self.model,
             plan,
@@ -166,7 +169,12 @@ class RunContext:
         )
         apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
         self.keeper = MaskKeeper(self.model, plan)
-        self.accuracy_before_bn = self._settle_structure()
+        zero_structure(self.model, plan, self.recipe, example=self.example)
+        if care is not None:
+            add_notes(self.notes, [care.finish(self.model, self.data, device=self.device)])
+        self.accuracy_before_bn = recalibrate(
+            self.model, self.data, self.recipe, device=self.device, notes=self.notes
+        )
         self.hist_after_prune = prunable_weights(self.model)
         return self.measure()
 
@@ -175,7 +183,13 @@ class RunContext:
         if not self.structured or self.plan is None:
             return None
         return settle_structure(
-            self.model, self.plan, self.data, self.recipe, example=self.example, device=self.device
+            self.model,
+            self.plan,
+            self.data,
+            self.recipe,
+            example=self.example,
+            device=self.device,
+            notes=self.notes,
         )
 
     def reinitialise(self, *, rewind: bool) -> None:

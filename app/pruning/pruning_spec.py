@@ -50,6 +50,8 @@ class PruningSpec:
     wanda_group: str = "row"  # wanda (element) compares scores per output row or per layer
     max_layer_sparsity: float = MAX_LAYER_SPARSITY  # global filter/channel: cap per layer/group
     allocation_from: int | None = None  # a sensitivity run whose allocation becomes overrides
+    bn_recalibrate: bool = True  # re-estimate BatchNorm statistics after every prune step
+    bias_correction: bool = True  # BN-free nets: removed channels' mean into the next bias
 
     def __post_init__(self) -> None:
         choice(self.granularity, GRANULARITY_NAMES, "pruning.granularity")
@@ -79,8 +81,9 @@ class PruningSpec:
                 raise ValueError(f"pruning.exclude must list layer names, got {name!r}.")
         for name, value in self.overrides.items():
             number(value, f"pruning.overrides['{name}']", 0.0, 1.0)
-        if not isinstance(self.physical, bool):
-            raise ValueError(f"pruning.physical must be true or false, got {self.physical!r}.")
+        for key in ("physical", "bn_recalibrate", "bias_correction"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"pruning.{key} must be true or false, got {getattr(self, key)!r}.")
         optional(self.round_to, integer, "pruning.round_to", 1)
         if self.round_to is not None and self.granularity not in ("filter", "channel"):
             raise ValueError(

@@ -19,9 +19,11 @@ from torch import nn
 def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 20) -> int:
     """Reset BatchNorm running statistics and re-estimate them on ``batches`` batches.
 
-    Uses a cumulative average (``momentum=None``) in train mode, then leaves the model in eval
-    mode. Use it after physical removal or heavy masking, when the old statistics no longer
-    describe the layer's inputs.
+    Uses a cumulative average (``momentum=None``) with the BatchNorm layers in train mode and
+    everything else in eval mode (no dropout: the statistics describe the inputs BatchNorm sees
+    when evaluating), without gradients and without touching a weight; then leaves the model in
+    eval mode. Use it after every prune step, when the old statistics no longer describe the
+    layers' inputs.
 
     Args:
         model: the model, changed in place.
@@ -39,7 +41,9 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 20) -> int
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
-    model.train()
+    model.eval()
+    for bn in bns:
+        bn.train()
     used = 0
     try:
         for batch in loader:
