@@ -63,25 +63,42 @@ def main() -> None:
     model = zoo.build("cnn_small")
     train(model, data, PRETRAIN)
     folded = fold_bn(model)
-    filt = {"granularity": "filter", "scope": "layerwise", "sparsity": 0.5, "exclude": ["classifier"]}
+    filt = {
+        "granularity": "filter",
+        "scope": "layerwise",
+        "sparsity": 0.5,
+        "exclude": ["classifier"],
+    }
     cases = [
         ("cnn_small filter 50% masks", model, filt, "bn_recalibrate"),
         ("cnn_small filter 50% physical", model, {**filt, "physical": True}, "bn_recalibrate"),
-        ("cnn_small element 80% masks", model, {"granularity": "element", "sparsity": 0.8},
-         "bn_recalibrate"),
+        (
+            "cnn_small element 80% masks",
+            model,
+            {"granularity": "element", "sparsity": 0.8},
+            "bn_recalibrate",
+        ),
         ("cnn_small BN folded, filter 50% masks", folded, filt, "bias_correction"),
-        ("cnn_small BN folded, filter 50% physical", folded, {**filt, "physical": True},
-         "bias_correction"),
+        (
+            "cnn_small BN folded, filter 50% physical",
+            folded,
+            {**filt, "physical": True},
+            "bias_correction",
+        ),
     ]
     from app.pruning.measure import evaluate
 
-    print(f"baseline {evaluate(model, data)['accuracy']:.4f}, "
-          f"folded {evaluate(folded, data)['accuracy']:.4f}")
+    print(
+        f"baseline {evaluate(model, data)['accuracy']:.4f}, "
+        f"folded {evaluate(folded, data)['accuracy']:.4f}"
+    )
     for label, net, pruning, switch in cases:
         for on in (False, True):
             pruned, tuned, notes = _run(net, data, {**pruning, switch: on}, args.epochs)
-            print(f"{label:42s} {switch}={on!s:5s} after prune {pruned:.4f}  "
-                  f"after {args.epochs} epochs {tuned:.4f}  {notes}")
+            print(
+                f"{label:42s} {switch}={on!s:5s} after prune {pruned:.4f}  "
+                f"after {args.epochs} epochs {tuned:.4f}  {notes}"
+            )
 
 
 if __name__ == "__main__":

@@ -155,9 +155,7 @@ class RunContext:
         )
         add_notes(self.notes, plan.notes)
         self.plan, self.masks = plan, plan.masks
-        care = BiasCare.start(
-            self.model, self.data, self.recipe, step=step, device=self.device
-        )
+        care = BiasCare.start(self.model, self.data, self.recipe, step=step, device=self.device)
         self.refits = refit(
             self.model,
             plan,

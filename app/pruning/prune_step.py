@@ -79,8 +79,6 @@ def refit(
     return [e.as_dict() for e in errors]
 
 
-
-
 def bn_samples_batches(batch_size: int) -> int:
     """Batches of ``batch_size`` that make up :data:`BN_SAMPLES` (at least one)."""
     return max(1, math.ceil(BN_SAMPLES / max(int(batch_size), 1)))
@@ -89,9 +87,7 @@ def bn_samples_batches(batch_size: int) -> int:
 def frozen_bn(model: nn.Module) -> bool:
     """A TorchScript or exported (.pt2) model with BatchNorm that is not an ``nn.BatchNorm``."""
     if isinstance(model, torch.jit.ScriptModule):
-        return any(
-            getattr(m, "original_name", "").startswith("BatchNorm") for m in model.modules()
-        )
+        return any(getattr(m, "original_name", "").startswith("BatchNorm") for m in model.modules())
     if isinstance(model, fx.GraphModule):
         return any("batch_norm" in str(node.target) for node in model.graph.nodes)
     return False

@@ -83,7 +83,9 @@ class PruningSpec:
             number(value, f"pruning.overrides['{name}']", 0.0, 1.0)
         for key in ("physical", "bn_recalibrate", "bias_correction"):
             if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"pruning.{key} must be true or false, got {getattr(self, key)!r}.")
+                raise ValueError(
+                    f"pruning.{key} must be true or false, got {getattr(self, key)!r}."
+                )
         optional(self.round_to, integer, "pruning.round_to", 1)
         if self.round_to is not None and self.granularity not in ("filter", "channel"):
             raise ValueError(

@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -119,10 +120,8 @@ def _output_means(
     try:
         with torch.no_grad():
             for x in batches:
-                try:
+                with contextlib.suppress(_Stop):
                     model(x)
-                except _Stop:
-                    pass
     finally:
         for h in handles:
             h.remove()
