@@ -6,7 +6,7 @@
 * cnn_small with its BatchNorm folded into the convs (no BN left): 50% of the filters, with and
   without ``pruning.bias_correction``.
 
-    .venv/bin/python benchmarks/bn_care.py [--epochs 3]
+    .venv/bin/python benchmarks/bn_care.py [--epochs 3] [--seed 0]
 """
 
 from __future__ import annotations
@@ -38,13 +38,16 @@ def fold_bn(model: nn.Module) -> nn.Module:
     return folded
 
 
-def _run(model: nn.Module, data, pruning: dict, epochs: int) -> tuple[float, float, list[str]]:
+def _run(
+    model: nn.Module, data, pruning: dict, epochs: int, seed: int
+) -> tuple[float, float, list[str]]:
     recipe = Recipe.from_dict(
         {
             "kind": "prune",
             "name": "bn_care",
             "pruning": {"criterion": "l1", **pruning},
             "finetune": {"epochs": epochs, "lr": 0.02, "optimizer": "sgd", "batch_size": 64},
+            "seed": seed,
         }
     )
     result = run_recipe(recipe, copy.deepcopy(model), data, latency=False)
@@ -56,10 +59,11 @@ def _run(model: nn.Module, data, pruning: dict, epochs: int) -> tuple[float, flo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="pre-training and recipe seed")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_digits()
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     model = zoo.build("cnn_small")
     train(model, data, PRETRAIN)
     folded = fold_bn(model)
@@ -94,7 +98,7 @@ def main() -> None:
     )
     for label, net, pruning, switch in cases:
         for on in (False, True):
-            pruned, tuned, notes = _run(net, data, {**pruning, switch: on}, args.epochs)
+            pruned, tuned, notes = _run(net, data, {**pruning, switch: on}, args.epochs, args.seed)
             print(
                 f"{label:42s} {switch}={on!s:5s} after prune {pruned:.4f}  "
                 f"after {args.epochs} epochs {tuned:.4f}  {notes}"

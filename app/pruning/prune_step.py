@@ -41,8 +41,8 @@ from app.pruning.structural.remove import removal_blockers, zero_removed_units
 BN_SAMPLES = 512  # training samples BatchNorm statistics are re-estimated on
 CORRECTION_BATCH = 128  # calibration batch size of the bias correction's means
 FROZEN_BN_NOTE = (
-    "BatchNorm statistics were not re-estimated after pruning: the BatchNorm layers of a "
-    "TorchScript or .pt2 model cannot be reset and re-averaged (fine-tuning still updates them)"
+    "BatchNorm statistics were not re-estimated after pruning: the BatchNorm of a TorchScript "
+    "or .pt2 model is compiled into its graph, where its statistics cannot be reset"
 )
 
 
@@ -89,7 +89,10 @@ def frozen_bn(model: nn.Module) -> bool:
     if isinstance(model, torch.jit.ScriptModule):
         return any(getattr(m, "original_name", "").startswith("BatchNorm") for m in model.modules())
     if isinstance(model, fx.GraphModule):
-        return any("batch_norm" in str(node.target) for node in model.graph.nodes)
+        return any(
+            node.op == "call_function" and "batch_norm" in str(node.target)
+            for node in model.graph.nodes
+        )
     return False
 
 

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from app.modelio.dataset_files import load_digits
+from app.modelio.pt2 import make_trainable
 from app.pruning.pipeline import run_recipe
 from app.pruning.prune_step import FROZEN_BN_NOTE
 from app.pruning.spec import PruningSpec
@@ -101,6 +102,18 @@ def test_bias_correction_brings_a_bn_free_layer_back_to_its_dense_output_mean() 
     assert not any("bias correction" in n["text"] for n in off.notes)
 
 
+def test_bias_correction_at_channel_level_corrects_the_layers_that_lost_inputs() -> None:
+    channel = {**FILTER_MASKS, "granularity": "channel"}
+    dense = _folded()
+    on = _prune(_folded(), channel)
+    off = _prune(_folded(), {**channel, "bias_correction": False})
+    want = _channel_means(dense, "features.8")
+    err_on = (_channel_means(on.model, "features.8") - want).abs().mean()
+    err_off = (_channel_means(off.model, "features.8") - want).abs().mean()
+    assert err_on < 0.5 * err_off, (float(err_on), float(err_off))
+    assert any("bias correction at step 1" in n["text"] for n in on.notes)
+
+
 def test_bias_correction_keeps_physical_removal_exact() -> None:
     masked = _prune(_folded(), FILTER_MASKS)
     physical = _prune(_folded(), {**FILTER_MASKS, "physical": True})
@@ -161,8 +174,20 @@ def test_bias_correction_follows_a_residual_add_to_the_consumer() -> None:
     assert float((model(x).mean(0) - dense).abs().max()) < 1e-4 < float(drifted)
 
 
-def test_bn_of_a_torchscript_model_is_left_alone_with_a_note() -> None:
-    model = torch.jit.trace(trained("cnn_small").eval(), load_digits().sample_batch(2))
+def _traced() -> nn.Module:
+    return torch.jit.trace(trained("cnn_small").eval(), load_digits().sample_batch(2))
+
+
+def _exported() -> nn.Module:
+    batch = ({0: torch.export.Dim("batch")},)
+    x = load_digits().sample_batch(2)
+    program = torch.export.export(trained("cnn_small").eval(), (x,), dynamic_shapes=batch)
+    return make_trainable(program.module())
+
+
+@pytest.mark.parametrize("build", [_traced, _exported], ids=["torchscript", "pt2"])
+def test_bn_of_a_torchscript_or_pt2_model_is_left_alone_with_a_note(build) -> None:
+    model = build()
     result = _prune(
         model, {"granularity": "element", "criterion": "l1", "sparsity": 0.5}, rebuildable=False
     )
