@@ -7,5 +7,6 @@
 * :mod:`~app.pruning.structural.coupling`: ``coupled_layers``, the groups ranked as one;
 * :mod:`~app.pruning.structural.blocks`: ``remove_blocks`` (level ``layer``, physical);
 * :mod:`~app.pruning.structural.bn`: ``recalibrate_bn``;
+* :mod:`~app.pruning.structural.bias`: ``capture_means``, ``correct_biases`` (BN-free nets);
 * :mod:`~app.pruning.structural.rebuild`: ``architecture_config`` and ``rebuild``.
 """
