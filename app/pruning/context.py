@@ -3,8 +3,9 @@
 The schedule (``schedule.py``) drives it step by step: ``prune`` computes and applies the masks
 of a target, ``finetune`` trains with them kept, ``measure_after`` and ``record_step`` write the
 step with the fixed metric names of ``measure.METRICS``. The model side of a prune step (the
-ThiNet re-fit, zeroing removed units, bias correction, BN re-estimation) is ``prune_step.py``. Checkpoints
-(``checkpoint.py``) save and restore its fields; ``result.py`` turns it into a ``RunResult``.
+ThiNet re-fit, zeroing removed units, bias correction, BN re-estimation) is ``prune_step.py``.
+Checkpoints (``checkpoint.py``) save and restore its fields; ``result.py`` turns it into a
+``RunResult``.
 
 Example:
     >>> import numpy as np
