@@ -7,7 +7,8 @@ forward passes that data-driven criteria (:mod:`app.pruning.criteria.data`,
 
 Example:
     >>> import numpy as np
-    >>> from app.pruning.data import ArrayDataset
+    >>> from app.pruning.criteria.capture import run_hooked
+from app.pruning.data import ArrayDataset
     >>> x, y = np.zeros((10, 4), np.float32), np.arange(10) % 2
     >>> batches = calibration_batches(ArrayDataset("toy", x, y, x, y, 2), 2, batch_size=4)
     >>> [tuple(b[0].shape) for b in batches]
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from app.pruning.criteria.capture import run_hooked
 from app.pruning.data import ArrayDataset
 from app.pruning.granularity import UnitView, unit_view
 from app.pruning.layers import is_transposed
@@ -112,19 +114,11 @@ def weight_grads(ctx: ScoreContext, accumulate: Callable[[str, Tensor, Tensor], 
 
 
 def forward_hooked(ctx: ScoreContext, hooks: dict[nn.Module, Callable], pre: bool) -> None:
-    """Forward passes on calibration batches with ``hooks`` (forward or pre-forward) attached."""
+    """Forward passes on calibration batches with ``hooks`` (forward or pre-forward) seeing the
+    layers, in every model format (:func:`~app.pruning.criteria.capture.run_hooked`)."""
     was = eval_mode(ctx.model)
-    handles = [
-        m.register_forward_pre_hook(h) if pre else m.register_forward_hook(h)
-        for m, h in hooks.items()
-    ]
     try:
-        with torch.no_grad():
-            for x, _ in calibration_batches(
-                ctx.data, ctx.batches, device=ctx.device, seed=ctx.seed
-            ):
-                ctx.model(x)
+        batches = calibration_batches(ctx.data, ctx.batches, device=ctx.device, seed=ctx.seed)
+        run_hooked(ctx.model, hooks, pre, (x for x, _ in batches))
     finally:
-        for h in handles:
-            h.remove()
         ctx.model.train(was)

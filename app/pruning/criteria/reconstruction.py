@@ -26,10 +26,11 @@ from torch import Tensor, nn
 
 from app.pruning.criteria.context import CalibrationData, ScoreContext, Scores, forward_hooked
 from app.pruning.granularity import check_layer
+from app.pruning.layers import is_linear
 
 
 def _check_rows_layer(name: str, layer: nn.Module) -> None:
-    if isinstance(layer, nn.Linear):
+    if is_linear(layer):
         return
     if type(layer) not in (nn.Conv1d, nn.Conv2d) or isinstance(layer.padding, str):
         raise ValueError(
@@ -41,7 +42,7 @@ def _check_rows_layer(name: str, layer: nn.Module) -> None:
 def _conv_rows(layer: nn.Module, x: Tensor, name: str) -> Tensor:
     """The layer's input as rows ``(N, in, k)`` such that ``out[n, o] = sum W[o, i, k] row[n, i, k]``."""
     _check_rows_layer(name, layer)
-    if isinstance(layer, nn.Linear):
+    if is_linear(layer):
         return x.reshape(-1, x.shape[-1], 1)
     if isinstance(layer, nn.Conv1d):
         x = x.unsqueeze(2)
