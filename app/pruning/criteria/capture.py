@@ -22,9 +22,9 @@ Example:
     >>> seen = []
     >>> layer = dict(program.named_modules())["2"]
     >>> run_hooked(program, {layer: lambda m, args: seen.append(args[0].shape)}, True,
-    ...            [torch.randn(5, 4)])
+    ...            [torch.randn(2, 4)])
     >>> seen
-    [torch.Size([5, 3])]
+    [torch.Size([2, 3])]
 """
 
 from __future__ import annotations
