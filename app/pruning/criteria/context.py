@@ -2,13 +2,12 @@
 
 :class:`ScoreContext` carries the model, the layers to score, the granularity and the
 calibration budget; :func:`weight_grads` and :func:`forward_hooked` run the backward or
-forward passes that data-driven criteria (:mod:`app.pruning.criteria.data`,
+forward passes (in every model format, :mod:`~app.pruning.criteria.capture`) that data-driven criteria (:mod:`app.pruning.criteria.data`,
 :mod:`app.pruning.criteria.reconstruction`) need, in eval mode and without touching ``.grad``.
 
 Example:
     >>> import numpy as np
-    >>> from app.pruning.criteria.capture import run_hooked
-from app.pruning.data import ArrayDataset
+    >>> from app.pruning.data import ArrayDataset
     >>> x, y = np.zeros((10, 4), np.float32), np.arange(10) % 2
     >>> batches = calibration_batches(ArrayDataset("toy", x, y, x, y, 2), 2, batch_size=4)
     >>> [tuple(b[0].shape) for b in batches]
