@@ -208,7 +208,7 @@ def _interpreted(
     model: nn.Module, owner: str, hooks: dict[nn.Module, Hook], pre: bool
 ) -> Iterator[Callable[[Tensor], object]]:
     """A callable running ``model`` with the graph at ``owner`` interpreted, hooks firing."""
-    target = model.get_submodule(owner)
+    target = dict(model.named_modules())[owner]  # ScriptModules refuse get_submodule
     if isinstance(target, fx.GraphModule):
         watched = _watched(target, hooks)
         target.forward = lambda *a: _Recorder(target, watched, hooks, pre).run(*a)
@@ -222,7 +222,7 @@ def _interpreted(
         yield stand_in
         return
     parent_path, _, leaf = owner.rpartition(".")
-    parent = model.get_submodule(parent_path)
+    parent = dict(model.named_modules())[parent_path]
     setattr(parent, leaf, stand_in)
     try:
         yield model

@@ -26,12 +26,18 @@ from torch import Tensor, nn
 
 from app.pruning.criteria.context import CalibrationData, ScoreContext, Scores, forward_hooked
 from app.pruning.granularity import check_layer
-from app.pruning.layers import is_linear
+from app.pruning.layers import PRUNABLE_TYPES, is_linear
 
 
 def _check_rows_layer(name: str, layer: nn.Module) -> None:
     if is_linear(layer):
         return
+    if not isinstance(layer, PRUNABLE_TYPES):
+        raise ValueError(
+            f"criterion 'reconstruction' cannot read the geometry of conv layer '{name}' inside "
+            "a TorchScript or .pt2 model (its Linear layers are fine); upload the model as ONNX "
+            "or weights, or exclude the layer."
+        )
     if type(layer) not in (nn.Conv1d, nn.Conv2d) or isinstance(layer.padding, str):
         raise ValueError(
             "criterion 'reconstruction' supports Linear, Conv1d and Conv2d with numeric padding; "
