@@ -142,3 +142,25 @@ def test_data_criteria_prune_exported_programs(kind, criterion, granularity) -> 
         assert _zeros(w) == pytest.approx(0.5, abs=0.02)
         if granularity == "nm":
             assert bool(((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2).all())
+
+
+def test_sensitivity_with_sparsegpt_updates_each_layer_and_restores_the_model() -> None:
+    from app.pruning.sensitivity import run_sensitivity
+    from app.pruning.spec import SensitivitySpec
+
+    model, data = _stack(), _correlated()
+    with torch.no_grad():  # labels = the dense model's answers: accuracy measures fidelity
+        y = model(data.tensors("train")[0]).argmax(1).numpy()
+    data = ArrayDataset("own", data.x_train, y, data.x_train, y, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    accuracy = {}
+    for criterion in ("l1", "sparsegpt"):
+        rows, _ = run_sensitivity(
+            model,
+            data,
+            SensitivitySpec(sparsities=(0.75,)),
+            pruning=PruningSpec("element", criterion, sparsity=0.5),
+        )
+        accuracy[criterion] = sum(r["accuracy"] for r in rows if r["sparsity"] == 0.75)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert accuracy["sparsegpt"] > accuracy["l1"]  # summed over the three layers at 75%
