@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from app.modelio.pt2 import make_trainable
-from app.pruning.criteria.sparsegpt import sparsegpt_update
+from app.pruning.criteria.sparsegpt import obs_prune, sparsegpt_update
 from app.pruning.data import ArrayDataset
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import apply_masks
@@ -164,3 +164,42 @@ def test_sensitivity_with_sparsegpt_updates_each_layer_and_restores_the_model() 
         accuracy[criterion] = sum(r["accuracy"] for r in rows if r["sparsity"] == 0.75)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert accuracy["sparsegpt"] > accuracy["l1"]  # summed over the three layers at 75%
+
+
+def _reference_nm(w: torch.Tensor, h: torch.Tensor, prunen: int, prunem: int) -> torch.Tensor:
+    """The N:M path of the authors' ``SparseGPT.fasterprune`` (IST-DASLab/sparsegpt), as is."""
+    w, h, cols, blocksize = w.clone(), h.clone(), w.shape[1], 128
+    h += 0.01 * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        w1 = w[:, i1:i2].clone()
+        q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        mask1 = torch.zeros_like(w1) == 1
+        for i in range(i2 - i1):
+            col, d = w1[:, i], hinv1[i, i]
+            if i % prunem == 0:
+                tmp = w1[:, i : i + prunem] ** 2 / torch.diag(hinv1)[i : i + prunem] ** 2
+                mask1.scatter_(1, i + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
+            q = col.clone()
+            q[mask1[:, i]] = 0
+            q1[:, i] = q
+            err = (col - q) / d
+            w1[:, i:] -= err.unsqueeze(1).matmul(hinv1[i, i:].unsqueeze(0))
+            err1[:, i] = err
+        w[:, i1:i2] = q1
+        w[:, i2:] -= err1.matmul(hinv[i1:i2, i2:])
+    return w
+
+
+def test_sparsegpt_2_4_matches_the_authors_procedure() -> None:
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 256, generator=gen, dtype=torch.float64)
+    x = torch.randn(512, 64, generator=gen, dtype=torch.float64)
+    x = x @ torch.randn(64, 256, generator=gen, dtype=torch.float64)  # correlated inputs
+    h = 2 * x.T @ x / x.shape[0]
+    keep = torch.tensor([False, False, True, True]).repeat(16, 64)  # any 2:4 plan
+    ours, mask = obs_prune(w, h, keep, nm_m=4)
+    torch.testing.assert_close(ours, _reference_nm(w, h, 2, 4), rtol=0, atol=1e-10)
+    assert bool(((ours != 0) == mask).all())
