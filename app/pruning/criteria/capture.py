@@ -13,7 +13,8 @@ layers are called as modules), forward hooks see that. Two formats call no modul
   the converted graph always sees the current weights) and interpreted the same way.
 
 :func:`run_hooked` takes hooks with the signatures of ``register_forward_pre_hook`` /
-``register_forward_hook`` and calls them in every format.
+``register_forward_hook`` and calls them in every format; a hook may raise
+:class:`StopForward` to skip the rest of the batch's forward pass.
 
 Example:
     >>> from torch import nn
@@ -31,12 +32,17 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 from torch import Tensor, fx, nn
 
 Hook = Callable[..., object]
+
+
+class StopForward(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a hook that has what it needs: the rest of that batch's forward is skipped."""
+
 
 _CONVERTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -63,7 +69,12 @@ def run_hooked(
         else:
             with _interpreted(model, owner, hooks, pre) as run:
                 for x in inputs:
-                    run(x)
+                    _until_stopped(run, x)
+
+
+def _until_stopped(run: Callable[[Tensor], object], x: Tensor) -> None:
+    with suppress(StopForward):
+        run(x)
 
 
 def _run_eager(
@@ -75,7 +86,7 @@ def _run_eager(
     ]
     try:
         for x in inputs:
-            model(x)
+            _until_stopped(model, x)
     finally:
         for h in handles:
             h.remove()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from app.pruning.criteria.capture import StopForward
 from app.pruning.criteria.context import CalibrationData, ScoreContext, Scores, forward_hooked
 from app.pruning.criteria.reconstruction import RefitError, _conv_rows
 from app.pruning.layers import is_linear, is_transposed
@@ -70,8 +71,9 @@ def hessian_of(layer: nn.Module, x: Tensor) -> Tensor:
     return 2.0 * r.T @ r / max(1, r.shape[0])
 
 
-def _hessians(ctx: ScoreContext) -> dict[str, Tensor]:
-    """Each layer's ``2 X^T X / n`` over the calibration batches."""
+def _hessians(ctx: ScoreContext, stop: bool = False) -> dict[str, Tensor]:
+    """Each layer's ``2 X^T X / n`` over the calibration batches (``stop``: one layer, whose
+    first call ends each batch's forward pass)."""
     acc: dict[str, Tensor] = {}
     rows: dict[str, int] = {}
 
@@ -80,6 +82,8 @@ def _hessians(ctx: ScoreContext) -> dict[str, Tensor]:
             r = _rows(layer, inp[0]).cpu()
             acc[name] = acc[name] + r.T @ r if name in acc else r.T @ r
             rows[name] = rows.get(name, 0) + r.shape[0]
+            if stop:
+                raise StopForward
 
         return hook
 
@@ -224,7 +228,7 @@ def sparsegpt_update(
         ctx = ScoreContext(
             model, {name: layer}, "element", data, torch.device(device), (2, 4), seed, batches
         )
-        h = _hessians(ctx)[name]
+        h = _hessians(ctx, stop=True)[name]
         shape = layer.weight.shape
         w = layer.weight.detach().double().cpu().reshape(shape[0], -1)
         flat_keep = keep.cpu().bool().reshape(shape[0], -1)
