@@ -203,3 +203,22 @@ def test_sparsegpt_2_4_matches_the_authors_procedure() -> None:
     ours, mask = obs_prune(w, h, keep, nm_m=4)
     torch.testing.assert_close(ours, _reference_nm(w, h, 2, 4), rtol=0, atol=1e-10)
     assert bool(((ours != 0) == mask).all())
+
+
+@pytest.mark.parametrize("kind", ["pt2", "torchscript"])
+def test_sparsegpt_on_exported_convs_updates_them_as_in_eager(kind, image_data) -> None:
+    from tests.pruning.conftest import make_cnn
+
+    eager = make_cnn(bn=False).eval()
+    exported = _exported(kind, make_cnn(bn=False).eval(), image_data.tensors("train")[0][:4])
+    spec = PruningSpec("element", "sparsegpt", scope="layerwise", sparsity=0.5)
+    weights = []
+    for model in (eager, exported):
+        plan = compute_masks(model, spec, data=image_data)
+        rows = sparsegpt_update(model, plan.masks, image_data)
+        apply_masks(model, plan)
+        assert {r.layer for r in rows} == {"0", "3", "8"}  # the convs are updated too
+        layers = dict(model.named_modules())
+        weights.append([layers[n].weight.detach() for n in ("0", "3", "8")])
+    for ours, theirs in zip(*weights, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)

@@ -45,6 +45,47 @@ class StopForward(Exception):  # noqa: N818 - a signal, not an error
 
 
 _CONVERTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_GEOMETRY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def geometry(layer: nn.Module) -> nn.Module:
+    """The layer itself, or for a conv inside a TorchScript/.pt2 graph (a plain module holding
+    the weight) an equivalent ``nn.Conv1d/2d/3d`` on the meta device with the stride, padding,
+    dilation and groups of its graph call, once a :func:`run_hooked` pass has seen it."""
+    return _GEOMETRY.get(layer, layer)
+
+
+def _twin(node: fx.Node, args: tuple, kwargs: dict, weight: Tensor) -> nn.Module | None:
+    """An eager conv with the geometry of a graph's conv call (None: transposed)."""
+    if weight.dim() < 3 or "transpose" in str(node.target):
+        return None
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return None
+    named = {
+        a.name: args[i] if i < len(args) else kwargs.get(a.name, a.default_value)
+        for i, a in enumerate(schema.arguments)
+    }
+    if named.get("transposed"):
+        return None
+    dims, groups = weight.dim() - 2, int(named.get("groups") or 1)
+    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+
+    def tup(v, default: int) -> tuple[int, ...]:
+        v = default if v is None else v
+        return tuple(int(e) for e in v) if isinstance(v, list | tuple) else (int(v),) * dims
+
+    return cls(
+        weight.shape[1] * groups,
+        weight.shape[0],
+        tuple(weight.shape[2:]),
+        stride=tup(named.get("stride"), 1),
+        padding=tup(named.get("padding"), 0),
+        dilation=tup(named.get("dilation"), 1),
+        groups=groups,
+        bias=False,
+        device="meta",
+    )
 
 
 def run_hooked(
@@ -171,7 +212,11 @@ class _Recorder(fx.Interpreter):
         layer = self.watched.get(n)
         if layer is None:
             return super().run_node(n)
-        args, _ = self.fetch_args_kwargs_from_env(n)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        if layer not in _GEOMETRY and "conv" in str(n.target):
+            twin = _twin(n, args, kwargs, layer.weight)
+            if twin is not None:
+                _GEOMETRY[layer] = twin
         if self.pre:
             self.hooks[layer](layer, (args[0],))
         out = super().run_node(n)

@@ -38,19 +38,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from app.pruning.criteria.capture import StopForward
+from app.pruning.criteria.capture import StopForward, geometry
 from app.pruning.criteria.context import CalibrationData, ScoreContext, Scores, forward_hooked
 from app.pruning.criteria.reconstruction import RefitError, _conv_rows
-from app.pruning.layers import is_linear, is_transposed
+from app.pruning.layers import PRUNABLE_TYPES, is_linear, is_transposed
 
 BLOCK = 128  # columns per block (the paper's B)
 DAMP = 0.01  # of the mean diagonal of H
 
 
 def supported(layer: nn.Module) -> bool:
-    """Linear, and Conv1d/Conv2d with groups=1 and numeric padding (unfolded to a GEMM)."""
+    """Linear, and Conv1d/Conv2d with groups=1 and numeric padding (unfolded to a GEMM); a conv
+    inside a TorchScript/.pt2 graph is judged by its :func:`~.capture.geometry` once seen."""
     if is_linear(layer):
         return True
+    if not isinstance(layer, PRUNABLE_TYPES):
+        layer = geometry(layer)
+        if not isinstance(layer, PRUNABLE_TYPES):
+            return layer.weight.dim() in (3, 4)  # not seen yet
     return (
         type(layer) in (nn.Conv1d, nn.Conv2d)
         and layer.groups == 1
@@ -62,7 +67,9 @@ def supported(layer: nn.Module) -> bool:
 def _rows(layer: nn.Module, x: Tensor) -> Tensor:
     """The layer's input as GEMM rows ``(N, columns)`` in the weight's ``(in, k)`` order."""
     x = x.detach().double()
-    return x.reshape(-1, x.shape[-1]) if is_linear(layer) else _conv_rows(layer, x, "").flatten(1)
+    if is_linear(layer):
+        return x.reshape(-1, x.shape[-1])
+    return _conv_rows(geometry(layer), x, "").flatten(1)
 
 
 def hessian_of(layer: nn.Module, x: Tensor) -> Tensor:
@@ -79,6 +86,8 @@ def _hessians(ctx: ScoreContext, stop: bool = False) -> dict[str, Tensor]:
 
     def hook_for(name: str, layer: nn.Module):
         def hook(_m, inp):
+            if not supported(layer):  # a grouped or padding='same' conv seen in a graph
+                return
             r = _rows(layer, inp[0]).cpu()
             acc[name] = acc[name] + r.T @ r if name in acc else r.T @ r
             rows[name] = rows.get(name, 0) + r.shape[0]
@@ -228,7 +237,9 @@ def sparsegpt_update(
         ctx = ScoreContext(
             model, {name: layer}, "element", data, torch.device(device), (2, 4), seed, batches
         )
-        h = _hessians(ctx, stop=True)[name]
+        h = _hessians(ctx, stop=True).get(name)
+        if h is None:
+            continue
         shape = layer.weight.shape
         w = layer.weight.detach().double().cpu().reshape(shape[0], -1)
         flat_keep = keep.cpu().bool().reshape(shape[0], -1)
