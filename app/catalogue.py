@@ -115,6 +115,12 @@ CRITERIA: dict[str, CriterionInfo] = {
             frozenset({"element", "nm", "channel"}),
             needs_data=True,
         ),
+        CriterionInfo(
+            "sparsegpt",
+            "SparseGPT: OBS saliency from calibration inputs, remaining weights updated",
+            frozenset({"element", "nm"}),
+            needs_data=True,
+        ),
         CriterionInfo("random", "uniform random scores (a baseline)", _ALL),
     )
 }

@@ -25,6 +25,7 @@ CHEAP = [
     "cnn_small_l1_filter_physical",
     "mlp_snip_at_init",
     "mlp_agp_best_20x",
+    "mlp_oneshot_2to4_sparsegpt",
 ]
 
 
@@ -79,3 +80,11 @@ def test_magnitude_beats_its_random_baseline() -> None:
     magnitude, _ = run_reference("mlp_iterative_magnitude")
     random, _ = run_reference("mlp_iterative_random")
     assert magnitude.final["accuracy"] > random.final["accuracy"]
+
+
+@pytest.mark.slow
+def test_sparsegpt_beats_magnitude_one_shot_at_2_4() -> None:
+    magnitude, _ = run_reference("mlp_oneshot_2to4_l1")
+    sparsegpt, _ = run_reference("mlp_oneshot_2to4_sparsegpt")
+    assert sparsegpt.final["accuracy"] > magnitude.final["accuracy"]
+    assert sparsegpt.final["loss"] < magnitude.final["loss"]

@@ -70,3 +70,9 @@ def exported_kinds(model: nn.Module) -> dict[str, str]:
 
 def is_transposed(layer: nn.Module) -> bool:
     return isinstance(layer, nn.ConvTranspose1d | nn.ConvTranspose2d)
+
+
+def is_linear(layer: nn.Module) -> bool:
+    """A Linear layer, also inside TorchScript and exported graphs (a 2-D weight)."""
+    weight = getattr(layer, "weight", None)
+    return isinstance(layer, nn.Linear) or (isinstance(weight, Tensor) and weight.dim() == 2)

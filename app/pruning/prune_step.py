@@ -30,6 +30,7 @@ from app.catalogue import CHANNEL_LEVELS
 from app.pruning import measure as measure_mod
 from app.pruning.criteria.context import calibration_batches
 from app.pruning.criteria.reconstruction import refit_layers, refit_note
+from app.pruning.criteria.sparsegpt import sparsegpt_update, update_note
 from app.pruning.data import ArrayDataset
 from app.pruning.masks.plan import MaskPlan
 from app.pruning.notes import Note, add_notes, info
@@ -64,6 +65,8 @@ def refit(
     """``reconstruction`` (ThiNet): re-fit every layer that lost input channels by least
     squares on calibration data, before the masks zero them; noted with the errors."""
     spec = recipe.pruning
+    if spec.criterion == "sparsegpt":
+        return sparsegpt_step(model, plan, data, recipe, step=step, device=device, notes=notes)
     if spec.criterion != "reconstruction" or not plan.channels:
         return []
     errors = refit_layers(
@@ -126,6 +129,34 @@ def recalibrate(
     recalibrate_bn(model, loader, batches=bn_samples_batches(batch_size))
     model.train(was_training)
     return acc_before
+
+
+def sparsegpt_step(
+    model: nn.Module,
+    plan: MaskPlan,
+    data: ArrayDataset,
+    recipe: Recipe,
+    *,
+    step: int,
+    device: str,
+    notes: list[Note],
+) -> list[dict]:
+    """``sparsegpt``: prune each layer with SparseGPT's weight update before the masks are
+    applied (``plan.masks`` become the masks it chose, with the same counts); noted with the
+    output errors masked only -> updated."""
+    spec = recipe.pruning
+    errors = sparsegpt_update(
+        model,
+        plan.masks,
+        data,
+        nm=spec.nm if plan.granularity == "nm" else None,
+        batches=spec.calibration_batches,
+        device=device,
+        seed=int(recipe.seed),
+    )
+    if errors:
+        notes.append(info(update_note(step, errors)))
+    return [e.as_dict() for e in errors]
 
 
 def settle_structure(

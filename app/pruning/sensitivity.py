@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 from torch import nn
 
+from app.pruning.criteria.sparsegpt import sparsegpt_update
 from app.pruning.data import ArrayDataset
 from app.pruning.layers import prunable_layers
 from app.pruning.masks.compute import compute_masks
@@ -60,6 +61,11 @@ def _prune_one(
         overrides={},
     )
     plan = compute_masks(model, spec, sparsity=float(s), data=data, device=device)
+    if spec.criterion == "sparsegpt":  # its weight update is part of the method
+        nm = spec.nm if spec.granularity == "nm" else None
+        sparsegpt_update(
+            model, plan.masks, data, nm=nm, batches=spec.calibration_batches, device=device
+        )
     apply_masks(model, plan.masks)
 
 

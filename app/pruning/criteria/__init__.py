@@ -3,7 +3,8 @@
 This is the registry: :data:`CRITERIA` maps each name of :data:`app.catalogue.CRITERIA` (which
 states the levels a criterion scores and whether it needs BN or data) to its implementation in
 :mod:`~app.pruning.criteria.magnitude` (weights only), :mod:`~app.pruning.criteria.data`
-(gradients and activations) or :mod:`~app.pruning.criteria.reconstruction` (ThiNet).
+(gradients and activations), :mod:`~app.pruning.criteria.reconstruction` (ThiNet) or
+:mod:`~app.pruning.criteria.sparsegpt` (whose weight update runs after the masks are chosen).
 Policy only: :mod:`app.pruning.masks` turns scores into masks.
 
 Example:
@@ -25,7 +26,7 @@ from torch import nn
 
 from app import catalogue
 from app.pruning.criteria import data as data_criteria
-from app.pruning.criteria import magnitude
+from app.pruning.criteria import magnitude, sparsegpt
 from app.pruning.criteria.context import CalibrationData, ScoreContext, Scores
 from app.pruning.criteria.reconstruction import reconstruction
 from app.pruning.granularity import check_layer
@@ -99,6 +100,7 @@ _IMPLEMENTATIONS: dict[str, ScoreFn] = {
     "snip": data_criteria.snip,
     "apoz": data_criteria.apoz,
     "wanda": data_criteria.wanda,
+    "sparsegpt": sparsegpt.sparsegpt,
     "random": magnitude.random,
 }
 assert set(_IMPLEMENTATIONS) == set(catalogue.CRITERIA), "catalogue and registry disagree"

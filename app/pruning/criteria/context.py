@@ -2,7 +2,7 @@
 
 :class:`ScoreContext` carries the model, the layers to score, the granularity and the
 calibration budget; :func:`weight_grads` and :func:`forward_hooked` run the backward or
-forward passes that data-driven criteria (:mod:`app.pruning.criteria.data`,
+forward passes (in every model format, :mod:`~app.pruning.criteria.capture`) that data-driven criteria (:mod:`app.pruning.criteria.data`,
 :mod:`app.pruning.criteria.reconstruction`) need, in eval mode and without touching ``.grad``.
 
 Example:
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from app.pruning.criteria.capture import run_hooked
 from app.pruning.data import ArrayDataset
 from app.pruning.granularity import UnitView, unit_view
 from app.pruning.layers import is_transposed
@@ -112,19 +113,11 @@ def weight_grads(ctx: ScoreContext, accumulate: Callable[[str, Tensor, Tensor], 
 
 
 def forward_hooked(ctx: ScoreContext, hooks: dict[nn.Module, Callable], pre: bool) -> None:
-    """Forward passes on calibration batches with ``hooks`` (forward or pre-forward) attached."""
+    """Forward passes on calibration batches with ``hooks`` (forward or pre-forward) seeing the
+    layers, in every model format (:func:`~app.pruning.criteria.capture.run_hooked`)."""
     was = eval_mode(ctx.model)
-    handles = [
-        m.register_forward_pre_hook(h) if pre else m.register_forward_hook(h)
-        for m, h in hooks.items()
-    ]
     try:
-        with torch.no_grad():
-            for x, _ in calibration_batches(
-                ctx.data, ctx.batches, device=ctx.device, seed=ctx.seed
-            ):
-                ctx.model(x)
+        batches = calibration_batches(ctx.data, ctx.batches, device=ctx.device, seed=ctx.seed)
+        run_hooked(ctx.model, hooks, pre, (x for x, _ in batches))
     finally:
-        for h in handles:
-            h.remove()
         ctx.model.train(was)

@@ -20,11 +20,11 @@ Example:
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from app.pruning.criteria.context import ScoreContext, Scores, forward_hooked, weight_grads
 from app.pruning.granularity import canonical
-from app.pruning.layers import is_transposed
+from app.pruning.layers import is_linear, is_transposed
 from app.pruning.topology import following_bn
 
 
@@ -58,7 +58,7 @@ def apoz(ctx: ScoreContext) -> Scores:
     hooks = {}
     for n, m in ctx.layers.items():
         target = modules[pairs[n]] if n in pairs else m
-        hooks[target] = hook_for(n, -1 if isinstance(m, nn.Linear) else 1)
+        hooks[target] = hook_for(n, -1 if is_linear(m) else 1)
     forward_hooked(ctx, hooks, pre=False)
     return {n: 1.0 - torch.stack(z).mean(0).cpu() for n, z in zeros.items()}
 
@@ -79,9 +79,7 @@ def _input_norms(ctx: ScoreContext) -> dict[str, Tensor]:
 
         return hook
 
-    forward_hooked(
-        ctx, {m: hook_for(n, isinstance(m, nn.Linear)) for n, m in ctx.layers.items()}, pre=True
-    )
+    forward_hooked(ctx, {m: hook_for(n, is_linear(m)) for n, m in ctx.layers.items()}, pre=True)
     return {n: s.sqrt().cpu() for n, s in sq.items()}
 
 

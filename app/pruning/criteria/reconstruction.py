@@ -24,12 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from app.pruning.criteria.capture import geometry
 from app.pruning.criteria.context import CalibrationData, ScoreContext, Scores, forward_hooked
 from app.pruning.granularity import check_layer
+from app.pruning.layers import PRUNABLE_TYPES, is_linear
 
 
 def _check_rows_layer(name: str, layer: nn.Module) -> None:
-    if isinstance(layer, nn.Linear):
+    if is_linear(layer):
+        return
+    if not isinstance(layer, PRUNABLE_TYPES):  # a conv in a graph: checked once it is seen
         return
     if type(layer) not in (nn.Conv1d, nn.Conv2d) or isinstance(layer.padding, str):
         raise ValueError(
@@ -40,8 +44,14 @@ def _check_rows_layer(name: str, layer: nn.Module) -> None:
 
 def _conv_rows(layer: nn.Module, x: Tensor, name: str) -> Tensor:
     """The layer's input as rows ``(N, in, k)`` such that ``out[n, o] = sum W[o, i, k] row[n, i, k]``."""
+    layer = geometry(layer)
+    if not isinstance(layer, PRUNABLE_TYPES) and not is_linear(layer):
+        raise ValueError(
+            f"criterion 'reconstruction' cannot read the geometry of conv layer '{name}' inside "
+            "a TorchScript or .pt2 model; upload the model as ONNX or weights, or exclude it."
+        )
     _check_rows_layer(name, layer)
-    if isinstance(layer, nn.Linear):
+    if is_linear(layer):
         return x.reshape(-1, x.shape[-1], 1)
     if isinstance(layer, nn.Conv1d):
         x = x.unsqueeze(2)
