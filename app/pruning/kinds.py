@@ -77,6 +77,7 @@ def run_train_kind(
         layers=[{"step": 0, **r} for r in layers],
         curve=curve,
         rewind=recorder.points,
+        task=data.task,
     )
 
 
@@ -106,4 +107,12 @@ def run_sensitivity_kind(
         should_stop=should_stop,
     )
     notes = [] if not allocation else [info(f"allocation for the target: {allocation}")]
-    return RunResult(model, base, base, sensitivity=rows, notes=notes, allocation=allocation)
+    return RunResult(
+        model,
+        base,
+        base,
+        sensitivity=rows,
+        notes=notes,
+        allocation=allocation,
+        task=data.task,
+    )
