@@ -48,6 +48,21 @@ def pagination(total: int, page: int, per_page: int = PER_PAGE) -> dict:
     }
 
 
+def run_task(run: Run) -> str | None:
+    """``"language_model"`` when the run measured a perplexity, ``"classification"`` when it
+    measured an accuracy only, None before its first measurement."""
+    measured = run.baseline or run.final
+    if not measured:
+        return None
+    return "language_model" if "perplexity" in measured else "classification"
+
+
+def run_metric(run: Run) -> str | None:
+    """The run's headline quality metric: ``"perplexity"`` (lower is better) or ``"accuracy"``."""
+    task = run_task(run)
+    return None if task is None else ("perplexity" if task == "language_model" else "accuracy")
+
+
 def run_summary(run: Run) -> dict:
     """The fields the tables and cross-run charts use."""
     pruning = (run.recipe or {}).get("pruning") or {}
