@@ -67,7 +67,7 @@ def run_train_kind(
     final = measure_mod.measure(
         model, data, device=device, latency=latency, baseline_nonzero=base["n_nonzero"]
     )
-    layers = layer_stats(model, input_shape=data.input_shape)
+    layers = layer_stats(model, input_shape=data.input_shape, input_dtype=data.input_dtype)
     step0 = {"step": 0, "target_sparsity": 0.0, "before_finetune": base, "after_finetune": final}
     return RunResult(
         model,
