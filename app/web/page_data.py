@@ -103,6 +103,14 @@ def overview_context(session: Session, *, model_id: int | None, dataset_id: str 
     }
 
 
+def _task_label(task: str, text: dict | None) -> str:
+    """``classification`` or ``language model (char, seq 64)``, for the datasets table."""
+    if task != "language_model":
+        return task
+    text = text or {}
+    return f"language model ({text.get('tokenizer', '?')}, seq {text.get('seq_len', '?')})"
+
+
 def dataset_choices(session: Session) -> list[dict]:
     """Every dataset, the built-in ones first (from the catalogue)."""
     rows = [
@@ -114,6 +122,7 @@ def dataset_choices(session: Session) -> list[dict]:
             "input_shape": d.input_shape,
             "n_classes": d.n_classes,
             "format": d.format,
+            "task": _task_label(d.task, d.text),
         }
         for d in store.list_datasets(session)
     ]
@@ -126,6 +135,7 @@ def dataset_choices(session: Session) -> list[dict]:
             "input_shape": list(d.input_shape),
             "n_classes": d.n_classes,
             "format": "builtin",
+            "task": "classification",
         }
         for d in catalogue.DATASETS.values()
         if not any(r["id"] == d.id for r in rows)

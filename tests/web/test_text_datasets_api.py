@@ -73,6 +73,8 @@ def test_txt_corpus_is_byte_level_with_a_held_out_tail(
     assert bytes(ds.x_test[0].astype(np.uint8)) == tail[:32]
     assert bytes(ds.y_test[0].astype(np.uint8)) == tail[1:33]  # the next byte at every position
     assert row["n_train"] == (int(len(text) * 0.9) - 1) // 32 and ds.task == "language_model"
+    page = client.get("/datasets", headers=member_headers)
+    assert page.status_code == 200 and "language model (byte, seq 32)" in page.text
 
 
 def test_jsonl_corpus_is_char_level_with_its_vocabulary_stored(
