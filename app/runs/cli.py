@@ -98,7 +98,11 @@ def _starting_model(
     if pretrain:
         body = read_recipe_dict(recipe_path, annotations=True)
         model, identity, note = pretrain_from_recipe(
-            body, arch=arch, model_given=model_path is not None, data=dataset, device=device
+            body,
+            arch=arch,
+            model_given=model_path is not None,
+            data=as_fed(dataset, "float32"),  # the zoo's models take floats
+            device=device,
         )
         return model, True, [note], identity, "float32"
     model, rebuildable, notes, dtype = load_model_file(
@@ -140,8 +144,8 @@ def run_command(
 
     started = datetime.now(UTC).isoformat()
     recipe = load_recipe(recipe_path)
-    dataset = load_data_file(data)
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
+    dataset = load_data_file(data, seq_len=shape[-1] if shape else None)  # a text's seq_len
     model, rebuildable, notes, model_id, dtype = _starting_model(
         recipe_path, model_path, dataset, arch=arch, shape=shape, device=device, pretrain=pretrain
     )

@@ -165,10 +165,10 @@ def load_recipe(path: str | Path) -> Any:
     return recipe
 
 
-def load_data_file(data: str) -> ArrayDataset:
+def load_data_file(data: str, *, seq_len: int | None = None) -> ArrayDataset:
     """``digits`` (built in) or an ``.npz`` with ``x``, ``y`` and optional ``x_test``/``y_test``
     (also a ``.csv`` or image ``.zip``, read with the CLI's default limits, or a ``.txt``/``.jsonl``
-    corpus, byte-level in sequences of 64)."""
+    corpus, byte-level in sequences of ``seq_len``, 64 by default)."""
     from app.modelio.dataset_files import load_builtin
     from app.modelio.dataset_formats import load_dataset_file
     from app.modelio.text_corpus import is_text_file, load_text_file
@@ -178,9 +178,14 @@ def load_data_file(data: str) -> ArrayDataset:
     path = Path(data)
     if not path.exists():
         raise ValueError(f"--data {data!r} is neither a built-in dataset nor an existing file")
-    if is_text_file(path.name):  # byte-level, seq_len 64 (upload one to choose)
+    if is_text_file(path.name):  # byte-level (upload one to choose the tokenizer)
         return load_text_file(
-            path, filename=path.name, name=path.stem, tokenizer="byte", seq_len=64, max_vocab=256
+            path,
+            filename=path.name,
+            name=path.stem,
+            tokenizer="byte",
+            seq_len=seq_len or 64,
+            max_vocab=256,
         ).dataset
     return load_dataset_file(path, name=path.stem)
 
