@@ -109,10 +109,10 @@ def tokenise(text: str, tokenizer: str) -> tuple[np.ndarray, str | None, int]:
     """``(int64 ids, vocab or None, vocabulary size)`` of ``text``."""
     if tokenizer == "byte":
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64), None, 256
-    vocab = "".join(sorted(set(text)))
-    table = {ch: i for i, ch in enumerate(vocab)}
-    ids = np.fromiter((table[ch] for ch in text), dtype=np.int64, count=len(text))
-    return ids, vocab, len(vocab)
+    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one per character
+    codes, ids = np.unique(points, return_inverse=True)  # sorted code points: sorted characters
+    vocab = "".join(map(chr, codes.tolist()))
+    return ids.astype(np.int64).reshape(-1), vocab, len(vocab)
 
 
 def _windows(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
