@@ -130,7 +130,10 @@ class DatasetRecord(SQLModel, table=True):
     n_train: int
     n_test: int
     input_shape: list[int] | None = _json()
-    n_classes: int
+    n_classes: int  # a language-modelling dataset's vocabulary size
+    task: str = Field(default="classification", max_length=16)  # or language_model
+    input_dtype: str = Field(default="float32", max_length=16)  # or int64 (token ids)
+    text: dict | None = _json()  # a corpus's tokenizer, seq_len, vocab_size, vocab (char)
     sha256: str | None = Field(default=None, max_length=64)
     storage_key: str | None = Field(default=None, max_length=255)
     owner_id: int | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")

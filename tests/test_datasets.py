@@ -34,6 +34,9 @@ def test_builtin_digits_unchanged():
         "n_test": 540,
         "input_shape": [1, 8, 8],
         "n_classes": 10,
+        "task": "classification",
+        "input_dtype": "float32",
+        "text": None,
     }
     assert ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
 

@@ -1,4 +1,5 @@
-"""Dataset intake: uploaded ``.npz``/``.csv``/image ``.zip`` files entering the lab.
+"""Dataset intake: uploaded ``.npz``/``.csv``/image ``.zip`` files and ``.txt``/``.jsonl`` text
+corpora entering the lab.
 
 An upload is decoded and validated in a limited child process
 (``app.modelio.dataset_preflight``), which writes it normalised as ``dataset.npz``; this module
@@ -58,13 +59,24 @@ def ingest_dataset(
     filename: str,
     name: str,
     sha256: str,
+    tokenizer: str | None = None,
+    seq_len: int | None = None,
 ) -> DatasetRecord:
-    """Decode and validate the file in a limited child, store it normalised, add the row."""
+    """Decode and validate the file in a limited child, store it normalised, add the row
+    (``tokenizer`` and ``seq_len``: how a ``.txt``/``.jsonl`` corpus is tokenised and cut)."""
     ds_id = "ds_" + secrets.token_hex(5)
     key = f"datasets/{ds_id}/dataset.npz"
     artifacts = ArtifactStore(settings.artifacts)
     with tempfile.TemporaryDirectory(dir=path.parent) as work:
-        ds = decode_dataset(path, name=name, out_dir=Path(work), settings=settings)
+        ds = decode_dataset(
+            path,
+            name=name,
+            out_dir=Path(work),
+            settings=settings,
+            filename=filename,
+            tokenizer=tokenizer,
+            seq_len=seq_len,
+        )
         artifacts.put_file(ds.path, key)
     try:
         row = store.add_dataset(
@@ -76,6 +88,9 @@ def ingest_dataset(
             n_test=ds.n_test,
             input_shape=ds.input_shape,
             n_classes=ds.n_classes,
+            task=ds.task,
+            input_dtype=ds.input_dtype,
+            text=ds.text,
             sha256=sha256,
             storage_key=key,
             owner_id=user.id,
@@ -89,6 +104,9 @@ def ingest_dataset(
 
 
 def _format_of(path: Path, filename: str) -> str:
+    for suffix in ("txt", "jsonl"):
+        if filename.lower().endswith("." + suffix):
+            return suffix
     with path.open("rb") as fh:
         head = fh.read(4)
     if head.startswith(b"PK"):

@@ -30,7 +30,14 @@ from app.jobs.attempt import CheckpointSync, StopFlag, checkpoint_dir
 from app.jobs.limits import memory_sentence
 from app.models import Run
 from app.pruning.notes import add_notes, warning
-from app.runs.inputs import RunModel, StoredModel, build_recipe, load_dataset, load_model_for
+from app.runs.inputs import (
+    RunModel,
+    StoredModel,
+    as_fed,
+    build_recipe,
+    load_dataset,
+    load_model_for,
+)
 from app.runs.results import jsonable, store_files
 from app.runs.rewind_files import rewind_state_for
 
@@ -174,6 +181,7 @@ def _run_attempt(
         stored = _stored_model(s, run.model_id)
         arch_asked = (run.recipe or {}).get("arch")
         model = load_model_for(artifacts, stored, arch_asked, data, tmp)
+        data = as_fed(data, model.input_dtype)
         keys = store.rewind_points(s, model_id=run.model_id)
         rewind = rewind_state_for(artifacts, keys, recipe, tmp)
         attempt = run.attempt

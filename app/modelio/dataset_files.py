@@ -1,5 +1,6 @@
 """Datasets the worker side holds in memory: the built-in ``digits`` and the normalised
-``dataset.npz`` an upload is stored as (written by the decoding child, read by runs).
+``dataset.npz`` an upload is stored as (written by the decoding child, read by runs; a text
+corpus's tokenizer and vocabulary travel in it as ``text``, see :func:`read_text_meta`).
 
 Worker side only, like ``dataset_formats``: the web process reads the summary the decoding
 child reports and never imports this module.
@@ -7,6 +8,7 @@ child reports and never imports this module.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -39,18 +41,22 @@ def load_builtin(name: str) -> ArrayDataset:
     )
 
 
-def dataset_summary(ds: ArrayDataset) -> dict:
-    """What the API returns about a dataset."""
+def dataset_summary(ds: ArrayDataset, text: dict | None = None) -> dict:
+    """What the API returns about a dataset (``text``: a corpus's tokenizer, seq_len, vocab)."""
     return {
         "n_train": ds.n_train,
         "n_test": ds.n_test,
         "input_shape": list(ds.input_shape),
         "n_classes": ds.n_classes,
+        "task": ds.task,
+        "input_dtype": ds.input_dtype,
+        "text": text,
     }
 
 
-def save_dataset(ds: ArrayDataset, directory: Path) -> Path:
-    """Write a validated dataset as a normalised ``dataset.npz`` under ``directory``, atomically."""
+def save_dataset(ds: ArrayDataset, directory: Path, text: dict | None = None) -> Path:
+    """Write a validated dataset as a normalised ``dataset.npz`` under ``directory``, atomically
+    (with a text corpus's ``text`` description, vocabulary included, as JSON in ``text``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / "dataset.npz"
@@ -64,6 +70,7 @@ def save_dataset(ds: ArrayDataset, directory: Path) -> Path:
             y_test=ds.y_test,
             n_classes=np.int64(ds.n_classes),
             name=np.array(ds.name),
+            **({} if text is None else {"text": np.array(json.dumps(text))}),
         )
         os.replace(tmp, final)
     finally:
@@ -72,7 +79,7 @@ def save_dataset(ds: ArrayDataset, directory: Path) -> Path:
 
 
 def load_saved_dataset(path: Path) -> ArrayDataset:
-    """Read a dataset written by :func:`save_dataset`."""
+    """Read a dataset written by :func:`save_dataset` (integer inputs stay integers)."""
     with np.load(path, allow_pickle=False) as z:
         return ArrayDataset(
             str(z["name"]),
@@ -82,3 +89,10 @@ def load_saved_dataset(path: Path) -> ArrayDataset:
             z["y_test"],
             n_classes=int(z["n_classes"]),
         )
+
+
+def read_text_meta(path: Path) -> dict | None:
+    """A text corpus's ``{"tokenizer", "seq_len", "vocab_size", "vocab"}`` stored by
+    :func:`save_dataset`, or None for other datasets."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["text"])) if "text" in z.files else None

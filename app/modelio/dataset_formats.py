@@ -1,5 +1,10 @@
 """The upload formats a dataset comes in: ``.npz``, ``.csv`` with a label column, and ``.zip``
-of class folders of PNG/JPEG images (decoded from memory: nothing is extracted).
+of class folders of PNG/JPEG images (decoded from memory: nothing is extracted). Text corpora
+(``.txt``, ``.jsonl``) for language modelling are ``text_corpus``'s.
+
+Integer ``x`` (token ids) is kept as int64, floats become float32; a run feeds integers to a
+model that takes int64 and casts them to float32 for one that takes floats
+(``app.runs.inputs.as_fed``).
 
 :func:`load_dataset_file` recognises the format from the content; every reader validates
 dtypes, shapes, labels (at most :attr:`DecodeLimits.max_classes` classes), image sizes, NaN/inf
@@ -198,6 +203,10 @@ def _samples(x: np.ndarray, part: str) -> np.ndarray:
         raise Invalid(
             f"{part} must be shaped N x F or N x C x H x W with N > 0; got {list(x.shape)}"
         )
+    if x.dtype.kind in "iu":  # token ids (or 8-bit pixels) stay integers: as_fed casts
+        if x.dtype == np.uint64 and x.size and x.max() > np.iinfo(np.int64).max:
+            raise Invalid(f"{part} holds integers over the int64 range")
+        return x.astype(np.int64)
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise Invalid(f"{part} holds NaN or infinite values")
@@ -230,6 +239,11 @@ def _build(name: str, x, y, x_test, y_test, limits: DecodeLimits) -> ArrayDatase
     if x_test is not None:
         x_test = _samples(np.asarray(x_test), "x_test")
         y_test = _labels(np.asarray(y_test), x_test.shape[0], "y_test", limits.max_classes)
+        if (x_test.dtype.kind == "i") != (x.dtype.kind == "i"):
+            raise Invalid(
+                f"x holds {x.dtype} but x_test holds {x_test.dtype}; give both as integers "
+                "(token ids) or both as floats"
+            )
         if x_test.shape[1:] != x.shape[1:]:
             raise Invalid(
                 f"x_test samples have shape {list(x_test.shape[1:])} but x samples have "

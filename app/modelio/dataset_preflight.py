@@ -54,10 +54,25 @@ class DecodedDataset:
     n_test: int
     input_shape: list[int]
     n_classes: int
+    task: str = "classification"
+    input_dtype: str = "float32"
+    text: dict | None = None  # a corpus's tokenizer, seq_len, vocab_size, vocab
 
 
-def decode_dataset(path: Path, *, name: str, out_dir: Path, settings: Settings) -> DecodedDataset:
+def decode_dataset(
+    path: Path,
+    *,
+    name: str,
+    out_dir: Path,
+    settings: Settings,
+    filename: str | None = None,
+    tokenizer: str | None = None,
+    seq_len: int | None = None,
+) -> DecodedDataset:
     """Read and validate ``path`` in a limited child; the result lands in ``out_dir``.
+
+    ``filename`` (the upload's) tells a text corpus (``.txt``, ``.jsonl``) from the other
+    formats; ``tokenizer`` and ``seq_len`` say how a corpus is tokenised and cut.
 
     Raises:
         Invalid, UnsupportedMedia, BadRequest: the upload's own sentence (bad shapes, labels
@@ -72,6 +87,9 @@ def decode_dataset(path: Path, *, name: str, out_dir: Path, settings: Settings) 
         "max_classes": settings.max_classes,
         "max_image_pixels": settings.max_image_pixels,
         "memory_mb": settings.preflight_memory_mb,
+        "filename": filename or Path(path).name,
+        "tokenizer": tokenizer,
+        "seq_len": seq_len,
     }
     try:
         (workdir / "request.json").write_text(json.dumps(request))
@@ -97,6 +115,9 @@ def decode_dataset(path: Path, *, name: str, out_dir: Path, settings: Settings) 
         n_test=int(result["n_test"]),
         input_shape=[int(d) for d in result["input_shape"]],
         n_classes=int(result["n_classes"]),
+        task=str(result.get("task") or "classification"),
+        input_dtype=str(result.get("input_dtype") or "float32"),
+        text=result.get("text"),
     )
 
 

@@ -21,6 +21,12 @@ from app.errors import Invalid, LabError
 from app.modelio.dataset_files import dataset_summary, save_dataset
 from app.modelio.dataset_formats import DecodeLimits, load_dataset_file
 from app.modelio.dataset_preflight import memory_sentence
+from app.modelio.text_corpus import (
+    DEFAULT_SEQ_LEN,
+    DEFAULT_TOKENIZER,
+    is_text_file,
+    load_text_file,
+)
 
 MAX_NPY_HEADER = 10_000  # numpy's own bound for headers it loads without allow_pickle
 
@@ -32,6 +38,23 @@ def decode(request: dict) -> dict:
     limits = DecodeLimits(
         max_classes=int(request["max_classes"]), max_image_pixels=int(request["max_image_pixels"])
     )
+    filename = str(request.get("filename") or path.name)
+    if is_text_file(filename):
+        corpus = load_text_file(
+            path,
+            filename=filename,
+            name=request["name"],
+            tokenizer=str(request.get("tokenizer") or DEFAULT_TOKENIZER),
+            seq_len=int(request.get("seq_len") or DEFAULT_SEQ_LEN),
+            max_vocab=limits.max_classes,
+        )
+        save_dataset(corpus.dataset, Path(request["out_dir"]), text=corpus.meta())
+        return dataset_summary(corpus.dataset, corpus.meta())
+    if request.get("tokenizer") or request.get("seq_len"):
+        raise Invalid(
+            "tokenizer and seq_len apply to text corpora (.txt or .jsonl files) only; "
+            f"{filename!r} is not one"
+        )
     ds = load_dataset_file(path, name=request["name"], limits=limits)
     save_dataset(ds, Path(request["out_dir"]))
     return dataset_summary(ds)

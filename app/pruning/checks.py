@@ -77,6 +77,31 @@ def chance_note(
         f"final accuracy {accuracy:.3f} is at chance level (1/{n_classes} = {chance:.3f}): "
         "the pruned model no longer predicts"
     )
+    return warning(_advice(text, threshold))
+
+
+def uniform_note(
+    perplexity: float, baseline: float, vocab: int, *, threshold: float | None
+) -> Note | None:
+    """A language model's chance level: a warning when the final perplexity is no better than
+    guessing uniformly over the vocabulary (perplexity >= vocab) and the baseline's was.
+
+    Example:
+        >>> uniform_note(300.0, 4.0, 256, threshold=None)["text"].split(":")[0]
+        'final perplexity 300.0 is no better than guessing uniformly over the 256 tokens'
+        >>> uniform_note(40.0, 4.0, 256, threshold=None) is None
+        True
+    """
+    if perplexity < vocab or baseline >= vocab:
+        return None
+    text = (
+        f"final perplexity {perplexity:.1f} is no better than guessing uniformly over the "
+        f"{vocab} tokens: the pruned model no longer predicts"
+    )
+    return warning(_advice(text, threshold))
+
+
+def _advice(text: str, threshold: float | None) -> str:
     if threshold is not None:
         text += (
             f"; threshold {threshold:g} removes too much: give layers their own sparsity "
@@ -84,4 +109,4 @@ def chance_note(
         )
     else:
         text += "; prune less, exclude sensitive layers, or fine-tune longer"
-    return warning(text)
+    return text

@@ -250,6 +250,7 @@ class RunContext:
             thresholds=None if plan is None else plan.thresholds,
             requested=None if plan is None else plan.requested,
             input_shape=self.data.input_shape,
+            input_dtype=self.data.input_dtype,
         )
         self.layers.extend({"step": step, **row} for row in rows)
 

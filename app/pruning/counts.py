@@ -125,6 +125,7 @@ def layer_stats(
     thresholds: Mapping[str, float | None] | None = None,
     requested: Mapping[str, float] | None = None,
     input_shape: tuple[int, ...],
+    input_dtype: str = "float32",
 ) -> list[dict]:
     """One row per prunable layer: shape, weight counts, sparsity, effective FLOPs, threshold.
 
@@ -133,13 +134,15 @@ def layer_stats(
         thresholds: the magnitude threshold used per layer, if any.
         requested: the requested sparsity per layer, if any.
         input_shape: one sample's shape (no batch dimension), for the FLOPs pass.
+        input_dtype: ``"int64"`` feeds the FLOPs pass token ids (zeros), else floats.
 
     Returns:
         ``[{"layer", "kind", "shape", "n_params", "n_nonzero", "sparsity", "requested",
         "threshold", "flops", "flops_dense"}]``; counts are of the ``weight`` tensor.
     """
     device = device_of(model)
-    flops = _flops_by_layer(model, torch.zeros(1, *input_shape, device=device))
+    dtype = torch.int64 if input_dtype == "int64" else torch.float32
+    flops = _flops_by_layer(model, torch.zeros(1, *input_shape, device=device, dtype=dtype))
     from app.pruning.layers import layer_kinds
 
     kinds = layer_kinds(model)

@@ -6,16 +6,25 @@ notebook) hand it an :class:`ArrayDataset` of numpy arrays.
 torch is imported inside the methods only: the dataset decoding child
 (``app.modelio.dataset_worker``) builds and validates ArrayDatasets without loading torch.
 
+A dataset's task follows from its labels: ``y`` shaped ``(N,)`` is a classification dataset,
+``y`` shaped ``(N, L)`` (the next token at every position of ``x``) a language-modelling one.
+Integer inputs (token ids) stay integers: they reach the model as int64, anything else as
+float32.
+
 Example:
     >>> x = np.zeros((10, 1, 4, 4), np.float32)
     >>> ds = ArrayDataset("toy", x, np.arange(10) % 3, x[:4], np.arange(4) % 3, 3)
-    >>> ds.input_shape, ds.n_train, ds.n_test, tuple(ds.sample_batch(2).shape)
-    ((1, 4, 4), 10, 4, (2, 1, 4, 4))
+    >>> ds.input_shape, ds.n_train, ds.n_test, tuple(ds.sample_batch(2).shape), ds.task
+    ((1, 4, 4), 10, 4, (2, 1, 4, 4), 'classification')
+    >>> ids = np.arange(40).reshape(5, 8) % 7
+    >>> lm = ArrayDataset("text", ids[:, :-1], ids[:, 1:], ids[:2, :-1], ids[:2, 1:], 7)
+    >>> lm.task, lm.metric, lm.sample_batch(1).dtype
+    ('language_model', 'perplexity', torch.int64)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,13 +36,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, eq=False)
 class ArrayDataset:
-    """A classification dataset held as numpy arrays.
+    """A classification or language-modelling dataset held as numpy arrays.
 
     Args:
         name: short name (``"digits"``).
-        x_train, x_test: float32 arrays shaped ``(N, *input_shape)``.
-        y_train, y_test: int64 label arrays shaped ``(N,)`` with values in ``[0, n_classes)``.
-        n_classes: number of classes.
+        x_train, x_test: arrays shaped ``(N, *input_shape)``: float32, or integer token ids.
+        y_train, y_test: int64 label arrays shaped ``(N,)`` with values in ``[0, n_classes)``,
+            or next-token targets shaped like ``x`` (language modelling).
+        n_classes: number of classes (the vocabulary size of a language-modelling dataset).
         x_val, y_val: the validation split the run's choices are made on, or None.
     """
 
@@ -50,6 +60,22 @@ class ArrayDataset:
     def has_val(self) -> bool:
         """True when a validation split was carved off (``validation.carve_validation``)."""
         return self.x_val is not None
+
+    @property
+    def task(self) -> str:
+        """``"language_model"`` when every position has a target (``y`` is 2-D), else
+        ``"classification"``."""
+        return "language_model" if np.ndim(self.y_train) == 2 else "classification"
+
+    @property
+    def metric(self) -> str:
+        """The headline quality metric of the task: ``"perplexity"`` or ``"accuracy"``."""
+        return "perplexity" if self.task == "language_model" else "accuracy"
+
+    @property
+    def input_dtype(self) -> str:
+        """``"int64"`` for integer inputs (token ids), else ``"float32"``."""
+        return "int64" if np.asarray(self.x_train).dtype.kind in "iu" else "float32"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -76,9 +102,20 @@ class ArrayDataset:
         x, y = splits[split]
         if x is None:
             raise ValueError(f"dataset {self.name!r} has no {split} split")
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(
+        x_dtype = np.int64 if self.input_dtype == "int64" else np.float32
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=x_dtype)), torch.from_numpy(
             np.ascontiguousarray(y, dtype=np.int64)
         )
+
+    def with_float_inputs(self) -> ArrayDataset:
+        """This dataset with integer inputs as float32 (for a model that takes floats)."""
+        if self.input_dtype != "int64":
+            return self
+        cast = {
+            k: None if getattr(self, k) is None else getattr(self, k).astype(np.float32)
+            for k in ("x_train", "x_test", "x_val")
+        }
+        return replace(self, **cast)
 
     def loader(
         self, split: str, batch_size: int = 128, *, shuffle: bool | None = None, seed: int = 0

@@ -67,7 +67,7 @@ def run_train_kind(
     final = measure_mod.measure(
         model, data, device=device, latency=latency, baseline_nonzero=base["n_nonzero"]
     )
-    layers = layer_stats(model, input_shape=data.input_shape)
+    layers = layer_stats(model, input_shape=data.input_shape, input_dtype=data.input_dtype)
     step0 = {"step": 0, "target_sparsity": 0.0, "before_finetune": base, "after_finetune": final}
     return RunResult(
         model,
@@ -77,6 +77,7 @@ def run_train_kind(
         layers=[{"step": 0, **r} for r in layers],
         curve=curve,
         rewind=recorder.points,
+        task=data.task,
     )
 
 
@@ -106,4 +107,12 @@ def run_sensitivity_kind(
         should_stop=should_stop,
     )
     notes = [] if not allocation else [info(f"allocation for the target: {allocation}")]
-    return RunResult(model, base, base, sensitivity=rows, notes=notes, allocation=allocation)
+    return RunResult(
+        model,
+        base,
+        base,
+        sensitivity=rows,
+        notes=notes,
+        allocation=allocation,
+        task=data.task,
+    )

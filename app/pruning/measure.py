@@ -2,6 +2,9 @@
 
 Definitions (the same before and after pruning, so runs compare):
 
+* ``accuracy`` / ``loss``: test accuracy and mean cross-entropy; on a language-modelling
+  dataset next-token accuracy and mean next-token NLL, with ``perplexity = exp(loss)`` (lower
+  is better; only language-modelling runs have it, see ``task.py``).
 * ``sparsity``: fraction of exactly-zero weights over the prunable layers' weights
   (Conv/Linear ``weight`` tensors; biases and norm layers excluded).
 * ``n_params`` / ``n_nonzero``: all parameters of the model / those that are not zero.
@@ -28,8 +31,9 @@ from app.pruning.counts import count_flops, dense_size_bytes, sparse_size_bytes
 from app.pruning.data import ArrayDataset
 from app.pruning.latency import latency_stats
 from app.pruning.layers import prunable_layers
+from app.pruning.task import n_correct, perplexity, token_loss
 
-METRICS = (
+METRICS = (  # every run's; a language-modelling run adds "perplexity" (and "val_perplexity")
     "accuracy",
     "loss",
     "sparsity",
@@ -51,10 +55,12 @@ def evaluate(
     batch_size: int = 512,
     split: str = "test",
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy loss on the test split (or ``split``).
+    """Accuracy and mean cross-entropy loss on the test split (or ``split``); ``perplexity``
+    too on a language-modelling dataset (next-token accuracy and loss, ``task.py``).
 
     Args:
-        model: a classifier returning logits; put in eval mode for the pass (without
+        model: a classifier returning logits (or a causal language model returning
+            ``[batch, length, vocab]`` logits); put in eval mode for the pass (without
             gradients), then restored.
         data: the dataset; its ``test`` split is used unless ``split`` says ``"val"``.
         device: where to run.
@@ -62,7 +68,8 @@ def evaluate(
         split: ``"test"`` or ``"val"``.
 
     Returns:
-        ``{"accuracy": float in [0, 1], "loss": float}``.
+        ``{"accuracy": float in [0, 1], "loss": float}``, plus ``"perplexity"`` (``exp(loss)``)
+        for a language-modelling dataset.
     """
     was_training = model.training
     model.eval()
@@ -71,13 +78,16 @@ def evaluate(
         with torch.no_grad():  # no graph: less memory, and no scalar-of-a-grad-tensor warning
             for xb, yb in data.loader(split, batch_size, shuffle=False):
                 xb, yb = xb.to(device), yb.to(device)
-                logits = model(xb)
-                loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
-                correct += int((logits.argmax(dim=1) == yb).sum())
+                out = model(xb)
+                loss_sum += float(token_loss(out, yb, reduction="sum"))
+                correct += n_correct(out, yb)
                 n += int(yb.numel())
     finally:
         model.train(was_training)
-    return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1)}
+    result = {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1)}
+    if data.task == "language_model":
+        result["perplexity"] = perplexity(result["loss"])
+    return result
 
 
 def batch_of(data: ArrayDataset, n: int) -> torch.Tensor:
@@ -149,6 +159,8 @@ def measure(
     if data.has_val:  # the run chooses on these (``validation.py``); test is only reported
         val = evaluate(model, data, device=device, split="val")
         result["val_accuracy"], result["val_loss"] = val["accuracy"], val["loss"]
+        if "perplexity" in val:
+            result["val_perplexity"] = val["perplexity"]
     if latency:
         one = latency_stats(model, data.sample_batch(1), device=device, budget_s=latency_budget_s)
         big = latency_stats(

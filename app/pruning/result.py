@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from app.catalogue import MASKS_ONLY_NOTE
-from app.pruning.checks import chance_note, sparsity_notes
+from app.pruning.checks import chance_note, sparsity_notes, uniform_note
 from app.pruning.context import RunContext
 from app.pruning.histograms import histograms, prunable_weights
 from app.pruning.layers import prunable_layers
@@ -31,6 +31,7 @@ from app.pruning.notes import Note, add_notes, info, warning
 from app.pruning.speedup import compare_latency, masks_only_latency, slower_note
 from app.pruning.structural.blocks import remove_blocks
 from app.pruning.structural.remove import physical_prune, removal_blockers
+from app.pruning.task import METRIC
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RunResult:
     stay in place as zeros (no speed-up expected); both False for runs that pruned nothing.
     ``rewind``: a train run's earlier weights by rewind point (``catalogue.REWIND_FILES``).
     ``original``: the run's starting weights in the original shapes (when latency was timed).
+    ``task``: the dataset's (``task.py``); ``summary()`` names its ``metric`` too.
     """
 
     model: nn.Module
@@ -58,6 +60,7 @@ class RunResult:
     allocation: dict[str, float] | None = None
     rewind: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     original: nn.Module | None = None  # the unpruned model, for timing exports against
+    task: str = "classification"  # or "language_model": perplexity is the headline metric
 
     def summary(self) -> dict:
         """The JSON-able part: measurements, records, notes and the typed flags."""
@@ -69,6 +72,8 @@ class RunResult:
             "curve": self.curve,
             "sensitivity": self.sensitivity,
             "notes": self.notes,
+            "task": self.task,
+            "metric": METRIC[self.task],
             "physical": self.physical,
             "masks_only": self.masks_only,
             "allocation": self.allocation,
@@ -164,19 +169,28 @@ def _without_blocks(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool
 
 
 def result_notes(ctx: RunContext, model: nn.Module, final: dict, *, physical: bool) -> None:
-    """Warn when the result is far from what was asked (sparsity, chance accuracy)."""
+    """Warn when the result is far from what was asked (sparsity, chance accuracy, or a
+    language model's perplexity no better than uniform guessing)."""
     spec = ctx.recipe.pruning
     if ctx.plan is not None and spec.granularity != "nm":
         total = sum(w.numel() for w in ctx.hist_before.values())
         kept = sum(int(torch.count_nonzero(m.weight)) for m in prunable_layers(model).values())
         achieved = 1.0 - kept / total if total else 0.0
         add_notes(ctx.notes, sparsity_notes(ctx.plan, achieved, physical=physical))
-    note = chance_note(
-        float(final["accuracy"]),
-        float(ctx.baseline["accuracy"]),
-        ctx.data.n_classes,
-        threshold=spec.threshold,
-    )
+    if ctx.data.task == "language_model" and "perplexity" in ctx.baseline:
+        note = uniform_note(
+            float(final["perplexity"]),
+            float(ctx.baseline["perplexity"]),
+            ctx.data.n_classes,
+            threshold=spec.threshold,
+        )
+    else:
+        note = chance_note(
+            float(final["accuracy"]),
+            float(ctx.baseline["accuracy"]),
+            ctx.data.n_classes,
+            threshold=spec.threshold,
+        )
     if note is not None:
         ctx.notes.append(note)
 
@@ -211,4 +225,5 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
         masks_only=ctx.masks is not None and not physical,
         masks=ctx.masks,
         original=original,
+        task=ctx.data.task,
     )

@@ -32,6 +32,7 @@ from app.pruning.measure import evaluate
 from app.pruning.optim import lr_factor, make_optimizer
 from app.pruning.report import NEVER, NULL_REPORT, ProgressThrottle, Report, ShouldStop
 from app.pruning.spec import FinetuneSpec
+from app.pruning.task import TokenLoss
 from app.pruning.train_loop import train_epoch
 from app.pruning.train_state import BatchHook, EpochHook, Loop, TrainState
 
@@ -137,7 +138,7 @@ def fine_tune(
         state.resume_from(resume, loader)
     loop = Loop(
         loader,
-        nn.CrossEntropyLoss(label_smoothing=float(spec.label_smoothing or 0.0)),
+        TokenLoss(label_smoothing=float(spec.label_smoothing or 0.0)),  # by task: task.py
         device,
         should_stop,
         hook,

@@ -41,9 +41,23 @@ def needs_validation(recipe: Recipe) -> bool:
 def carve_validation(
     data: ArrayDataset, *, seed: int, fraction: float = VAL_FRACTION
 ) -> ArrayDataset:
-    """``data`` with ``fraction`` of each class's training samples moved to a validation split."""
+    """``data`` with ``fraction`` of each class's training samples moved to a validation split
+    (a language-modelling dataset: its last training sequences, the text after the rest)."""
     rng = np.random.default_rng(seed)
     y = np.asarray(data.y_train)
+    if data.task == "language_model":
+        take = int(round(len(y) * fraction))
+        if not 0 < take < len(y):
+            raise ValueError(
+                f"dataset {data.name!r} has too few training sequences to carve a validation split"
+            )
+        return replace(
+            data,
+            x_train=data.x_train[:-take],
+            y_train=y[:-take],
+            x_val=data.x_train[-take:],
+            y_val=y[-take:],
+        )
     val_idx = []
     for label in np.unique(y):
         idx = np.flatnonzero(y == label)
@@ -69,8 +83,9 @@ def carve_validation(
 def validation_note(data: ArrayDataset, *, seed: int) -> Note:
     """The (info) note a run carries about the split its choices were made on."""
     n_val = 0 if data.y_val is None else len(data.y_val)
+    how = "the last sequences" if data.task == "language_model" else f"stratified, seed {seed}"
     return info(
         f"choices made on a validation split of {n_val} training samples "
-        f"({VAL_FRACTION:.0%}, stratified, seed {seed}); the test split "
+        f"({VAL_FRACTION:.0%}, {how}); the test split "
         f"({data.n_test} samples) is only reported"
     )

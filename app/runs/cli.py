@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import typer
 
 from app.pruning.notes import info, warning
-from app.runs.inputs import load_data_file, load_model_file, load_recipe, read_recipe_dict
+from app.runs.inputs import as_fed, load_data_file, load_model_file, load_recipe, read_recipe_dict
 
 ARTIFACT_KEYS = ("name", "kind", "size_bytes", "verified", "max_abs_diff", "error")
 
@@ -72,6 +72,8 @@ def _summary(recipe: Any, result: Any, started: str, artifacts: list[dict], **ex
         "layers": result.layers,
         "notes": result.notes,
         "physical": result.physical,
+        "task": result.task,
+        "metric": "perplexity" if result.task == "language_model" else "accuracy",
         "allocation": result.allocation,
         "artifacts": [{k: a[k] for k in ARTIFACT_KEYS if k in a} for a in artifacts],
         **extra,
@@ -87,24 +89,29 @@ def _starting_model(
     shape: tuple[int, ...] | None,
     device: str,
     pretrain: bool,
-) -> tuple[Any, bool, list[str], str]:
-    """``(module, rebuildable, notes, identity)`` of the model the recipe starts from."""
+) -> tuple[Any, bool, list[str], str, str]:
+    """``(module, rebuildable, notes, identity, input dtype)`` of the model the recipe starts
+    from."""
     from app.runs.outfolder import file_digest
     from app.runs.pretrain import pretrain_from_recipe
 
     if pretrain:
         body = read_recipe_dict(recipe_path, annotations=True)
         model, identity, note = pretrain_from_recipe(
-            body, arch=arch, model_given=model_path is not None, data=dataset, device=device
+            body,
+            arch=arch,
+            model_given=model_path is not None,
+            data=as_fed(dataset, "float32"),  # the zoo's models take floats
+            device=device,
         )
-        return model, True, [note], identity
-    model, rebuildable, notes = load_model_file(
+        return model, True, [note], identity, "float32"
+    model, rebuildable, notes, dtype = load_model_file(
         model_path,
         arch=arch,
         input_shape=shape or dataset.input_shape,
         num_classes=dataset.n_classes,
     )
-    return model, rebuildable, notes, file_digest(model_path, arch)
+    return model, rebuildable, notes, file_digest(model_path, arch), dtype
 
 
 def run_command(
@@ -137,11 +144,12 @@ def run_command(
 
     started = datetime.now(UTC).isoformat()
     recipe = load_recipe(recipe_path)
-    dataset = load_data_file(data)
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
-    model, rebuildable, notes, model_id = _starting_model(
+    dataset = load_data_file(data, seq_len=shape[-1] if shape else None)  # a text's seq_len
+    model, rebuildable, notes, model_id, dtype = _starting_model(
         recipe_path, model_path, dataset, arch=arch, shape=shape, device=device, pretrain=pretrain
     )
+    dataset = as_fed(dataset, dtype)
     out = Path(out_dir)
     identity = {"recipe": recipe.to_dict(), "model": model_id, "data": data, "arch": arch}
     # a train run's --out holds its rewind weights next to its model
@@ -230,9 +238,9 @@ def register(typer_app: Any) -> None:
         except (ValueError, LabError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        final = summary["final"]
+        final, metric = summary["final"], summary["metric"]
         typer.echo(
-            f"{summary['name']}: accuracy {summary['baseline']['accuracy']:.4f} -> "
-            f"{final['accuracy']:.4f}, sparsity {final['sparsity']:.4f}, "
+            f"{summary['name']}: {metric} {summary['baseline'][metric]:.4f} -> "
+            f"{final[metric]:.4f}, sparsity {final['sparsity']:.4f}, "
             f"compression {final['compression']:.2f}x; results in {out}"
         )

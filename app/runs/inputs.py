@@ -165,17 +165,28 @@ def load_recipe(path: str | Path) -> Any:
     return recipe
 
 
-def load_data_file(data: str) -> ArrayDataset:
+def load_data_file(data: str, *, seq_len: int | None = None) -> ArrayDataset:
     """``digits`` (built in) or an ``.npz`` with ``x``, ``y`` and optional ``x_test``/``y_test``
-    (also a ``.csv`` or image ``.zip``, read with the CLI's default limits)."""
+    (also a ``.csv`` or image ``.zip``, read with the CLI's default limits, or a ``.txt``/``.jsonl``
+    corpus, byte-level in sequences of ``seq_len``, 64 by default)."""
     from app.modelio.dataset_files import load_builtin
     from app.modelio.dataset_formats import load_dataset_file
+    from app.modelio.text_corpus import is_text_file, load_text_file
 
     if data in BUILTIN_DATASETS:
         return load_builtin(data)
     path = Path(data)
     if not path.exists():
         raise ValueError(f"--data {data!r} is neither a built-in dataset nor an existing file")
+    if is_text_file(path.name):  # byte-level (upload one to choose the tokenizer)
+        return load_text_file(
+            path,
+            filename=path.name,
+            name=path.stem,
+            tokenizer="byte",
+            seq_len=seq_len or 64,
+            max_vocab=256,
+        ).dataset
     return load_dataset_file(path, name=path.stem)
 
 
@@ -185,18 +196,26 @@ def load_model_file(
     arch: str | None,
     input_shape: tuple[int, ...] | None,
     num_classes: int,
-) -> tuple[Any, bool, list[str]]:
-    """``(module, rebuildable, notes)`` from a model file, or a fresh ``arch`` when no file."""
+) -> tuple[Any, bool, list[str], str]:
+    """``(module, rebuildable, notes, input dtype)`` from a model file, or a fresh ``arch``
+    when no file."""
     from app import zoo
 
     if model_path is None:
         if arch is None:
             raise ValueError("give --model FILE, or --arch NAME to start from an untrained model")
-        return zoo.build(arch, num_classes=num_classes, input_shape=input_shape), True, []
+        module = zoo.build(arch, num_classes=num_classes, input_shape=input_shape)
+        return module, True, [], "float32"
     from app.modelio.detect import detect_format
     from app.modelio.load import load_model
 
     path = Path(model_path)
     fmt = detect_format(path)
     loaded = load_model(path, fmt, arch=arch, num_classes=num_classes, input_shape=input_shape)
-    return loaded.module, bool(loaded.rebuildable), list(loaded.notes)
+    return loaded.module, bool(loaded.rebuildable), list(loaded.notes), loaded.input_dtype
+
+
+def as_fed(data: ArrayDataset, input_dtype: str) -> ArrayDataset:
+    """The dataset as the model takes it: integer inputs (token ids) stay int64 for an
+    ``int64`` model; a ``float32`` model gets them as float32 (an 8-bit image, say)."""
+    return data if input_dtype == "int64" else data.with_float_inputs()

@@ -74,6 +74,6 @@ def fmt_metric(key: str, value: Any) -> str:
         return f"{v:.2%}"
     if key == "compression":
         return f"{v:.2f}x"
-    if key in ("loss", "latency_ms"):
+    if key in ("loss", "latency_ms", "perplexity", "val_perplexity"):
         return f"{v:.4g}"
     return f"{v:,.0f}"

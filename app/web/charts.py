@@ -37,21 +37,37 @@ def _x_value(metrics: dict, base: dict, axis: str, masks_only: bool = False) -> 
     return _ratio(base.get(key), metrics.get(key))
 
 
+# the quality axis of a tradeoff figure by metric: (axis title, tick format, hover format)
+QUALITY_AXES = {
+    "accuracy": ("test accuracy", ".0%", "accuracy %{y:.2%}"),
+    "perplexity": ("test perplexity (lower is better)", None, "perplexity %{y:.4g}"),
+}
+
+
 def tradeoff_figure(
-    steps: list[dict], *, axis: str = "compression", masks_only: bool, final: dict | None = None
+    steps: list[dict],
+    *,
+    axis: str = "compression",
+    masks_only: bool,
+    final: dict | None = None,
+    metric: str = "accuracy",
 ) -> dict:
-    """Accuracy vs compression / FLOPs reduction / measured speed-up over a run's steps.
+    """Accuracy (or a language model's perplexity, ``metric``) vs compression / FLOPs
+    reduction / measured speed-up over a run's steps.
 
     Speed-up uses the large-batch latency (batch-1 timings of small models are mostly
     overhead). ``final`` adds the model handed back when it differs from the last step's
     (a physically pruned one).
     """
+    y_title, tick, hover = QUALITY_AXES[metric]
     batch = next(
         (m.get("batch") for s in steps for m in (s.get("after_finetune") or {},) if m.get("batch")),
         1,
     )
     x_title = TRADEOFF_AXES[axis][0].format(batch=batch)
-    title = f"Accuracy vs {axis.replace('speedup', 'speed-up').replace('flops', 'FLOPs')}"
+    title = (
+        f"{metric.capitalize()} vs {axis.replace('speedup', 'speed-up').replace('flops', 'FLOPs')}"
+    )
     if not steps:
         return empty_figure(title, "No steps measured yet.")
     base = steps[0].get("after_finetune") or steps[0].get("before_finetune") or {}
@@ -59,7 +75,7 @@ def tradeoff_figure(
     for i, phase in enumerate(("before_finetune", "after_finetune")):
         pts = [(s["step"], s.get(phase) or {}) for s in steps]
         xs = [_x_value(m, base, axis, masks_only) for _, m in pts]
-        ys = [as_number(m.get("accuracy")) for _, m in pts]
+        ys = [as_number(m.get(metric)) for _, m in pts]
         data.append(
             {
                 "type": "scatter",
@@ -69,7 +85,7 @@ def tradeoff_figure(
                 "name": phase.replace("_", " ").replace("finetune", "fine-tuning"),
                 "customdata": [s for s, _ in pts],
                 "marker": {"color": PALETTE[i], "size": 8},
-                "hovertemplate": "step %{customdata}<br>%{x:.2f}x · accuracy %{y:.2%}<extra></extra>",
+                "hovertemplate": f"step %{{customdata}}<br>%{{x:.2f}}x · {hover}<extra></extra>",
             }
         )
     last = steps[-1].get("after_finetune") or {}
@@ -84,13 +100,14 @@ def tradeoff_figure(
                 "mode": "markers",
                 "name": "handed back (physically smaller)",
                 "x": [final_x],
-                "y": [as_number(final.get("accuracy"))],
+                "y": [as_number(final.get(metric))],
                 "marker": {"color": PALETTE[2], "size": 13, "symbol": "star"},
-                "hovertemplate": "final model<br>%{x:.2f}x · accuracy %{y:.2%}<extra></extra>",
+                "hovertemplate": f"final model<br>%{{x:.2f}}x · {hover}<extra></extra>",
             }
         )
-    layout = base_layout(title, x_title, "test accuracy", height=340)
-    layout["yaxis"] |= {"tickformat": ".0%"}
+    layout = base_layout(title, x_title, y_title, height=340)
+    if tick:
+        layout["yaxis"] |= {"tickformat": tick}
     if axis == "speedup" and masks_only:
         layout["annotations"] = [paper_note("masks only: no speed-up expected", y=1.08)]
     elif axis == "speedup" and verdict == NO_SPEEDUP:

@@ -48,6 +48,21 @@ def pagination(total: int, page: int, per_page: int = PER_PAGE) -> dict:
     }
 
 
+def run_task(run: Run) -> str | None:
+    """``"language_model"`` when the run measured a perplexity, ``"classification"`` when it
+    measured an accuracy only, None before its first measurement."""
+    measured = run.baseline or run.final
+    if not measured:
+        return None
+    return "language_model" if "perplexity" in measured else "classification"
+
+
+def run_metric(run: Run) -> str | None:
+    """The run's headline quality metric: ``"perplexity"`` (lower is better) or ``"accuracy"``."""
+    task = run_task(run)
+    return None if task is None else ("perplexity" if task == "language_model" else "accuracy")
+
+
 def run_summary(run: Run) -> dict:
     """The fields the tables and cross-run charts use."""
     pruning = (run.recipe or {}).get("pruning") or {}
@@ -88,6 +103,14 @@ def overview_context(session: Session, *, model_id: int | None, dataset_id: str 
     }
 
 
+def _task_label(task: str, text: dict | None) -> str:
+    """``classification`` or ``language model (char, seq 64)``, for the datasets table."""
+    if task != "language_model":
+        return task
+    text = text or {}
+    return f"language model ({text.get('tokenizer', '?')}, seq {text.get('seq_len', '?')})"
+
+
 def dataset_choices(session: Session) -> list[dict]:
     """Every dataset, the built-in ones first (from the catalogue)."""
     rows = [
@@ -99,6 +122,7 @@ def dataset_choices(session: Session) -> list[dict]:
             "input_shape": d.input_shape,
             "n_classes": d.n_classes,
             "format": d.format,
+            "task": _task_label(d.task, d.text),
         }
         for d in store.list_datasets(session)
     ]
@@ -111,6 +135,7 @@ def dataset_choices(session: Session) -> list[dict]:
             "input_shape": list(d.input_shape),
             "n_classes": d.n_classes,
             "format": "builtin",
+            "task": "classification",
         }
         for d in catalogue.DATASETS.values()
         if not any(r["id"] == d.id for r in rows)

@@ -18,7 +18,7 @@ from app.models import FINISHED_STATUSES, Run
 from app.pruning.notes import Note, as_note
 from app.store import views
 from app.web import chart_style, charts, charts_layers, charts_runs, charts_sweep, latency_view
-from app.web.page_data import run_summary
+from app.web.page_data import run_metric, run_summary, run_task
 
 MASK_ARTIFACTS = ("masks.npz", "masks.safetensors")
 
@@ -49,13 +49,16 @@ def run_figures(
     layers = views.run_layers(session, run_id=run.id) if layers is None else layers
     mo = masks_only(run)
     fin = run.final if run.status == "succeeded" else None
+    quality = run_metric(run) or "accuracy"
+
+    def tradeoff(axis: str) -> dict:
+        return charts.tradeoff_figure(steps, axis=axis, masks_only=mo, final=fin, metric=quality)
+
     figs = {
         "sparsity": charts_layers.sparsity_heatmap(layers),
-        "tradeoff_compression": charts.tradeoff_figure(
-            steps, axis="compression", masks_only=mo, final=fin
-        ),
-        "tradeoff_flops": charts.tradeoff_figure(steps, axis="flops", masks_only=mo, final=fin),
-        "tradeoff_speedup": charts.tradeoff_figure(steps, axis="speedup", masks_only=mo, final=fin),
+        "tradeoff_compression": tradeoff("compression"),
+        "tradeoff_flops": tradeoff("flops"),
+        "tradeoff_speedup": tradeoff("speedup"),
         "curve": charts.curve_figure(views.run_curve(session, run_id=run.id)),
     }
     if run.kind == "sensitivity":
@@ -68,11 +71,29 @@ def run_figures(
 
 def metric_keys(run: Run) -> list[str]:
     """The run page's metric columns; ``val_accuracy`` next to (test) accuracy when the run
-    chose on a validation split."""
+    chose on a validation split; a language model's ``perplexity`` first."""
     keys = [k for k, _, _ in charts_runs.FINAL_COLUMNS]
-    if "val_accuracy" in (run.final or {}) or "val_accuracy" in (run.baseline or {}):
+    measured = {**(run.baseline or {}), **(run.final or {})}
+    if "val_accuracy" in measured:
         keys.insert(keys.index("accuracy") + 1, "val_accuracy")
+    if "perplexity" in measured:
+        keys.insert(0, "perplexity")
+        if "val_perplexity" in measured:
+            keys.insert(1, "val_perplexity")
     return keys
+
+
+def metric_labels(run: Run) -> dict[str, str]:
+    """Column headings that differ from the key: a language model's accuracy is per token."""
+    if run_task(run) != "language_model":
+        return {}
+    return {
+        "perplexity": "perplexity (lower is better)",
+        "val_perplexity": "val perplexity",
+        "accuracy": "next-token accuracy",
+        "val_accuracy": "val next-token accuracy",
+        "loss": "loss (mean token NLL)",
+    }
 
 
 def run_context(session: Session, run: Run) -> dict:
@@ -98,6 +119,8 @@ def run_context(session: Session, run: Run) -> dict:
         "recipe_json": json.dumps(run.recipe or {}, indent=2),
         "last_event_id": views.latest_event_id(session, run_id=run.id),
         "metric_keys": metric_keys(run),
+        "metric_labels": metric_labels(run),
+        "task": run_task(run),
     }
     if run.kind == "sensitivity":
         rows = views.run_sensitivity(session, run_id=run.id)

@@ -51,7 +51,7 @@ def test_each_hostile_upload_gets_its_own_sentence(api, case: str) -> None:
 
 
 def test_decoding_over_the_memory_limit_is_413_naming_the_setting(tmp_path) -> None:
-    # 40 M sparse bytes (160 MB as float32) in a 2 MB .npz that is no zip bomb
+    # 40 M sparse bytes (320 MB as int64: integer x stays integer) in a 2 MB .npz, no zip bomb
     import numpy as np
 
     rng = np.random.default_rng(0)

@@ -133,6 +133,17 @@ def test_tradeoff_axes_compute_flops_reduction_and_speedup_from_the_baseline() -
     assert "annotations" not in speed["layout"]
 
 
+def test_language_model_tradeoff_plots_perplexity_on_a_plain_axis() -> None:
+    steps = _steps()
+    for step, ppl in zip(steps, (3.7, 4.1), strict=True):
+        step["before_finetune"]["perplexity"] = step["after_finetune"]["perplexity"] = ppl
+    fig = charts.tradeoff_figure(steps, masks_only=True, metric="perplexity")
+    assert fig["data"][1]["y"] == [3.7, 4.1]
+    assert fig["layout"]["title"]["text"] == "Perplexity vs compression"
+    assert fig["layout"]["yaxis"]["title"]["text"] == "test perplexity (lower is better)"
+    assert "tickformat" not in fig["layout"]["yaxis"]  # not a percentage
+
+
 def test_masks_only_runs_say_no_speedup_expected() -> None:
     fig = charts.tradeoff_figure(_steps(), axis="speedup", masks_only=True)
     assert fig["layout"]["annotations"][0]["text"] == "masks only: no speed-up expected"

@@ -158,6 +158,20 @@ def test_a_dataset_that_does_not_fit_the_model_is_refused(api, people) -> None:
     assert "takes inputs of shape [1, 8, 8]" in _detail(r)
 
 
+def test_a_language_model_needs_a_vocabulary_as_large_as_the_tokenizer_s(api, people) -> None:
+    with Session(api.app.state.engine) as s:
+        for ds_id, vocab in (("chars", 8), ("bigchars", 12)):  # the model outputs 10 logits
+            make_dataset_record(
+                s, id=ds_id, n_classes=vocab, task="language_model", input_dtype="int64"
+            )
+    fits = tiny_recipe(people["model_id"], dataset_id="chars")
+    assert api.post("/api/runs", json=fits, headers=people["alice"]).status_code == 201
+    too_small = tiny_recipe(people["model_id"], dataset_id="bigchars")
+    r = api.post("/api/runs", json=too_small, headers=people["alice"])
+    assert r.status_code == 422
+    assert "vocabulary of 10 tokens but the dataset's tokenizer uses 12" in _detail(r)
+
+
 def _with_preflight_blocks(api, arch: str) -> int:
     """A model record whose preflight lists the residual blocks, as an upload's does."""
     from app import zoo

@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.pruning.criteria.capture import run_hooked
 from app.pruning.data import ArrayDataset
 from app.pruning.granularity import UnitView, unit_view
 from app.pruning.layers import is_transposed
+from app.pruning.task import token_loss
 
 Scores = dict[str, Tensor]
 """layer name -> one score per unit (higher = more important)."""
@@ -105,7 +105,7 @@ def weight_grads(ctx: ScoreContext, accumulate: Callable[[str, Tensor, Tensor], 
                 raise ValueError(
                     f"criterion '{ctx.name}' needs labelled batches (x, y) for gradients."
                 )
-            loss = F.cross_entropy(ctx.model(x), y)
+            loss = token_loss(ctx.model(x), y)  # labels or next tokens (task.py)
             for n, w, g in zip(names, weights, torch.autograd.grad(loss, weights), strict=True):
                 accumulate(n, w.detach(), g)
     finally:

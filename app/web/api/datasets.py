@@ -31,6 +31,9 @@ class DatasetPublic(BaseModel):
     n_test: int
     input_shape: list[int] | None
     n_classes: int
+    task: str = "classification"
+    input_dtype: str = "float32"
+    text: dict | None = None
     builtin: bool = False
     owner_id: int | None = None
 
@@ -57,7 +60,8 @@ async def upload_dataset(
     request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> DatasetPublic:
     """Upload ``file`` (.npz with x, y[, x_test, y_test]; .csv with a label column; .zip of
-    class folders of PNG/JPEG images) and an optional ``name``."""
+    class folders of PNG/JPEG images; a .txt or .jsonl text corpus for language modelling,
+    with optional ``tokenizer`` byte|char and ``seq_len``) and an optional ``name``."""
     if user.role == "viewer":
         raise HTTPException(403, "viewers cannot upload datasets; ask an admin for the member role")
     upload = await receive_upload(
@@ -66,6 +70,7 @@ async def upload_dataset(
     try:
         filename = upload.filename or "dataset"
         name = (upload.fields.get("name") or Path(filename).stem)[:200]
+        tokenizer, seq_len = _text_fields(upload.fields)
         row = await run_in_threadpool(
             partial(
                 ingest_dataset,
@@ -76,11 +81,22 @@ async def upload_dataset(
                 filename=filename,
                 name=name,
                 sha256=upload.sha256,
+                tokenizer=tokenizer,
+                seq_len=seq_len,
             )
         )
     finally:
         upload.discard()
     return _public(row)
+
+
+def _text_fields(fields: dict) -> tuple[str | None, int | None]:
+    """The corpus fields of an upload form: ``tokenizer`` and ``seq_len`` (None when absent)."""
+    tokenizer = (fields.get("tokenizer") or "").strip() or None
+    raw = (fields.get("seq_len") or "").strip()
+    if raw and not raw.isdigit():
+        raise HTTPException(422, f"seq_len must be a positive integer; got {raw!r}")
+    return tokenizer, int(raw) if raw else None
 
 
 @router.get("/datasets", response_model=list[DatasetPublic])

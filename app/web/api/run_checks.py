@@ -34,7 +34,7 @@ def _dataset_meta(session: Session, dataset_id: str) -> dict:
     record = store.get_dataset(session, dataset_id=dataset_id)
     if record is None:
         raise invalid(f"dataset_id {dataset_id!r} does not exist; use 'digits' or upload one")
-    return {"input_shape": record.input_shape, "n_classes": record.n_classes}
+    return {"input_shape": record.input_shape, "n_classes": record.n_classes, "task": record.task}
 
 
 def _check_budget(model: ModelRecord, target: dict | None) -> None:
@@ -66,7 +66,13 @@ def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
             f"model_id {model.id} takes inputs of shape {have} but dataset_id has "
             f"samples of shape {list(want)}"
         )
-    if model.num_classes and data.get("n_classes") and model.num_classes != data["n_classes"]:
+    if data.get("task") == "language_model":
+        if model.num_classes and data.get("n_classes") and model.num_classes < data["n_classes"]:
+            raise invalid(
+                f"model_id {model.id} has a vocabulary of {model.num_classes} tokens but the "
+                f"dataset's tokenizer uses {data['n_classes']}"
+            )
+    elif model.num_classes and data.get("n_classes") and model.num_classes != data["n_classes"]:
         raise invalid(
             f"model_id {model.id} predicts {model.num_classes} classes but the "
             f"dataset has {data['n_classes']}"

@@ -21,6 +21,7 @@ from app.pruning.notes import Note, as_note
 from app.store.results import LAYER_COLUMNS
 from app.web.api.run_checks import invalid, queue_room, validate_body, wake
 from app.web.deps import CurrentUser, OwnedRunDep, RunDep, SessionDep, SettingsDep, may_create
+from app.web.page_data import run_metric, run_task
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
@@ -82,6 +83,16 @@ class RunPublic(BaseModel):
     interrupted_at: datetime | None = None
     interrupted_reason: str | None = None
     allocation: dict[str, float] | None = None
+    task: str | None = Field(
+        default=None,
+        description="classification or language_model (from what the run measured: a "
+        "perplexity means a language model); null before the baseline is measured",
+    )
+    metric: str | None = Field(
+        default=None,
+        description="the headline quality metric: accuracy (higher is better) or perplexity "
+        "(lower is better; baseline.perplexity and final.perplexity)",
+    )
 
     @field_validator("notes", mode="before")
     @classmethod
@@ -91,7 +102,9 @@ class RunPublic(BaseModel):
 
 
 def public(run: Run) -> RunPublic:
-    return RunPublic.model_validate(run, from_attributes=True)
+    out = RunPublic.model_validate(run, from_attributes=True)
+    out.task, out.metric = run_task(run), run_metric(run)
+    return out
 
 
 # ---------------------------------------------------------------- routes
