@@ -81,7 +81,7 @@ def save_checkpoint(ctx: RunContext, step: int, *, training: dict | None = None)
         # mid-training, the step to fall back on (max_accuracy_drop) is not the model saved here
         "best": None if training is None else _best_state(ctx.best),
         "accuracy_before_bn": ctx.accuracy_before_bn,
-        "finetune_lr": ctx.tuning.lr,  # what lr "auto" resolved to: later steps reuse it
+        "finetune_lr": ctx.tuning.lr,  # what lr "auto" resolved to: a resumed training keeps it
     }
     ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     tmp = ctx.checkpoint_dir / f"{CHECKPOINT}.tmp"

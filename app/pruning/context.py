@@ -212,7 +212,8 @@ class RunContext:
                 on_epoch(point, training)
 
         at = {"device": self.device, "keeper": self.keeper, "seed": int(self.recipe.seed)}
-        spec = self.tuning.spec_for(self.model, self.data, **at, notes=self.notes, epochs=epochs)
+        at |= {"epochs": epochs, "step": step, "resuming": resume is not None}
+        spec = self.tuning.spec_for(self.model, self.data, **at, notes=self.notes)
         start = time.perf_counter()
         curve = fine_tune(
             self.model,

@@ -1,9 +1,10 @@
 """What a prune run adds to its fine-tuning: the resolved ``"auto"`` LR and the distillation.
 
-One :class:`Tuning` per run (``context.RunContext.tuning``): the LR range test runs once, before
-the run's first fine-tuning (after the first prune for step-wise schedules), and every later
-step reuses its LR (checkpoints keep it); the teacher is copied from the model before anything
-is pruned. Both leave a note on the run.
+One :class:`Tuning` per run (``context.RunContext.tuning``): the LR range test runs before each
+fine-tuning (each step of a step-wise schedule: the model after each prune wants its own LR;
+once for agp, at_init and retrain, whose one training a resumed run continues with the LR its
+checkpoint kept); the teacher is copied from the model before anything is pruned. Both leave a
+note on the run.
 
 Example:
     >>> from torch import nn
@@ -57,16 +58,18 @@ class Tuning:
         seed: int,
         notes: list[Note],
         epochs: int | None = None,
+        step: int = 0,
+        resuming: bool = False,
     ) -> FinetuneSpec:
-        """The spec with a numeric LR: ``"auto"`` runs the range test on ``model`` once (not
-        for a fine-tuning of no epochs)."""
+        """The spec with a numeric LR: ``"auto"`` runs the range test on ``model`` (not for a
+        fine-tuning of no epochs; not when ``resuming`` a training whose LR is known)."""
         n_epochs = self.spec.epochs if epochs is None else epochs
         if self.spec.lr != "auto" or n_epochs <= 0:
             return self.spec
-        if self.lr is None:
+        if self.lr is None or not resuming:
             found = range_test(model, data, self.spec, device=device, keeper=keeper, seed=seed)
             self.lr = found.lr
-            add_notes(notes, [found.note()])
+            add_notes(notes, [found.note(f"step {step}: " if step else "")])
         return replace(self.spec, lr=self.lr)
 
     def timed(self, seconds: float, notes: list[Note]) -> None:
