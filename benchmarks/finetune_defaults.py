@@ -7,7 +7,7 @@ cnn_small 50% filters (layerwise, physically removed) one-shot + 3 epochs. Print
 accuracy, the final accuracy and the LR ``"auto"`` chose.
 
     python benchmarks/finetune_defaults.py lr [--cases a,b] [--seeds 0,1]
-    python benchmarks/finetune_defaults.py distill [--cases a,b] [--seeds 0,1,2]
+    python benchmarks/finetune_defaults.py distill [--cases a,b] [--seeds 0,1,2] [--epochs N]
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ def pretrained(arch: str, seed: int) -> torch.nn.Module:
     return copy.deepcopy(_CACHE[(arch, seed)])
 
 
-def run(case: str, finetune: dict, seed: int) -> tuple[float, float, str]:
-    arch, pruning, schedule, epochs = CASES[case]
+def run(case: str, finetune: dict, seed: int, epochs: int = 0) -> tuple[float, float, str]:
+    arch, pruning, schedule, default_epochs = CASES[case]
+    epochs = epochs or default_epochs
     body = {"kind": "prune", "name": case, "seed": seed, "pruning": pruning}
     body |= {"schedule": schedule, "finetune": {"epochs": epochs, **finetune}}
     result = run_recipe(Recipe.from_dict(body), pretrained(arch, seed), DATA, latency=False)
@@ -92,13 +93,14 @@ def main() -> None:
     parser.add_argument("what", choices=("lr", "distill"))
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--epochs", type=int, default=0, help="instead of the case's epochs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     variants = LR_VARIANTS if args.what == "lr" else DISTILL_VARIANTS
     seeds = [int(s) for s in args.seeds.split(",")]
     for case in args.cases.split(","):
         for name, finetune in variants.items():
-            runs = [run(case, finetune, seed) for seed in seeds]
+            runs = [run(case, finetune, seed, args.epochs) for seed in seeds]
             dense = statistics.median(r[0] for r in runs)
             final = statistics.median(r[1] for r in runs)
             lrs = " ".join(r[2] for r in runs if r[2])

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,7 @@ class LrChoice:
     diverged_at: float | None
     lrs: list[float]
     losses: list[float]
+    seconds: float = 0.0
 
     def note(self, prefix: str = "") -> Note:
         """The run note: the chosen LR and why (``prefix``: e.g. ``"step 2: "``)."""
@@ -76,7 +78,7 @@ class LrChoice:
             why = f"clamped (lowest loss at {self.at_min:.1e}, doubled at {end:.1e})"
         return info(
             f"lr auto: {prefix}range test chose {self.lr:.1e} ({NAMES[self.optimizer]}), {why}; "
-            f"{len(self.lrs)} batches from {self.lrs[0]:.0e} upwards"
+            f"{len(self.lrs)} batches from {self.lrs[0]:.0e} upwards, {self.seconds:.2f} s"
         )
 
 
@@ -145,6 +147,7 @@ def range_test(
     """
     name = str(spec.optimizer)
     lo, hi, low, high = RANGES[name]
+    start = time.perf_counter()
     state = copy.deepcopy(model.state_dict())
     rng, was_training = torch.get_rng_state(), model.training
     torch.manual_seed(int(seed))
@@ -166,8 +169,8 @@ def range_test(
         model.train(was_training)
         torch.set_rng_state(rng)
     if not lrs:  # the very first batch failed
-        return LrChoice(low, name, lo, diverged, [lo], [math.inf])
+        return LrChoice(low, name, lo, diverged, [lo], [math.inf], time.perf_counter() - start)
     at_min = lrs[min(range(len(losses)), key=losses.__getitem__)]
     end = lrs[-1] if diverged is None else diverged
     chosen = min(max(at_min / 10, end / 30, low), high)
-    return LrChoice(chosen, name, at_min, diverged, lrs, losses)
+    return LrChoice(chosen, name, at_min, diverged, lrs, losses, time.perf_counter() - start)

@@ -102,6 +102,7 @@ def test_distillation_off_trains_exactly_as_without_it() -> None:
     torch.manual_seed(0)
     off = Distiller(frozen_teacher(trained("mlp")), DistillSpec(weight=0.0))
     fine_tune(model_b, load_digits(), spec, keeper=keeper_b, distill=off)
-    assert all(torch.equal(a, b) for a, b in zip(model_a.parameters(), model_b.parameters()))
+    pairs = zip(model_a.parameters(), model_b.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     result = _run({"epochs": 1, "lr": 0.003, "distill": None})
     assert not [n for n in result.notes if n["text"].startswith("distillation:")]
