@@ -17,6 +17,7 @@ from app.pruning.pipeline import run_recipe
 from app.pruning.pruning_spec import PruningSpec
 from app.pruning.spec import DistillSpec, FinetuneSpec, Recipe
 from app.pruning.train import fine_tune
+from app.pruning.tuning import Tuning
 from tests.pruning.test_pipeline import trained
 
 torch.set_num_threads(1)
@@ -106,3 +107,15 @@ def test_distillation_off_trains_exactly_as_without_it() -> None:
     assert all(torch.equal(a, b) for a, b in pairs)
     result = _run({"epochs": 1, "lr": 0.003, "distill": None})
     assert not [n for n in result.notes if n["text"].startswith("distillation:")]
+
+
+def test_the_checkpoint_keeps_the_chosen_lr_and_a_resumed_training_reuses_it(tmp_path) -> None:
+    body = {"kind": "prune", "name": "ck", "pruning": HALF, "finetune": {"epochs": 1}}
+    recipe = Recipe.from_dict(body)
+    run_recipe(recipe, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["finetune_lr"]
+    assert 1e-5 <= saved <= 0.05
+    tuning = Tuning.for_run(recipe.finetune, trained("mlp"))
+    tuning.lr = saved
+    at = {"device": "cpu", "keeper": None, "seed": 0, "notes": []}
+    assert tuning.spec_for(None, None, **at, resuming=True).lr == saved  # no test: no model
