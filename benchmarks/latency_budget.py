@@ -36,7 +36,7 @@ def trained(arch: str) -> torch.nn.Module:
     torch.manual_seed(0)
     data = load_digits()
     model = zoo.build(arch, input_shape=data.input_shape)
-    train(model, data, FinetuneSpec(epochs=6, lr=0.05, batch_size=64))
+    train(model, data, FinetuneSpec(epochs=6, lr=0.05, optimizer="sgd", batch_size=64))
     return model.eval()
 
 

@@ -43,7 +43,7 @@ RECIPE = {
 def weights(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = zoo.build("cnn_small")
-    train(model, load_digits(), FinetuneSpec(epochs=2, lr=0.05, batch_size=64))
+    train(model, load_digits(), FinetuneSpec(epochs=2, lr=0.05, optimizer="sgd", batch_size=64))
     path = tmp_path_factory.mktemp("m") / "cnn.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path

@@ -81,6 +81,7 @@ def save_checkpoint(ctx: RunContext, step: int, *, training: dict | None = None)
         # mid-training, the step to fall back on (max_accuracy_drop) is not the model saved here
         "best": None if training is None else _best_state(ctx.best),
         "accuracy_before_bn": ctx.accuracy_before_bn,
+        "finetune_lr": ctx.tuning.lr,  # what lr "auto" resolved to: a resumed training keeps it
     }
     ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     tmp = ctx.checkpoint_dir / f"{CHECKPOINT}.tmp"
@@ -109,6 +110,7 @@ def load_checkpoint(ctx: RunContext) -> bool:
         ctx.keeper = MaskKeeper(ctx.model, ctx.plan)
     ctx.start_step, ctx.accuracy_before_bn = int(state["step"]), state["accuracy_before_bn"]
     ctx.resume_training = state["training"]
+    ctx.tuning.lr = state.get("finetune_lr")
     if state["best"] is not None:
         ctx.best = _load_best(state["best"])
     elif ctx.resume_training is None:

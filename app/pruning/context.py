@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from app.pruning.spec import Recipe
 from app.pruning.targets import within_drop
 from app.pruning.train import fine_tune
 from app.pruning.train_state import BatchHook, EpochHook
+from app.pruning.tuning import Tuning
 from app.zoo import reset_parameters
 
 BN_NOTE_KEY = "accuracy_before_bn_recalibration"
@@ -104,6 +106,7 @@ class RunContext:
 
     def __post_init__(self) -> None:
         self.model = self.model.to(self.device)
+        self.tuning = Tuning.for_run(self.recipe.finetune, self.model)  # teacher: still dense
         self.example = self.data.sample_batch(32).to(self.device)
         self.structured = self.recipe.pruning.granularity in CHANNEL_LEVELS
         if self.initial_state is not None:
@@ -213,17 +216,22 @@ class RunContext:
         on_epoch: EpochHook | None = None,
         resume: dict | None = None,
     ) -> list[dict]:
-        """Fine-tune with the recipe's spec; each epoch's point joins ``self.curve`` as it ends."""
+        """Fine-tune with the recipe's spec (its ``"auto"`` LR resolved, its distillation on,
+        ``tuning.py``); each epoch's point joins ``self.curve`` as it ends."""
 
         def record(point: dict, training: dict) -> None:
             self.curve.append(point)
             if on_epoch is not None:
                 on_epoch(point, training)
 
-        return fine_tune(
+        at = {"device": self.device, "keeper": self.keeper, "seed": int(self.recipe.seed)}
+        at |= {"epochs": epochs, "step": step, "resuming": resume is not None}
+        spec = self.tuning.spec_for(self.model, self.data, **at, notes=self.notes)
+        start = time.perf_counter()
+        curve = fine_tune(
             self.model,
             self.data,
-            self.recipe.finetune,
+            spec,
             device=self.device,
             keeper=self.keeper,
             report=self.report,
@@ -235,7 +243,10 @@ class RunContext:
             span=span,
             on_epoch=record,
             resume=resume,
+            distill=self.tuning.distiller,
         )
+        self.tuning.timed(time.perf_counter() - start, self.notes)
+        return curve
 
     def measure_after(self) -> dict:
         """The metrics after fine-tuning (BN re-estimated first for channel levels)."""

@@ -20,11 +20,14 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
 from app.pruning import measure as measure_mod
 from app.pruning.counts import layer_stats
 from app.pruning.data import ArrayDataset
+from app.pruning.lr_range import range_test
 from app.pruning.notes import info
 from app.pruning.report import Report, ShouldStop
 from app.pruning.result import RunResult
@@ -47,16 +50,21 @@ def run_train_kind(
     """Train ``model`` densely with ``recipe.finetune``; step 0 holds before and after.
 
     The weights before training and after the first epoch come back in ``rewind`` (what a
-    later ``retrain`` run rewinds to). ``device``, ``report``, ``should_stop``, ``latency``
+    later ``retrain`` run rewinds to). ``lr: "auto"`` is resolved by the LR range test first
+    (a note says what it chose); ``finetune.distill`` has no teacher here. ``device``, ``report``, ``should_stop``, ``latency``
     as in ``run_recipe``.
     """
     model.to(device)
     base = measure_mod.measure(model, data, device=device, latency=latency)
     recorder = RewindRecorder(model)
+    spec, found = recipe.finetune, None
+    if spec.lr == "auto":  # the range test restores the model and the random state
+        found = range_test(model, data, spec, device=device, seed=recipe.seed)
+        spec = replace(spec, lr=found.lr)
     curve = train(
         model,
         data,
-        recipe.finetune,
+        spec,
         device=device,
         report=report,
         should_stop=should_stop,
@@ -78,6 +86,7 @@ def run_train_kind(
         curve=curve,
         rewind=recorder.points,
         task=data.task,
+        notes=[] if found is None else [found.note()],
     )
 
 

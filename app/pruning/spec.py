@@ -60,34 +60,82 @@ class ScheduleSpec:
 
 
 @dataclass(frozen=True)
+class DistillSpec:
+    """Knowledge distillation from the dense model: ``weight`` of the soft loss, ``temperature``."""
+
+    weight: float = 0.5
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        number(self.weight, "finetune.distill.weight", 0.0, 1.0, hi_open=False)
+        if number(self.temperature, "finetune.distill.temperature", 0.0, 100.0) == 0.0:
+            raise ValueError("finetune.distill.temperature must be greater than 0.")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DistillSpec:
+        return cls(**check_keys(d, cls, "finetune.distill"))
+
+
+def check_lr(value: object) -> float | str:
+    """A positive learning rate or ``"auto"`` (an LR range test chooses it before training).
+
+    >>> check_lr("auto"), check_lr(0.01)
+    ('auto', 0.01)
+    >>> check_lr("fast")
+    Traceback (most recent call last):
+    ...
+    ValueError: finetune.lr must be a positive number or "auto", got 'fast'.
+    """
+    if value == "auto":
+        return "auto"
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not 0.0 < value <= 10.0:
+        raise ValueError(f'finetune.lr must be a positive number or "auto", got {value!r}.')
+    return float(value)
+
+
+@dataclass(frozen=True)
 class FinetuneSpec:
-    """How to (re)train between and after pruning steps."""
+    """How to (re)train between and after pruning steps.
+
+    ``lr="auto"`` (the default) runs an LR range test before the first fine-tuning
+    (``lr_range.py``); ``warmup`` is the share of the iterations over which the LR ramps up
+    linearly before ``lr_schedule`` takes over; ``distill`` adds a loss toward the dense
+    model's outputs (prune runs; null turns it off).
+    """
 
     epochs: int = 2
-    lr: float = 0.01
-    optimizer: str = "sgd"
+    lr: float | str = "auto"
+    optimizer: str = "adamw"
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
+    warmup: float = 0.05
     label_smoothing: float = 0.0
     early_stop_patience: int | None = None
+    distill: DistillSpec | None = None
 
     def __post_init__(self) -> None:
         integer(self.epochs, "finetune.epochs", 0)
-        if number(self.lr, "finetune.lr", 0.0, 10.0, hi_open=False) == 0.0:
-            raise ValueError("finetune.lr must be greater than 0.")
+        check_lr(self.lr)
         choice(self.optimizer, OPTIMIZERS, "finetune.optimizer")
         integer(self.batch_size, "finetune.batch_size", 1)
         number(self.momentum, "finetune.momentum", 0.0, 1.0)
         number(self.weight_decay, "finetune.weight_decay", 0.0, math.inf)
         choice(self.lr_schedule, LR_SCHEDULES, "finetune.lr_schedule")
+        number(self.warmup, "finetune.warmup", 0.0, 1.0)
         number(self.label_smoothing, "finetune.label_smoothing", 0.0, 1.0)
         optional(self.early_stop_patience, integer, "finetune.early_stop_patience", 1)
+        if self.distill is not None and not isinstance(self.distill, DistillSpec):
+            raise ValueError("finetune.distill must be an object {weight, temperature} or null.")
 
     @classmethod
     def from_dict(cls, d: dict) -> FinetuneSpec:
-        return cls(**check_keys(d, cls, "finetune"))
+        d = dict(check_keys(d, cls, "finetune"))
+        if d.get("distill") is not None:
+            d["distill"] = DistillSpec.from_dict(d["distill"])
+        return cls(**d)
 
     def to_dict(self) -> dict:
         return asdict(self)

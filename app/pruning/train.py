@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from app.pruning.data import ArrayDataset
+from app.pruning.distill import Distiller
+from app.pruning.lr_range import range_test
 from app.pruning.masks.keeper import MaskKeeper
 from app.pruning.measure import evaluate
 from app.pruning.optim import lr_factor, make_optimizer
@@ -85,14 +87,16 @@ def fine_tune(
     span: tuple[float, float] = (0.0, 1.0),
     on_epoch: EpochHook | None = None,
     resume: dict | None = None,
+    distill: Distiller | None = None,
 ) -> list[dict]:
     """Fine-tune (or train) ``model`` in place on ``data``'s train split.
 
     Args:
         model: the network; moved to ``device``.
         data: the dataset; test accuracy is measured after each epoch.
-        spec: epochs, lr, optimizer, batch_size, momentum, weight_decay, lr_schedule,
-            label_smoothing, early_stop_patience.
+        spec: epochs, lr, optimizer, batch_size, momentum, weight_decay, lr_schedule, warmup,
+            label_smoothing, early_stop_patience. ``lr="auto"`` runs the LR range test
+            (``lr_range.py``) first; callers that record it resolve it themselves.
         device: torch device string.
         keeper: holds pruned weights at zero, or None for dense training.
         report: progress callback; one ``"metric"`` event per epoch.
@@ -108,6 +112,7 @@ def fine_tune(
         resume: a training state given to ``on_epoch`` earlier: continue after its epoch, with
             its optimizer state, data order and iteration (the LR schedule goes on from there).
             The model must already hold that epoch's weights; early stopping starts afresh.
+        distill: the distillation loss toward the dense teacher (``distill.py``), or None.
 
     Returns:
         Curve points ``[{"epoch", "step", "loss", "accuracy", "test_loss", "lr"}]`` of the
@@ -125,14 +130,18 @@ def fine_tune(
         raise ValueError(f"finetune.batch_size must be positive; got {batch_size}")
     lr_factor(str(spec.lr_schedule), 0, 1)  # validate before any work
     model.to(device)
+    lr = spec.lr
+    if lr == "auto":
+        lr = range_test(model, data, spec, device=device, keeper=keeper, seed=seed).lr
     loader = data.loader("train", batch_size, shuffle=True, seed=int(seed) * 1009 + int(step))
     state = TrainState(
         model,
-        make_optimizer(model, spec),
-        float(spec.lr),
+        make_optimizer(model, spec, lr=float(lr)),
+        float(lr),
         str(spec.lr_schedule),
         keeper,
         total=n_epochs * len(loader),
+        warmup=float(spec.warmup),
     )
     if resume is not None:
         state.resume_from(resume, loader)
@@ -146,6 +155,7 @@ def fine_tune(
         ProgressThrottle(report),
         span,
         f"step {step}: training" if step else "training",
+        distill,
     )
     for epoch in range(state.epoch + 1, n_epochs + 1):
         train_loss = train_epoch(state, loop)

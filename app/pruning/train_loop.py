@@ -1,6 +1,7 @@
 """The epoch loop of :func:`~app.pruning.train.fine_tune`: one optimizer step per batch with the
 masks kept (``zero_grads()`` before the step, ``after_step()`` after it), ``should_stop()``
-polled before every batch, throttled ``"progress"`` events.
+polled before every batch, throttled ``"progress"`` events; with a ``Loop.distill`` the loss
+also pulls toward the dense teacher (``distill.py``).
 
 Example:
     >>> import numpy as np
@@ -12,7 +13,7 @@ Example:
     >>> x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
     >>> data = ArrayDataset("toy", x, np.arange(40) % 2, x, np.arange(40) % 2, 2)
     >>> model, loader = nn.Linear(6, 2), data.loader("train", 16, shuffle=True, seed=0)
-    >>> opt = make_optimizer(model, FinetuneSpec())
+    >>> opt = make_optimizer(model, FinetuneSpec(lr=0.01))
     >>> state = TrainState(model, opt, 0.01, "constant", None, total=len(loader))
     >>> throttle = ProgressThrottle(NULL_REPORT)
     >>> loop = Loop(loader, nn.CrossEntropyLoss(), "cpu", NEVER, None, 0.0, throttle, (0, 1), "")
@@ -35,7 +36,10 @@ def _batch(state: TrainState, loop: Loop, x: Tensor, y: Tensor) -> float:
     model, opt = state.model, state.optimizer
     x, y = x.to(loop.device), y.to(loop.device)
     opt.zero_grad(set_to_none=True)
-    loss = loop.loss_fn(model(x), y)
+    out = model(x)
+    loss = loop.loss_fn(out, y)
+    if loop.distill is not None:
+        loss = loop.distill.loss(out, x, loss)
     if loop.bn_l1 > 0:
         penalty = bn_l1_penalty(model, loop.bn_l1).to(next(model.parameters()).device)
         (loss + penalty).backward()

@@ -6,7 +6,7 @@ Example:
     >>> from app.pruning.optim import make_optimizer
     >>> from app.pruning.spec import FinetuneSpec
     >>> model = nn.Linear(6, 2)
-    >>> spec = FinetuneSpec(lr=0.1, lr_schedule="constant")
+    >>> spec = FinetuneSpec(lr=0.1, lr_schedule="constant", warmup=0.0)
     >>> state = TrainState(model, make_optimizer(model, spec), 0.1, "constant", None, total=10)
     >>> state.it = 5
     >>> state.set_lr()
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from app.pruning.distill import Distiller
 from app.pruning.masks.keeper import MaskKeeper
 from app.pruning.optim import lr_factor
 from app.pruning.report import ProgressThrottle, ShouldStop
@@ -40,7 +41,8 @@ class TrainState:
 
     ``it``/``epoch``: iterations and epochs done (a resumed call starts from the saved ones);
     ``total``: iterations of the whole call, for the LR schedule; ``history``: the curve points;
-    ``best``: the best weights so far under early stopping (reset when the keeper changes).
+    ``best``: the best weights so far under early stopping (reset when the keeper changes);
+    ``warmup``: the share of ``total`` over which the LR ramps up first.
     """
 
     model: nn.Module
@@ -55,10 +57,11 @@ class TrainState:
     best: dict[str, Tensor] | None = None
     best_accuracy: float = -1.0
     bad_epochs: int = 0
+    warmup: float = 0.0
 
     def set_lr(self) -> None:
         """The LR of the current iteration, in every parameter group."""
-        lr = self.base_lr * lr_factor(self.lr_schedule, self.it, self.total)
+        lr = self.base_lr * lr_factor(self.lr_schedule, self.it, self.total, warmup=self.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -93,6 +96,7 @@ class Loop:
     tick: ProgressThrottle
     span: tuple[float, float]
     message: str
+    distill: Distiller | None = None  # adds the loss toward the dense teacher
 
     def progress(self, state: TrainState) -> None:
         lo, hi = self.span

@@ -11,7 +11,7 @@ import pytest
 from app.catalogue import CRITERION_NAMES, GRANULARITY_NAMES, SCHEDULE_KINDS, VALID_PAIRS
 from app.pruning.criteria import CRITERIA
 from app.pruning.pruning_spec import PruningSpec
-from app.pruning.spec import Recipe
+from app.pruning.spec import FinetuneSpec, Recipe
 
 API_EXAMPLE = {
     "kind": "prune",
@@ -69,7 +69,21 @@ def _with(section: str, **changes) -> dict:
         ("pruning", {"wanda_group": "layer"}, "pruning.wanda_group applies to criterion 'wanda'"),
         ("pruning", {"colour": "red"}, "unknown key 'colour' in pruning"),
         ("finetune", {"epochs": -1}, "finetune.epochs must be an integer >= 0"),
-        ("finetune", {"lr": 0}, "finetune.lr must be greater than 0"),
+        ("finetune", {"lr": 0}, 'finetune.lr must be a positive number or "auto", got 0.'),
+        (
+            "finetune",
+            {"lr": "fast"},
+            "finetune.lr must be a positive number or \"auto\", got 'fast'.",
+        ),
+        ("finetune", {"warmup": 1.0}, "finetune.warmup must be a number in [0, 1)"),
+        ("finetune", {"distill": {"weight": 1.5}}, "finetune.distill.weight must be a number in"),
+        (
+            "finetune",
+            {"distill": {"temperature": 0}},
+            "finetune.distill.temperature must be greater",
+        ),
+        ("finetune", {"distill": {"alpha": 1}}, "unknown key 'alpha' in finetune.distill"),
+        ("finetune", {"distill": 0.5}, "finetune.distill must be a JSON object"),
         ("finetune", {"optimizer": "lion"}, "finetune.optimizer 'lion'"),
         ("schedule", {"steps": 0}, "schedule.steps must be an integer >= 1"),
         ("schedule", {"when": 3}, "unknown key 'when' in schedule"),
@@ -118,3 +132,18 @@ def test_spec_module_does_not_import_torch() -> None:
 def test_a_threshold_on_the_layer_level_is_refused_not_dropped() -> None:
     with pytest.raises(ValueError, match="threshold does not apply to granularity 'layer'"):
         PruningSpec.from_dict({"granularity": "layer", "criterion": "l1", "threshold": 0.2})
+
+
+def test_finetune_defaults_are_adamw_with_warmup_and_an_automatic_lr() -> None:
+    spec = Recipe.from_dict({"kind": "prune", "name": "x", **_with("finetune")}).finetune
+    default = FinetuneSpec()
+    assert (default.optimizer, default.lr, default.warmup) == ("adamw", "auto", 0.05)
+    assert spec.lr == 0.01  # a number still works as before
+
+
+def test_distill_round_trips_and_null_turns_it_off() -> None:
+    body = _with("finetune", distill={"weight": 1.0, "temperature": 4})
+    recipe = Recipe.from_dict(body)
+    assert recipe.finetune.distill is not None and recipe.finetune.distill.temperature == 4
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+    assert Recipe.from_dict(_with("finetune", distill=None)).finetune.distill is None

@@ -33,7 +33,7 @@ def test_train_gets_the_digits_mlp_above_90_percent_in_a_few_epochs() -> None:
 
 
 def test_training_is_deterministic_on_cpu() -> None:
-    spec = FinetuneSpec(epochs=1, lr=0.05, batch_size=64)
+    spec = FinetuneSpec(epochs=1, lr=0.05, optimizer="sgd", batch_size=64)
     a, b = _mlp(), _mlp()
     ca, cb = train(a, load_digits(), spec, seed=3), train(b, load_digits(), spec, seed=3)
     assert ca == cb
@@ -58,7 +58,9 @@ def test_cosine_lr_decays_to_zero_and_step_divides_by_ten() -> None:
     assert lr_factor("cosine", 100, 100) == pytest.approx(0.0)
     assert [lr_factor("step", i, 100) for i in (0, 60, 80)] == [1.0, 0.1, pytest.approx(0.01)]
     assert lr_factor("constant", 99, 100) == 1.0
-    curve = train(_mlp(), load_digits(), FinetuneSpec(epochs=3, lr=0.05, batch_size=128))
+    curve = train(
+        _mlp(), load_digits(), FinetuneSpec(epochs=3, lr=0.05, optimizer="sgd", batch_size=128)
+    )
     assert curve[0]["lr"] > curve[1]["lr"] > curve[2]["lr"]
 
 
@@ -73,7 +75,10 @@ def test_masked_weights_stay_zero_through_fine_tuning() -> None:
     }
     apply_masks(model, masks)
     fine_tune(
-        model, load_digits(), FinetuneSpec(epochs=1, lr=0.05), keeper=MaskKeeper(model, masks)
+        model,
+        load_digits(),
+        FinetuneSpec(epochs=1, lr=0.05, optimizer="sgd"),
+        keeper=MaskKeeper(model, masks),
     )
     for name, mask in masks.items():
         weight = dict(model.named_modules())[name].weight
@@ -124,7 +129,7 @@ def test_early_stop_restores_the_best_weights() -> None:
 
 
 def test_bn_l1_sparsity_training_shrinks_bn_gammas() -> None:
-    spec = FinetuneSpec(epochs=2, lr=0.05)
+    spec = FinetuneSpec(epochs=2, lr=0.05, optimizer="sgd")
     torch.manual_seed(0)
     plain, slim = zoo.build("cnn_small"), zoo.build("cnn_small")
     slim.load_state_dict(plain.state_dict())

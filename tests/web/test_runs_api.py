@@ -127,6 +127,7 @@ def test_create_persists_a_queued_run_and_the_dispatcher_starts_it(api, people) 
         ({"dataset_id": "mnist"}, "dataset_id 'mnist' does not exist"),
         ({"schedule": {"kind": "sometimes"}}, "schedule.kind 'sometimes' is not one of"),
         ({"colour": "red"}, "unknown key 'colour' in the recipe"),
+        ({"finetune": {"lr": "fast"}}, 'finetune.lr must be a positive number or "auto", got'),
     ],
 )
 def test_bad_recipes_are_422_sentences_naming_the_field(api, people, change, expected) -> None:

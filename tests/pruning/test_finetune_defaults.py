@@ -1,0 +1,121 @@
+"""Fine-tuning that works without tuning: lr "auto", warm-up, distillation (issue 13, 1-2)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+
+import torch
+
+from app.modelio.dataset_files import load_digits
+from app.pruning.distill import Distiller, frozen_teacher
+from app.pruning.lr_range import range_test
+from app.pruning.masks.compute import compute_masks
+from app.pruning.masks.keeper import MaskKeeper, apply_masks
+from app.pruning.pipeline import run_recipe
+from app.pruning.pruning_spec import PruningSpec
+from app.pruning.spec import DistillSpec, FinetuneSpec, Recipe
+from app.pruning.train import fine_tune
+from app.pruning.tuning import Tuning
+from tests.pruning.test_pipeline import trained
+
+torch.set_num_threads(1)
+HALF = {"granularity": "element", "criterion": "l1", "sparsity": 0.5}
+
+
+def _run(finetune: dict, pruning: dict = HALF):
+    body = {"kind": "prune", "name": "ft", "pruning": pruning, "finetune": finetune}
+    return run_recipe(Recipe.from_dict(body), trained("mlp"), load_digits(), latency=False)
+
+
+def _pruned(sparsity: float) -> tuple[torch.nn.Module, MaskKeeper]:
+    model = trained("mlp")
+    plan = compute_masks(model, PruningSpec("element", "l1", sparsity=sparsity))
+    apply_masks(model, plan)
+    return model, MaskKeeper(model, plan)
+
+
+def test_lr_auto_resolves_to_a_positive_lr_recorded_in_the_run_notes() -> None:
+    result = _run({"epochs": 1})  # the defaults: AdamW, lr "auto"
+    notes = [n["text"] for n in result.notes if n["text"].startswith("lr auto:")]
+    assert len(notes) == 1, result.notes
+    chosen = float(re.search(r"range test chose (\S+) \(AdamW\)", notes[0]).group(1))
+    assert math.isfinite(chosen) and 1e-5 <= chosen <= 0.05
+    assert result.final["accuracy"] > 0.85
+
+
+def test_the_range_test_is_deterministic_and_leaves_the_model_as_it_was() -> None:
+    model, keeper = _pruned(0.8)
+    before = copy.deepcopy(model.state_dict())
+    spec = FinetuneSpec(batch_size=64)
+    first = range_test(model, load_digits(), spec, keeper=keeper, seed=3)
+    second = range_test(model, load_digits(), spec, keeper=keeper, seed=3)
+    assert first.lr == second.lr and first.losses == second.losses
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_numeric_lr_runs_no_range_test() -> None:
+    result = _run({"epochs": 1, "lr": 0.003})
+    assert not [n for n in result.notes if n["text"].startswith("lr auto:")]
+    assert result.curve[0]["lr"] < 0.003  # the cosine after the warm-up
+
+
+def test_distillation_at_weight_one_pulls_the_student_toward_the_teacher() -> None:
+    dense = trained("mlp")
+    teacher = frozen_teacher(dense)
+    model, keeper = _pruned(0.95)
+    x = torch.as_tensor(load_digits().x_test)
+
+    def agreement() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float((model(x).argmax(1) == teacher(x).argmax(1)).float().mean())
+
+    def kl() -> float:
+        model.eval()
+        with torch.no_grad():
+            s, t = model(x).log_softmax(1), teacher(x).log_softmax(1)
+            return float((t.exp() * (t - s)).sum(1).mean())
+
+    agree_before, kl_before = agreement(), kl()
+    distiller = Distiller(teacher, DistillSpec(weight=1.0, temperature=2.0))
+    spec = FinetuneSpec(epochs=2, lr=0.01, batch_size=64)
+    fine_tune(model, load_digits(), spec, keeper=keeper, distill=distiller)
+    assert agreement() > agree_before + 0.05
+    assert kl() < 0.9 * kl_before
+    assert distiller.batches == 2 * math.ceil(load_digits().n_train / 64)
+
+
+def test_a_distilling_run_notes_the_teachers_cost() -> None:
+    result = _run({"epochs": 1, "lr": 0.003, "distill": {"weight": 0.5, "temperature": 2}})
+    notes = [n["text"] for n in result.notes if n["text"].startswith("distillation:")]
+    assert len(notes) == 1
+    assert re.search(r"took \d+\.\d\d s over \d+ batches, \d+% of the \d+\.\d\d s", notes[0])
+
+
+def test_distillation_off_trains_exactly_as_without_it() -> None:
+    model_a, keeper_a = _pruned(0.8)
+    model_b, keeper_b = _pruned(0.8)
+    spec = FinetuneSpec(epochs=1, lr=0.003, batch_size=64)
+    torch.manual_seed(0)
+    fine_tune(model_a, load_digits(), spec, keeper=keeper_a)
+    torch.manual_seed(0)
+    off = Distiller(frozen_teacher(trained("mlp")), DistillSpec(weight=0.0))
+    fine_tune(model_b, load_digits(), spec, keeper=keeper_b, distill=off)
+    pairs = zip(model_a.parameters(), model_b.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    result = _run({"epochs": 1, "lr": 0.003, "distill": None})
+    assert not [n for n in result.notes if n["text"].startswith("distillation:")]
+
+
+def test_the_checkpoint_keeps_the_chosen_lr_and_a_resumed_training_reuses_it(tmp_path) -> None:
+    body = {"kind": "prune", "name": "ck", "pruning": HALF, "finetune": {"epochs": 1}}
+    recipe = Recipe.from_dict(body)
+    run_recipe(recipe, trained("mlp"), load_digits(), latency=False, checkpoint_dir=tmp_path)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["finetune_lr"]
+    assert 1e-5 <= saved <= 0.05
+    tuning = Tuning.for_run(recipe.finetune, trained("mlp"))
+    tuning.lr = saved
+    at = {"device": "cpu", "keeper": None, "seed": 0, "notes": []}
+    assert tuning.spec_for(None, None, **at, resuming=True).lr == saved  # no test: no model
