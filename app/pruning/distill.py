@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from app.pruning.notes import Note, info
 from app.pruning.spec import DistillSpec
+from app.pruning.task import logits_of
 
 NOTE_PREFIX = "distillation:"
 
@@ -64,9 +65,12 @@ class Distiller:
     def loss(self, student: Tensor, x: Tensor, hard: Tensor) -> Tensor:
         """``(1 - w) * hard + w * T^2 * KL`` for the student's logits on ``x``."""
         t = self.temperature
+        s_logits = logits_of(student)
+        t_logits = logits_of(self.teacher_logits(x)).float()
+        vocab = s_logits.shape[-1]  # a language model's [B, L, V]: one distribution per token
         soft = F.kl_div(
-            F.log_softmax(student / t, dim=1),
-            F.log_softmax(self.teacher_logits(x).float() / t, dim=1),
+            F.log_softmax(s_logits.reshape(-1, vocab) / t, dim=-1),
+            F.log_softmax(t_logits.reshape(-1, vocab) / t, dim=-1),
             reduction="batchmean",
             log_target=True,
         )

@@ -41,6 +41,7 @@ from app.pruning.masks.keeper import MaskKeeper
 from app.pruning.notes import Note, info
 from app.pruning.optim import make_optimizer
 from app.pruning.spec import FinetuneSpec
+from app.pruning.task import TokenLoss
 
 SWEEP_BATCHES = 40
 DIVERGE = 2.0  # the smoothed loss this many times its best ends the sweep
@@ -83,7 +84,7 @@ class LrChoice:
 
 
 def _sweep(model, data, spec, *, device, keeper, seed, batches, lo, hi):
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(spec.label_smoothing or 0.0))
+    loss_fn = TokenLoss(label_smoothing=float(spec.label_smoothing or 0.0))  # by task
     opt = make_optimizer(model, spec, lr=lo)
     loader = data.loader("train", int(spec.batch_size), shuffle=True, seed=int(seed) * 7919 + 17)
     batch_iter = iter(loader)

@@ -89,6 +89,27 @@ def test_a_prune_run_on_a_language_model_reports_dense_and_pruned_perplexity() -
     assert result.layers and all("flops" in row for row in result.layers)
 
 
+def test_a_language_model_fine_tunes_on_the_defaults_with_lr_auto_and_distillation() -> None:
+    # The default lr "auto" range test and the distillation loss both read per-token logits.
+    data = _corpus().dataset
+    torch.manual_seed(0)
+    model = Bigram(data.n_classes, as_dict=True)
+    fine_tune(model, data, FinetuneSpec(epochs=8, lr=0.05, optimizer="adam"))
+    recipe = Recipe.from_dict(
+        {
+            "kind": "prune",
+            "name": "lm-defaults",
+            "finetune": {"epochs": 1, "distill": {"weight": 0.5, "temperature": 2}},
+            "pruning": {"granularity": "element", "criterion": "l1", "sparsity": 0.7},
+        }
+    )
+    result = run_recipe(recipe, model, data, latency=False)
+    texts = [n["text"] for n in result.notes]
+    assert any(t.startswith("lr auto") for t in texts), texts
+    assert any(t.startswith("distillation") for t in texts), texts
+    assert math.isfinite(result.final["perplexity"])
+
+
 def test_outputs_that_do_not_fit_the_targets_are_named() -> None:
     with pytest.raises(ValueError, match=r"output has shape \[2, 5\] but the targets"):
         token_loss(torch.zeros(2, 5), torch.zeros(2, 4, dtype=torch.long))
