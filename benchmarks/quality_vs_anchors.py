@@ -25,7 +25,7 @@ in 40 epochs, 97% (33x) within 3 points; filter 50% within 1 point of dense in 5
 cnn_small and onnx_cnn; filter at or above Torch-Pruning everywhere.
 
 Run: ``PYTHONPATH=. python benchmarks/quality_vs_anchors.py [--quick] [--only MODEL]
-[--seeds 0,1]`` (full: about 20 min on 2 busy cores; ``--quick``: 1 seed, 1 level, fewest
+[--seeds 0,1]`` (full: about 35 min on 2 cores shared at load ~8; ``--quick``: 1 seed, 1 level, fewest
 epochs, 2-3 min).
 """
 
