@@ -362,7 +362,7 @@ def test_an_export_that_failed_its_check_says_why_beside_it(
     page = client.get(f"/runs/{lab['a']}", headers=lab["h"]).text
     row_pt = re.search(r'<tr class="artifact failed">.*?pruned\.pt.*?</tr>', page, flags=re.S)
     assert row_pt is not None and "✗ " + why in row_pt.group(0)
-    assert 'download>pruned.pt</a>' in row_pt.group(0)  # it runs at its batch: still offered
+    assert "download>pruned.pt</a>" in row_pt.group(0)  # it runs at its batch: still offered
     row_onnx = re.search(r'<tr class="artifact failed">.*?pruned\.onnx.*?</tr>', page, flags=re.S)
     assert row_onnx is not None and "aten::diff" in row_onnx.group(0)
     assert "artifacts/pruned.onnx" not in row_onnx.group(0)  # no file: no link
