@@ -1,8 +1,9 @@
 """The achieved sparsity measured in an exported file, not in the module that wrote it.
 
 Each prunable weight of the pruned module is found in the file by its values (exporters rename
-and transpose weights: ONNX ``MatMul`` takes ``W.T`` under an ``onnx::MatMul_..`` name), and
-the file's copy is counted, so a file that lost its zeros, or a weight, reads differently.
+and transpose weights: ONNX ``MatMul`` takes ``W.T`` under an ``onnx::MatMul_..`` name) or, for
+a conv with BatchNorm folded in, by its shape and the places of its zeros; the file's copy is
+counted, so a file that lost its zeros, or a weight, fails or reads differently.
 """
 
 from __future__ import annotations
@@ -39,14 +40,25 @@ def file_tensors(path: Path) -> list[np.ndarray]:
 def sparsity_in_file(path: Path, module: nn.Module) -> float:
     """Zeros over weights, counted in the file's copy of each of ``module``'s prunable weights."""
     tensors = file_tensors(path)
-    by_values = {}
-    for t in tensors:
-        by_values.setdefault(t.size, []).append(np.sort(t.ravel()))
     zeros = total = 0
     for name, layer in prunable_layers(module).items():
-        want = np.sort(layer.weight.detach().cpu().numpy().ravel())
-        match = next((t for t in by_values.get(want.size, []) if np.array_equal(t, want)), None)
+        weight = layer.weight.detach().cpu().numpy()
+        match = _find(weight, tensors)
         assert match is not None, f"the weight of {name} is not in {path.name}"
         zeros += int((match == 0).sum())
         total += match.size
     return zeros / total
+
+
+def _find(weight: np.ndarray, tensors: list[np.ndarray]) -> np.ndarray | None:
+    """The file's copy of ``weight``: the same values in any order (renamed, transposed), else
+    a tensor of its shape with zeros in the same places (BatchNorm folded into a conv scales
+    each filter)."""
+    want = np.sort(weight.ravel())
+    for t in tensors:
+        if t.size == weight.size and np.array_equal(np.sort(t.ravel()), want):
+            return t
+    for t in tensors:
+        if t.shape == weight.shape and np.array_equal(t == 0, weight == 0):
+            return t
+    return None
