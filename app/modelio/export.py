@@ -1,8 +1,9 @@
 """Export a pruned model in every offered format, then reload each file and check its outputs.
 
 ``export_all`` writes ``pruned.pt`` (TorchScript), ``pruned.onnx`` (opset 17, dynamic batch),
-``pruned.safetensors`` (+ ``architecture.json`` for a structurally pruned model) and
-``recipe.json``. The example batch is in the model's own input dtype (int64 token ids stay
+``pruned.safetensors`` (+ ``architecture.json`` for a structurally pruned model),
+``recipe.json``, and for a model loaded from a ``.pt2`` program ``pruned.pt2`` (dynamic batch,
+BatchNorm still trainable). The example batch is in the model's own input dtype (int64 token ids stay
 int64, so ``pruned.onnx`` declares an int64 input) and at a batch the model accepts
 (``export_input.export_batch``). Every file is written atomically (a temporary file in the same
 folder, then ``os.replace``), reloaded the way a user would load it, and run on the example
@@ -29,9 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import json
-import logging
 import os
 import tempfile
 import warnings
@@ -44,16 +43,17 @@ from torch import nn
 
 from app.modelio.export_checks import (
     check_batches,
+    failed_row,
+    file_sha256,  # noqa: F401 - imported from here by app.runs
     first_output,
     max_diff,
     other_batches,
-    sentence,
+    passed_row,
     tolerance,
 )
 from app.modelio.export_input import traceable
+from app.modelio.pt2 import is_program
 from app.pruning.structural.rebuild import rebuild
-
-logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 
@@ -61,7 +61,9 @@ ONNX_OPSET = 17
 @contextlib.contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path``; moved onto it only when the block succeeds."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}"
+    )  # torch.export.save wants .pt2
     os.close(fd)
     try:
         yield Path(tmp)
@@ -69,15 +71,6 @@ def _atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_torchscript(model: nn.Module, x: torch.Tensor, path: Path) -> Callable:
@@ -128,6 +121,18 @@ def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path, *, dynamo: bool =
     return lambda inp: session.run(None, {name: inp.numpy()})[0]
 
 
+def _write_pt2(model: nn.Module, x: torch.Tensor, path: Path) -> Callable:
+    """``pruned.pt2``: a pruned ``.pt2`` program exported back, batch axis dynamic where it can
+    be, reloaded as the lab loads programs (BatchNorm trainable after ``train()``)."""
+    from app.modelio.pt2 import export_program, load_program
+
+    program = export_program(model, x)
+    with _atomic_path(path) as tmp:
+        torch.export.save(program, str(tmp))
+    loaded = load_program(str(path))
+    return lambda inp: loaded(inp)
+
+
 def _write_safetensors(model: nn.Module, path: Path, arch_config: Mapping | None) -> Callable:
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with _atomic_path(path) as tmp:
@@ -145,37 +150,6 @@ def _write_json(obj: object, path: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if json.loads(path.read_text(encoding="utf-8")) != json.loads(json.dumps(obj)):
         raise ValueError(f"{path.name} did not read back as written")
-
-
-def _row(name: str, kind: str, path: Path, diff: float, tol: float) -> dict:
-    row = {
-        "name": name,
-        "kind": kind,
-        "size_bytes": path.stat().st_size,
-        "verified": diff <= tol,
-        "max_abs_diff": diff,
-        "sha256": file_sha256(path),
-    }
-    if diff > tol:
-        row["error"] = (
-            f"{name} reloads with outputs up to {diff:.2e} away from the pruned model's "
-            f"(tolerance {tol:.1e}); do not deploy it without checking"
-        )
-    return row
-
-
-def _failed(name: str, kind: str, path: Path, exc: Exception) -> dict:
-    logger.warning("export of %s failed: %s", name, exc)
-    path.unlink(missing_ok=True)  # a stale or unreadable file must not be offered
-    return {
-        "name": name,
-        "kind": kind,
-        "size_bytes": 0,
-        "verified": False,
-        "max_abs_diff": None,
-        "sha256": None,
-        "error": sentence(f"{kind} export of {name} failed: {type(exc).__name__}: {exc}"),
-    }
 
 
 def export_all(
@@ -217,12 +191,14 @@ def export_all(
         ("pruned.pt", "torchscript", [lambda p: _write_torchscript(cpu_model, x, p)]),
         ("pruned.onnx", "onnx", onnx_writers),
     ]
+    if is_program(cpu_model):  # a .pt2 upload: also a program back, whose BatchNorm trains
+        writers.append(("pruned.pt2", "pt2", [lambda p: _write_pt2(cpu_model, x, p)]))
     if arch_config is not None:
         try:
             _write_json(dict(arch_config), out / "architecture.json")
         except Exception as exc:  # noqa: BLE001 - reported on the artifact row
             rows.append(
-                _failed("architecture.json", "architecture", out / "architecture.json", exc)
+                failed_row("architecture.json", "architecture", out / "architecture.json", exc)
             )
             arch_config = None
     writers.append(
@@ -236,13 +212,13 @@ def export_all(
     if arch_config is not None:
         arch_path = out / "architecture.json"
         safetensors_ok = rows[-1]["verified"]
-        rows.append(_row("architecture.json", "architecture", arch_path, 0.0, 1.0))
+        rows.append(passed_row("architecture.json", "architecture", arch_path, 0.0, 1.0))
         rows[-1].update(verified=safetensors_ok, max_abs_diff=rows[-2]["max_abs_diff"])
     try:
         _write_json(dict(recipe), out / "recipe.json")
-        rows.append(_row("recipe.json", "recipe", out / "recipe.json", 0.0, 1.0))
+        rows.append(passed_row("recipe.json", "recipe", out / "recipe.json", 0.0, 1.0))
     except Exception as exc:  # noqa: BLE001
-        rows.append(_failed("recipe.json", "recipe", out / "recipe.json", exc))
+        rows.append(failed_row("recipe.json", "recipe", out / "recipe.json", exc))
     return rows
 
 
@@ -268,7 +244,7 @@ def _export_one(
             run = write(target)
             with torch.inference_mode():
                 diff = max_diff(check.expected, run(check.x))
-            row = _row(name, kind, target, diff, tolerance(check.expected))
+            row = passed_row(name, kind, target, diff, tolerance(check.expected))
             why = row.get("error") or check_batches(run, check.others, name, len(check.x))
             if why is None:
                 if target != path:
@@ -276,7 +252,7 @@ def _export_one(
                 return row
             row.update(verified=False, error=why)
         except Exception as exc:  # noqa: BLE001 - one failed format must not sink the others
-            row = _failed(name, kind, target, exc)
+            row = failed_row(name, kind, target, exc)
         if first is None:
             first = row
         elif target.exists():

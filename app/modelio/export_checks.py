@@ -20,7 +20,10 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +31,17 @@ from torch import nn
 
 from app.modelio.export_input import accepts
 
+logger = logging.getLogger(__name__)
 RTOL = 1e-4  # outputs must agree to 1e-4 of their magnitude (at least 1e-4 absolute)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def tolerance(expected: torch.Tensor) -> float:
@@ -88,3 +101,34 @@ def sentence(text: str, limit: int = 400) -> str:
     """One line: a multi-line error joined with '; ' and cut to ``limit`` characters."""
     line = "; ".join(part.strip() for part in text.splitlines() if part.strip())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def passed_row(name: str, kind: str, path: Path, diff: float, tol: float) -> dict:
+    row = {
+        "name": name,
+        "kind": kind,
+        "size_bytes": path.stat().st_size,
+        "verified": diff <= tol,
+        "max_abs_diff": diff,
+        "sha256": file_sha256(path),
+    }
+    if diff > tol:
+        row["error"] = (
+            f"{name} reloads with outputs up to {diff:.2e} away from the pruned model's "
+            f"(tolerance {tol:.1e}); do not deploy it without checking"
+        )
+    return row
+
+
+def failed_row(name: str, kind: str, path: Path, exc: Exception) -> dict:
+    logger.warning("export of %s failed: %s", name, exc)
+    path.unlink(missing_ok=True)  # a stale or unreadable file must not be offered
+    return {
+        "name": name,
+        "kind": kind,
+        "size_bytes": 0,
+        "verified": False,
+        "max_abs_diff": None,
+        "sha256": None,
+        "error": sentence(f"{kind} export of {name} failed: {type(exc).__name__}: {exc}"),
+    }

@@ -9,8 +9,9 @@ The result model is what a later run prunes next, so it stays weights + architec
 the model came from a built-in arch: plain safetensors when only masks were applied, and
 safetensors with the pruned architecture in its header (``modelio.rebuilt``) when units were
 physically removed. Only a model without a built-in arch (TorchScript, ``.pt2``, ONNX) is
-registered as TorchScript, which can be pruned with masks only, or as ONNX when ``pruned.pt``
-failed its reload check (a trace that fixed the batch size, say) and ``pruned.onnx`` passed.
+registered from the first export that passed its reload check: ``pruned.pt2`` for a ``.pt2``
+upload (BatchNorm keeps training), else TorchScript (masks only), else ONNX when ``pruned.pt``
+failed its check (a trace that fixed the batch size, say).
 """
 
 from __future__ import annotations
@@ -114,13 +115,15 @@ def _result_model(
 
 
 def registrable_export(rows: list[dict], out: Path, input_dtype: str) -> tuple | None:
-    """``(path, format, module)`` of the first export a later run can load: ``pruned.pt``, else
-    ``pruned.onnx`` (loaded back through ``load_model``), each only when its reload check
-    passed at every batch; None when neither did."""
+    """``(path, format, module)`` of the first export a later run can load: ``pruned.pt2`` (a
+    ``.pt2`` upload's: its BatchNorm keeps training), ``pruned.pt``, else ``pruned.onnx`` (loaded
+    back through ``load_model``), each only when its reload check passed at every batch; None
+    when none did."""
     from app.modelio.load import load_model
 
     checked = {r["name"] for r in rows if r.get("verified") and not r.get("error")}
-    for name, fmt in (("pruned.pt", "torchscript"), ("pruned.onnx", "onnx")):
+    order = (("pruned.pt2", "pt2"), ("pruned.pt", "torchscript"), ("pruned.onnx", "onnx"))
+    for name, fmt in order:
         path = out / name
         if name not in checked or not path.is_file():
             continue

@@ -18,8 +18,8 @@ from app.pruning.layers import prunable_layers
 
 
 def file_tensors(path: Path) -> list[np.ndarray]:
-    """Every float tensor an exported file holds (ONNX initializers and constants, TorchScript
-    or safetensors tensors)."""
+    """Every float tensor an exported file holds (ONNX initializers and constants, a program's
+    state, TorchScript or safetensors tensors)."""
     if path.suffix == ".onnx":
         import onnx
         from onnx import numpy_helper
@@ -32,6 +32,8 @@ def file_tensors(path: Path) -> list[np.ndarray]:
         from safetensors.numpy import load_file
 
         found = list(load_file(str(path)).values())
+    elif path.suffix == ".pt2":
+        found = [t.detach().numpy() for t in torch.export.load(str(path)).state_dict.values()]
     else:
         found = [t.numpy() for t in torch.jit.load(str(path)).state_dict().values()]
     return [t for t in found if t.dtype.kind == "f" and t.ndim >= 2]

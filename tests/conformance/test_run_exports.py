@@ -5,13 +5,15 @@ reports.
 Every ``pruned.*`` file is reloaded and matches the pruned module at the batch it was traced
 at; ``pruned.onnx`` and ``pruned.safetensors`` also at other batches; a ``pruned.pt`` whose
 trace fixed the batch (traces of converted ONNX graphs and ``.pt2`` programs) says so on its
-row. The sparsity counted in each file equals the run's.
+row. The sparsity counted in each file equals the run's. A ``.pt2`` upload's result model is
+``pruned.pt2``, whose BatchNorm updates its statistics when fine-tuned (issue 12 item 7).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from app.modelio.detect import detect_format
 from app.modelio.load import load_model
@@ -66,7 +68,9 @@ def test_every_export_of_a_tiny_run_reloads_with_the_runs_sparsity(
 
     sparsity = result.final["sparsity"]
     assert sparsity == pytest.approx(0.5, abs=0.02)
-    for name in ("pruned.pt", "pruned.onnx", "pruned.safetensors"):
+    files = ["pruned.pt", "pruned.onnx", "pruned.safetensors"] + (["pruned.pt2"] * (fmt == "pt2"))
+    assert {r["name"] for r in rows if r["name"].startswith("pruned.")} == set(files)
+    for name in files:
         row = by_name[name]
         assert (tmp_path / name).is_file(), row
         assert row["max_abs_diff"] is not None and row["max_abs_diff"] < 1e-3, row
@@ -76,4 +80,20 @@ def test_every_export_of_a_tiny_run_reloads_with_the_runs_sparsity(
             assert "fixed the batch size" in row["error"], row
         measured = sparsity_in_file(tmp_path / name, result.model)
         assert measured == pytest.approx(sparsity, abs=1e-9), (name, measured, sparsity)
-    assert registrable_export(rows, tmp_path, loaded.input_dtype) is not None
+    found = registrable_export(rows, tmp_path, loaded.input_dtype)
+    assert found is not None
+    if fmt == "pt2":  # the result model stays a program, and its BatchNorm still trains
+        assert found[1] == "pt2"
+        _batchnorm_trains(load_model(found[0], "pt2").module, data)
+
+
+def _batchnorm_trains(module: torch.nn.Module, data: ArrayDataset) -> None:
+    x = torch.as_tensor(data.x_train[:8])
+    stats = {k: v.clone() for k, v in module.named_buffers() if k.endswith("running_mean")}
+    assert stats, "the program lost its BatchNorm statistics"
+    module.train()
+    module(x)
+    moved = [k for k, v in module.named_buffers() if k in stats and not torch.equal(v, stats[k])]
+    assert moved, "BatchNorm statistics did not update in train mode"
+    module.eval()
+    torch.testing.assert_close(module(x)[:1], module(x[:1]))  # eval: running statistics
