@@ -239,7 +239,7 @@ def _export_one(
     Returns the row of the file that passed, else the first writer's (with its ``error``)."""
     first: dict | None = None
     for i, write in enumerate(tries):
-        target = path if i == 0 else path.with_name(f".{path.name}.retry")
+        target = path if i == 0 else path.with_name(f".retry-{path.name}")
         try:
             run = write(target)
             with torch.inference_mode():
