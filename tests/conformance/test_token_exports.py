@@ -4,7 +4,7 @@ A tiny BERT classifier (uploaded as a TorchScript trace) and a tiny Llama causal
 program) are pruned 50% by magnitude; ``pruned.onnx`` must declare an int64 input, run in
 onnxruntime on token ids at a batch it was not traced at with the pruned module's outputs, and
 hold the sparsity the run reports. A file that cannot do that says why on its row, and the
-result model comes from a format that passed.
+result model comes from a format that passed (the Llama program's: ``pruned.pt2``).
 """
 
 from __future__ import annotations
@@ -118,6 +118,10 @@ def test_a_pruned_llama_program_exports_onnx_that_takes_token_ids(exported, tmp_
         assert (
             not pt["verified"] and "batch of 2" in pt["error"] and (tmp_path / "pruned.pt").exists()
         )
+    # the result model is the program exported back, taking token ids at any batch
+    assert rows["pruned.pt2"]["verified"] and not rows["pruned.pt2"].get("error")
+    assert sparsity_in_file(tmp_path / "pruned.pt2", module) == pytest.approx(sparsity, abs=1e-9)
     found = registrable_export(list(rows.values()), tmp_path, "int64")
-    assert found is not None
-    assert found[1] == ("torchscript" if pt["verified"] else "onnx")
+    assert found is not None and found[1] == "pt2"
+    with torch.inference_mode():
+        torch.testing.assert_close(found[2](_ids(3)), module(_ids(3)))
