@@ -260,6 +260,8 @@ class Artifact(SQLModel, table=True):
     max_abs_diff: float | None = None
     sha256: str | None = Field(default=None, max_length=64)
     storage_key: str = Field(max_length=255)
+    # why the export failed its reload check (one sentence); None when it passed
+    error: str | None = Field(default=None, max_length=500)
 
 
 class RunEvent(SQLModel, table=True):

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from app.modelio.export import ONNX_OPSET
+from app.modelio.export_input import traceable
 from app.pruning.latency import Timing, time_interleaved
 from app.pruning.speedup import MASKS_ONLY_VERDICT, latency_row
 
@@ -36,7 +37,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model.cpu().eval(),
+            traceable(model.cpu().eval()),
             (example.cpu(),),
             str(path),
             dynamo=False,
@@ -71,20 +72,28 @@ def time_onnx_pair(
 ) -> dict:
     """``{"runtime": "onnxruntime", "threads", "rows": [batch 1, large batch]}``.
 
-    ``sample`` is one input with its batch dimension of 1 (float32).
+    ``sample`` is one input with its batch dimension of 1 (float32, or int64 token ids); each
+    file is fed it in the dtype its input declares.
     """
     n_threads = int(threads or torch.get_num_threads())
     sessions = [_session(dense_path, n_threads), _session(pruned_path, n_threads)]
     rows = []
     for batch in (1, int(large_batch)):
-        x = np.ascontiguousarray(np.repeat(sample.astype(np.float32), batch, axis=0))
-        fns = [(lambda s=s, x=x: s.run(None, {"input": x})) for s in sessions]
+        x = np.ascontiguousarray(np.repeat(sample, batch, axis=0))
+        fns = [(lambda s=s, f=_feed(s, x): s.run(None, f)) for s in sessions]
         timings: list[Timing] = time_interleaved(fns, budget_s=budget_s, threads=n_threads)
         row = latency_row(batch, timings[0], timings[1])
         if masks_only:
             row.update(speedup=1.0, verdict=MASKS_ONLY_VERDICT)
         rows.append(row)
     return {"runtime": "onnxruntime", "threads": n_threads, "rows": rows}
+
+
+def _feed(session, x: np.ndarray) -> dict[str, np.ndarray]:  # noqa: ANN001 - no stubs
+    """``x`` under the session's first input name, in the dtype that input declares."""
+    first = session.get_inputs()[0]
+    dtype = np.int64 if first.type == "tensor(int64)" else np.float32
+    return {first.name: x.astype(dtype, copy=False)}
 
 
 def onnx_latency(

@@ -4,7 +4,8 @@
 ``aten.dropout`` calls with the ``training`` flag of the moment it was exported.
 :func:`make_trainable` gives the module a ``train(mode)`` that rewrites those flags, so BatchNorm
 updates its running statistics while fine-tuning and uses them when evaluating, like the
-original module.
+original module. A pruned program is exported back as ``pruned.pt2`` (:func:`export_program`,
+dynamic batch) so the result model of a run stays a program whose BatchNorm trains.
 
 Example:
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).eval()
@@ -25,6 +26,7 @@ from torch import fx
 
 # op -> position of its ``training`` argument
 _MODE_ARGS = {torch.ops.aten.batch_norm.default: 5, torch.ops.aten.dropout.default: 2}
+_PROGRAM = "prunelab_pt2"
 
 
 def set_mode(module: fx.GraphModule, mode: bool = True) -> fx.GraphModule:
@@ -53,4 +55,27 @@ def make_trainable(module: fx.GraphModule) -> fx.GraphModule:
     """Give ``program.module()`` a ``train(mode)``/``eval()`` that set its BatchNorm/Dropout flags."""
     module.train = types.MethodType(set_mode, module)  # type: ignore[method-assign]
     module.eval = types.MethodType(lambda self: set_mode(self, False), module)  # type: ignore[method-assign]
+    module.meta[_PROGRAM] = True  # ``meta`` survives deepcopy; the methods above do not
     return module
+
+
+def is_program(module: object) -> bool:
+    """True for a module :func:`make_trainable` made from a ``.pt2`` program (or a copy)."""
+    return bool(getattr(module, "meta", {}).get(_PROGRAM))
+
+
+def export_program(module: fx.GraphModule, x: torch.Tensor):  # noqa: ANN201 - ExportedProgram
+    """``module`` (in its current BatchNorm mode) as a program with a dynamic batch axis
+    (``x`` a batch of 2 or more), or fixed at ``x``'s batch where the batch cannot be dynamic."""
+    if x.shape[0] > 1:
+        try:
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            return torch.export.export(module, (x,), dynamic_shapes=({0: batch},))
+        except Exception:  # noqa: BLE001, S110 - a fixed batch is the fallback
+            pass
+    return torch.export.export(module, (x,))
+
+
+def load_program(path: str) -> fx.GraphModule:
+    """A saved program as a module whose ``train()``/``eval()`` set BatchNorm's mode."""
+    return make_trainable(torch.export.load(path).module())

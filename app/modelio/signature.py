@@ -116,5 +116,15 @@ def cast_inputs(module: nn.Module, dtype: str) -> nn.Module:
         return module
     if isinstance(module, torch.jit.ScriptModule):
         return IdsInput(module)
-    module.register_forward_pre_hook(lambda _m, args: tuple(_ids(a) for a in args), prepend=True)
+    module.register_forward_pre_hook(_round_to_ids, prepend=True)
     return module
+
+
+def _round_to_ids(_module: nn.Module, args: tuple) -> tuple:
+    return tuple(_ids(a) for a in args)
+
+
+def rounds_to_ids(module: nn.Module) -> bool:
+    """True when :func:`cast_inputs` made ``module`` take token ids."""
+    hooks = getattr(module, "_forward_pre_hooks", {}).values()
+    return isinstance(module, IdsInput) or any(h is _round_to_ids for h in hooks)

@@ -14,27 +14,43 @@ MASKS_NAME = "masks.npz"
 
 
 def write_run_files(
-    out: Path, recipe: Any, result: Any, data: Any, arch: str | None
+    out: Path,
+    recipe: Any,
+    result: Any,
+    data: Any,
+    arch: str | None,
+    input_dtype: str | None = None,
 ) -> tuple[list[dict], dict | None]:
     """Export the pruned model and write ``masks.npz`` (and a train run's
     ``init.safetensors``/``rewind.safetensors``) into ``out``.
 
+    The exports are traced on :func:`export_example`: the model's input dtype (``input_dtype``,
+    else what the module shows) at a batch it accepts.
+
     Returns:
         The artifact rows (``name``, ``kind``, ``size_bytes``, ``verified`` ...; a failed export
-        has an ``error`` and no file) and the architecture config of a physically pruned
-        built-in architecture (None otherwise).
+        has an ``error``, and no file when it could not be written or reloaded) and the
+        architecture config of a physically pruned built-in architecture (None otherwise).
     """
     from app.modelio.export import export_all
     from app.runs.rewind_files import write_rewind
 
     config = arch_config(result, data, arch)
-    example = data.sample_batch(8)
-    rows = export_all(
-        result.model.cpu().eval(), example, out, recipe=recipe.to_dict(), arch_config=config
-    )
+    model = result.model.cpu().eval()
+    example = export_example(model, data, input_dtype)
+    rows = export_all(model, example, out, recipe=recipe.to_dict(), arch_config=config)
     rows += write_masks(result.masks, out / MASKS_NAME)
     rows += write_rewind(result.rewind, out)
     return rows, config
+
+
+def export_example(model: Any, data: Any, input_dtype: str | None = None) -> Any:
+    """The batch every export of ``model`` is traced and checked at (``modelio.export_input``):
+    the dataset's first samples, as int64 ids for a token-id model."""
+    from app.modelio.export_input import export_batch, input_dtype_of
+
+    dtype = input_dtype or input_dtype_of(model)
+    return export_batch(model, data.sample_batch(8), dtype)
 
 
 def arch_config(result: Any, data: Any, arch: str | None) -> dict | None:

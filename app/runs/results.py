@@ -9,7 +9,9 @@ The result model is what a later run prunes next, so it stays weights + architec
 the model came from a built-in arch: plain safetensors when only masks were applied, and
 safetensors with the pruned architecture in its header (``modelio.rebuilt``) when units were
 physically removed. Only a model without a built-in arch (TorchScript, ``.pt2``, ONNX) is
-registered as TorchScript, which can be pruned with masks only.
+registered from the first export that passed its reload check: ``pruned.pt2`` for a ``.pt2``
+upload (BatchNorm keeps training), else TorchScript (masks only), else ONNX when ``pruned.pt``
+failed its check (a trace that fixed the batch size, say).
 """
 
 from __future__ import annotations
@@ -63,13 +65,13 @@ def store_files(
     if recipe.kind == "sensitivity":
         return RunFiles()
     out = tmp / "export"
-    rows, config = write_run_files(out, recipe, result, data, source.arch)
+    rows, config = write_run_files(out, recipe, result, data, source.arch, source.input_dtype)
     for row in rows:
         row["storage_key"] = artifact_key(run_id, row["name"])
         if (out / row["name"]).is_file():  # a failed export removed its file
             artifacts.put_file(out / row["name"], row["storage_key"])
-    fields = _result_model(artifacts, run_id, recipe, result, data, source, config, tmp)
-    record_onnx_speedup(result, out, data)
+    fields = _result_model(artifacts, run_id, recipe, result, data, source, config, tmp, rows)
+    record_onnx_speedup(result, out, data, source.input_dtype)
     return RunFiles(rows, fields)
 
 
@@ -82,19 +84,25 @@ def _result_model(
     source: RunModel,
     config: dict | None,
     tmp: Path,
+    rows: list[dict],
 ) -> dict | None:
-    """Store the result as a model users can prune next: weights + arch, else TorchScript."""
+    """Store the result as a model users can prune next: weights + arch, else the first export
+    that passed its reload check (``pruned.pt``, then ``pruned.onnx``), else none."""
     arch = source.arch
     path = tmp / "result.safetensors"
+    module = result.model
     fmt = "safetensors" if arch and _save_weights(result.model, path, config, data) else None
     if fmt is None:
-        path, fmt = tmp / "export" / "pruned.pt", "torchscript"
-        if not path.exists():
+        found = registrable_export(rows, tmp / "export", source.input_dtype)
+        if found is None:
+            log.warning("no export passed its reload check: the run registers no result model")
             return None
+        path, fmt, loaded = found
+        module = result.model if loaded is None else loaded
     key = f"models/run-{run_id}{path.suffix}"
     artifacts.put_file(path, key)
     return module_record_fields(
-        result.model,
+        module,
         path,
         fmt=fmt,
         key=key,
@@ -104,6 +112,28 @@ def _result_model(
         name=f"{recipe.name or recipe.kind} (run {run_id})",
         input_dtype=source.input_dtype,
     )
+
+
+def registrable_export(rows: list[dict], out: Path, input_dtype: str) -> tuple | None:
+    """``(path, format, module)`` of the first export a later run can load: ``pruned.pt2`` (a
+    ``.pt2`` upload's: its BatchNorm keeps training), ``pruned.pt``, else ``pruned.onnx`` (loaded
+    back through ``load_model``), each only when its reload check passed at every batch; None
+    when none did."""
+    from app.modelio.load import load_model
+
+    checked = {r["name"] for r in rows if r.get("verified") and not r.get("error")}
+    order = (("pruned.pt2", "pt2"), ("pruned.pt", "torchscript"), ("pruned.onnx", "onnx"))
+    for name, fmt in order:
+        path = out / name
+        if name not in checked or not path.is_file():
+            continue
+        if fmt == "torchscript":
+            return path, fmt, None
+        try:
+            return path, fmt, load_model(path, fmt, input_dtype=input_dtype).module
+        except Exception:  # noqa: BLE001 - the next format, or no result model
+            log.warning("%s could not be loaded back as a model", name, exc_info=True)
+    return None
 
 
 def _save_weights(module: Any, path: Path, config: dict | None, data: Any) -> bool:

@@ -19,20 +19,24 @@ log = logging.getLogger(__name__)
 PRUNED_ONNX = "pruned.onnx"
 
 
-def record_onnx_speedup(result: Any, out: Path, data: Any) -> None:
-    """Put ``speedup_onnx`` in ``result.final``; a measurably slower model adds a warning note."""
+def record_onnx_speedup(result: Any, out: Path, data: Any, input_dtype: str | None = None) -> None:
+    """Put ``speedup_onnx`` in ``result.final``; a measurably slower model adds a warning note.
+
+    Both files are fed the sample the exports were traced on (token ids stay int64)."""
     pruned_onnx = out / PRUNED_ONNX
     if result.original is None or not pruned_onnx.is_file():
         return
     from app.modelio.ort_latency import onnx_latency
     from app.pruning.speedup import slower_note
+    from app.runs.export import export_example
 
     try:
         with tempfile.TemporaryDirectory(prefix="prunelab-ort-") as work:
+            sample = export_example(result.model.cpu().eval(), data, input_dtype)[:1]
             timing = onnx_latency(
                 result.original.cpu(),
                 pruned_onnx,
-                data.sample_batch(1),
+                sample,
                 Path(work),
                 large_batch=int(result.final.get("batch") or 256),
                 masks_only=result.masks_only,

@@ -155,6 +155,7 @@ def add_artifacts(session: Session, *, run_id: int, items: Iterable[dict]) -> No
                 max_abs_diff=a.get("max_abs_diff"),
                 sha256=a.get("sha256"),
                 storage_key=a["storage_key"],
+                error=(a.get("error") or None) and str(a["error"])[:500],
             )
         )
 

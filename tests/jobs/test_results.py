@@ -188,3 +188,36 @@ def test_the_result_model_of_a_token_id_model_takes_token_ids_too(lab) -> None:
     assert run.masks_only is True
     result = _model(lab, run.result_model_id)
     assert result.format == "torchscript" and result.input_dtype == "int64"
+
+
+@pytest.mark.slow
+def test_a_run_on_a_trace_with_batchnorm_says_it_stays_in_traced_mode(lab) -> None:
+    """Issue 12 item 7: the upload's warning comes back as a note of every run on the trace."""
+    from app import zoo
+    from app.modelio.load import BN_FROZEN_NOTE
+    from app.runs.results import module_record_fields
+
+    settings, engine = lab
+    torch.manual_seed(0)
+    traced = torch.jit.trace(zoo.build("cnn_small").eval(), torch.zeros(2, 1, 8, 8))
+    key = "models/bn-trace.pt"
+    path = ArtifactStore(settings.artifacts).local_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(traced, str(path))
+    fields = module_record_fields(
+        traced,
+        path,
+        fmt="torchscript",
+        key=key,
+        arch=None,
+        input_shape=[1, 8, 8],
+        num_classes=10,
+        name="bn trace",
+    )
+    with Session(engine) as s:
+        model_id = int(store.add_model_record(s, **fields).id)
+        s.commit()
+    body = {**_prune("element", 0.5, physical=False), "finetune": {"epochs": 1}}
+    run = _execute(lab, body, model_id)
+    said = BN_FROZEN_NOTE.format(kinds="BatchNorm2d")
+    assert any(n["text"] == said for n in run.notes), run.notes

@@ -124,3 +124,67 @@ def test_mismatching_rebuild_is_not_verified(tmp_path: Path) -> None:
     assert rows["pruned.safetensors"]["verified"] is False
     assert "size mismatch" in rows["pruned.safetensors"]["error"]
     assert rows["architecture.json"]["verified"] is False
+
+
+class _Tokens(nn.Module):
+    """Token ids in (vocabulary 17), three class scores out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(17, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(1))
+
+
+def test_a_token_id_model_exports_files_that_take_int64_ids(tmp_path: Path) -> None:
+    from app.modelio.export_input import export_batch
+    from app.modelio.signature import cast_inputs
+
+    torch.manual_seed(0)
+    model = cast_inputs(_Tokens().eval(), "int64")  # as load_model hands it to a run
+    floats = torch.tensor([[1.0, 16.0, 3.0], [0.0, 2.0, 5.0], [7.0, 7.0, 9.0]])  # a dataset's ids
+    x = export_batch(model, floats, "int64")
+    assert x.dtype == torch.int64 and x.shape == (2, 3) and torch.equal(x, floats[:2].long())
+    rows = {r["name"]: r for r in export_all(model, x, tmp_path, recipe={})}
+    assert all(r["verified"] and not r.get("error") for r in rows.values()), rows
+    session = ort.InferenceSession(str(tmp_path / "pruned.onnx"))
+    assert session.get_inputs()[0].type == "tensor(int64)"
+    ids = torch.tensor([[16, 0, 1]] * 3)  # another batch size
+    got = session.run(None, {session.get_inputs()[0].name: ids.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(got), model(ids), atol=1e-5)
+
+
+class _Flat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).reshape(x.shape[0], -1)
+
+
+@pytest.mark.slow
+def test_a_trace_that_fixes_the_batch_says_so_and_onnx_takes_any_batch(tmp_path: Path) -> None:
+    """A ``.pt2`` program's graph reads the batch as a number: traces of it fix the batch."""
+    from app.modelio.load import load_model
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(
+        _Flat().eval(), (torch.randn(2, 4),), dynamic_shapes=({0: batch},)
+    )
+    torch.export.save(program, str(tmp_path / "in.pt2"))
+    module = load_model(tmp_path / "in.pt2", "pt2").module
+    out = tmp_path / "out"
+    rows = {r["name"]: r for r in export_all(module, torch.randn(2, 4), out, recipe={})}
+    pt = rows["pruned.pt"]
+    assert not pt["verified"] and "fixed the batch size, so feed it batches of 2" in pt["error"]
+    assert (out / "pruned.pt").is_file()  # still good at the batch it was traced at
+    for name in ("pruned.onnx", "pruned.pt2"):  # the dynamo exporter's, and torch.export's
+        assert rows[name]["verified"] and not rows[name].get("error"), rows[name]
+    session = ort.InferenceSession(str(out / "pruned.onnx"))
+    x5 = torch.randn(5, 4)
+    got = session.run(None, {session.get_inputs()[0].name: x5.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(got), module(x5), atol=1e-5)
+    assert not list(out.glob(".*"))

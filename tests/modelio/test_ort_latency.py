@@ -36,3 +36,22 @@ def test_a_masks_only_export_is_one_x_whatever_the_timer_saw(tmp_path) -> None:
     )
     assert [r["speedup"] for r in out["rows"]] == [1.0, 1.0]
     assert {r["verdict"] for r in out["rows"]} == {MASKS_ONLY_VERDICT}
+
+
+class _Tokens(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(32, width)
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(1))
+
+
+def test_token_id_files_are_timed_on_int64_ids(tmp_path) -> None:
+    torch.manual_seed(0)
+    ids = torch.randint(0, 32, (2, 6))
+    pruned = export_onnx(_Tokens(8), ids, tmp_path / "pruned.onnx")
+    out = onnx_latency(_Tokens(64), pruned, ids[:1], tmp_path, large_batch=4, budget_s=0.02)
+    assert [r["batch"] for r in out["rows"]] == [1, 4]
+    assert all(r["pruned"]["median_ms"] > 0 for r in out["rows"])

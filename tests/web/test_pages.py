@@ -339,3 +339,30 @@ def test_run_page_shows_structured_warnings_and_old_sentences(
     body = client.get(f"/api/runs/{lab['a']}", headers=lab["h"]).json()
     assert body["notes"][0] == {"level": "info", "layer": None, "text": "an old plain sentence"}
     assert body["notes"][1]["level"] == "warning"
+
+
+def test_an_export_that_failed_its_check_says_why_beside_it(
+    client: TestClient, db_session: Session, lab: dict
+) -> None:
+    from app import store
+
+    why = "pruned.pt matches the pruned model at the batch of 2 it was exported at but not at 1"
+    failed = "onnx export of pruned.onnx failed: UnsupportedOperatorError: aten::diff"
+    rows = [
+        {"name": "pruned.pt", "kind": "torchscript", "size_bytes": 99, "error": why},
+        {"name": "pruned.onnx", "kind": "onnx", "size_bytes": 0, "error": failed},
+    ]
+    keyed = [{**r, "storage_key": f"runs/{lab['a']}/artifacts/{r['name']}"} for r in rows]
+    store.add_artifacts(db_session, run_id=lab["a"], items=keyed)
+    db_session.commit()
+    listed = client.get(f"/api/runs/{lab['a']}/artifacts", headers=lab["h"]).json()
+    errors = {a["name"]: a["error"] for a in listed}
+    assert errors["pruned.pt"] == why and errors["pruned.onnx"] == failed
+    assert errors["pruned.safetensors"] is None
+    page = client.get(f"/runs/{lab['a']}", headers=lab["h"]).text
+    row_pt = re.search(r'<tr class="artifact failed">.*?pruned\.pt.*?</tr>', page, flags=re.S)
+    assert row_pt is not None and "✗ " + why in row_pt.group(0)
+    assert "download>pruned.pt</a>" in row_pt.group(0)  # it runs at its batch: still offered
+    row_onnx = re.search(r'<tr class="artifact failed">.*?pruned\.onnx.*?</tr>', page, flags=re.S)
+    assert row_onnx is not None and "aten::diff" in row_onnx.group(0)
+    assert "artifacts/pruned.onnx" not in row_onnx.group(0)  # no file: no link

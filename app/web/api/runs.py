@@ -238,6 +238,8 @@ def run_sensitivity(run: RunDep, session: SessionDep) -> list[dict]:
 
 @router.get("/runs/{run_id}/artifacts")
 def run_artifacts(run: RunDep, session: SessionDep) -> list[dict]:
+    """The run's files; ``error`` says why one failed its reload check (None when it passed).
+    A file that could not be written or reloaded at all has ``size_bytes`` 0 and no download."""
     return [
         {
             "name": a.name,
@@ -246,6 +248,7 @@ def run_artifacts(run: RunDep, session: SessionDep) -> list[dict]:
             "verified": a.verified,
             "max_abs_diff": a.max_abs_diff,
             "sha256": a.sha256,
+            "error": a.error,
         }
         for a in store.list_artifacts(session, run_id=run.id)
     ]
