@@ -53,20 +53,27 @@ __all__ = ["allocate", "budget_recipe", "budget_report", "pruned_copy", "solve"]
 
 TOLERANCE = 0.10
 ROUNDS = {"latency_ms": 4, "params": 8, "flops": 8}  # measured allocations at most
-SMOOTH = 0.005  # half an accuracy point: a free step still ranks by what it saves
+SMOOTH = 0.02  # two accuracy points: a drop below the evaluation's noise ranks by the saving
 
 
 def _best_step(table: dict, level: dict[str, float]) -> tuple[str, float, float, float] | None:
-    """``(group, sparsity, saved gain, drop gain)`` of the most efficient next step, or None."""
+    """``(group, sparsity, saved gain, drop gain)`` of the most efficient next step, or None.
+
+    A group's next step is its next probed sparsity that saves anything (one level at a
+    time, so pruning spreads over the groups instead of one group jumping to the maximum).
+    """
     best, best_eff = None, 0.0
     for lead, entry in table["groups"].items():
         saved0, drop0 = at(entry, level[lead])
         for s in (p for p in PROBES if p > level[lead]):
             saved, drop = at(entry, s)
             gain = saved - saved0
+            if gain <= 0:
+                continue
             eff = gain / (max(0.0, drop - drop0) + SMOOTH)
-            if gain > 0 and eff > best_eff:
+            if eff > best_eff:
                 best, best_eff = (lead, s, gain, drop - drop0), eff
+            break
     return best
 
 
@@ -124,7 +131,7 @@ def solve(
     for _ in range(ROUNDS[kind]):
         alloc, predicted = allocate(table, goal)
         small = pruned_copy(model, spec, alloc, data)
-        measured = metric(small, target, data, dense=model, dense_value=base)
+        measured = metric(small, target, data, dense=model, dense_value=base, budget_s=1.0)
         rounds.append({"goal": goal, "predicted": predicted, "measured": measured})
         tried.append((measured, alloc))
         if budget * (1 - TOLERANCE) <= measured <= budget or (
@@ -154,7 +161,7 @@ def _next_goal(base: float, budget: float, goal: float, predicted: float, measur
     predicted_saving = base - predicted
     if predicted_saving <= 0:
         return goal - (measured - budget)
-    share = min(2.0, max(0.25, (base - measured) / predicted_saving))
+    share = min(1.5, max(0.5, (base - measured) / predicted_saving))
     return base - (base - budget) / share
 
 
