@@ -5,7 +5,7 @@ A *group* is what physical removal cuts together: the layers of one coupled grou
 BN and depthwise chains) or a layer of its own. Probing a residual layer alone would measure
 nothing (its channels cannot go without the rest of the stream), so each group is pruned as a
 whole to every sparsity in ``PROBES``, and the whole pruned model is measured: its latency
-(timed interleaved with the original, at the budget's batch), parameters or MACs, and its
+(the group's probes timed round-robin with the original, at the budget's batch), parameters or MACs, and its
 test-accuracy drop without fine-tuning. Keys are the group's first member; ``members`` lists
 them all. Between probes, savings and drops are linear (:func:`at`), 0 at sparsity 0.
 
@@ -140,17 +140,29 @@ def layer_table(
     base = metric(model, target, data, dense=model)
     table: dict = {"base": base, "base_acc": base_acc, "groups": {}}
     for lead, members in groups(model, spec, data).items():
-        points = []
-        for s in PROBES:
-            small = pruned_copy(model, spec, dict.fromkeys(members, s), data)
-            value = metric(small, target, data, dense=model, dense_value=base)
-            drop = base_acc - evaluate(small, data)["accuracy"]
-            points.append([s, base - value, drop])
+        smalls = [pruned_copy(model, spec, dict.fromkeys(members, s), data) for s in PROBES]
+        values = _values(smalls, target, data, dense=model, base=base)
+        points = [
+            [s, base - v, base_acc - evaluate(small, data)["accuracy"]]
+            for s, v, small in zip(PROBES, values, smalls, strict=True)
+        ]
         table["groups"][lead] = {"members": members, "points": _monotone(points)}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({**stored, key: table}), encoding="utf-8")
     return table
+
+
+def _values(
+    smalls: list[nn.Module], target: dict, data: ArrayDataset, *, dense: nn.Module, base: float
+) -> list[float]:
+    """The budget's quantity for each of a group's probes; latencies are timed in one
+    round-robin with the original (``base x`` each measured ratio), so load hits them alike."""
+    if kind_of(target) != "latency_ms":
+        return [metric(m, target, data, dense=dense) for m in smalls]
+    x = batch_of(data, int(target.get("batch", 1)))
+    t_dense, *timings = time_models([dense, *smalls], x, budget_s=0.25 * (len(smalls) + 1))
+    return [base * t.median_ms / t_dense.median_ms for t in timings]
 
 
 def _monotone(points: list[list[float]]) -> list[list[float]]:
