@@ -57,9 +57,8 @@ def session(path: Path, threads: int):  # noqa: ANN201 - onnxruntime has no stub
     ``threads`` intra-op threads that do not spin between runs.
 
     ONNX Runtime's worker threads busy-wait after a run by default; with two sessions timed
-    in turn, the idle one's threads then spin on the cores the timed one needs, and the
-    faster model (timed right after the slower) loses most: with 2 threads that halved the
-    measured pruned/dense speed-up. Without spinning each session has the cores to itself.
+    in turn, the idle one's threads then spin on the cores the timed one needs (and on a
+    shared machine, on everyone's). Without spinning each session has the cores to itself.
     """
     import onnxruntime as ort
 
