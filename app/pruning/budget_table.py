@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from app.catalogue import CHANNEL_LEVELS
 from app.pruning.counts import count_flops
 from app.pruning.data import ArrayDataset
-from app.pruning.latency import time_models
+from app.pruning.latency import time_interleaved, time_models
 from app.pruning.layers import prunable_layers
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import apply_masks
@@ -156,13 +158,60 @@ def layer_table(
 def _values(
     smalls: list[nn.Module], target: dict, data: ArrayDataset, *, dense: nn.Module, base: float
 ) -> list[float]:
-    """The budget's quantity for each of a group's probes; latencies are timed in one
-    round-robin with the original (``base x`` each measured ratio), so load hits them alike."""
+    """The budget's quantity for each of a group's probes.
+
+    Latency: the layers whose shapes the group's removal changes (its members and the layers
+    that read their channels) are timed in one round-robin, dense and at every probe, on
+    inputs of the shapes they see at the budget's batch, with the whole original model; each
+    probe is ``base`` minus ``base x`` (the layers' saving / the model's time). A single
+    group's change of the whole model's latency is a few percent, under a shared machine's
+    noise; its own layers' change is most of their time.
+    """
     if kind_of(target) != "latency_ms":
         return [metric(m, target, data, dense=dense) for m in smalls]
-    x = batch_of(data, int(target.get("batch", 1)))
-    t_dense, *timings = time_models([dense, *smalls], x, budget_s=0.25 * (len(smalls) + 1))
-    return [base * t.median_ms / t_dense.median_ms for t in timings]
+    batch = int(target.get("batch", 1))
+    x = batch_of(data, batch)
+    ref = prunable_layers(dense)
+    changed = sorted(
+        {
+            n
+            for m in smalls
+            for n, layer in prunable_layers(m).items()
+            if layer.weight.shape != ref[n].weight.shape
+        }
+    )
+    runs = [_layers_run(m, changed, x[:1], batch) for m in (dense, *smalls)]
+    with torch.inference_mode():
+        t_model, t_dense, *timings = time_interleaved(
+            [lambda: dense(x), *runs], budget_s=0.25 * (len(smalls) + 2)
+        )
+    return [
+        base - base * max(0.0, t_dense.median_ms - t.median_ms) / t_model.median_ms for t in timings
+    ]
+
+
+def _layers_run(model: nn.Module, names: list[str], x1: Tensor, batch: int) -> Callable[[], None]:
+    """A callable running ``model``'s layers ``names`` alone on inputs of the shapes they see."""
+    layers, shapes = prunable_layers(model), {}
+    hooks = [
+        layers[n].register_forward_hook(
+            lambda _m, inp, _o, n=n: shapes.__setitem__(n, (batch, *inp[0].shape[1:]))
+        )
+        for n in names
+    ]
+    try:
+        with torch.inference_mode():
+            model.eval()(x1)
+    finally:
+        for h in hooks:
+            h.remove()
+    pairs = [(layers[n], torch.randn(shapes[n])) for n in names if n in shapes]
+
+    def run() -> None:
+        for layer, inp in pairs:
+            layer(inp)
+
+    return run
 
 
 def _monotone(points: list[list[float]]) -> list[list[float]]:
