@@ -4,9 +4,10 @@ A *group* is what physical removal cuts together: the layers of one coupled grou
 (:func:`app.pruning.structural.coupling.coupled_layers`: channels tied through residual adds,
 BN and depthwise chains) or a layer of its own. Probing a residual layer alone would measure
 nothing (its channels cannot go without the rest of the stream), so each group is pruned as a
-whole to every sparsity in ``PROBES``, and the whole pruned model is measured: its latency
-(the group's probes timed round-robin with the original, at the budget's batch), parameters or MACs, and its
-test-accuracy drop without fine-tuning. Keys are the group's first member; ``members`` lists
+whole to every sparsity in ``PROBES`` and measured: the latency saved at the budget's batch
+(the layers the removal reshapes, timed dense and at every probe in one round-robin with the
+whole original, as a share of its latency), the parameters or MACs of the pruned model, and
+its test-accuracy drop without fine-tuning. Keys are the group's first member; ``members`` lists
 them all. Between probes, savings and drops are linear (:func:`at`), 0 at sparsity 0.
 
 Example:
