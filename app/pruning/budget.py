@@ -130,6 +130,8 @@ def solve(
     goal = budget
     for _ in range(ROUNDS[kind]):
         alloc, predicted = allocate(table, goal)
+        if any(alloc == seen for _, seen in tried):
+            break  # the table can give no other allocation: measuring it again tells nothing
         small = pruned_copy(model, spec, alloc, data)
         measured = metric(small, target, data, dense=model, dense_value=base, budget_s=1.0)
         rounds.append({"goal": goal, "predicted": predicted, "measured": measured})
@@ -161,7 +163,7 @@ def _next_goal(base: float, budget: float, goal: float, predicted: float, measur
     predicted_saving = base - predicted
     if predicted_saving <= 0:
         return goal - (measured - budget)
-    share = min(1.5, max(0.5, (base - measured) / predicted_saving))
+    share = min(4.0, max(0.5, (base - measured) / predicted_saving))
     return base - (base - budget) / share
 
 
