@@ -5,7 +5,7 @@ A *group* is what physical removal cuts together: the layers of one coupled grou
 BN and depthwise chains) or a layer of its own. Probing a residual layer alone would measure
 nothing (its channels cannot go without the rest of the stream), so each group is pruned as a
 whole to every sparsity in ``PROBES`` and measured: the latency saved at the budget's batch
-(the layers the removal reshapes, timed dense and at every probe in one round-robin with the
+(the modules the removal reshapes, timed dense and at every probe in one round-robin with the
 whole original, as a share of its latency), the parameters or MACs of the pruned model, and
 its test-accuracy drop without fine-tuning. Keys are the group's first member; ``members`` lists
 them all. Between probes, savings and drops are linear (:func:`at`), 0 at sparsity 0.
@@ -161,27 +161,21 @@ def _values(
 ) -> list[float]:
     """The budget's quantity for each of a group's probes.
 
-    Latency: the layers whose shapes the group's removal changes (its members and the layers
-    that read their channels) are timed in one round-robin, dense and at every probe, on
-    inputs of the shapes they see at the budget's batch, with the whole original model; each
-    probe is ``base`` minus ``base x`` (the layers' saving / the model's time). A single
-    group's change of the whole model's latency is a few percent, under a shared machine's
-    noise; its own layers' change is most of their time.
+    Latency: the modules whose input or output shape the group's removal changes (its
+    members, their BatchNorm, activations and pooling, and the layers that read their
+    channels) are run alone, dense and at every probe, in one round-robin with the whole
+    original model, on inputs of the shapes they see at the budget's batch; each probe is
+    ``base`` minus ``base x`` (their time saved / the model's time). A single group's change
+    of the whole model's latency is a few percent, under a shared machine's noise; its own
+    modules' change is most of their time.
     """
     if kind_of(target) != "latency_ms":
         return [metric(m, target, data, dense=dense) for m in smalls]
     batch = int(target.get("batch", 1))
     x = batch_of(data, batch)
-    ref = prunable_layers(dense)
-    changed = sorted(
-        {
-            n
-            for m in smalls
-            for n, layer in prunable_layers(m).items()
-            if layer.weight.shape != ref[n].weight.shape
-        }
-    )
-    runs = [_layers_run(m, changed, x[:1], batch) for m in (dense, *smalls)]
+    seen = [_leaf_shapes(m, x[:1]) for m in (dense, *smalls)]
+    changed = sorted({n for s in seen[1:] for n, io in s.items() if io != seen[0].get(n)})
+    runs = [_modules_run(m, changed, s, batch) for m, s in zip((dense, *smalls), seen, strict=True)]
     with torch.inference_mode():
         t_model, t_dense, *timings = time_interleaved(
             [lambda: dense(x), *runs], budget_s=0.25 * (len(smalls) + 2)
@@ -191,26 +185,38 @@ def _values(
     ]
 
 
-def _layers_run(model: nn.Module, names: list[str], x1: Tensor, batch: int) -> Callable[[], None]:
-    """A callable running ``model``'s layers ``names`` alone on inputs of the shapes they see."""
-    layers, shapes = prunable_layers(model), {}
-    hooks = [
-        layers[n].register_forward_hook(
-            lambda _m, inp, _o, n=n: shapes.__setitem__(n, (batch, *inp[0].shape[1:]))
-        )
-        for n in names
-    ]
+def _leaf_shapes(model: nn.Module, x1: Tensor) -> dict[str, tuple]:
+    """Leaf module -> (input shape, output shape) for one sample (tensor in, tensor out)."""
+    shapes: dict[str, tuple] = {}
+
+    def hook(name: str) -> Callable:
+        def record(_m: nn.Module, inp: tuple, out: object) -> None:
+            if inp and isinstance(inp[0], Tensor) and isinstance(out, Tensor):
+                shapes.setdefault(name, (tuple(inp[0].shape[1:]), tuple(out.shape[1:])))
+
+        return record
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+    hooks = [m.register_forward_hook(hook(n)) for n, m in leaves]
     try:
         with torch.inference_mode():
             model.eval()(x1)
     finally:
         for h in hooks:
             h.remove()
-    pairs = [(layers[n], torch.randn(shapes[n])) for n in names if n in shapes]
+    return shapes
+
+
+def _modules_run(
+    model: nn.Module, names: list[str], shapes: dict[str, tuple], batch: int
+) -> Callable[[], None]:
+    """A callable running ``model``'s modules ``names`` alone on inputs of their shapes."""
+    modules = dict(model.named_modules())
+    pairs = [(modules[n], torch.randn(batch, *shapes[n][0])) for n in names if n in shapes]
 
     def run() -> None:
-        for layer, inp in pairs:
-            layer(inp)
+        for module, inp in pairs:
+            module(inp)
 
     return run
 
