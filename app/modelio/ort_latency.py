@@ -1,7 +1,8 @@
 """Latency in the deployment runtime: the exported ``pruned.onnx`` vs the original in ONNX Runtime.
 
 The original model is exported to ONNX the same way (opset 17, dynamic batch); both files are
-loaded into CPU sessions with the same fixed intra-op thread count and timed interleaved at
+loaded into CPU sessions with the same fixed intra-op thread count (threads that do not
+spin between runs, :func:`session`) and timed interleaved at
 batch 1 and at a large batch (``app.pruning.latency.time_interleaved``), each row with both
 spreads and a speed-up only when the interquartile intervals do not overlap. A masks-only
 model has the original's shapes, and ONNX Runtime's dense kernels compute the zeros: its
@@ -31,6 +32,8 @@ from app.modelio.export_input import traceable
 from app.pruning.latency import Timing, time_interleaved
 from app.pruning.speedup import MASKS_ONLY_VERDICT, latency_row
 
+SPINNING = "session.intra_op.allow_spinning"
+
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """``model`` as ONNX (opset 17, dynamic batch axis ``input`` -> ``output``)."""
@@ -50,13 +53,21 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     return path
 
 
-def _session(path: Path, threads: int):  # noqa: ANN202 - onnxruntime has no stubs
+def session(path: Path, threads: int):  # noqa: ANN201 - onnxruntime has no stubs
+    """A CPU session as deployed (every graph optimisation, NCHWc layout included) with
+    ``threads`` intra-op threads that do not spin between runs.
+
+    ONNX Runtime's worker threads busy-wait after a run by default; with two sessions timed
+    in turn, the idle one's threads then spin on the cores the timed one needs (and on a
+    shared machine, on everyone's). Without spinning each session has the cores to itself.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry(SPINNING, "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -76,7 +87,7 @@ def time_onnx_pair(
     file is fed it in the dtype its input declares.
     """
     n_threads = int(threads or torch.get_num_threads())
-    sessions = [_session(dense_path, n_threads), _session(pruned_path, n_threads)]
+    sessions = [session(dense_path, n_threads), session(pruned_path, n_threads)]
     rows = []
     for batch in (1, int(large_batch)):
         x = np.ascontiguousarray(np.repeat(sample, batch, axis=0))

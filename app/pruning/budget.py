@@ -1,180 +1,201 @@
 """Prune to a budget: latency at a batch size, parameters or FLOPs instead of a sparsity.
 
-1. A per-layer lookup table, measured once per model (and kept in a JSON file when given a
-   path): for each prunable layer, what removing half of its units alone saves (latency at the
-   budget's batch, timed interleaved with the original; parameters; MACs) and what it costs
-   (test-accuracy drop, without fine-tuning). That is a one-point sensitivity analysis.
-2. The allocation: each layer's sparsity is proportional to its efficiency (saving per point
-   of accuracy lost, capped at ``MAX_SPARSITY``); layers that save nothing stay whole. A
-   bisection on the common scale finds the least pruning whose physically pruned model meets
-   the budget, measured (latency) or counted exactly (parameters, FLOPs).
-3. The recipe is rewritten as per-layer ``overrides``; the run reports the budget, what was
+1. A lookup table, measured once per model (:mod:`app.pruning.budget_table`, kept in a JSON
+   file when given a path): for each *coupled group* (the layers physical removal cuts
+   together; a layer of its own otherwise) and each of several sparsities, what pruning that
+   group alone saves (the whole model's latency at the budget's batch, timed interleaved with
+   the original; parameters; MACs) and what it costs (test-accuracy drop, no fine-tuning).
+2. The allocation (:func:`allocate`): starting from the dense model, the group step with the
+   most saving per accuracy point lost is taken until the table's *predicted* value meets the
+   goal; the last step is cut short so the prediction lands on the goal exactly.
+3. The check (:func:`solve`): the allocation is physically pruned and *measured* (counted
+   exactly for parameters and FLOPs). Savings do not simply add up (two consecutive layers
+   both at half width save three quarters of the second's MACs, not all of it), so when the
+   measurement misses the budget the goal is moved by the measured share of the predicted
+   saving and the groups are allocated again, for a few rounds; the least pruning measured
+   within the budget wins.
+4. The recipe is rewritten as per-layer ``overrides``; the run reports the budget, what was
    reached and the measured latency (:func:`budget_report`).
 
 Example:
-    >>> efficiency({"a": {"saved": 2.0, "acc_drop": 0.0}, "b": {"saved": 0.0, "acc_drop": 0.1}})
-    {'a': 1.0, 'b': 0.0}
+    >>> table = {"base": 10.0, "groups": {
+    ...     "a": {"members": ["a"], "points": [[0.5, 4.0, 0.0], [0.9, 5.0, 0.5]]},
+    ...     "b": {"members": ["b", "c"], "points": [[0.5, 2.0, 0.25], [0.9, 3.0, 0.5]]}}}
+    >>> alloc, predicted = allocate(table, 6.0)
+    >>> alloc, predicted
+    ({'a': 0.5, 'b': 0.0, 'c': 0.0}, 6.0)
 """
 
 from __future__ import annotations
 
-import copy
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
 
 from app.pruning.budget_spec import describe
-from app.pruning.counts import count_flops
+from app.pruning.budget_table import (
+    PROBES,
+    allocated,
+    at,
+    kind_of,
+    layer_table,
+    metric,
+    pruned_copy,
+)
 from app.pruning.data import ArrayDataset
 from app.pruning.latency import time_models
-from app.pruning.layers import prunable_layers
-from app.pruning.masks.compute import compute_masks
-from app.pruning.masks.keeper import apply_masks
-from app.pruning.measure import batch_of, evaluate
+from app.pruning.measure import batch_of
 from app.pruning.pruning_spec import PruningSpec
 from app.pruning.spec import Recipe
-from app.pruning.structural.remove import physical_prune
 
-MAX_SPARSITY = 0.9
-PROBE = 0.5
+__all__ = ["allocate", "budget_recipe", "budget_report", "pruned_copy", "solve"]
+
 TOLERANCE = 0.10
-BISECT_STEPS = 9
+ROUNDS = {"latency_ms": 4, "params": 8, "flops": 8}  # measured allocations at most
+SMOOTH = 0.02  # two accuracy points: a drop below the evaluation's noise ranks by the saving
 
 
-def _kind(target: dict) -> str:
-    return next(k for k in ("latency_ms", "params", "flops") if k in target)
+def _best_step(table: dict, level: dict[str, float]) -> tuple[str, float, float, float] | None:
+    """``(group, sparsity, saved gain, drop gain)`` of the most efficient next step, or None.
 
-
-def _allocated(spec: PruningSpec, overrides: dict[str, float]) -> PruningSpec:
-    return replace(spec, target=None, sparsity=0.0, scope="layerwise", overrides=overrides)
-
-
-def pruned_copy(
-    model: nn.Module, spec: PruningSpec, overrides: dict[str, float], data: ArrayDataset
-) -> nn.Module:
-    """The physically pruned copy of ``model`` under per-layer ``overrides`` (model untouched)."""
-    work = copy.deepcopy(model)
-    plan = compute_masks(work, _allocated(spec, overrides), data=data)
-    apply_masks(work, plan)
-    example = data.sample_batch(8)
-    return physical_prune(work, plan, example, granularity=spec.granularity).eval()
-
-
-def metric(
-    model: nn.Module,
-    target: dict,
-    data: ArrayDataset,
-    *,
-    dense: nn.Module,
-    dense_ms: float | None = None,
-) -> float:
-    """The budget's quantity for ``model``: latency (ms), params or MACs per sample.
-
-    Latency is timed interleaved with ``dense``; given ``dense_ms`` (the original's latency
-    measured once), it is ``dense_ms x`` the measured ratio, which load drift hits far less.
+    A group's next step is its next probed sparsity that saves anything (one level at a
+    time, so pruning spreads over the groups instead of one group jumping to the maximum).
     """
-    kind = _kind(target)
-    if kind == "params":
-        return float(sum(p.numel() for p in model.parameters()))
-    if kind == "flops":
-        return float(count_flops(model, data.sample_batch(1))[1])
-    x = batch_of(data, int(target.get("batch", 1)))
-    t_dense, t_model = time_models([dense, model], x, budget_s=0.4)
-    if dense_ms is None:
-        return t_model.median_ms
-    return dense_ms * t_model.median_ms / t_dense.median_ms
+    best, best_eff = None, 0.0
+    for lead, entry in table["groups"].items():
+        saved0, drop0 = at(entry, level[lead])
+        for s in (p for p in PROBES if p > level[lead]):
+            saved, drop = at(entry, s)
+            gain = saved - saved0
+            if gain <= 0:
+                continue
+            eff = gain / (max(0.0, drop - drop0) + SMOOTH)
+            if eff > best_eff:
+                best, best_eff = (lead, s, gain, drop - drop0), eff
+            break
+    return best
 
 
-def layer_table(
-    model: nn.Module, spec: PruningSpec, data: ArrayDataset, target: dict, cache: Path | None
-) -> dict[str, dict]:
-    """``{layer: {"saved", "acc_drop"}}`` for removing ``PROBE`` of each layer alone."""
-    key = f"{_kind(target)}@{int(target.get('batch', 1))}:{spec.granularity}:{spec.criterion}"
-    stored = json.loads(cache.read_text(encoding="utf-8")) if cache and cache.is_file() else {}
-    if key in stored:
-        return stored[key]
-    model.eval()
-    base_acc = evaluate(model, data)["accuracy"]
-    base = metric(model, target, data, dense=model)
-    table: dict[str, dict] = {"": {"saved": base, "acc_drop": 0.0}}  # "": the original
-    for name in prunable_layers(model):
-        if name in spec.exclude:
-            continue
-        small = pruned_copy(model, spec, {name: PROBE}, data)
-        saved = base - metric(small, target, data, dense=model, dense_ms=base)
-        drop = base_acc - evaluate(small, data)["accuracy"]
-        table[name] = {"saved": max(0.0, saved), "acc_drop": max(0.0, drop)}
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({**stored, key: table}), encoding="utf-8")
-    return table
+def allocate(table: dict, goal: float) -> tuple[dict[str, float], float]:
+    """Per-layer sparsities whose predicted value is ``goal`` (or the least reachable), and
+    that prediction. Every member of a group gets the group's sparsity."""
+    level = dict.fromkeys(table["groups"], 0.0)
+    saved = 0.0
+    need = table["base"] - goal
+    while saved < need:
+        step = _best_step(table, level)
+        if step is None:
+            break
+        lead, s, gain, _ = step
+        if saved + gain >= need:  # the last step stops where the prediction meets the goal
+            start = at(table["groups"][lead], level[lead])[0]
+            s = _sparsity_for(table["groups"][lead], level[lead], s, start + need - saved)
+            level[lead] = s
+            saved = need
+            break
+        level[lead] = s
+        saved += gain
+    alloc = {
+        n: round(level[lead], 4)
+        for lead, entry in table["groups"].items()
+        for n in entry["members"]
+    }
+    return alloc, table["base"] - saved
 
 
-def efficiency(table: dict[str, dict]) -> dict[str, float]:
-    """Saving per accuracy lost, scaled so the best layer is 1.0 (0.0: saves nothing)."""
-    raw = {n: r["saved"] / (r["acc_drop"] + 0.01) for n, r in table.items() if n}
-    top = max(raw.values(), default=0.0)
-    return {n: (v / top if top > 0 else 0.0) for n, v in raw.items()}
-
-
-def allocation(eff: dict[str, float], scale: float) -> dict[str, float]:
-    return {n: round(min(MAX_SPARSITY, scale * e), 4) for n, e in eff.items()}
+def _sparsity_for(entry: dict, lo: float, hi: float, saved: float) -> float:
+    """The sparsity in ``[lo, hi]`` where the group's interpolated saving is ``saved``."""
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if at(entry, mid)[0] < saved else (lo, mid)
+    return hi
 
 
 def solve(
     model: nn.Module, spec: PruningSpec, data: ArrayDataset, cache: Path | None = None
 ) -> tuple[dict[str, float], dict]:
-    """The least pruning whose physically pruned model meets ``spec.target``, and the search.
+    """The least pruning whose physically pruned model meets ``spec.target``, and the search
+    (``{"target", "base", "rounds": [{"goal", "predicted", "measured"}], "groups"}``).
 
     Raises ValueError when even the largest allowed pruning misses the budget.
     """
     target = dict(spec.target or {})
-    kind = _kind(target)
+    kind = kind_of(target)
+    budget = float(target[kind])
     table = layer_table(model, spec, data, target, cache)
-    eff, base = efficiency(table), table[""]["saved"]
-
-    def reached(scale: float) -> float:
-        small = pruned_copy(model, spec, allocation(eff, scale), data)
-        return metric(small, target, data, dense=model, dense_ms=base)
-
-    top_scale = MAX_SPARSITY / max(min((e for e in eff.values() if e > 0), default=1.0), 1e-3)
-    smallest = reached(top_scale)
-    if smallest > target[kind] * (1 + TOLERANCE):
+    base = table["base"]
+    rounds: list[dict] = []
+    tried: list[tuple[float, dict[str, float]]] = []
+    goal = budget
+    for _ in range(ROUNDS[kind]):
+        alloc, predicted = allocate(table, goal)
+        if any(alloc == seen for _, seen in tried):
+            break  # the table can give no other allocation: measuring it again tells nothing
+        small = pruned_copy(model, spec, alloc, data)
+        measured = metric(small, target, data, dense=model, dense_value=base, budget_s=1.0)
+        rounds.append({"goal": goal, "predicted": predicted, "measured": measured})
+        tried.append((measured, alloc))
+        if budget * (1 - TOLERANCE) <= measured <= budget or (
+            measured <= budget and not any(alloc.values())  # the original meets it
+        ):
+            break
+        if predicted > goal and measured > budget:  # the table's every step is taken
+            break
+        goal = _next_goal(base, budget, goal, predicted, measured)
+    search = {"target": target, "base": base, "rounds": rounds, "groups": table["groups"]}
+    within = [t for t in tried if t[0] <= budget]
+    if not within:
+        within = [t for t in tried if t[0] <= budget * (1 + TOLERANCE)]
+    if not within:
+        least = min(t[0] for t in tried)
         raise ValueError(
-            f"pruning.target {describe(target)} cannot be reached: pruning every layer up to "
-            f"{MAX_SPARSITY:.0%} gives {smallest:,.4g} (the original: {base:,.4g})."
+            f"pruning.target {describe(target)} cannot be reached: the most pruning tried "
+            f"(coupled groups up to {max(PROBES):.0%}) gives {least:,.4g} "
+            f"(the original: {base:,.4g})."
         )
-    lo, hi = 0.0, top_scale
-    for _ in range(BISECT_STEPS):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if reached(mid) <= target[kind] else (mid, hi)
-    alloc = allocation(eff, hi)
-    return alloc, {"target": target, "scale": hi, "efficiency": eff}
+    return max(within, key=lambda t: t[0])[1], search
+
+
+def _next_goal(base: float, budget: float, goal: float, predicted: float, measured: float) -> float:
+    """The prediction to aim at next: the budget's saving divided by the share of the
+    predicted saving the measurement showed (clamped, so one noisy round cannot run away)."""
+    predicted_saving = base - predicted
+    if predicted_saving <= 0:
+        return goal - (measured - budget)
+    share = min(4.0, max(0.5, (base - measured) / predicted_saving))
+    return base - (base - budget) / share
 
 
 def budget_recipe(recipe: Recipe, alloc: dict[str, float]) -> Recipe:
     """The recipe with its budget replaced by the found per-layer allocation."""
-    return replace(recipe, pruning=_allocated(recipe.pruning, alloc))
+    return replace(recipe, pruning=allocated(recipe.pruning, alloc))
 
 
 def budget_report(
-    target: dict, model: nn.Module, data: ArrayDataset, *, original: nn.Module
+    target: dict,
+    model: nn.Module,
+    data: ArrayDataset,
+    *,
+    original: nn.Module,
+    search: dict | None = None,
 ) -> dict:
-    """``{"asked", "reached", "kind", "within_10pct", "latency_ms"}`` for the final model.
+    """``{"asked", "reached", "kind", "within_10pct", "latency_ms", ...}`` for the final model.
 
     A latency budget's ``reached`` is the pruned model's measured median, timed interleaved
-    with the original (``latency_ms`` holds both timings and their spreads).
+    with the original (``latency_ms`` holds both timings and their spreads). With the
+    ``search`` of :func:`solve`, the report adds its rounds (goal, predicted, measured) and
+    ``reached_vs_original``: the measured ratio times the original's latency when the budget
+    was solved, which a change of load on a shared machine does not move.
     """
-    kind = _kind(target)
+    kind = kind_of(target)
     model, original = model.cpu().eval(), original.cpu().eval()
     batch = int(target.get("batch", 1))
     timing = time_models([original, model], batch_of(data, batch), budget_s=1.0)
     reached = (
         timing[1].median_ms if kind == "latency_ms" else metric(model, target, data, dense=original)
     )
-    return {
+    out = {
         "kind": kind,
         "asked": target,
         "described": describe(target),
@@ -186,3 +207,9 @@ def budget_report(
             "pruned": timing[1].to_dict(),
         },
     }
+    if search is not None:
+        out["rounds"] = search["rounds"]
+        if kind == "latency_ms":
+            ratio = timing[1].median_ms / timing[0].median_ms
+            out["reached_vs_original"] = search["base"] * ratio
+    return out

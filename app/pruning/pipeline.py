@@ -112,10 +112,10 @@ def run_recipe(
         )
     else:
         recipe, round_note = with_default_round_to(recipe, shape_cache, model)
-        target, alloc, original = recipe.pruning.target, None, None
+        target, alloc, original, search = recipe.pruning.target, None, None, None
         if target is not None:
             original = copy.deepcopy(model).eval()
-            alloc, _ = solve(model, recipe.pruning, data, budget_cache)
+            alloc, search = solve(model, recipe.pruning, data, budget_cache)
             recipe = budget_recipe(recipe, alloc)
         validate(recipe.pruning, model)
         if needs_rewind(recipe.schedule) and initial_state is None:
@@ -138,7 +138,9 @@ def run_recipe(
         run_schedule(ctx)
         result = finish_run(ctx, rebuildable)
         if target is not None and original is not None:
-            result.final["budget"] = budget_report(target, result.model, data, original=original)
+            result.final["budget"] = budget_report(
+                target, result.model, data, original=original, search=search
+            )
             result.allocation = alloc
             ctx.notes.append(
                 info(f"pruning.target {describe(target)}: per-layer allocation {alloc}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from app.modelio.ort_latency import export_onnx, onnx_latency
+from app.modelio.ort_latency import SPINNING, export_onnx, onnx_latency, session
 from app.pruning.speedup import MASKS_ONLY_VERDICT, NO_SPEEDUP
 
 
@@ -55,3 +55,11 @@ def test_token_id_files_are_timed_on_int64_ids(tmp_path) -> None:
     out = onnx_latency(_Tokens(64), pruned, ids[:1], tmp_path, large_batch=4, budget_s=0.02)
     assert [r["batch"] for r in out["rows"]] == [1, 4]
     assert all(r["pruned"]["median_ms"] > 0 for r in out["rows"])
+
+
+def test_the_sessions_timed_in_turn_do_not_spin_between_runs(tmp_path) -> None:
+    path = export_onnx(_mlp(16), torch.randn(2, 64), tmp_path / "m.onnx")
+    opts = session(path, 2).get_session_options()
+    assert opts.intra_op_num_threads == 2  # the fixed thread count both models get
+    assert opts.get_session_config_entry(SPINNING) == "0"  # an idle pool steals no core
+    assert opts.graph_optimization_level.name == "ORT_ENABLE_ALL"  # as deployed (NCHWc)

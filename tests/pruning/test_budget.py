@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from app.modelio.dataset_files import load_digits
+from app.pruning.budget import allocate, pruned_copy, solve
 from app.pruning.budget_spec import check_budget
+from app.pruning.budget_table import PROBES, layer_table
+from app.pruning.layers import prunable_layers
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import Recipe
+from app.pruning.structural.coupling import coupled_layers
 from app.zoo import build
 
 FAST = {"epochs": 1, "lr": 0.05, "optimizer": "sgd", "batch_size": 64}
@@ -89,3 +95,75 @@ def test_a_latency_budget_run_reports_the_batch_and_both_measured_timings() -> N
     assert timing["batch"] == 16 and report["reached"] == timing["pruned"]["median_ms"]
     assert timing["original"]["repeats"] >= 7 and timing["pruned"]["iqr_ms"] >= 0
     assert "latency <= 1000 ms at batch 16" in " ".join(n["text"] for n in result.notes)
+
+
+@pytest.fixture(scope="module")
+def resnet_table(tmp_path_factory) -> tuple[torch.nn.Module, dict, Path]:
+    torch.manual_seed(0)
+    model = build("resnet20", input_shape=load_digits().input_shape).eval()
+    spec, cache = _recipe({"params": 1}).pruning, tmp_path_factory.mktemp("lut") / "t.json"
+    return model, layer_table(model, spec, load_digits(), {"params": 1}, cache), cache
+
+
+def test_the_lookup_table_has_one_entry_per_coupled_group_on_resnet20(resnet_table) -> None:
+    model, table, _ = resnet_table
+    data = load_digits()
+    scope = set(prunable_layers(model)) - {"fc"}  # the classifier's outputs are never cut
+    coupled = coupled_layers(model, data.sample_batch(2), "filter", scope)
+    entries = [set(e["members"]) for e in table["groups"].values()]
+    assert len(coupled) == 3  # one residual stream per stage
+    for group in coupled:
+        assert set(group.members) in entries  # probed together, not layer by layer
+    assert sorted(n for e in entries for n in e) == sorted(scope)  # each layer in one entry
+    assert len(entries) == 3 + 9  # the streams and the nine blocks' first convs
+    for entry in table["groups"].values():
+        assert [p[0] for p in entry["points"]] == list(PROBES)
+        saved = [p[1] for p in entry["points"]]
+        assert saved == sorted(saved) and saved[0] > 0  # parameters: exact, always a saving
+
+
+def test_the_allocation_predicts_at_most_the_budget_and_moves_groups_together(
+    resnet_table,
+) -> None:
+    _, table, _ = resnet_table
+    for fraction in (0.9, 0.6, 0.3):
+        goal = table["base"] * fraction
+        alloc, predicted = allocate(table, goal)
+        assert predicted <= goal * (1 + 1e-6)
+        for entry in table["groups"].values():
+            assert len({alloc[n] for n in entry["members"]}) == 1
+    alloc, least = allocate(table, -1e12)  # beyond every probe: the most the table prunes
+    assert least > -1e12 and set(alloc.values()) == {max(PROBES)}
+
+
+def test_a_latency_table_times_each_group_of_cnn_small_at_every_probe(tmp_path) -> None:
+    torch.manual_seed(0)
+    model, data = build("cnn_small").eval(), load_digits()
+    target = {"latency_ms": 1.0, "batch": 64}
+    spec = _recipe(target, exclude=["classifier"]).pruning
+    table = layer_table(model, spec, data, target, tmp_path / "t.json")
+    assert set(table["groups"]) == {"features.0", "features.4", "features.8"}
+    assert table["base"] > 0 and 0 <= table["base_acc"] <= 1
+    for entry in table["groups"].values():
+        assert [p[0] for p in entry["points"]] == list(PROBES)
+        saved = [p[1] for p in entry["points"]]
+        assert saved == sorted(saved) and saved[0] >= 0  # noise never reads as a slow-down
+    assert layer_table(model, spec, data, target, tmp_path / "t.json") == table  # kept
+
+
+def test_the_search_measures_the_allocation_and_tightens_until_the_budget_is_met(
+    resnet_table,
+) -> None:
+    model, table, cache = resnet_table
+    data = load_digits()
+    dense = sum(p.numel() for p in model.parameters())
+    budget = dense // 2
+    spec = _recipe({"params": budget}).pruning
+    alloc, search = solve(model, spec, data, cache)
+    assert search["groups"] == table["groups"]  # the lookup table is measured once
+    first, last = search["rounds"][0], search["rounds"][-1]
+    assert first["goal"] == budget >= first["predicted"] - 1e-6
+    pruned = sum(p.numel() for p in pruned_copy(model, spec, alloc, data).parameters())
+    assert budget * 0.9 <= pruned <= budget  # counted exactly: within, and not far under
+    if first["measured"] > budget:  # savings do not add up: the goal was tightened
+        assert len(search["rounds"]) > 1 and last["goal"] < first["goal"]

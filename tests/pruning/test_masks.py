@@ -270,3 +270,17 @@ def test_global_lowest_breaks_ties_by_position_like_a_stable_sort(sizes, frac, s
     expected = torch.zeros(flat.numel(), dtype=torch.bool)
     expected[torch.argsort(flat, stable=True)[:k]] = True
     assert torch.equal(torch.cat(global_lowest(scores, k)[0]), expected)
+
+
+def test_a_kept_count_rounded_up_to_round_to_is_not_called_an_emptied_layer() -> None:
+    model = make_mlp()
+    spec = PruningSpec("filter", "l1", sparsity=0.95, round_to=8, scope="layerwise")
+    plan = compute_masks(model, spec)
+    texts = [n["text"] for n in plan.notes if n["layer"] == "0"]
+    assert int(plan.channels["0"].sum()) == 8
+    assert any("rounded up to 8" in t and "pruning.round_to 8" in t for t in texts)
+    assert not any("would have been emptied" in t for t in texts)
+    spec = PruningSpec("filter", "l1", sparsity=0.99, round_to=4, scope="layerwise")
+    plan = compute_masks(model, spec)  # 0.99 of 16 filters rounds to all 16
+    texts = [n["text"] for n in plan.notes if n["layer"] == "0"]
+    assert any("would have been emptied" in t and "pruning.round_to 4" in t for t in texts)

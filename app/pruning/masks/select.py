@@ -211,10 +211,23 @@ class Selection:
             need = min(self._min_keep(), pruned.numel())
             if kept < need:
                 self._keep_best(n, need)
-                text = f"'{n}' would have been emptied; its best {need} unit(s) kept"
-                self.notes.append(self._emptied_note(n, text))
+                self.notes.append(self._kept_note(n, kept, need))
             if n in self.outputs and self.spec.granularity in _ROW_UNITS:
                 self._keep_rows(n)
+
+    def _kept_note(self, n: str, kept: int, need: int) -> Note:
+        """Which rule kept more of ``n``: the emptied-layer guard, or rounding a kept count
+        up to ``pruning.round_to``."""
+        if kept == 0:
+            rounded = f" (pruning.round_to {self.spec.round_to})" if need > 1 else ""
+            return self._emptied_note(
+                n, f"'{n}' would have been emptied; its best {need} unit(s) kept{rounded}"
+            )
+        return info(
+            f"'{n}' kept {kept} unit(s), rounded up to {need} "
+            f"(a multiple of pruning.round_to {self.spec.round_to})",
+            layer=n,
+        )
 
     def _emptied_note(self, n: str, text: str) -> Note:
         if self.spec.threshold is not None:
