@@ -74,6 +74,12 @@ GRANULARITIES: dict[str, GranularityInfo] = {
             "nm", "at most N non-zeros in every M consecutive input channels or features", False
         ),
         GranularityInfo("layer", "a whole residual branch (identity shortcut kept)", True),
+        GranularityInfo(
+            "head",
+            "a whole attention head (a KV group under grouped-query attention): its q/k/v "
+            "rows and output-projection columns; the hidden size is kept",
+            True,
+        ),
     )
 }
 GRANULARITY_NAMES: tuple[str, ...] = tuple(GRANULARITIES)

@@ -129,6 +129,8 @@ def unit_view(
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity {granularity!r} is not one of: {', '.join(GRANULARITIES)}.")
+    if granularity == "head":
+        raise ValueError("granularity 'head' cuts whole attention heads, not units of one weight.")
     shape = tuple(weight.shape)
     cshape = (shape[1], shape[0], *shape[2:]) if transposed else shape
     nd = len(cshape)

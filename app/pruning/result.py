@@ -31,6 +31,7 @@ from app.pruning.notes import Note, add_notes, info, warning
 from app.pruning.speedup import compare_latency, masks_only_latency, slower_note
 from app.pruning.structural.blocks import remove_blocks
 from app.pruning.structural.remove import physical_prune, removal_blockers
+from app.pruning.structural.transformer import mlp_layers, shrink
 from app.pruning.task import METRIC
 
 
@@ -97,6 +98,11 @@ def final_model(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
         return ctx.model, False
     if spec.granularity == "layer" and spec.physical:
         return _without_blocks(ctx, rebuildable)
+    if spec.physical and (spec.granularity == "head" or _has_mlps(ctx.model, spec.granularity)):
+        return _transformer_cut(ctx, rebuildable)
+    if spec.granularity == "head":
+        ctx.notes.append(info(f"{MASKS_ONLY_NOTE} (pruning.physical is false)"))
+        return ctx.model, False
     if not ctx.structured:
         text = MASKS_ONLY_NOTE
         if spec.granularity == "group" and spec.physical:
@@ -149,6 +155,28 @@ def deploy_speedup(ctx: RunContext, dense: nn.Module, model: nn.Module, physical
     if note is not None:
         ctx.notes.append(note)
     return comparison
+
+
+def _has_mlps(model: nn.Module, granularity: str) -> bool:
+    eager = isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule)
+    return granularity == "filter" and eager and bool(mlp_layers(model))
+
+
+def _transformer_cut(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:
+    """Heads, or MLP neurons at level ``filter``, of a transformer's blocks (physical)."""
+    eager = isinstance(ctx.model, nn.Module) and not isinstance(ctx.model, torch.jit.ScriptModule)
+    if not rebuildable or not eager:
+        text = f"{MASKS_ONLY_NOTE}: this model format cannot be rebuilt (TorchScript, .pt2)"
+        ctx.notes.append(warning(text))
+        return ctx.model, False
+    cut = shrink(ctx.model, ctx.plan.masks, ctx.recipe.pruning.granularity)
+    if cut is None:
+        ctx.notes.append(warning(f"{MASKS_ONLY_NOTE}: no unit could be removed physically"))
+        return ctx.model, False
+    small, sentences = cut
+    diff = max_abs_diff(ctx.model, small, ctx.example)
+    ctx.notes.append(info(f"physically removed {sentences[0]}: max output difference {diff:.2e}"))
+    return small, True
 
 
 def _without_blocks(ctx: RunContext, rebuildable: bool) -> tuple[nn.Module, bool]:

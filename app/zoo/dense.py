@@ -33,20 +33,21 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
-        self.heads = heads
+        self.head_dim = dim // heads  # the head count follows q's width (heads can be removed)
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        h = self.heads
-        q = self.q(x).reshape(b, n, h, d // h).transpose(1, 2)
-        k = self.k(x).reshape(b, n, h, d // h).transpose(1, 2)
-        v = self.v(x).reshape(b, n, h, d // h).transpose(1, 2)
-        att = torch.softmax(q @ k.transpose(-2, -1) * (d // h) ** -0.5, dim=-1)
-        return self.proj((att @ v).transpose(1, 2).reshape(b, n, d))
+        b, n, _ = x.shape
+        hd = self.head_dim
+        h = self.q.out_features // hd
+        q = self.q(x).reshape(b, n, h, hd).transpose(1, 2)
+        k = self.k(x).reshape(b, n, h, hd).transpose(1, 2)
+        v = self.v(x).reshape(b, n, h, hd).transpose(1, 2)
+        att = torch.softmax(q @ k.transpose(-2, -1) * hd**-0.5, dim=-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(b, n, h * hd))
 
 
 class EncoderBlock(nn.Module):

@@ -38,6 +38,7 @@ from app.pruning.criteria.context import CalibrationData
 from app.pruning.criteria.magnitude import no_bn_error
 from app.pruning.granularity import canonical, check_layer
 from app.pruning.layers import is_transposed, prunable_layers
+from app.pruning.masks.heads import add_mlp_columns, check_heads, compute_head_masks, mlp_scope
 from app.pruning.masks.plan import MaskPlan
 from app.pruning.masks.select import MAGNITUDE, Selection
 from app.pruning.notes import Note, info, warning
@@ -90,6 +91,8 @@ def validate(spec: PruningSpec, model: nn.Module) -> None:
         raise no_bn_error(crit.name)
     for name, layer in targets.items():
         check_layer(name, layer, spec.granularity)
+    if spec.granularity == "head":
+        check_heads(model, spec, set(spec.exclude))
     if spec.granularity == "layer" and not _blocks_in(model, targets):
         raise ValueError(
             "granularity 'layer' needs residual blocks with an identity shortcut (x + f(x)); "
@@ -140,11 +143,17 @@ def compute_masks(
     targets = {n: m for n, m in layers.items() if n not in spec.exclude}
     if spec.granularity == "layer":
         return _layer_plan(model, spec, targets, layers, target or 0.0, previous, seed)
+    if spec.granularity == "head":
+        return compute_head_masks(model, spec, target or 0.0, previous, seed)
     x = example if example is not None else example_input(data, model)
     outputs, notes = _outputs(model, spec, x)
+    scoped: list[Note] = []
     if spec.granularity == "filter":  # a filter of an output layer is an output unit
         targets = {n: m for n, m in targets.items() if n not in outputs}
-    coupled = _coupled(model, spec, x, targets)
+        targets, coupled, scoped = mlp_scope(model, targets)  # transformers: MLP neurons only
+        notes += scoped
+    if not (spec.granularity == "filter" and scoped):
+        coupled = _coupled(model, spec, x, targets)
     absolute = _raw_magnitude(spec, targets)
     if absolute:  # |w| is ranked chunk by chunk from the weights themselves
         scores = {n: m.weight.detach() for n, m in targets.items()}
@@ -182,6 +191,8 @@ def compute_masks(
     else:
         ctx.select_sparsity(target, spec.overrides)
     plan = ctx.plan(model, layers)
+    if spec.granularity == "filter" and scoped:
+        add_mlp_columns(model, plan)
     for n in outputs - set(plan.masks) - set(spec.exclude):  # protected: kept whole
         plan.masks[n] = torch.ones_like(layers[n].weight, dtype=torch.bool, device="cpu")
         if plan.channels is not None:
