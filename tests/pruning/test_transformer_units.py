@@ -208,3 +208,15 @@ def test_a_run_removes_units_of_a_bert_classifier_and_reports_the_sparsity(granu
     )
     with torch.no_grad():
         assert result.model(TOKENS).shape == (3, 3)
+
+
+def test_traced_uploads_are_refused_heads_and_keep_masks_at_filter_level() -> None:
+    model = _bert()
+    traced = torch.jit.trace(model, TOKENS, check_trace=False)
+    with pytest.raises(ValueError, match="lose that structure"):
+        compute_masks(traced, PruningSpec("head", "l1", sparsity=0.5), example=TOKENS)
+    pruning = {"granularity": "head", "criterion": "l1", "physical": True, "sparsity": 0.5}
+    recipe = Recipe.from_dict({"kind": "prune", "name": "t", "pruning": pruning})
+    result = run_recipe(recipe, model, _token_classes(), latency=False, rebuildable=False)
+    assert result.masks_only and not result.physical
+    assert any("cannot be rebuilt" in n["text"] for n in result.notes)
