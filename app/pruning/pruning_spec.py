@@ -30,6 +30,12 @@ from app.pruning.spec_checks import check_keys, choice, integer, number, optiona
 MAX_LAYER_SPARSITY = 0.9
 
 
+HEAD_TARGET = (
+    "granularity 'head' takes a pruning.sparsity (the fraction of heads removed), "
+    "not a threshold or per-layer overrides."
+)
+
+
 @dataclass(frozen=True)
 class PruningSpec:
     """What to prune and how to rank it; see ``shared/design/PRUNING.md`` sections 3-4."""
@@ -97,6 +103,8 @@ class PruningSpec:
                 "pruning.threshold does not apply to granularity 'layer' (whole blocks go by "
                 "their share of the parameters); set pruning.sparsity instead."
             )
+        if self.granularity == "head" and (self.threshold is not None or self.overrides):
+            raise ValueError(HEAD_TARGET)
         integer(self.calibration_batches, "pruning.calibration_batches", 1)
         number(self.bn_l1, "pruning.bn_l1", 0.0, math.inf)
         self._check_budget()

@@ -10,7 +10,7 @@ its o columns, so the masked model equals the physically smaller one.
 
 Example:
     >>> from app import zoo
-    >>> from app.pruning.pruning_spec import PruningSpec
+    >>> from app.pruning.pruning_spec import HEAD_TARGET, PruningSpec
     >>> model = zoo.build("transformer")
     >>> plan = compute_head_masks(model, PruningSpec("head", "l1", scope="layerwise"), 0.5, {}, 0)
     >>> [int(plan.masks[f"blocks.{i}.attn.q"].any(dim=1).sum()) // 8 for i in (0, 1)]
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from app.pruning.layers import prunable_layers
 from app.pruning.masks.plan import MaskPlan
 from app.pruning.notes import info, warning
-from app.pruning.pruning_spec import PruningSpec
+from app.pruning.pruning_spec import HEAD_TARGET, PruningSpec
 from app.pruning.structural.coupling import Coupled
 from app.pruning.structural.transformer import (
     Attention,
@@ -47,10 +47,7 @@ def check_heads(model: nn.Module, spec: PruningSpec, exclude: set[str]) -> list[
     if not found:
         raise ValueError(NO_HEADS)
     if spec.threshold is not None or spec.overrides:
-        raise ValueError(
-            "granularity 'head' takes a pruning.sparsity (the fraction of heads removed), "
-            "not a threshold or per-layer overrides."
-        )
+        raise ValueError(HEAD_TARGET)
     return found
 
 
