@@ -32,7 +32,7 @@ MAX_LAYER_SPARSITY = 0.9
 
 HEAD_TARGET = (
     "granularity 'head' takes a pruning.sparsity (the fraction of heads removed), "
-    "not a threshold or per-layer overrides."
+    "not a threshold, per-layer overrides or a stored allocation."
 )
 
 
@@ -103,7 +103,9 @@ class PruningSpec:
                 "pruning.threshold does not apply to granularity 'layer' (whole blocks go by "
                 "their share of the parameters); set pruning.sparsity instead."
             )
-        if self.granularity == "head" and (self.threshold is not None or self.overrides):
+        if self.granularity == "head" and (
+            self.threshold is not None or self.overrides or self.allocation_from is not None
+        ):
             raise ValueError(HEAD_TARGET)
         integer(self.calibration_batches, "pruning.calibration_batches", 1)
         number(self.bn_l1, "pruning.bn_l1", 0.0, math.inf)

@@ -187,6 +187,11 @@ class Recipe:
         integer(self.seed, "seed", 0)
         if self.kind == "prune":
             self.pruning.check_target()
+        if self.kind == "sensitivity" and self.pruning.granularity == "head":
+            raise ValueError(
+                "sensitivity analysis sweeps one layer at a time and granularity 'head' cuts "
+                "q/k/v and the output projection together; choose another granularity."
+            )
         if self.kind == "sensitivity" and self.sensitivity is None:
             object.__setattr__(self, "sensitivity", SensitivitySpec())
 

@@ -171,8 +171,10 @@ def test_head_is_in_the_catalogue_and_the_engine_agrees() -> None:
     assert scoring == {c for c, g in catalogue.VALID_PAIRS.items() if "head" in g}
     with pytest.raises(ValueError, match="needs attention layers"):
         compute_masks(zoo.build("cnn_small"), PruningSpec("head", "l1", sparsity=0.5))
-    with pytest.raises(ValueError, match="not a threshold or per-layer overrides"):
+    with pytest.raises(ValueError, match="not a threshold, per-layer overrides"):
         PruningSpec.from_dict({"granularity": "head", "criterion": "l1", "threshold": 0.1})
+    with pytest.raises(ValueError, match="sweeps one layer at a time"):
+        Recipe.from_dict({"kind": "sensitivity", "pruning": {"granularity": "head"}})
     with pytest.raises(ValueError, match="does not support granularity 'head'"):
         compute_masks(_bert(), PruningSpec("head", "taylor", sparsity=0.5), example=TOKENS)
 
