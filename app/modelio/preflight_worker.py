@@ -83,6 +83,7 @@ def inspect_model(request: dict) -> dict:
         "weights_seen_fraction": round(n_params / (n_params + sum(hidden.values())), 6),
         "groups": groups,
         "residual_blocks": removable_blocks(model),
+        "attention_heads": attention_modules(model),
         "structured_ok": bool(loaded.rebuildable and groups),
         "rebuildable": loaded.rebuildable,
         "warnings": warnings,
@@ -195,6 +196,13 @@ def removable_blocks(model: nn.Module) -> list[list[str]]:
         return [list(block.layers) for block in residual_blocks(model)]
     except Exception:  # noqa: BLE001 - a model fx cannot trace has no removable block
         return []
+
+
+def attention_modules(model: nn.Module) -> list[list[str]]:
+    """The q/k/v/output layers of each attention module granularity 'head' can cut."""
+    from app.pruning.structural.transformer import attention_layers
+
+    return [list(a.layers) for a in attention_layers(model)]
 
 
 def dependency_groups(

@@ -188,6 +188,30 @@ def _with_preflight_blocks(api, arch: str) -> int:
     return model_id
 
 
+def test_level_head_needs_attention_layers_in_the_preflight(api, people) -> None:
+    from app import zoo
+    from app.modelio.preflight_worker import attention_modules
+
+    head = {"granularity": "head", "criterion": "l1", "sparsity": 0.5, "physical": True}
+    ids = {}
+    for arch in ("cnn_small", "transformer"):
+        with Session(api.app.state.engine) as s:
+            record = make_model_record(s, api.app.state.settings, arch=arch)
+            record.preflight = {"attention_heads": attention_modules(zoo.build(arch))}
+            s.add(record)
+            s.commit()
+            ids[arch] = record.id
+    r = api.post(
+        "/api/runs", json=tiny_recipe(ids["cnn_small"], pruning=head), headers=people["alice"]
+    )
+    assert r.status_code == 422, r.text
+    assert "lose that structure: try 'filter'" in _detail(r)
+    ok = api.post(
+        "/api/runs", json=tiny_recipe(ids["transformer"], pruning=head), headers=people["alice"]
+    )
+    assert ok.status_code == 201, ok.text
+
+
 def test_level_layer_on_a_model_without_removable_blocks_is_422(api, people) -> None:
     layer = {"granularity": "layer", "criterion": "l1", "sparsity": 0.3, "physical": True}
     mlp = _with_preflight_blocks(api, "mlp")

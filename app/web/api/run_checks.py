@@ -80,6 +80,8 @@ def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
     _check_budget(model, pruning.get("target"))
     if pruning.get("granularity") == "layer":
         _check_blocks(model, pruning)
+    if pruning.get("granularity") == "head":
+        _check_heads(model, pruning)
     names = {layer.get("name") for layer in model.layers or []}
     if not names:
         return
@@ -112,6 +114,20 @@ def _check_blocks(model: ModelRecord, pruning: dict) -> None:
         raise invalid(
             "pruning.granularity 'layer' removes residual blocks with an identity shortcut "
             f"(x + f(x)); model_id {model.id} has none that can be removed{where} (try 'filter')"
+        )
+
+
+def _check_heads(model: ModelRecord, pruning: dict) -> None:
+    """Granularity 'head' needs attention layers with q/k/v/output Linear layers."""
+    found = (model.preflight or {}).get("attention_heads")
+    if found is None:
+        return  # a record from before preflight listed them: the worker checks
+    excluded = set(pruning.get("exclude") or [])
+    if not any(not set(layers) & excluded for layers in found):
+        raise invalid(
+            "pruning.granularity 'head' removes attention heads of q/k/v/output Linear layers; "
+            f"model_id {model.id} has none (TorchScript, .pt2 and ONNX uploads lose that "
+            "structure: try 'filter')"
         )
 
 
