@@ -224,3 +224,31 @@ def test_traced_uploads_are_refused_heads_and_keep_masks_at_filter_level() -> No
     result = run_recipe(recipe, model, _token_classes(), latency=False, rebuildable=False)
     assert result.masks_only and not result.physical
     assert any("cannot be rebuilt" in n["text"] for n in result.notes)
+
+
+@pytest.mark.parametrize("granularity", ["head", "filter"])
+def test_a_transformers_vit_loses_heads_or_mlp_neurons_exactly(granularity) -> None:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=HIDDEN,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=32,
+        num_labels=3,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    model = Logits(ViTForImageClassification(cfg)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    spec = PruningSpec(granularity, "l1", sparsity=0.5, scope="layerwise")
+    plan = compute_masks(model, spec, example=x)
+    apply_masks(model, plan)
+    small = shrink(model, plan.masks, granularity)[0]
+    assert small.model.vit.layers[0].layernorm_before.weight.shape == (HIDDEN,)
+    assert _params(small) < _params(model)
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
