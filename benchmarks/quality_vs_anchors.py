@@ -25,8 +25,10 @@ in 40 epochs, 97% (33x) within 3 points; filter 50% within 1 point of dense in 5
 cnn_small and onnx_cnn; filter at or above Torch-Pruning everywhere.
 
 Run: ``PYTHONPATH=. python benchmarks/quality_vs_anchors.py [--quick] [--only MODEL]
-[--seeds 0,1] [--granularity filter] [--pruning '{"scope": "layerwise"}']`` (full: about 35 min on 2 cores shared at load ~8; ``--quick``: 1 seed, 1 level, fewest
-epochs, 2-3 min).
+[--seeds 0,1] [--granularity filter] [--pruning '{"scope": "layerwise"}']`` (full: about 35 min
+on 2 cores shared at load ~8; ``--quick``: 1 seed, 1 level, fewest epochs, 2-3 min).
+``--granularity`` runs one level's comparisons only; ``--pruning`` adds pruning fields to the
+lab's recipe, to measure a variant against the same anchors.
 """
 
 from __future__ import annotations
