@@ -64,3 +64,19 @@ def test_normalize_is_validated_and_only_where_it_applies() -> None:
     for bad in ({"scope": "layerwise"}, {"granularity": "element"}):
         with pytest.raises(ValueError, match="pruning.normalize applies to scope 'global'"):
             PruningSpec(**{"granularity": "filter", "normalize": "none", **bad})
+
+
+def test_the_stem_of_a_transformers_resnet_is_not_cut_for_its_small_weights() -> None:
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    cfg = ResNetConfig(
+        num_channels=1, embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1], num_labels=10
+    )
+    model = ResNetForImageClassification(cfg).eval()
+    stem = "resnet.embedder.embedder.convolution"  # 7x7, HF's init leaves it the smallest L1
+    x = torch.randn(2, 1, 8, 8)
+    plan = compute_masks(model, PruningSpec("filter", "l1", sparsity=0.5), example=x)
+    assert int(plan.channels[stem].sum()) >= 6  # of 16 (raw L1: 2, the 0.9 cap)
+    raw = PruningSpec("filter", "l1", sparsity=0.5, normalize="none")
+    assert int(compute_masks(model, raw, example=x).channels[stem].sum()) == 2
