@@ -28,7 +28,13 @@ from app.pruning.granularity import canonical, unit_view
 from app.pruning.layers import is_transposed
 from app.pruning.masks.coupled import Coupling
 from app.pruning.masks.plan import NEVER_EMPTY_NOTE, MaskPlan, filter_extras
-from app.pruning.masks.ranking import count_true, global_lowest, global_lowest_abs, invert
+from app.pruning.masks.ranking import (
+    count_true,
+    global_lowest,
+    global_lowest_abs,
+    invert,
+    mean_normalized,
+)
 from app.pruning.masks.rows import nm_pruned, row_note, row_pruned
 from app.pruning.notes import Note, info, warning
 from app.pruning.pruning_spec import PruningSpec
@@ -36,6 +42,10 @@ from app.pruning.structural.coupling import Coupled
 
 MAGNITUDE = ("l1", "l2", "threshold")
 _ROW_UNITS = ("element", "vector", "kernel")  # levels whose units lie inside one output row
+NORMALIZED_NOTE = (
+    "global ranking: each layer's (or coupled group's) scores divided by their mean "
+    "(pruning.normalize 'mean'), so layers of different weight scales compare fairly"
+)
 
 
 class Selection:
@@ -116,6 +126,10 @@ class Selection:
         local = {n: target if own[n] is None else own[n] for n in self.ranked}
         glob = self.spec.scope == "global"
         pool = [n for n in self.ranked if own[n] is None] if glob else []
+        if self.spec.granularity in CHANNEL_LEVELS and self.spec.normalize == "mean" and pool:
+            for n in pool:
+                self.scores[n] = mean_normalized(self.scores[n], self.forced.get(n))
+            self.notes.append(info(NORMALIZED_NOTE))
         for n in self.ranked:
             self.requested[n] = local[n]
             if n not in pool:
