@@ -64,8 +64,9 @@ def _reductions(dense: nn.Module, pruned: nn.Module, example: torch.Tensor) -> t
     return macs, nonzero(dense) / max(nonzero(pruned), 1)
 
 
-def lab_recipe(job: Job, seed: int) -> Recipe:
-    """The lab's default recipe: only granularity, criterion, sparsity, schedule and epochs set.
+def lab_recipe(job: Job, seed: int, extra: dict | None = None) -> Recipe:
+    """The lab's default recipe: only granularity, criterion, sparsity, schedule and epochs set
+    (plus any ``extra`` pruning fields, to compare a variant).
 
     Example:
         >>> r = lab_recipe(Job("filter", 0.5, 1, 5), 0)
@@ -75,6 +76,7 @@ def lab_recipe(job: Job, seed: int) -> Recipe:
     pruning = {"granularity": job.granularity, "criterion": "l1", "sparsity": job.sparsity}
     if job.granularity == "filter":
         pruning["physical"] = True
+    pruning.update(extra or {})
     kind = "iterative" if job.steps > 1 else "oneshot"
     return Recipe.from_dict(
         {
@@ -89,12 +91,20 @@ def lab_recipe(job: Job, seed: int) -> Recipe:
 
 
 def run_lab(
-    model: nn.Module, data: ArrayDataset, job: Job, seed: int, *, rebuildable: bool = True
+    model: nn.Module,
+    data: ArrayDataset,
+    job: Job,
+    seed: int,
+    *,
+    rebuildable: bool = True,
+    extra: dict | None = None,
 ) -> Outcome:
     """The lab's engine in-process on ``model`` (changed in place) with ``lab_recipe``."""
     example = data.sample_batch(1)
     dense = copy.deepcopy(model)
-    result = run_recipe(lab_recipe(job, seed), model, data, latency=False, rebuildable=rebuildable)
+    result = run_recipe(
+        lab_recipe(job, seed, extra), model, data, latency=False, rebuildable=rebuildable
+    )
     pruned = result.model
     macs, params = _reductions(dense, pruned, example)
     how = "masks" if result.masks_only else "physical"

@@ -25,13 +25,16 @@ in 40 epochs, 97% (33x) within 3 points; filter 50% within 1 point of dense in 5
 cnn_small and onnx_cnn; filter at or above Torch-Pruning everywhere.
 
 Run: ``PYTHONPATH=. python benchmarks/quality_vs_anchors.py [--quick] [--only MODEL]
-[--seeds 0,1]`` (full: about 35 min on 2 cores shared at load ~8; ``--quick``: 1 seed, 1 level, fewest
-epochs, 2-3 min).
+[--seeds 0,1] [--granularity filter] [--pruning '{"scope": "layerwise"}']`` (full: about 35 min
+on 2 cores shared at load ~8; ``--quick``: 1 seed, 1 level, fewest epochs, 2-3 min).
+``--granularity`` runs one level's comparisons only; ``--pruning`` adds pruning fields to the
+lab's recipe, to measure a variant against the same anchors.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -76,7 +79,9 @@ def jobs_for(model: str, quick: bool) -> list[Job]:
     ]
 
 
-def compare(name: str, cache: DenseCache, job: Job, seed: int, tmp: Path) -> dict:
+def compare(
+    name: str, cache: DenseCache, job: Job, seed: int, tmp: Path, extra: dict | None = None
+) -> dict:
     """One seed of one comparison: dense, lab and anchor outcomes."""
     data = cache.data
     dense = cache.get(name, seed)
@@ -84,10 +89,10 @@ def compare(name: str, cache: DenseCache, job: Job, seed: int, tmp: Path) -> dic
     if name in DENSE_OF:  # the user's upload: ONNX through the lab's intake
         folder = Path(tempfile.mkdtemp(dir=tmp))
         module, rebuildable = through_intake(dense, folder)
-        lab = run_lab(module, data, job, seed, rebuildable=rebuildable)
+        lab = run_lab(module, data, job, seed, rebuildable=rebuildable, extra=extra)
         anchor = run_anchor(folded(dense), data, job, seed, lab)
     else:
-        lab = run_lab(cache.get(name, seed), data, job, seed)
+        lab = run_lab(cache.get(name, seed), data, job, seed, extra=extra)
         anchor = run_anchor(dense, data, job, seed, lab)
     return {"dense": base, "lab": lab, "anchor": anchor}
 
@@ -139,7 +144,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds (medians shown)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 level, fewest epochs")
     parser.add_argument("--only", choices=MODELS, action="append", help="a model (repeatable)")
+    parser.add_argument("--granularity", choices=("element", "filter"), help="one level only")
+    parser.add_argument("--pruning", default="{}", help="extra pruning fields (JSON) for the lab")
     args = parser.parse_args()
+    extra = json.loads(args.pruning)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     seeds = [int(s) for s in args.seeds.split(",")][: 1 if args.quick else None]
@@ -152,7 +160,9 @@ def main() -> None:
         for seed in seeds:
             for name in models:
                 for job in jobs_for(name, args.quick):
-                    r = compare(name, cache, job, seed, Path(tmp))
+                    if args.granularity not in (None, job.granularity):
+                        continue
+                    r = compare(name, cache, job, seed, Path(tmp), extra)
                     rows.setdefault((name, job.granularity, job.sparsity), []).append(
                         {**r, "job": job}
                     )

@@ -22,7 +22,8 @@ import os
 
 import torch
 
-from app.pruning.context import BestStep, RunContext
+from app.pruning.best_step import BestStep
+from app.pruning.context import RunContext
 from app.pruning.masks.keeper import MaskKeeper
 from app.pruning.masks.plan import MaskPlan
 from app.pruning.notes import as_note, info

@@ -38,17 +38,17 @@ from torch import Tensor, nn
 
 from app.catalogue import CHANNEL_LEVELS
 from app.pruning import measure as measure_mod
+from app.pruning.best_step import BestStep, accept_step, remember_best
 from app.pruning.counts import layer_stats
 from app.pruning.data import ArrayDataset
 from app.pruning.histograms import prunable_weights
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import MaskKeeper, apply_masks
 from app.pruning.masks.plan import MaskPlan
-from app.pruning.notes import Note, add_notes, warning
+from app.pruning.notes import Note, add_notes
 from app.pruning.prune_step import BiasCare, recalibrate, refit, settle_structure, zero_structure
 from app.pruning.report import Report, ShouldStop, check_cancelled
 from app.pruning.spec import Recipe
-from app.pruning.targets import within_drop
 from app.pruning.train import fine_tune
 from app.pruning.train_state import BatchHook, EpochHook
 from app.pruning.tuning import Tuning
@@ -56,17 +56,6 @@ from app.zoo import reset_parameters
 
 BN_NOTE_KEY = "accuracy_before_bn_recalibration"
 REFIT_KEY = "reconstruction"  # a step's ThiNet re-fit: [{"layer", "error_before", "error_after"}]
-
-
-@dataclass
-class BestStep:
-    """The step a ``max_accuracy_drop`` run falls back on: its weights, masks and histograms."""
-
-    step: int
-    state: dict[str, Tensor]
-    masks: dict[str, Tensor] | None
-    plan: MaskPlan | None
-    after_prune: dict[str, Tensor] | None
 
 
 @dataclass
@@ -283,29 +272,8 @@ class RunContext:
 
     def accept_step(self, k: int, after: dict) -> bool:
         """Keep step ``k`` when within ``max_accuracy_drop``; else restore the best and stop."""
-        max_drop = self.recipe.schedule.max_accuracy_drop
-        key = "val_accuracy" if "val_accuracy" in after else "accuracy"  # choose on validation
-        lost = float(self.baseline[key]) - float(after[key])
-        if within_drop(float(self.baseline[key]), float(after[key]), max_drop):
-            self.remember_best(k)
-            return True
-        best = self.best
-        split = "validation" if key == "val_accuracy" else "test"
-        self.notes.append(
-            warning(
-                f"step {k} lost {lost:.4f} {split} accuracy, more than max_accuracy_drop "
-                f"{max_drop}; kept step {0 if best is None else best.step}"
-            )
-        )
-        if best is not None:
-            self.model.load_state_dict(best.state)
-            self.masks, self.plan = best.masks, best.plan
-            self.hist_after_prune = best.after_prune
-        return False
+        return accept_step(self, k, after)
 
     def remember_best(self, k: int) -> None:
         """Keep a copy of step ``k`` to fall back on (only with ``max_accuracy_drop``)."""
-        if self.recipe.schedule.max_accuracy_drop is None:
-            return
-        state = copy.deepcopy(self.model.state_dict())
-        self.best = BestStep(k, state, self.masks, self.plan, self.hist_after_prune)
+        remember_best(self, k)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -44,6 +44,8 @@ from app.pruning.spec import FinetuneSpec
 from app.pruning.task import TokenLoss
 
 SWEEP_BATCHES = 40
+PROBE_BATCHES = 12  # batches at the chosen LR that must lower the loss
+RETREATS = 2  # at most this many tenfold steps back from the sweep's choice
 DIVERGE = 2.0  # the smoothed loss this many times its best ends the sweep
 SMOOTH = 0.7  # EMA factor of the training loss
 # optimizer -> (sweep start, sweep end, lowest and highest LR it may choose)
@@ -67,30 +69,39 @@ class LrChoice:
     lrs: list[float]
     losses: list[float]
     seconds: float = 0.0
+    retreated: list[float] = field(default_factory=list)  # choices a probe refused, in order
 
     def note(self, prefix: str = "") -> Note:
         """The run note: the chosen LR and why (``prefix``: e.g. ``"step 2: "``)."""
         end = self.lrs[-1] if self.diverged_at is None else self.diverged_at
-        if math.isclose(self.lr, self.at_min / 10):
+        first = self.retreated[0] if self.retreated else self.lr
+        if math.isclose(first, self.at_min / 10):
             why = f"a tenth of {self.at_min:.1e}, where the smoothed loss was lowest"
-        elif math.isclose(self.lr, end / 30):
+        elif math.isclose(first, end / 30):
             why = f"a thirtieth of {end:.1e}, where the smoothed loss doubled (no clear valley)"
         else:
             why = f"clamped (lowest loss at {self.at_min:.1e}, doubled at {end:.1e})"
+        if self.retreated:
+            tried = ", ".join(f"{lr:.1e}" for lr in self.retreated)
+            why += (
+                f"; {PROBE_BATCHES} batches at {tried} did not lower the loss, so a tenth of that"
+            )
         return info(
             f"lr auto: {prefix}range test chose {self.lr:.1e} ({NAMES[self.optimizer]}), {why}; "
             f"{len(self.lrs)} batches from {self.lrs[0]:.0e} upwards, {self.seconds:.2f} s"
         )
 
 
-def _sweep(model, data, spec, *, device, keeper, seed, batches, lo, hi):
+def _sweep(model, data, spec, *, device, keeper, seed, batches, lr_at, stop_on_rise=True):
+    """Train ``batches`` batches at ``lr_at(i)``; the LRs, raw and smoothed losses, and the LR
+    where the loss stopped being finite (or, with ``stop_on_rise``, doubled over its best)."""
     loss_fn = TokenLoss(label_smoothing=float(spec.label_smoothing or 0.0))  # by task
-    opt = make_optimizer(model, spec, lr=lo)
+    opt = make_optimizer(model, spec, lr=lr_at(0))
     loader = data.loader("train", int(spec.batch_size), shuffle=True, seed=int(seed) * 7919 + 17)
     batch_iter = iter(loader)
-    lrs, losses, avg, best, diverged = [], [], 0.0, math.inf, None
+    lrs, raw, losses, avg, best, diverged = [], [], [], 0.0, math.inf, None
     for i in range(batches):
-        lr = lo * (hi / lo) ** (i / max(batches - 1, 1))
+        lr = lr_at(i)
         for group in opt.param_groups:
             group["lr"] = lr
         try:
@@ -114,12 +125,25 @@ def _sweep(model, data, spec, *, device, keeper, seed, batches, lo, hi):
         avg = SMOOTH * avg + (1 - SMOOTH) * value
         smoothed = avg / (1 - SMOOTH ** (i + 1))
         lrs.append(lr)
+        raw.append(value)
         losses.append(smoothed)
-        if smoothed > DIVERGE * best:
+        if stop_on_rise and smoothed > DIVERGE * best:
             diverged = lr
             break
         best = min(best, smoothed)
-    return lrs, losses, diverged
+    return lrs, raw, losses, diverged
+
+
+def _holds(start: float, probe: list[float], diverged: float | None, n_classes: int) -> bool:
+    """Whether a probe at the chosen LR kept training: finite, and its last third's mean loss
+    below where the sweep started and below a uniform guess's ``ln(n_classes)`` (a model
+    knocked back to guessing also "lowers" the loss of a confidently wrong one), with a
+    tolerance for the noise of an already low, flat loss."""
+    k = max(len(probe) // 3, 1)
+    if diverged is not None or len(probe) < k:
+        return False
+    bound = min(start, math.log(max(n_classes, 2)))
+    return sum(probe[-k:]) / k <= 0.98 * bound + 0.02
 
 
 def range_test(
@@ -154,24 +178,41 @@ def range_test(
     torch.manual_seed(int(seed))
     model.to(device).train()
     try:
-        lrs, losses, diverged = _sweep(
+        run = {"device": device, "keeper": keeper, "seed": seed}
+        lrs, raw, losses, diverged = _sweep(
             model,
             data,
             spec,
-            device=device,
-            keeper=keeper,
-            seed=seed,
+            **run,
             batches=batches,
-            lo=lo,
-            hi=hi,
+            lr_at=lambda i: lo * (hi / lo) ** (i / max(batches - 1, 1)),
         )
+        if not lrs:  # the very first batch failed
+            return LrChoice(low, name, lo, diverged, [lo], [math.inf], time.perf_counter() - start)
+        at_min = lrs[min(range(len(losses)), key=losses.__getitem__)]
+        end = lrs[-1] if diverged is None else diverged
+        chosen = min(max(at_min / 10, end / 30, low), high)
+        # A sweep's loss keeps falling on what earlier batches learnt, which can flatter a high
+        # LR: train a few batches at the choice from the start and back off while it fails.
+        start_loss, retreated = sum(raw[:3]) / len(raw[:3]), []
+        for _ in range(RETREATS):
+            model.load_state_dict(state)
+            _, probe, _, broke = _sweep(
+                model,
+                data,
+                spec,
+                **run,
+                batches=PROBE_BATCHES,
+                lr_at=lambda i, lr=chosen: lr,
+                stop_on_rise=False,
+            )
+            if _holds(start_loss, probe, broke, data.n_classes) or chosen / 10 < low:
+                break
+            retreated.append(chosen)
+            chosen /= 10
     finally:
         model.load_state_dict(state)
         model.train(was_training)
         torch.set_rng_state(rng)
-    if not lrs:  # the very first batch failed
-        return LrChoice(low, name, lo, diverged, [lo], [math.inf], time.perf_counter() - start)
-    at_min = lrs[min(range(len(losses)), key=losses.__getitem__)]
-    end = lrs[-1] if diverged is None else diverged
-    chosen = min(max(at_min / 10, end / 30, low), high)
-    return LrChoice(chosen, name, at_min, diverged, lrs, losses, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return LrChoice(chosen, name, at_min, diverged, lrs, losses, seconds, retreated)

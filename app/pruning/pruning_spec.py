@@ -28,6 +28,10 @@ from app.pruning.spec_checks import check_keys, choice, integer, number, optiona
 
 # Global filter/channel ranking: the most of one layer's (or coupled group's) units it may take.
 MAX_LAYER_SPARSITY = 0.9
+# Global filter/channel ranking: each layer's (or coupled group's) scores divided by their mean
+# ("mean", Torch-Pruning's default normalizer) or compared raw ("none").
+NORMALIZERS: tuple[str, ...] = ("mean", "none")
+NORMALIZE = "mean"
 
 
 HEAD_TARGET = (
@@ -55,6 +59,7 @@ class PruningSpec:
     target: dict[str, float] | None = None  # a budget instead of a sparsity (check_budget)
     wanda_group: str = "row"  # wanda (element) compares scores per output row or per layer
     max_layer_sparsity: float = MAX_LAYER_SPARSITY  # global filter/channel: cap per layer/group
+    normalize: str = NORMALIZE  # global filter/channel: per layer/group score normalisation
     allocation_from: int | None = None  # a sensitivity run whose allocation becomes overrides
     bn_recalibrate: bool = True  # re-estimate BatchNorm statistics after every prune step
     bias_correction: bool = True  # BN-free nets: removed channels' mean into the next bias
@@ -130,13 +135,17 @@ class PruningSpec:
 
     def _check_cap(self) -> None:
         cap = number(self.max_layer_sparsity, "pruning.max_layer_sparsity", 0.0, 1.0, hi_open=False)
-        if cap != MAX_LAYER_SPARSITY and (
-            self.scope != "global" or self.granularity not in ("filter", "channel")
+        choice(self.normalize, NORMALIZERS, "pruning.normalize")
+        ranked = self.scope == "global" and self.granularity in ("filter", "channel")
+        for key, value, default in (
+            ("max_layer_sparsity", cap, MAX_LAYER_SPARSITY),
+            ("normalize", self.normalize, NORMALIZE),
         ):
-            raise ValueError(
-                "pruning.max_layer_sparsity applies to scope 'global' at granularities 'filter' "
-                "and 'channel' only (it caps what the global ranking takes from one layer)."
-            )
+            if value != default and not ranked:
+                raise ValueError(
+                    f"pruning.{key} applies to scope 'global' at granularities 'filter' and "
+                    "'channel' only (it shapes the global ranking of filters/channels)."
+                )
 
     def check_target(self) -> None:
         """Raise ValueError unless exactly one of sparsity/threshold is set (nm needs neither)."""

@@ -85,7 +85,9 @@ def test_global_scope_never_takes_more_than_the_cap_from_a_layer_or_group() -> N
     with torch.no_grad():  # the global ranking would take the whole first stream
         for name in STREAMS[16]:
             dict(model.named_modules())[name].weight.mul_(1e-3)
-    spec = PruningSpec("filter", "l1", sparsity=0.6, max_layer_sparsity=0.75, physical=True)
+    spec = PruningSpec(
+        "filter", "l1", sparsity=0.6, max_layer_sparsity=0.75, physical=True, normalize="none"
+    )
     small, notes, plan = _cut(model, spec, x)
     assert notes == []
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}

@@ -119,3 +119,16 @@ def test_the_checkpoint_keeps_the_chosen_lr_and_a_resumed_training_reuses_it(tmp
     tuning.lr = saved
     at = {"device": "cpu", "keeper": None, "seed": 0, "notes": []}
     assert tuning.spec_for(None, None, **at, resuming=True).lr == saved  # no test: no model
+
+
+def test_a_probe_that_only_reaches_a_uniform_guess_backs_the_lr_off() -> None:
+    from app.pruning.lr_range import LrChoice, _holds
+
+    # a confidently wrong model (loss 3.3) trained to a uniform guess over 10 classes (ln 10):
+    # the loss fell, but nothing was learnt, so the LR is refused
+    assert not _holds(3.3, [3.0] * 4 + [2.31] * 8, None, 10)
+    assert _holds(3.3, [3.0] * 4 + [1.2] * 8, None, 10)  # below the guess: it learns
+    assert _holds(0.05, [0.06] * 12, None, 10)  # a flat, already low loss is not refused
+    assert not _holds(0.7, [0.5] * 5, 0.03, 10)  # it diverged
+    found = LrChoice(3e-4, "adamw", 3.5e-1, 1.0, [1e-6, 1.0], [3.3, 6.6], 0.5, [3e-2, 3e-3])
+    assert "did not lower the loss" in found.note()["text"] and "3.0e-02" in found.note()["text"]

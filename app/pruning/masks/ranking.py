@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -150,6 +151,23 @@ def _lowest(ranked: _Ranked, k: int, shapes: list[torch.Size]) -> tuple[list[Ten
         out[i][idx] = chosen[start : start + idx.size]
         start += idx.size
     return [torch.from_numpy(o).reshape(s) for o, s in zip(out, shapes, strict=True)], cut
+
+
+def mean_normalized(scores: Tensor, forced: Tensor | None = None) -> Tensor:
+    """``scores`` divided by the mean score of the units not ``forced`` (Torch-Pruning's
+    ``normalizer="mean"``): a global ranking then compares each unit with its own layer's
+    typical unit, not layers of different weight scales with each other. Scores whose mean is
+    not positive are returned as they are.
+
+    Example:
+        >>> mean_normalized(torch.tensor([1.0, 3.0])).tolist()
+        [0.5, 1.5]
+        >>> mean_normalized(torch.tensor([0.0, 1.0, 3.0]), torch.tensor([True, False, False]))
+        tensor([0.0000, 0.5000, 1.5000])
+    """
+    alive = scores if forced is None else scores[~forced]
+    mean = float(alive.double().mean()) if alive.numel() else 0.0
+    return scores / mean if math.isfinite(mean) and mean > 0 else scores
 
 
 def invert(t: Tensor, *, inplace: bool = False) -> Tensor:

@@ -28,8 +28,15 @@ from app.pruning.granularity import canonical, unit_view
 from app.pruning.layers import is_transposed
 from app.pruning.masks.coupled import Coupling
 from app.pruning.masks.plan import NEVER_EMPTY_NOTE, MaskPlan, filter_extras
-from app.pruning.masks.ranking import count_true, global_lowest, global_lowest_abs, invert
+from app.pruning.masks.ranking import (
+    count_true,
+    global_lowest,
+    global_lowest_abs,
+    invert,
+    mean_normalized,
+)
 from app.pruning.masks.rows import nm_pruned, row_note, row_pruned
+from app.pruning.masks.select_notes import NORMALIZED_NOTE, emptied_note, kept_note
 from app.pruning.notes import Note, info, warning
 from app.pruning.pruning_spec import PruningSpec
 from app.pruning.structural.coupling import Coupled
@@ -116,6 +123,10 @@ class Selection:
         local = {n: target if own[n] is None else own[n] for n in self.ranked}
         glob = self.spec.scope == "global"
         pool = [n for n in self.ranked if own[n] is None] if glob else []
+        if self.spec.granularity in CHANNEL_LEVELS and self.spec.normalize == "mean" and pool:
+            for n in pool:
+                self.scores[n] = mean_normalized(self.scores[n], self.forced.get(n))
+            self.notes.append(info(NORMALIZED_NOTE))
         for n in self.ranked:
             self.requested[n] = local[n]
             if n not in pool:
@@ -211,31 +222,9 @@ class Selection:
             need = min(self._min_keep(), pruned.numel())
             if kept < need:
                 self._keep_best(n, need)
-                self.notes.append(self._kept_note(n, kept, need))
+                self.notes.append(kept_note(n, kept, need, self.spec))
             if n in self.outputs and self.spec.granularity in _ROW_UNITS:
                 self._keep_rows(n)
-
-    def _kept_note(self, n: str, kept: int, need: int) -> Note:
-        """Which rule kept more of ``n``: the emptied-layer guard, or rounding a kept count
-        up to ``pruning.round_to``."""
-        if kept == 0:
-            rounded = f" (pruning.round_to {self.spec.round_to})" if need > 1 else ""
-            return self._emptied_note(
-                n, f"'{n}' would have been emptied; its best {need} unit(s) kept{rounded}"
-            )
-        return info(
-            f"'{n}' kept {kept} unit(s), rounded up to {need} "
-            f"(a multiple of pruning.round_to {self.spec.round_to})",
-            layer=n,
-        )
-
-    def _emptied_note(self, n: str, text: str) -> Note:
-        if self.spec.threshold is not None:
-            text += (
-                "; the threshold is too high for this layer: give it its own sparsity "
-                "(pruning.overrides), exclude it, or prune by sparsity instead"
-            )
-        return warning(text, layer=n)
 
     def _keep_rows(self, n: str) -> None:
         """Every output row of an output layer keeps its best unit (no class is cut off)."""
@@ -253,7 +242,7 @@ class Selection:
             f"{len(idx)} output unit(s) of '{n}' would have been emptied; their best weight "
             "kept (the model's outputs are never cut)"
         )
-        self.notes.append(self._emptied_note(n, text))
+        self.notes.append(emptied_note(n, text, self.spec))
 
     def _round_to(self) -> None:
         r = self.spec.round_to

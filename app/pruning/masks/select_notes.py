@@ -1,0 +1,47 @@
+"""The notes a selection leaves: a layer kept from being emptied, a kept count rounded up to
+``pruning.round_to``, and the global ranking's normalisation.
+
+Example:
+    >>> from app.pruning.pruning_spec import PruningSpec
+    >>> spec = PruningSpec("filter", "l1", sparsity=0.5, round_to=4)
+    >>> kept_note("conv1", 3, 4, spec)["text"]
+    "'conv1' kept 3 unit(s), rounded up to 4 (a multiple of pruning.round_to 4)"
+    >>> kept_note("conv1", 0, 4, spec)["level"]
+    'warning'
+"""
+
+from __future__ import annotations
+
+from app.pruning.notes import Note, info, warning
+from app.pruning.pruning_spec import PruningSpec
+
+NORMALIZED_NOTE = (
+    "global ranking: each layer's (or coupled group's) scores divided by their mean "
+    "(pruning.normalize 'mean'), so layers of different weight scales compare fairly"
+)
+
+
+def kept_note(n: str, kept: int, need: int, spec: PruningSpec) -> Note:
+    """Which rule kept more of layer ``n``: the emptied-layer guard (``kept`` was 0, a
+    warning), or rounding a kept count up to ``pruning.round_to`` (an info note)."""
+    if kept == 0:
+        rounded = f" (pruning.round_to {spec.round_to})" if need > 1 else ""
+        return emptied_note(
+            n, f"'{n}' would have been emptied; its best {need} unit(s) kept{rounded}", spec
+        )
+    return info(
+        f"'{n}' kept {kept} unit(s), rounded up to {need} "
+        f"(a multiple of pruning.round_to {spec.round_to})",
+        layer=n,
+    )
+
+
+def emptied_note(n: str, text: str, spec: PruningSpec) -> Note:
+    """A warning that layer ``n`` (or its rows) would have been emptied; with a threshold,
+    what to do about it."""
+    if spec.threshold is not None:
+        text += (
+            "; the threshold is too high for this layer: give it its own sparsity "
+            "(pruning.overrides), exclude it, or prune by sparsity instead"
+        )
+    return warning(text, layer=n)
