@@ -36,7 +36,12 @@ from app.pruning.masks.ranking import (
     mean_normalized,
 )
 from app.pruning.masks.rows import nm_pruned, row_note, row_pruned
-from app.pruning.masks.select_notes import NORMALIZED_NOTE, emptied_note, kept_note
+from app.pruning.masks.select_notes import (
+    NORMALIZED_NOTE,
+    SPARSEGPT_LAYERWISE_NOTE,
+    emptied_note,
+    kept_note,
+)
 from app.pruning.notes import Note, info, warning
 from app.pruning.pruning_spec import PruningSpec
 from app.pruning.structural.coupling import Coupled
@@ -122,6 +127,9 @@ class Selection:
         own = {n: self.coupling.override(n, overrides) for n in self.ranked}
         local = {n: target if own[n] is None else own[n] for n in self.ranked}
         glob = self.spec.scope == "global"
+        if glob and self.spec.criterion == "sparsegpt":  # as published: each layer at its target
+            glob = False
+            self.notes.append(info(SPARSEGPT_LAYERWISE_NOTE))
         pool = [n for n in self.ranked if own[n] is None] if glob else []
         if self.spec.granularity in CHANNEL_LEVELS and self.spec.normalize == "mean" and pool:
             for n in pool:

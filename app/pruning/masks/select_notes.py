@@ -20,6 +20,12 @@ NORMALIZED_NOTE = (
     "(pruning.normalize 'mean'), so layers of different weight scales compare fairly"
 )
 
+SPARSEGPT_LAYERWISE_NOTE = (
+    "sparsegpt pruned every layer to its own target, as published: its saliencies "
+    "(w^2 / [H^-1]_jj^2) are not comparable across layers, so scope 'global' ranks nothing "
+    "across layers here"
+)
+
 
 def kept_note(n: str, kept: int, need: int, spec: PruningSpec) -> Note:
     """Which rule kept more of layer ``n``: the emptied-layer guard (``kept`` was 0, a
