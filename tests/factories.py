@@ -67,6 +67,42 @@ def make_model_record(
     return record
 
 
+def make_torchscript_record(
+    session: Session,
+    settings: Settings,
+    module: Any,
+    *,
+    name: str,
+    input_dtype: str = "float32",
+    owner_id: int | None = None,
+) -> ModelRecord:
+    """A TorchScript ``module`` (scripted or traced) saved as an artifact and registered as a
+    model row on 8x8 digits (10 classes), the way an upload would list it."""
+    import torch
+
+    from app.artifacts import ArtifactStore
+    from app.runs.results import module_record_fields
+
+    key = f"models/{name.replace(' ', '-')}-{time.monotonic_ns()}.pt"
+    path = ArtifactStore(settings.artifacts).local_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(module, str(path))
+    fields = module_record_fields(
+        module,
+        path,
+        fmt="torchscript",
+        key=key,
+        arch=None,
+        input_shape=[1, 8, 8],
+        num_classes=10,
+        name=name,
+        input_dtype=input_dtype,
+    )
+    record = store.add_model_record(session, owner_id=owner_id, **fields)
+    session.commit()
+    return record
+
+
 def make_dataset_record(
     session: Session, *, id: str = "ds", owner_id: int | None = None, **over: Any
 ) -> DatasetRecord:
@@ -127,3 +163,15 @@ def make_sweep(
     )
     session.commit()
     return sweep
+
+
+def wait_for_run(client: Any, headers: dict, run_id: int, timeout: float = 240) -> dict:
+    """Poll ``GET /api/runs/{id}`` until the run has ended; its body (fails after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    run: dict = {}
+    while time.monotonic() < deadline:
+        run = client.get(f"/api/runs/{run_id}", headers=headers).json()
+        if run["status"] in ("succeeded", "failed", "cancelled"):
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} did not finish: {run}")

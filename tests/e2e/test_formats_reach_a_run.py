@@ -5,7 +5,6 @@ arch and for ONNX."""
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from sqlmodel import Session
 from app.config import Settings
 from app.main import create_app
 from app.zoo import build
-from tests.factories import make_user
+from tests.factories import make_user, wait_for_run
 
 torch.set_num_threads(1)
 
@@ -73,16 +72,6 @@ def _recipe(model_id: int, granularity: str, physical: bool) -> dict:
     }
 
 
-def _wait(client: TestClient, headers: dict, run_id: int, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(f"/api/runs/{run_id}", headers=headers).json()
-        if run["status"] in ("succeeded", "failed", "cancelled"):
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not finish: {run}")
-
-
 @pytest.mark.slow
 def test_every_upload_format_reaches_a_prune_run(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PRUNELAB_WORKER_THREADS", "1")
@@ -114,7 +103,7 @@ def test_every_upload_format_reaches_a_prune_run(tmp_path, monkeypatch) -> None:
                 assert created.status_code == 201, (fmt, created.text)
                 runs[f"{fmt}/{granularity}"] = created.json()["id"]
         for label, run_id in runs.items():
-            run = _wait(client, headers, run_id)
+            run = wait_for_run(client, headers, run_id)
             assert run["status"] == "succeeded", (label, run.get("error"))
             final, base = run["final"], run["baseline"]
             if label.endswith("/element"):

@@ -6,7 +6,6 @@ a magnitude run at 50% whose dense and pruned perplexities reach the API, summar
 from __future__ import annotations
 
 import io
-import time
 import warnings
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from app.main import create_app
 from app.modelio.text_corpus import text_dataset
 from app.pruning.spec import FinetuneSpec
 from app.pruning.train import train
-from tests.factories import make_user
+from tests.factories import make_user, wait_for_run
 
 torch.set_num_threads(1)
 SENTENCES = ("the cat sat on the mat. ", "a dog ran in the park. ", "birds sing at dawn. ")
@@ -74,16 +73,6 @@ def _trained_lm_pt2(text: str, path: Path) -> Path:
     return path
 
 
-def _wait(client: TestClient, headers: dict, run_id: int, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(f"/api/runs/{run_id}", headers=headers).json()
-        if run["status"] in ("succeeded", "failed", "cancelled"):
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not finish: {run}")
-
-
 @pytest.mark.slow
 def test_magnitude_pruning_a_causal_lm_reports_perplexity(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PRUNELAB_WORKER_THREADS", "1")
@@ -121,7 +110,7 @@ def test_magnitude_pruning_a_causal_lm_reports_perplexity(tmp_path, monkeypatch)
         }
         created = client.post("/api/runs", headers=headers, json=recipe)
         assert created.status_code == 201, created.text
-        run = _wait(client, headers, created.json()["id"])
+        run = wait_for_run(client, headers, created.json()["id"], timeout=300)
         assert run["status"] == "succeeded", run.get("error")
         base, final = run["baseline"], run["final"]
         assert (run["task"], run["metric"]) == ("language_model", "perplexity")

@@ -15,7 +15,7 @@ from app.jobs.tasks import execute_run
 from app.models import ModelRecord, Run
 from app.pruning.spec import Recipe
 from app.web import run_view
-from tests.factories import make_run
+from tests.factories import make_run, make_torchscript_record
 from tests.jobs.conftest import job_settings
 
 torch.set_num_threads(1)
@@ -161,29 +161,13 @@ class _TokenClassifier(torch.nn.Module):
 
 @pytest.mark.slow
 def test_the_result_model_of_a_token_id_model_takes_token_ids_too(lab) -> None:
-    from app.runs.results import module_record_fields
-
     settings, engine = lab
     torch.manual_seed(0)
     scripted = torch.jit.script(_TokenClassifier())
-    key = "models/tokens.pt"
-    path = ArtifactStore(settings.artifacts).local_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(scripted, str(path))
-    fields = module_record_fields(
-        scripted,
-        path,
-        fmt="torchscript",
-        key=key,
-        arch=None,
-        input_shape=[1, 8, 8],
-        num_classes=10,
-        name="token ids",
-        input_dtype="int64",
-    )
     with Session(engine) as s:
-        model_id = int(store.add_model_record(s, **fields).id)
-        s.commit()
+        model_id = int(
+            make_torchscript_record(s, settings, scripted, name="token ids", input_dtype="int64").id
+        )
     run = _execute(lab, _prune("element", 0.5, physical=False), model_id)
     assert run.masks_only is True
     result = _model(lab, run.result_model_id)
@@ -195,28 +179,12 @@ def test_a_run_on_a_trace_with_batchnorm_says_it_stays_in_traced_mode(lab) -> No
     """Issue 12 item 7: the upload's warning comes back as a note of every run on the trace."""
     from app import zoo
     from app.modelio.load import BN_FROZEN_NOTE
-    from app.runs.results import module_record_fields
 
     settings, engine = lab
     torch.manual_seed(0)
     traced = torch.jit.trace(zoo.build("cnn_small").eval(), torch.zeros(2, 1, 8, 8))
-    key = "models/bn-trace.pt"
-    path = ArtifactStore(settings.artifacts).local_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(path))
-    fields = module_record_fields(
-        traced,
-        path,
-        fmt="torchscript",
-        key=key,
-        arch=None,
-        input_shape=[1, 8, 8],
-        num_classes=10,
-        name="bn trace",
-    )
     with Session(engine) as s:
-        model_id = int(store.add_model_record(s, **fields).id)
-        s.commit()
+        model_id = int(make_torchscript_record(s, settings, traced, name="bn trace").id)
     body = {**_prune("element", 0.5, physical=False), "finetune": {"epochs": 1}}
     run = _execute(lab, body, model_id)
     said = BN_FROZEN_NOTE.format(kinds="BatchNorm2d")

@@ -13,9 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
-from app import store
 from app.jobs.runner import RayRunner
-from tests.factories import make_model_record, make_user
+from tests.factories import make_model_record, make_torchscript_record, make_user
 from tests.jobs.conftest import job_settings, long_recipe, tiny_recipe, wait_for
 
 pytestmark = pytest.mark.slow
@@ -114,13 +113,8 @@ def _memory_hog_record(client: TestClient, owner_id: int) -> int:
     """A TorchScript model whose forward needs batch x 64 x 16384 floats (1 GiB at batch 256):
     over a 1100 MB worker limit whatever the worker's own baseline is, yet tiny on disk and at
     the preflight's batch of 2."""
-    import time
-
     import torch
     from torch import nn
-
-    from app.artifacts import ArtifactStore
-    from app.runs.results import module_record_fields
 
     class Hog(nn.Module):
         def __init__(self) -> None:
@@ -131,26 +125,10 @@ def _memory_hog_record(client: TestClient, owner_id: int) -> int:
             wide = x.flatten(1).unsqueeze(-1).expand(-1, -1, 16384).contiguous()
             return self.fc(wide.mean(-1))
 
-    settings = client.app.state.settings
     traced = torch.jit.trace(Hog().eval(), torch.zeros(2, 1, 8, 8))
-    key = f"models/hog-{time.monotonic_ns()}.pt"
-    path = ArtifactStore(settings.artifacts).local_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(path))
-    fields = module_record_fields(
-        traced,
-        path,
-        fmt="torchscript",
-        key=key,
-        arch=None,
-        input_shape=[1, 8, 8],
-        num_classes=10,
-        name="hog",
-    )
     with Session(client.app.state.engine, expire_on_commit=False) as s:
-        record = store.add_model_record(s, owner_id=owner_id, **fields)
-        s.commit()
-        return record.id
+        settings = client.app.state.settings
+        return make_torchscript_record(s, settings, traced, name="hog", owner_id=owner_id).id
 
 
 def test_a_worker_over_its_memory_limit_fails_with_a_sentence(tmp_path) -> None:
