@@ -112,11 +112,14 @@ def test_bad_corpora_get_a_sentence_and_leave_nothing(
         (ok, "c.txt", {"tokenizer": "bpe"}, "tokenizer must be one of byte, char"),
         (ok, "c.txt", {"seq_len": "1"}, "seq_len must be between 2"),
         (ok, "c.txt", {"seq_len": "sixty"}, "seq_len must be a positive integer"),
+        (ok, "c.txt", {"seq_len": "0"}, "seq_len must be a positive integer"),  # not the default
+        (ok, "c.txt", {"seq_len": "-3"}, "seq_len must be a positive integer"),
         (b"a,label\n1,0\n2,1\n", "c.csv", {"tokenizer": "char"}, ".txt or .jsonl"),
     ]
     for content, filename, fields, words in cases:
         r = _post(client, member_headers, content, filename, **fields)
         assert 400 <= r.status_code < 500, (filename, fields, r.text)
+        assert r.status_code == 422 or "seq_len" not in fields, (fields, r.status_code)
         assert words in r.json()["detail"], (words, r.json()["detail"])
     assert _files(settings) == set()
     listed = client.get("/api/datasets", headers=member_headers).json()

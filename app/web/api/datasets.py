@@ -94,8 +94,10 @@ def _text_fields(fields: dict) -> tuple[str | None, int | None]:
     """The corpus fields of an upload form: ``tokenizer`` and ``seq_len`` (None when absent)."""
     tokenizer = (fields.get("tokenizer") or "").strip() or None
     raw = (fields.get("seq_len") or "").strip()
-    if raw and not raw.isdigit():
-        raise HTTPException(422, f"seq_len must be a positive integer; got {raw!r}")
+    if raw and (not raw.isdigit() or int(raw) < 1):
+        raise HTTPException(
+            422, f"seq_len must be a positive integer (tokens per sequence, e.g. 64); got {raw!r}"
+        )
     return tokenizer, int(raw) if raw else None
 
 
