@@ -237,6 +237,7 @@ class CurvePoint(SQLModel, table=True):
     loss: float | None = None
     accuracy: float | None = None
     lr: float | None = None
+    test_loss: float | None = None  # held-out loss: a language model's perplexity is exp() of it
 
 
 class SensitivityRow(SQLModel, table=True):
@@ -246,6 +247,7 @@ class SensitivityRow(SQLModel, table=True):
     layer: str = Field(max_length=200)
     sparsity: float
     accuracy: float
+    perplexity: float | None = None  # language models: what the sweep is read in
 
 
 class Artifact(SQLModel, table=True):

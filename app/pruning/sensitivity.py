@@ -37,9 +37,11 @@ def _default_pruning() -> PruningSpec:
     return PruningSpec(granularity="element", criterion="l1", scope="layerwise", sparsity=0.5)
 
 
-def _evaluate(model: nn.Module, data: ArrayDataset, device: str) -> float:
+def _evaluate(model: nn.Module, data: ArrayDataset, device: str) -> dict[str, float]:
+    """``{"accuracy"}``, plus ``"perplexity"`` on a language-modelling dataset."""
     split = "val" if data.has_val else "test"  # the sweep chooses: on validation data
-    return float(evaluate(model, data, device=device, split=split)["accuracy"])
+    ev = evaluate(model, data, device=device, split=split)
+    return {k: float(ev[k]) for k in ("accuracy", "perplexity") if k in ev}
 
 
 def _prune_one(
@@ -92,7 +94,8 @@ def run_sensitivity(
         should_stop: polled before each evaluation.
 
     Returns:
-        ``(rows, allocation)``: rows ``[{"layer", "sparsity", "accuracy"}]`` including each
+        ``(rows, allocation)``: rows ``[{"layer", "sparsity", "accuracy"}]`` (and
+        ``"perplexity"`` for a language model) including each
         layer at sparsity 0, and ``{layer: sparsity}`` meeting ``spec.target`` (empty without
         a target).
 
@@ -107,16 +110,16 @@ def run_sensitivity(
         raise ValueError("sensitivity analysis needs at least one prunable layer outside exclude")
     original = copy.deepcopy(model.state_dict())
     sweep = sorted({float(s) for s in spec.sparsities if float(s) > 0})
-    base_acc = _evaluate(model, data, device)
+    base = _evaluate(model, data, device)
     rows: list[dict] = []
     total = len(layers) * len(sweep)
     for i, layer in enumerate(layers):
-        rows.append({"layer": layer, "sparsity": 0.0, "accuracy": base_acc})
+        rows.append({"layer": layer, "sparsity": 0.0, **base})
         others = [n for n in prunable_layers(model) if n != layer]
         for j, s in enumerate(sweep):
             check_cancelled(should_stop)
             _prune_one(model, pruning, others, s, data=data, device=device)
-            rows.append({"layer": layer, "sparsity": s, "accuracy": _evaluate(model, data, device)})
+            rows.append({"layer": layer, "sparsity": s, **_evaluate(model, data, device)})
             model.load_state_dict(original)
             done = i * len(sweep) + j + 1
             report("progress", {"fraction": done / total, "message": f"sensitivity of {layer}"})

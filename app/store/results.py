@@ -79,6 +79,7 @@ def _curve_row(run_id: int, p: dict) -> CurvePoint:
         loss=p.get("loss"),
         accuracy=p.get("accuracy"),
         lr=p.get("lr"),
+        test_loss=p.get("test_loss"),
     )
 
 
@@ -136,6 +137,7 @@ def replace_results(
             layer=r["layer"],
             sparsity=float(r["sparsity"]),
             accuracy=float(r["accuracy"]),
+            perplexity=r.get("perplexity"),
         )
         for r in sensitivity
     )

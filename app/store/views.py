@@ -94,6 +94,7 @@ def run_sensitivity(session: Session, *, run_id: int) -> list[dict]:
     )
     return [
         {"layer": r.layer, "sparsity": r.sparsity, "accuracy": r.accuracy}
+        | ({"perplexity": r.perplexity} if r.perplexity is not None else {})
         for r in session.exec(stmt).all()
     ]
 

@@ -77,3 +77,47 @@ def fmt_metric(key: str, value: Any) -> str:
     if key in ("loss", "latency_ms", "perplexity", "val_perplexity"):
         return f"{v:.4g}"
     return f"{v:,.0f}"
+
+
+# the quality axis by metric: (axis title, tick format, hover format); perplexity: lower is better
+QUALITY_AXES = {
+    "accuracy": ("test accuracy", ".0%", "accuracy %{y:.2%}"),
+    "perplexity": ("test perplexity (lower is better)", None, "perplexity %{y:.4g}"),
+}
+
+
+def is_language_model(run: dict) -> bool:
+    """A run summary (or a metrics holder) that measured a perplexity: a language model."""
+    measured = {**(run.get("baseline") or {}), **(run.get("final") or {})}
+    return "perplexity" in measured
+
+
+def quality_metric(runs: list[dict]) -> str:
+    """``"perplexity"`` when every run is a language model, else ``"accuracy"``.
+
+    >>> quality_metric([{"final": {"perplexity": 3.1}}, {"baseline": {"perplexity": 2.9}}])
+    'perplexity'
+    >>> quality_metric([{"final": {"perplexity": 3.1}}, {"final": {"accuracy": 0.9}}])
+    'accuracy'
+    """
+    return "perplexity" if runs and all(is_language_model(r) for r in runs) else "accuracy"
+
+
+def quality_axis(layout: dict, metric: str, axis: str = "yaxis") -> dict:
+    """Title ``layout[axis]`` for ``metric``; accuracy as a percentage capped near 100%."""
+    layout[axis]["title"] = {"text": QUALITY_AXES[metric][0]}
+    if metric == "accuracy":
+        layout[axis] |= {"tickformat": ".0%", "autorangeoptions": {"maxallowed": 1.02}}
+    return layout
+
+
+def fmt_quality(metrics: dict | None) -> str:
+    """A run's headline quality for lists: a language model's perplexity, else its accuracy.
+
+    >>> fmt_quality({"accuracy": 0.5, "perplexity": 2.8931}), fmt_quality({"accuracy": 0.5})
+    ('ppl 2.893', '50.00%')
+    """
+    metrics = metrics or {}
+    if "perplexity" in metrics:
+        return "ppl " + fmt_metric("perplexity", metrics["perplexity"])
+    return fmt_metric("accuracy", metrics.get("accuracy"))

@@ -6,9 +6,17 @@ heatmaps and histograms are :mod:`app.web.charts_layers`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from app.web.chart_style import PALETTE, as_number, base_layout, empty_figure, paper_note
+from app.web.chart_style import (
+    PALETTE,
+    QUALITY_AXES,
+    as_number,
+    base_layout,
+    empty_figure,
+    paper_note,
+)
 from app.web.latency_view import NO_SPEEDUP, final_speedup, step_speedup
 
 
@@ -35,13 +43,6 @@ def _x_value(metrics: dict, base: dict, axis: str, masks_only: bool = False) -> 
     if axis == "speedup":
         return step_speedup(metrics, base, key)
     return _ratio(base.get(key), metrics.get(key))
-
-
-# the quality axis of a tradeoff figure by metric: (axis title, tick format, hover format)
-QUALITY_AXES = {
-    "accuracy": ("test accuracy", ".0%", "accuracy %{y:.2%}"),
-    "perplexity": ("test perplexity (lower is better)", None, "perplexity %{y:.4g}"),
-}
 
 
 def tradeoff_figure(
@@ -115,19 +116,35 @@ def tradeoff_figure(
     return {"data": data, "layout": layout}
 
 
-def curve_figure(curve: list[dict]) -> dict:
-    """Fine-tuning loss (left axis) and accuracy (right axis) per epoch, in run order."""
+NO_FINETUNE = (
+    "No fine-tuning in this run (0 epochs): the metrics are measured straight after pruning."
+)
+NO_EPOCHS_YET = "No epochs yet: the curves fill in while the run trains."
+
+
+def curve_perplexity(point: dict) -> float | None:
+    """A curve point's held-out perplexity, ``exp(test_loss)`` (None for older points)."""
+    loss = as_number(point.get("test_loss"))
+    return math.exp(min(loss, 700.0)) if loss is not None else None
+
+
+def curve_figure(
+    curve: list[dict], *, metric: str = "accuracy", empty: str = NO_EPOCHS_YET
+) -> dict:
+    """Fine-tuning loss (left axis) and accuracy, or a language model's perplexity (``metric``),
+    on the right axis, per epoch in run order; ``empty`` is what an empty curve says."""
     if not curve:
-        return empty_figure(
-            "Fine-tuning", "No epochs yet: the curves fill in while the run trains."
-        )
+        return empty_figure("Fine-tuning", empty)
     xs = list(range(1, len(curve) + 1))
     steps = [int(p.get("step") or 0) for p in curve]
+    lm = metric == "perplexity"
+    quality = [curve_perplexity(p) if lm else as_number(p.get("accuracy")) for p in curve]
+    hover = "perplexity %{y:.4g}" if lm else "accuracy %{y:.2%}"
     data = [
         {
             "type": "scatter",
             "mode": "lines+markers",
-            "name": "loss",
+            "name": "training loss" if lm else "loss",
             "x": xs,
             "y": [as_number(p.get("loss")) for p in curve],
             "customdata": steps,
@@ -137,23 +154,23 @@ def curve_figure(curve: list[dict]) -> dict:
         {
             "type": "scatter",
             "mode": "lines+markers",
-            "name": "accuracy",
+            "name": metric,
             "x": xs,
             "yaxis": "y2",
-            "y": [as_number(p.get("accuracy")) for p in curve],
+            "y": quality,
             "customdata": steps,
             "marker": {"color": PALETTE[0]},
-            "hovertemplate": "epoch %{x} (step %{customdata})<br>accuracy %{y:.2%}<extra></extra>",
+            "hovertemplate": f"epoch %{{x}} (step %{{customdata}})<br>{hover}<extra></extra>",
         },
     ]
     layout = base_layout("Fine-tuning curves", "epoch (cumulative over steps)", "loss", height=320)
     layout["margin"] |= {"r": 72}
     layout["yaxis2"] = {
-        "title": {"text": "test accuracy"},
+        "title": {"text": QUALITY_AXES[metric][0]},
         "overlaying": "y",
         "side": "right",
-        "tickformat": ".0%",
-        "range": [0, 1.02],
         "showgrid": False,
     }
+    if not lm:
+        layout["yaxis2"] |= {"tickformat": ".0%", "range": [0, 1.02]}
     return {"data": data, "layout": layout}

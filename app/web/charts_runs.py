@@ -8,10 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from app.web.chart_style import PALETTE, PHASE_LABELS, SYMBOLS, as_number, base_layout, empty_figure
+from app.web.chart_style import (
+    PALETTE,
+    PHASE_LABELS,
+    QUALITY_AXES,
+    SYMBOLS,
+    as_number,
+    base_layout,
+    empty_figure,
+    is_language_model,
+    paper_note,
+    quality_axis,
+    quality_metric,
+)
+from app.web.charts import curve_perplexity
 from app.web.charts_layers import rebin
 
-# (metric, label, higher is better)
+# (metric, label, higher is better); a language model's perplexity (PERPLEXITY_COLUMN) goes first
+PERPLEXITY_COLUMN = ("perplexity", "perplexity (lower is better)", False)
 FINAL_COLUMNS = (
     ("accuracy", "accuracy", True),
     ("loss", "loss", False),
@@ -23,22 +37,56 @@ FINAL_COLUMNS = (
 )
 
 
-def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not beaten on both compression (x) and accuracy (y), by increasing x."""
+def columns_for(runs: list[dict]) -> tuple[tuple[str, str, bool], ...]:
+    """The compare table's columns: perplexity first when any run is a language model (whose
+    accuracy is next-token accuracy)."""
+    if not any(is_language_model(r) for r in runs):
+        return FINAL_COLUMNS
+    label = "next-token accuracy" if all(is_language_model(r) for r in runs) else "accuracy"
+    rest = tuple((k, label if k == "accuracy" else lab, h) for k, lab, h in FINAL_COLUMNS)
+    return (PERPLEXITY_COLUMN, *rest)
+
+
+def pareto_front(
+    points: Iterable[tuple[float, float]], *, higher: bool = True
+) -> list[tuple[float, float]]:
+    """Points not beaten on both compression (x) and quality (y: accuracy, or with
+    ``higher=False`` a perplexity), by increasing x."""
+    sign = 1.0 if higher else -1.0
     best: list[tuple[float, float]] = []
-    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
-        if not best or y > best[-1][1]:
+    for x, y in sorted(points, key=lambda p: (-p[0], -sign * p[1])):
+        if not best or sign * y > sign * best[-1][1]:
             best.append((x, y))
     return sorted(best)
 
 
 def overview_scatter(runs: list[dict]) -> dict:
-    """Accuracy vs compression of all runs: colour = criterion, marker = granularity."""
+    """Accuracy (perplexity when every run is a language model) vs compression of all runs:
+    colour = criterion, marker = granularity. With a mix, the language models are left out
+    and a note says how many (their perplexity is on another scale)."""
     pts = [r for r in runs if as_number((r.get("final") or {}).get("compression")) is not None]
     if not pts:
         return empty_figure(
             "Accuracy vs compression", "No finished prune runs yet: start one from “New run”."
         )
+    metric = quality_metric(pts)
+    left_out = 0
+    if metric == "accuracy":
+        left_out = sum(is_language_model(r) for r in pts)
+        pts = [r for r in pts if not is_language_model(r)]
+    fig = _overview_points(pts, metric)
+    if left_out:
+        fig["layout"]["annotations"].append(
+            paper_note(
+                f"{left_out} language-model run{'s' if left_out > 1 else ''} not shown "
+                "(perplexity): filter by their dataset to plot them",
+                y=1.02,
+            )
+        )
+    return fig
+
+
+def _overview_points(pts: list[dict], metric: str) -> dict:
     grans = sorted({r.get("granularity") or "?" for r in pts})
     data = []
     for i, crit in enumerate(sorted({r.get("criterion") or "?" for r in pts})):
@@ -49,7 +97,7 @@ def overview_scatter(runs: list[dict]) -> dict:
                 "mode": "markers",
                 "name": crit,
                 "x": [r["final"]["compression"] for r in group],
-                "y": [as_number(r["final"].get("accuracy")) for r in group],
+                "y": [as_number(r["final"].get(metric)) for r in group],
                 "customdata": [r["id"] for r in group],
                 "text": [f"#{r['id']} {r['name']} ({r.get('granularity')})" for r in group],
                 "marker": {
@@ -60,14 +108,17 @@ def overview_scatter(runs: list[dict]) -> dict:
                         SYMBOLS[grans.index(r.get("granularity") or "?") % 8] for r in group
                     ],
                 },
-                "hovertemplate": "%{text}<br>%{x:.2f}x · accuracy %{y:.2%}<br>click to open"
-                "<extra>%{fullData.name}</extra>",
+                "hovertemplate": f"%{{text}}<br>%{{x:.2f}}x · {QUALITY_AXES[metric][2]}"
+                "<br>click to open<extra>%{fullData.name}</extra>",
             }
         )
     front = pareto_front(
-        (r["final"]["compression"], r["final"]["accuracy"])
-        for r in pts
-        if as_number(r["final"].get("accuracy")) is not None
+        (
+            (r["final"]["compression"], r["final"][metric])
+            for r in pts
+            if as_number(r["final"].get(metric)) is not None
+        ),
+        higher=metric == "accuracy",
     )
     data.append(
         {
@@ -81,15 +132,12 @@ def overview_scatter(runs: list[dict]) -> dict:
         }
     )
     layout = base_layout(
-        "Accuracy vs compression (all runs)",
+        f"{metric.capitalize()} vs compression (all runs)",
         "compression (x fewer non-zero parameters)",
-        "test accuracy",
+        "",
         height=420,
     )
-    layout["yaxis"] |= {
-        "tickformat": ".0%",
-        "autorangeoptions": {"maxallowed": 1.02},
-    }
+    quality_axis(layout, metric)
     layout["xaxis"] |= {"type": "log"}
     legend = ", ".join(f"{SYMBOLS[i % 8]} = {g}" for i, g in enumerate(grans))
     layout["annotations"] = [
@@ -107,7 +155,9 @@ def overview_scatter(runs: list[dict]) -> dict:
 
 
 def compare_tradeoff(runs: list[dict]) -> dict:
-    """Each run's accuracy vs compression over its steps (after fine-tuning), overlaid."""
+    """Each run's accuracy (language models: perplexity) vs compression over its steps
+    (after fine-tuning), overlaid."""
+    metric = quality_metric(runs)
     data = []
     for i, r in enumerate(runs):
         steps = r.get("steps") or []
@@ -117,39 +167,47 @@ def compare_tradeoff(runs: list[dict]) -> dict:
                 "mode": "lines+markers",
                 "name": f"#{r['id']} {r['name']}",
                 "x": [as_number((s.get("after_finetune") or {}).get("compression")) for s in steps],
-                "y": [as_number((s.get("after_finetune") or {}).get("accuracy")) for s in steps],
+                "y": [as_number((s.get("after_finetune") or {}).get(metric)) for s in steps],
                 "marker": {"color": PALETTE[i % len(PALETTE)], "symbol": SYMBOLS[i % 8], "size": 8},
             }
         )
     layout = base_layout(
-        "Accuracy vs compression per step", "compression (x)", "test accuracy", height=360
+        f"{metric.capitalize()} vs compression per step", "compression (x)", "", height=360
     )
-    layout["yaxis"] |= {
-        "tickformat": ".0%",
-        "autorangeoptions": {"maxallowed": 1.02},
-    }
-    return {"data": data, "layout": layout}
+    return {"data": data, "layout": quality_axis(layout, metric)}
+
+
+NO_FINETUNE_RUNS = (
+    "No fine-tuning in these runs: they were measured straight after pruning (0 epochs)."
+)
 
 
 def compare_curves(runs: list[dict]) -> dict:
-    """Fine-tuning accuracy per cumulative epoch, one line per run."""
+    """Fine-tuning accuracy (language models: perplexity) per cumulative epoch, one line per
+    run; a sentence instead of empty axes when none of the runs fine-tuned."""
+    metric = quality_metric(runs)
+    title = f"Fine-tuning {metric}"
+    if not any(r.get("curve") for r in runs):
+        return empty_figure(title, NO_FINETUNE_RUNS)
+
+    def ys(curve: list[dict]) -> list[float | None]:
+        if metric == "perplexity":
+            return [curve_perplexity(p) for p in curve]
+        return [as_number(p.get("accuracy")) for p in curve]
+
     data = [
         {
             "type": "scatter",
             "mode": "lines",
             "name": f"#{r['id']} {r['name']}",
             "x": list(range(1, len(r.get("curve") or []) + 1)),
-            "y": [as_number(p.get("accuracy")) for p in r.get("curve") or []],
+            "y": ys(r.get("curve") or []),
             "line": {"color": PALETTE[i % len(PALETTE)]},
         }
         for i, r in enumerate(runs)
     ]
-    layout = base_layout("Fine-tuning accuracy", "epoch (cumulative)", "test accuracy", height=320)
-    layout["yaxis"] |= {
-        "tickformat": ".0%",
-        "autorangeoptions": {"maxallowed": 1.02},
-    }
-    return {"data": data, "layout": layout}
+    layout = base_layout(title, "epoch (cumulative)", "", height=320)
+    return {"data": data, "layout": quality_axis(layout, metric)}
 
 
 def compare_layer_sparsity(runs: list[dict]) -> dict:
@@ -210,7 +268,7 @@ def compare_histograms(runs: list[dict], *, layer: str, phase: str = "after_fine
 def best_cells(runs: list[dict]) -> dict[str, int]:
     """For each final-metric column, the id of the run with the best value."""
     best: dict[str, int] = {}
-    for key, _, higher in FINAL_COLUMNS:
+    for key, _, higher in columns_for(runs):
         vals = [
             (v, r["id"])
             for r in runs

@@ -5,7 +5,15 @@ Pure functions over plain dicts (no I/O), like :mod:`app.web.charts_runs`.
 
 from __future__ import annotations
 
-from app.web.chart_style import PALETTE, SYMBOLS, as_number, base_layout, empty_figure
+from app.web.chart_style import (
+    PALETTE,
+    SYMBOLS,
+    as_number,
+    base_layout,
+    empty_figure,
+    quality_axis,
+    quality_metric,
+)
 from app.web.latency_view import step_speedup
 
 
@@ -20,21 +28,23 @@ def _sweep_speedup(run: dict, base: dict, final: dict) -> float | None:
 
 
 def sweep_figure(runs: list[dict], *, axis: str) -> dict:
-    """ShrinkBench-style: accuracy vs compression or vs speed-up, one line per criterion."""
+    """ShrinkBench-style: accuracy (a language model's perplexity) vs compression or vs
+    speed-up, one line per criterion."""
     label = {"compression": "compression (x)", "speedup": "measured speed-up (x, batch 1)"}
+    metric = quality_metric(runs)
     data = []
     for i, crit in enumerate(sorted({r.get("criterion") or "?" for r in runs})):
         group = []
         for r in runs:
             final, base = r.get("final") or {}, r.get("baseline") or {}
-            if (r.get("criterion") or "?") != crit or as_number(final.get("accuracy")) is None:
+            if (r.get("criterion") or "?") != crit or as_number(final.get(metric)) is None:
                 continue
             x = (
                 as_number(final.get("compression"))
                 if axis == "compression"
                 else _sweep_speedup(r, base, final)
             )
-            group.append((x, final["accuracy"], r["id"]))
+            group.append((x, final[metric], r["id"]))
         group.sort(key=lambda p: (p[0] is None, p[0] or 0))
         dash = "dot" if crit == "random" else "solid"
         data.append(
@@ -51,15 +61,12 @@ def sweep_figure(runs: list[dict], *, axis: str) -> dict:
     if not any(t["x"] for t in data):
         return empty_figure("Sweep", "No run of this sweep has finished yet.")
     layout = base_layout(
-        f"Accuracy vs {axis.replace('speedup', 'speed-up')}",
+        f"{metric.capitalize()} vs {axis.replace('speedup', 'speed-up')}",
         label[axis],
-        "test accuracy",
+        "",
         height=360,
     )
-    layout["yaxis"] |= {
-        "tickformat": ".0%",
-        "autorangeoptions": {"maxallowed": 1.02},
-    }
+    quality_axis(layout, metric)
     if axis == "compression":
         layout["xaxis"] |= {"type": "log"}
     return {"data": data, "layout": layout}
@@ -76,13 +83,18 @@ def suggest_allocation(rows: list[dict], baseline: float | None, max_drop: float
     return out
 
 
-def sensitivity_figure(rows: list[dict], *, baseline: float | None) -> dict:
-    """Accuracy vs sparsity with one line per layer (Han et al. 2015, Fig. 5)."""
+def sensitivity_figure(rows: list[dict], *, baseline: dict | float | None) -> dict:
+    """Accuracy vs sparsity with one line per layer (Han et al. 2015, Fig. 5); a language
+    model's perplexity (rows that carry one) instead. ``baseline``: the dense metrics (or the
+    dense accuracy), drawn as a dashed line."""
     if not rows:
         return empty_figure("Sensitivity", "No sensitivity rows yet.")
+    metric = "perplexity" if all("perplexity" in r for r in rows) else "accuracy"
+    if isinstance(baseline, dict):
+        baseline = as_number(baseline.get(metric))
     data = []
     for i, layer in enumerate(dict.fromkeys(r["layer"] for r in rows)):
-        pts = sorted((r["sparsity"], r["accuracy"]) for r in rows if r["layer"] == layer)
+        pts = sorted((r["sparsity"], r[metric]) for r in rows if r["layer"] == layer)
         data.append(
             {
                 "type": "scatter",
@@ -95,16 +107,13 @@ def sensitivity_figure(rows: list[dict], *, baseline: float | None) -> dict:
             }
         )
     layout = base_layout(
-        "Sensitivity: accuracy when one layer is pruned",
+        f"Sensitivity: {metric} when one layer is pruned",
         "sparsity of that layer",
-        "test accuracy",
+        "",
         height=380,
     )
     layout["xaxis"] |= {"tickformat": ".0%"}
-    layout["yaxis"] |= {
-        "tickformat": ".0%",
-        "autorangeoptions": {"maxallowed": 1.02},
-    }
+    quality_axis(layout, metric)
     if baseline is not None:
         layout["shapes"] = [
             {

@@ -167,7 +167,7 @@ def compare_context(session: Session, ids: list[int]) -> dict:
             "layer_sparsity": charts_runs.compare_layer_sparsity(runs),
         },
         "best": charts_runs.best_cells(runs),
-        "columns": charts_runs.FINAL_COLUMNS,
+        "columns": charts_runs.columns_for(runs),
     }
 
 

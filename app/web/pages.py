@@ -15,7 +15,7 @@ from app import catalogue, store
 from app.models import RUN_STATUSES
 from app.store import views
 from app.web import page_data, run_view
-from app.web.chart_style import fmt_metric
+from app.web.chart_style import fmt_metric, fmt_quality
 from app.web.deps import (
     PageModelDep,
     PageRunDep,
@@ -27,7 +27,9 @@ from app.web.deps import (
 from app.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
-templates.env.globals.update(fmt_metric=fmt_metric, json_block=page_data.json_block)
+templates.env.globals.update(
+    fmt_metric=fmt_metric, fmt_quality=fmt_quality, json_block=page_data.json_block
+)
 PageNo = Annotated[int, Query(ge=1, le=100_000)]
 
 

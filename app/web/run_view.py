@@ -59,14 +59,24 @@ def run_figures(
         "tradeoff_compression": tradeoff("compression"),
         "tradeoff_flops": tradeoff("flops"),
         "tradeoff_speedup": tradeoff("speedup"),
-        "curve": charts.curve_figure(views.run_curve(session, run_id=run.id)),
+        "curve": charts.curve_figure(
+            views.run_curve(session, run_id=run.id), metric=quality, empty=curve_empty(run)
+        ),
     }
     if run.kind == "sensitivity":
         rows = views.run_sensitivity(session, run_id=run.id)
-        figs["sensitivity"] = charts_sweep.sensitivity_figure(
-            rows, baseline=(run.baseline or {}).get("accuracy")
-        )
+        figs["sensitivity"] = charts_sweep.sensitivity_figure(rows, baseline=run.baseline or {})
     return figs
+
+
+def curve_empty(run: Run) -> str:
+    """What an empty fine-tuning chart says: a finished run with ``epochs: 0`` had none."""
+    epochs = ((run.recipe or {}).get("finetune") or {}).get("epochs")
+    if epochs == 0:
+        return charts.NO_FINETUNE
+    if run.status in FINISHED_STATUSES:
+        return "This run recorded no fine-tuning epoch."
+    return charts.NO_EPOCHS_YET
 
 
 def metric_keys(run: Run) -> list[str]:

@@ -131,3 +131,19 @@ def test_integer_inputs_reach_token_models_as_int64_and_float_models_as_float32(
     assert as_fed(data, "int64") is data
     floats = as_fed(data, "float32")
     assert floats.sample_batch(2).dtype == torch.float32 and floats.x_train.dtype == np.float32
+
+
+def test_sensitivity_of_a_language_model_records_perplexity_per_layer() -> None:
+    from app.pruning.sensitivity import run_sensitivity
+    from app.pruning.spec import SensitivitySpec
+
+    data = _corpus().dataset
+    torch.manual_seed(0)
+    model = Bigram(data.n_classes)
+    fine_tune(model, data, FinetuneSpec(epochs=8, lr=0.05, optimizer="adam"))
+    rows, _ = run_sensitivity(model, data, SensitivitySpec(sparsities=(0.5, 0.95)))
+    assert {r["layer"] for r in rows} == {"hidden", "head"}
+    for layer in ("hidden", "head"):
+        ppl = [r["perplexity"] for r in rows if r["layer"] == layer]
+        assert ppl[0] < ppl[-1]  # dense, then pruned harder: worse
+        assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
