@@ -16,6 +16,7 @@ from app import catalogue, store
 from app.models import FINISHED_STATUSES, Run, Sweep
 from app.store import views
 from app.web import charts_runs, charts_sweep
+from app.web.dataset_fit import dataset_mismatch
 
 PER_PAGE = 25
 
@@ -123,6 +124,7 @@ def dataset_choices(session: Session) -> list[dict]:
             "n_classes": d.n_classes,
             "format": d.format,
             "task": _task_label(d.task, d.text),
+            "task_key": d.task,
         }
         for d in store.list_datasets(session)
     ]
@@ -136,11 +138,42 @@ def dataset_choices(session: Session) -> list[dict]:
             "n_classes": d.n_classes,
             "format": "builtin",
             "task": "classification",
+            "task_key": "classification",
         }
         for d in catalogue.DATASETS.values()
         if not any(r["id"] == d.id for r in rows)
     ]
     return builtins + rows
+
+
+def run_form_context(session: Session, *, model_id: int | None) -> dict:
+    """The new-run form: models (a result model says whose), datasets, and for the script the
+    valid criterion/granularity pairs, each model's prunable layers and, per model, the
+    datasets that cannot feed it with the reason (greyed out in the form)."""
+    models = store.list_models(session, limit=500)
+    datasets = dataset_choices(session)
+    unfit: dict[int, dict[str, str]] = {}
+    for m in models:
+        for d in datasets:
+            meta = {"input_shape": d["input_shape"], "n_classes": d["n_classes"]}
+            if (why := dataset_mismatch(m, meta | {"task": d["task_key"]})) is not None:
+                unfit.setdefault(m.id, {})[d["id"]] = why
+    return {
+        "models": models,
+        "model_id": model_id,
+        "datasets": datasets,
+        "form_spec": {
+            "catalogue": catalogue.as_json(),
+            "pairs": {
+                c.name: [g for g in catalogue.GRANULARITY_NAMES if g in c.granularities]
+                for c in catalogue.CRITERIA.values()
+            },
+            "layers": {
+                m.id: [x["name"] for x in m.layers or [] if x.get("prunable", True)] for m in models
+            },
+            "unfit": unfit,
+        },
+    }
 
 
 def compare_context(session: Session, ids: list[int]) -> dict:

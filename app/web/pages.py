@@ -82,22 +82,7 @@ def run_new(
     session: SessionDep,
     model_id: Annotated[int | None, Query()] = None,
 ) -> Response:
-    models = store.list_models(session, limit=500)
-    ctx = {
-        "models": models,
-        "model_id": model_id,
-        "datasets": page_data.dataset_choices(session),
-        "form_spec": {
-            "catalogue": catalogue.as_json(),
-            "pairs": {
-                c.name: [g for g in catalogue.GRANULARITY_NAMES if g in c.granularities]
-                for c in catalogue.CRITERIA.values()
-            },
-            "layers": {
-                m.id: [x["name"] for x in m.layers or [] if x.get("prunable", True)] for m in models
-            },
-        },
-    }
+    ctx = page_data.run_form_context(session, model_id=model_id)
     return render(request, "run_new.html", user, ctx)
 
 

@@ -18,10 +18,40 @@
     toggleTargets();
   }
 
+  // Nothing is excluded until the user picks layers: the list sits folded in a <details>
+  // whose summary says how many are left dense (an open list box read as pre-filled).
   function fillLayers() {
     var sel = $("exclude");
     sel.innerHTML = "";
     (spec.layers[$("model_id").value] || []).forEach(function (n) { sel.add(new Option(n, n)); });
+    countExcluded();
+    fitDatasets();
+  }
+
+  function countExcluded() {
+    var picked = Array.from($("exclude").selectedOptions).map(function (o) { return o.value; });
+    document.getElementById("exclude-count").textContent = picked.length ?
+      picked.length + " of " + $("exclude").options.length + ": " + picked.join(", ") : "none, every prunable layer is pruned";
+  }
+
+  // Datasets that cannot feed the chosen model (shape, classes, vocabulary) are greyed out
+  // with the server's reason; the first one that fits is chosen if the current one does not.
+  function fitDatasets() {
+    var sel = $("dataset_id"), unfit = (spec.unfit || {})[$("model_id").value] || {}, n = 0;
+    Array.from(sel.options).forEach(function (o) {
+      var why = unfit[o.value];
+      o.disabled = !!why;
+      o.title = why || "";
+      o.textContent = o.dataset.label + (why ? " (does not fit this model)" : "");
+      if (why) n += 1;
+    });
+    if (sel.selectedOptions.length && sel.selectedOptions[0].disabled) {
+      var ok = Array.from(sel.options).filter(function (o) { return !o.disabled; })[0];
+      if (ok) sel.value = ok.value;
+    }
+    var hint = document.getElementById("dataset-fit");
+    hint.hidden = n === 0;
+    hint.textContent = n ? n + " dataset" + (n > 1 ? "s do" : " does") + " not fit this model (input shape, classes or vocabulary); hover one for why" : "";
   }
 
   function toggleTargets() {
@@ -29,6 +59,9 @@
     form.querySelector("[data-show=sparsity]").hidden = nm || mode !== "sparsity";
     form.querySelector("[data-show=threshold]").hidden = nm || mode !== "threshold";
     form.querySelector("[data-show=nm]").hidden = !nm;
+    var crit = $("criterion").value, info = spec.catalogue.criteria.filter(function (c) { return c.name === crit; })[0];
+    form.querySelector("[data-show=wanda_group]").hidden = !(crit === "wanda" && $("granularity").value === "element");
+    form.querySelector("[data-show=calibration]").hidden = !(info && info.needs_data);
     var prune = $("kind").value !== "train";
     form.querySelector("[data-section=pruning]").disabled = !prune;
     form.querySelector("[data-section=schedule]").disabled = $("kind").value !== "prune";
@@ -66,6 +99,8 @@
     var pruning = { granularity: g, criterion: $("criterion").value, scope: $("scope").value,
       exclude: Array.from($("exclude").selectedOptions).map(function (o) { return o.value; }),
       physical: $("physical").checked };
+    if (!form.querySelector("[data-show=wanda_group]").hidden) pruning.wanda_group = $("wanda_group").value;
+    if (!form.querySelector("[data-show=calibration]").hidden) pruning.calibration_batches = num("calibration_batches");
     if (g === "nm") pruning.nm = $("nm").value.split(":").map(Number);
     else if ($("target_mode").value === "threshold") pruning.threshold = num("threshold");
     else pruning.sparsity = num("sparsity");
@@ -161,6 +196,7 @@
     $("target_mode").addEventListener("change", toggleTargets);
     $("kind").addEventListener("change", toggleTargets);
     $("model_id").addEventListener("change", fillLayers);
+    $("exclude").addEventListener("change", countExcluded);
     ["sparsity", "steps", "schedule_kind"].forEach(function (n) { $(n).addEventListener("input", drawSchedule); $(n).addEventListener("change", drawSchedule); });
     drawSchedule();
     form.addEventListener("submit", submitRun);

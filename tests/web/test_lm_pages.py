@@ -81,3 +81,19 @@ def test_lm_curve_and_sensitivity_rows_keep_their_perplexity(
     sens_fig = client.get(f"/runs/{run.id}", headers=h).context["figures"]["sensitivity"]
     assert sens_fig["data"][0]["y"] == [2.6, 3.2]
     assert re.search("perplexity", sens_fig["layout"]["title"]["text"])
+
+
+def test_new_run_form_greys_out_datasets_that_cannot_feed_the_model(
+    client: TestClient, db_session: Session
+) -> None:
+    _, h = make_user(db_session, "lm3")
+    cnn = seed.seed_model(db_session)
+    lm = seed.seed_model(db_session, name="tiny llama")
+    lm.input_shape, lm.num_classes, lm.input_dtype, lm.source_run_id = [32], 256, "int64", 7
+    db_session.add(lm)
+    db_session.commit()
+    r = client.get(f"/runs/new?model_id={lm.id}", headers=h)
+    unfit = r.context["form_spec"]["unfit"]
+    assert "shape [32]" in unfit[lm.id]["digits"] and "digits" not in unfit.get(cnn.id, {})
+    assert "tiny llama · result of run #7 · token ids" in r.text
+    assert 'name="wanda_group"' in r.text and 'name="calibration_batches"' in r.text

@@ -15,17 +15,12 @@ from app.config import Settings
 from app.limits import MAX_ID, check_recipe
 from app.models import ModelRecord, User
 from app.web.api.run_sources import check_sources
+from app.web.dataset_fit import dataset_mismatch
 
 
 # ---------------------------------------------------------------- validation
 def invalid(message: str) -> HTTPException:
     return HTTPException(422, message)
-
-
-def _shape(shape: list[int] | None, like: list[int]) -> list[int] | None:
-    if shape and len(shape) == len(like) + 1:
-        return list(shape[1:])  # a leading batch dimension
-    return list(shape) if shape else None
 
 
 def _dataset_meta(session: Session, dataset_id: str) -> dict:
@@ -59,24 +54,8 @@ def _check_budget(model: ModelRecord, target: dict | None) -> None:
 
 
 def _check_model(model: ModelRecord, data: dict, pruning: dict) -> None:
-    want = data.get("input_shape")
-    have = _shape(model.input_shape, want or [])
-    if want and have and list(want) != have:
-        raise invalid(
-            f"model_id {model.id} takes inputs of shape {have} but dataset_id has "
-            f"samples of shape {list(want)}"
-        )
-    if data.get("task") == "language_model":
-        if model.num_classes and data.get("n_classes") and model.num_classes < data["n_classes"]:
-            raise invalid(
-                f"model_id {model.id} has a vocabulary of {model.num_classes} tokens but the "
-                f"dataset's tokenizer uses {data['n_classes']}"
-            )
-    elif model.num_classes and data.get("n_classes") and model.num_classes != data["n_classes"]:
-        raise invalid(
-            f"model_id {model.id} predicts {model.num_classes} classes but the "
-            f"dataset has {data['n_classes']}"
-        )
+    if (why := dataset_mismatch(model, data)) is not None:
+        raise invalid(why)
     _check_budget(model, pruning.get("target"))
     if pruning.get("granularity") == "layer":
         _check_blocks(model, pruning)
