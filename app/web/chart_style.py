@@ -107,7 +107,8 @@ def quality_axis(layout: dict, metric: str, axis: str = "yaxis") -> dict:
     """Title ``layout[axis]`` for ``metric``; accuracy as a percentage capped near 100%."""
     layout[axis]["title"] = {"text": QUALITY_AXES[metric][0]}
     if metric == "accuracy":
-        layout[axis] |= {"tickformat": ".0%", "autorangeoptions": {"maxallowed": 1.02}}
+        limits = {"minallowed": -0.02, "maxallowed": 1.02}  # one point drew -50%..100%
+        layout[axis] |= {"tickformat": ".0%", "autorangeoptions": limits}
     return layout
 
 

@@ -17,7 +17,6 @@ from app.web.chart_style import (
     base_layout,
     empty_figure,
     is_language_model,
-    paper_note,
     quality_axis,
     quality_metric,
 )
@@ -75,14 +74,14 @@ def overview_scatter(runs: list[dict]) -> dict:
         left_out = sum(is_language_model(r) for r in pts)
         pts = [r for r in pts if not is_language_model(r)]
     fig = _overview_points(pts, metric)
-    if left_out:
-        fig["layout"]["annotations"].append(
-            paper_note(
-                f"{left_out} language-model run{'s' if left_out > 1 else ''} not shown "
-                "(perplexity): filter by their dataset to plot them",
-                y=1.02,
-            )
+    if left_out:  # under the marker key, above the plot (the top margin grows to fit)
+        note = fig["layout"]["annotations"][0]
+        note["text"] += (
+            f"<br>{left_out} language-model run{'s' if left_out > 1 else ''} not shown "
+            "(perplexity): filter by their dataset to plot them"
         )
+        note |= {"y": 1.02, "yanchor": "bottom", "align": "left"}
+        fig["layout"]["margin"] = fig["layout"]["margin"] | {"t": 84}
     return fig
 
 
@@ -231,6 +230,7 @@ def compare_layer_sparsity(runs: list[dict]) -> dict:
         "Final sparsity per layer", "layer", "sparsity", barmode="group", height=340
     )
     layout["yaxis"] |= {"tickformat": ".0%", "range": [0, 1]}
+    layout["xaxis"] |= {"automargin": True, "tickangle": -35}  # long transformer layer names
     return {"data": data, "layout": layout}
 
 
@@ -274,6 +274,6 @@ def best_cells(runs: list[dict]) -> dict[str, int]:
             for r in runs
             if (v := as_number((r.get("final") or {}).get(key))) is not None
         ]
-        if len(vals) > 1:
+        if len(vals) > 1 and len({v for v, _ in vals}) > 1:  # a column of equals has no best
             best[key] = (max(vals) if higher else min(vals))[1]
     return best

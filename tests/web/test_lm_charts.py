@@ -44,7 +44,9 @@ def test_compare_of_language_models_plots_perplexity_lower_is_better() -> None:
     cols = charts_runs.columns_for(runs)
     assert cols[0] == ("perplexity", "perplexity (lower is better)", False)
     assert ("accuracy", "next-token accuracy", True) in cols
-    assert charts_runs.best_cells(runs)["perplexity"] == 1  # the lower one
+    best = charts_runs.best_cells(runs)
+    assert best["perplexity"] == 1  # the lower one
+    assert "compression" not in best  # both 2.0x: no star on a column of equals
     mixed = charts_runs.compare_tradeoff([runs[0], _cls(3, 0.9, 2.0)])
     assert mixed["layout"]["yaxis"]["title"]["text"] == "test accuracy"
 
@@ -67,7 +69,9 @@ def test_overview_plots_perplexity_for_language_models_and_leaves_them_out_of_a_
     mixed = charts_runs.overview_scatter([*runs, _cls(4, 0.9, 2.0)])
     assert mixed["layout"]["yaxis"]["title"]["text"] == "test accuracy"
     assert [p for t in mixed["data"][:-1] for p in t["customdata"]] == [4]
-    assert "3 language-model runs not shown" in mixed["layout"]["annotations"][-1]["text"]
+    note = mixed["layout"]["annotations"][0]["text"]
+    assert note.startswith("marker: ") and "<br>3 language-model runs not shown" in note
+    assert mixed["layout"]["yaxis"]["autorangeoptions"]["minallowed"] < 0.0 < 1.0
 
 
 def test_pareto_front_with_lower_is_better() -> None:
