@@ -44,6 +44,9 @@ def _check_schema(settings: Settings) -> None:
         with engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
         assert "input_dtype" in {c["name"] for c in inspect(engine).get_columns("models")}
+        assert "test_loss" in {c["name"] for c in inspect(engine).get_columns("curve_points")}
+        cols = {c["name"] for c in inspect(engine).get_columns("sensitivity_rows")}
+        assert "perplexity" in cols
     finally:
         engine.dispose()
 
