@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,28 @@ def test_the_search_measures_the_allocation_and_tightens_until_the_budget_is_met
     assert budget * 0.9 <= pruned <= budget  # counted exactly: within, and not far under
     if first["measured"] > budget:  # savings do not add up: the goal was tightened
         assert len(search["rounds"]) > 1 and last["goal"] < first["goal"]
+
+
+def test_probes_are_scored_after_the_batchnorm_re_estimation_the_run_does() -> None:
+    from app.pruning.budget_table import probe_accuracy
+
+    torch.manual_seed(0)
+    data = load_digits()
+    model = build("cnn_small", input_shape=data.input_shape).eval()
+    spec = _recipe({"params": 1}).pruning
+    for on in (True, False):
+        small = pruned_copy(model, spec, {"features.0": 0.5}, data)
+        bn = small.features[1]
+        bn.running_mean.fill_(1e3)  # stale statistics: every activation is shifted away
+        acc = probe_accuracy(small, replace(spec, bn_recalibrate=on), data)
+        assert 0.0 <= acc <= 1.0
+        assert (float(bn.running_mean.abs().max()) < 1e3) is on  # re-estimated only when on
+
+
+def test_a_latency_table_is_rescaled_to_the_original_timed_now() -> None:
+    from app.pruning.budget import rescaled
+
+    table = {"base": 20.0, "groups": {"a": {"members": ["a"], "points": [[0.5, 8.0, 0.1]]}}}
+    now = rescaled(table, 10.0)  # timed under half the load: every saving halves with it
+    assert now["base"] == 10.0 and now["groups"]["a"]["points"] == [[0.5, 4.0, 0.1]]
+    assert allocate(now, 6.0)[0] == {"a": 0.5}
