@@ -10,7 +10,9 @@ rounds (goal, predicted, measured) and every timing's interquartile range are pr
 machine is shared, so the load-adjusted latency (the pruned/original ratio measured side by
 side, times the original's latency when the budget was solved) is printed next to the raw
 median. The uniform baseline is matched on that ratio, and the two pruned models are timed
-side by side with the dense one at the end.
+side by side with the dense one at the end. When the load moved between the dense timing and
+the solve (the budget is met by the original, or cannot be reached), the dense model is timed
+again and the budget asked again (3 tries, each printed; the lookup table is kept).
 
 Run: ``nice .venv/bin/python benchmarks/latency_budget.py [--fraction 0.6] [--threads 1]``.
 """
@@ -91,7 +93,7 @@ def run(arch: str, args: argparse.Namespace) -> None:
         flush=True,
     )
     res, table_file = None, Path(tempfile.mkdtemp()) / "table.json"
-    for attempt in range(2):  # a load burst can make the dense model slower when solving
+    for attempt in range(3):  # the load moves between the dense timing and the solve
         asked = round(first.median_ms * args.fraction, 4)
         target = {"latency_ms": asked, "batch": BATCH}
         try:
@@ -102,10 +104,13 @@ def run(arch: str, args: argparse.Namespace) -> None:
                 latency=False,
                 budget_cache=table_file,
             )
-            break
+            if any(res.allocation.values()):
+                break
+            print(f"{arch:9s} budget {asked:.3f} ms (try {attempt + 1}): the original met it now")
         except ValueError as exc:  # an unreachable budget is a result too
             print(f"{arch:9s} budget {asked:.3f} ms at batch {BATCH} (try {attempt + 1}): {exc}")
-            first = time_models([model], x, budget_s=2.0)[0]
+            res = None
+        first = time_models([model], x, budget_s=2.0)[0]
     if res is None:
         return
     report = res.final["budget"]
