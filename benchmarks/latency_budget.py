@@ -9,8 +9,9 @@ and a repeatability check: the dense model timed twice, medians within 10%. The 
 rounds (goal, predicted, measured) and every timing's interquartile range are printed: the
 machine is shared, so the load-adjusted latency (the pruned/original ratio measured side by
 side, times the original's latency when the budget was solved) is printed next to the raw
-median. The uniform baseline is matched on that ratio, and the two pruned models are timed
-side by side with the dense one at the end. When the load moved between the dense timing and
+median. The uniform baseline is matched to the budget run's model directly (each candidate
+timed interleaved with it), and the two pruned models are timed side by side with the dense
+one at the end. When the load moved between the dense timing and
 the solve (the budget is met by the original, or cannot be reached), the dense model is timed
 again and the budget asked again (3 tries, each printed; the lookup table is kept).
 
@@ -64,15 +65,18 @@ def ratio(dense: torch.nn.Module, model: torch.nn.Module, budget_s: float = 0.6)
     return t_model.median_ms / t_dense.median_ms
 
 
-def uniform_sparsity(model: torch.nn.Module, spec: PruningSpec, goal: float) -> float:
-    """The layer-wise sparsity whose physically pruned model runs at ``goal`` x the dense
-    model's latency (bisection)."""
+def uniform_sparsity(
+    model: torch.nn.Module, spec: PruningSpec, reference: torch.nn.Module
+) -> float:
+    """The layer-wise sparsity whose physically pruned model runs as fast as ``reference``
+    (the budget run's model), each candidate timed interleaved with it (bisection): the two
+    are matched on their own side-by-side ratio, which no change of load moves."""
     names = [n for n in prunable_layers(model) if n not in spec.exclude]
     lo, hi = 0.0, 0.9
     for _ in range(8):
         mid = (lo + hi) / 2
         small = pruned_copy(model, spec, dict.fromkeys(names, mid), load_digits())
-        lo, hi = (mid, hi) if ratio(model, small) > goal else (lo, mid)
+        lo, hi = (mid, hi) if ratio(reference, small) > 1.0 else (lo, mid)
     return hi
 
 
@@ -135,9 +139,8 @@ def run(arch: str, args: argparse.Namespace) -> None:
         flush=True,
     )
     budget_model = res.model.cpu().eval()
-    goal = lat["pruned"]["median_ms"] / lat["original"]["median_ms"]
     spec = recipe({"sparsity": 0.5, "scope": "layerwise", "exclude": exclude}).pruning
-    s = uniform_sparsity(model, spec, goal)
+    s = uniform_sparsity(model, spec, budget_model)
     uni = run_recipe(
         recipe({"sparsity": s, "scope": "layerwise", "exclude": exclude}),
         copy.deepcopy(model),
