@@ -122,6 +122,7 @@ def run(arch: str, args: argparse.Namespace) -> None:
     reached, adjusted = report["reached"], report["reached_vs_original"]
     rounds = ", ".join(
         f"goal {r['goal']:.3f} predicted {r['predicted']:.3f} measured {r['measured']:.3f}"
+        + (f" side by side {r['side_by_side']:.3f}" if "side_by_side" in r else "")
         for r in report["rounds"]
     )
     print(
