@@ -30,12 +30,14 @@ import torch
 
 from app import zoo
 from app.modelio.dataset_files import load_digits
+from app.modelio.ort_channels import runtime_timers
 from app.pruning.budget import pruned_copy
 from app.pruning.latency import time_models
 from app.pruning.layers import prunable_layers
 from app.pruning.measure import batch_of
 from app.pruning.pipeline import run_recipe
 from app.pruning.pruning_spec import PruningSpec
+from app.pruning.shapes import default_multiple
 from app.pruning.spec import FinetuneSpec, Recipe
 from app.pruning.train import train
 
@@ -107,6 +109,8 @@ def run(arch: str, args: argparse.Namespace) -> None:
                 data,
                 latency=False,
                 budget_cache=table_file,
+                shape_cache=table_file.parent if args.default_round_to else None,
+                shape_timers=runtime_timers() if args.default_round_to else None,
             )
             if any(res.allocation.values()):
                 break
@@ -140,10 +144,15 @@ def run(arch: str, args: argparse.Namespace) -> None:
         flush=True,
     )
     budget_model = res.model.cpu().eval()
-    spec = recipe({"sparsity": 0.5, "scope": "layerwise", "exclude": exclude}).pruning
+    rounding = {}
+    if args.default_round_to:
+        rounding["round_to"] = default_multiple(table_file.parent, model, runtime_timers())[0]
+        print(f"{arch:9s}   both runs with the measured default round_to {rounding['round_to']}")
+    uniform = {"scope": "layerwise", "exclude": exclude, **rounding}
+    spec = recipe({"sparsity": 0.5, **uniform}).pruning
     s = uniform_sparsity(model, spec, budget_model)
     uni = run_recipe(
-        recipe({"sparsity": s, "scope": "layerwise", "exclude": exclude}),
+        recipe({"sparsity": s, **uniform}),
         copy.deepcopy(model),
         data,
         latency=False,
@@ -164,6 +173,11 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=["cnn_small", "resnet20"])
     parser.add_argument("--fraction", type=float, default=0.6)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--default-round-to",
+        action="store_true",
+        help="as a server run: the measured round_to default (the uniform baseline gets it too)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for arch in args.archs:
