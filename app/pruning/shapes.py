@@ -157,14 +157,17 @@ def with_default_round_to(
     be cut (a power of two): a layer at most that wide is kept whole, since cut below the
     multiple it runs no faster (ONNX Runtime on AVX-512 computes an 8-channel convolution as
     a padded 16-channel one and adds a reorder; see ``benchmarks/physical_speedup.py
-    --profile``). Anything else (or no cache directory) is returned unchanged, without a note.
+    --profile``). A budget run (``pruning.target``) keeps the earlier cap, a quarter of the
+    narrowest layer (:func:`default_multiple`). Anything else (or no cache directory) is
+    returned unchanged, without a note.
     """
     spec = recipe.pruning
     if cache_dir is None or spec.round_to is not None or not spec.physical:
         return recipe, None
     if recipe.kind != "prune" or spec.granularity not in CHANNEL_LEVELS:
         return recipe, None
-    multiple, measured, table = default_multiple(cache_dir, model, timers)
+    budget = spec.target is not None
+    multiple, measured, table = default_multiple(cache_dir, model, timers, budget=budget)
     if multiple <= 1:
         return recipe, None
     capped = (
@@ -174,19 +177,37 @@ def with_default_round_to(
     note = info(
         f"pruning.round_to defaulted to {multiple}{capped}: kept channel counts are multiples of "
         f"{multiple}, which this machine's convolution kernels run fastest (measured once; "
-        f"preferred multiple by runtime: {each}); a layer of {multiple} channels or fewer is "
-        "kept whole, as narrower it would run no faster"
+        f"preferred multiple by runtime: {each})"
+        + (
+            "; capped at a quarter of the narrowest layer so the budget can still cut it"
+            if budget
+            else f"; a layer of {multiple} channels or fewer is kept whole, as narrower it "
+            "would run no faster"
+        )
     )
     return replace(recipe, pruning=replace(spec, round_to=multiple)), note
 
 
 def default_multiple(
-    cache_dir: Path, model: nn.Module | None = None, timers: Mapping[str, Timer] | None = None
+    cache_dir: Path,
+    model: nn.Module | None = None,
+    timers: Mapping[str, Timer] | None = None,
+    *,
+    budget: bool = False,
 ) -> tuple[int, int, dict]:
-    """``(default round_to, measured multiple, table)`` for ``model`` on this machine."""
+    """``(default round_to, measured multiple, table)`` for ``model`` on this machine.
+
+    ``budget``: for a ``pruning.target`` run the cap is a quarter of the narrowest layer, as
+    before: its lookup table measures the widths it tries, and keeping the narrowest layers
+    whole took the largest latency groups out of its reach (cnn_small's 0.6x budget became
+    unreachable with 16)."""
     measured, table = cached_round_to(cache_dir, timers=timers)
-    multiple = min(measured, _width_cap(model)) if model is not None else measured
-    return multiple, measured, table
+    if model is None:
+        return measured, measured, table
+    cap = _width_cap(model)
+    if budget:
+        cap = max(1, cap // 4)
+    return min(measured, cap), measured, table
 
 
 def _width_cap(model: nn.Module) -> int:

@@ -95,3 +95,22 @@ def test_a_16_filter_layer_stays_whole_when_the_kernels_want_multiples_of_16() -
     plan = compute_masks(model, spec)
     kept = {n: int(c.sum()) for n, c in plan.channels.items()}
     assert kept == {"features.0": 16, "features.4": 16, "features.8": 32}
+
+
+def test_a_budget_run_keeps_its_narrowest_layers_within_reach(tmp_path, monkeypatch) -> None:
+    from app import zoo
+
+    fake = {"widths": {str(c): 0.5 if c % 16 == 0 else 1.0 for c in shapes.WIDTHS}}
+    monkeypatch.setattr(shapes, "channel_table", lambda **kw: fake)
+    model = zoo.build("cnn_small", input_shape=(1, 8, 8))  # its narrowest conv has 16 filters
+    budget = Recipe.from_dict(
+        {
+            "kind": "prune",
+            "name": "t",
+            "pruning": {"granularity": "filter", "physical": True, "target": {"params": 500}},
+        }
+    )
+    recipe, note = shapes.with_default_round_to(budget, tmp_path, model)
+    assert recipe.pruning.round_to == 4  # a quarter of 16: the budget may still cut the stem
+    assert "so the budget can still cut it" in note["text"]
+    assert shapes.with_default_round_to(_recipe(), tmp_path, model)[0].pruning.round_to == 16
