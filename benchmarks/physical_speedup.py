@@ -18,14 +18,21 @@ input and writing the output, which pruning halves, not quarters), MaxPool (line
 channels) and convolutions left with one NCHWc block of 8 channels (slower per MAC) keep
 the speed-up under the MAC reduction.
 
+``--round-to 4 default`` prunes each model once per multiple and prints the rows side by
+side: ``default`` is the lab's default for that model on this machine (``shapes.default_multiple``:
+the smallest multiple PyTorch and ONNX Runtime both run within 3% of their best, measured
+here, capped at the narrowest layer). ``--repeat N`` times the dense model N times over
+(separate measurements) and prints how far apart the medians are.
+
 Run: ``nice .venv/bin/python benchmarks/physical_speedup.py [--threads 1] [--budget-s 3]
-[--profile]``.
+[--round-to 4 default] [--profile] [--repeat 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -35,9 +42,11 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from app import zoo
+from app.modelio.ort_channels import runtime_timers
 from app.modelio.ort_latency import export_onnx, time_onnx_pair
 from app.pruning.counts import count_flops
 from app.pruning.latency import Timing, speedup, time_models
+from app.pruning.shapes import default_multiple, per_runtime
 from app.pruning.structural.remove import physical_prune
 
 SHAPE = (3, 32, 32)
@@ -140,11 +149,11 @@ def as_timing(stored: dict) -> Timing:
 
 
 def fmt(t: Timing) -> str:
-    return f"{t.median_ms:8.2f} ms (IQR {t.iqr_ms:5.2f})"
+    ci = f" CI±{t.ci_rel:.0%}" if t.ci_rel is not None else ""
+    return f"{t.median_ms:8.2f} ms (IQR {t.iqr_ms:5.2f}{ci})"
 
 
-def node_times(path: Path, x: torch.Tensor, threads: int, runs: int = 4) -> dict[str, float]:
-    """Milliseconds per run of each optimised node (ONNX Runtime's profiler, same options)."""
+def _profiled(path: Path, threads: int):  # noqa: ANN202 - onnxruntime has no stubs
     import onnxruntime as ort
 
     from app.modelio.ort_latency import SPINNING
@@ -155,31 +164,68 @@ def node_times(path: Path, x: torch.Tensor, threads: int, runs: int = 4) -> dict
     opts.add_session_config_entry(SPINNING, "0")
     opts.enable_profiling = True
     opts.profile_file_prefix = str(path.with_suffix(""))
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def node_times(
+    paths: tuple[Path, Path], x: torch.Tensor, threads: int, runs: int = 9
+) -> list[dict[str, float]]:
+    """Median milliseconds of each optimised node, both models run in turn (ONNX Runtime's
+    profiler, the deployed session options; the first run is a warm-up)."""
+    sessions = [_profiled(p, threads) for p in paths]
     for _ in range(runs + 1):
-        sess.run(None, {"input": x.numpy()})
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    out: dict[str, float] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            key = e["name"].removesuffix("_kernel_time")
-            out[key] = out.get(key, 0.0) + e["dur"] / 1000 / (runs + 1)
+        for sess in sessions:
+            sess.run(None, {"input": x.numpy()})
+    out = []
+    for sess in sessions:
+        per_node: dict[str, list[float]] = {}
+        for e in json.loads(Path(sess.end_profiling()).read_text()):
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                key = e["name"].removesuffix("_kernel_time")
+                per_node.setdefault(key, []).append(e["dur"] / 1000)
+        out.append({k: statistics.median(v[1:] or v) for k, v in per_node.items()})
     return out
 
 
 def print_profile(arch: str, paths: tuple[Path, Path], x: torch.Tensor, threads: int) -> None:
     """Where each model's time goes, node by node, and each node's speed-up."""
-    dense, pruned = (node_times(p, x, threads) for p in paths)
-    for node, ms in sorted(dense.items(), key=lambda kv: -kv[1])[:8]:
-        p_ms = pruned.get(node, float("nan"))
-        print(f"{arch:11s}   {node[-48:]:48s} dense {ms:8.2f} ms pruned {p_ms:8.2f} ms")
+    dense, pruned = node_times(paths, x, threads)
+    nodes = sorted(set(dense) | set(pruned), key=lambda n: -max(dense.get(n, 0), pruned.get(n, 0)))
+    for node in nodes[:10]:
+        d_ms, p_ms = dense.get(node, float("nan")), pruned.get(node, float("nan"))
+        print(f"{arch:11s}   {node[-48:]:48s} dense {d_ms:8.2f} ms pruned {p_ms:8.2f} ms")
+    print(
+        f"{arch:11s}   all nodes: dense {sum(dense.values()):.2f} ms pruned {sum(pruned.values()):.2f} ms"
+    )
 
 
-def run(arch: str, args: argparse.Namespace) -> None:
+def resolve_round_to(value: str, model: nn.Module, cache: Path) -> tuple[int, str]:
+    """An explicit multiple, or ``default``: the lab's default for ``model`` on this machine."""
+    if value != "default":
+        return int(value), value
+    multiple, measured, table = default_multiple(cache, model, runtime_timers())
+    return multiple, f"default={multiple} (measured {per_runtime(table)}, cap -> {multiple})"
+
+
+def repeat_medians(arch: str, n: int, budget_s: float) -> None:
+    """The dense model at batch 256 timed ``n`` times over: how far apart the medians are."""
+    model = for_inference(build(arch).eval(), False)
+    x = torch.randn(256, *SHAPE)
+    timings = [time_models([model], x, budget_s=budget_s)[0] for _ in range(n)]
+    medians = [t.median_ms for t in timings]
+    spread = max(medians) / min(medians) - 1
+    each = ", ".join(fmt(t).strip() + f" x{t.repeats}" for t in timings)
+    print(
+        f"{arch:11s} repeat x{n}: medians {spread:.1%} apart (max/min - 1; target < 10%): {each}",
+        flush=True,
+    )
+
+
+def run(arch: str, args: argparse.Namespace, round_to: int, label: str) -> None:
     torch.manual_seed(0)
     dense = build(arch).eval()
     x_small = torch.randn(8, *SHAPE)
-    masks = group_l1_masks(dense, x_small, args.ratio, args.round_to)
+    masks = group_l1_masks(dense, x_small, args.ratio, round_to)
     with torch.no_grad():
         for name, module in dense.named_modules():
             if name in masks:
@@ -189,14 +235,17 @@ def run(arch: str, args: argparse.Namespace) -> None:
     _, f_pruned = count_flops(pruned, x_small)
     reduction = f_dense / f_pruned
     x = torch.randn(args.batch, *SHAPE)
-    head = f"{arch:11s} batch={args.batch} threads={torch.get_num_threads()}"
+    head = f"{arch:11s} r={round_to:<2d} batch={args.batch} threads={torch.get_num_threads()}"
     macs = f"MACs {f_dense / 1e6:7.2f}M -> {f_pruned / 1e6:6.2f}M ({reduction:4.2f}x)"
-    for channels_last in (False, True):
-        xin = x.to(memory_format=torch.channels_last) if channels_last else x
+    widths = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    print(f"{arch:11s} round_to {label}: conv widths {widths}", flush=True)
+    for batch, channels_last in ((1, False), (args.batch, False), (args.batch, True)):
+        xin = x[:batch].to(memory_format=torch.channels_last) if channels_last else x[:batch]
         models = [for_inference(dense, channels_last), for_inference(pruned, channels_last)]
         t_dense, t_pruned = time_models(models, xin, budget_s=args.budget_s)
         print(
-            f"{head} pytorch cl={channels_last!s:5s} dense {fmt(t_dense)} pruned {fmt(t_pruned)}"
+            f"{head.replace(f'batch={args.batch}', f'batch={batch}')} pytorch "
+            f"cl={channels_last!s:5s} dense {fmt(t_dense)} pruned {fmt(t_pruned)}"
             f"  {macs}  {verdict(t_dense, t_pruned, reduction)}",
             flush=True,
         )
@@ -211,7 +260,8 @@ def run(arch: str, args: argparse.Namespace) -> None:
     for row in out["rows"]:
         t_dense, t_pruned = (as_timing(row[w]) for w in ("dense", "pruned"))
         print(
-            f"{arch:11s} batch={row['batch']} threads={out['threads']} onnxruntime       "
+            f"{arch:11s} r={round_to:<2d} batch={row['batch']} threads={out['threads']} "
+            "onnxruntime       "
             f"dense {fmt(t_dense)} pruned {fmt(t_pruned)}  {macs}  "
             f"{verdict(t_dense, t_pruned, reduction)}",
             flush=True,
@@ -224,15 +274,23 @@ def main() -> None:
         "--archs", nargs="+", default=["cnn_small", "resnet20", "vgg11_bn", "mobilenetv2"]
     )
     parser.add_argument("--ratio", type=float, default=0.5)
-    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument(
+        "--round-to", nargs="+", default=["8"], help="multiples to compare, or 'default'"
+    )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--budget-s", type=float, default=3.0, help="timing seconds per pair")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="ORT time per node, both models")
+    parser.add_argument("--repeat", type=int, default=0, help="time the dense model N times")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    for arch in args.archs:
-        run(arch, args)
+    with tempfile.TemporaryDirectory() as cache:
+        for arch in args.archs:
+            if args.repeat:
+                repeat_medians(arch, args.repeat, args.budget_s)
+                continue
+            for value in args.round_to:
+                run(arch, args, *resolve_round_to(value, build(arch), Path(cache)))
 
 
 if __name__ == "__main__":

@@ -169,6 +169,7 @@ def _final_status(engine: Engine, run_id: int) -> str:
 def _run_attempt(
     run_id: int, settings: Settings, engine: Engine, stop: StopFlag, tmp: Path
 ) -> None:
+    from app.modelio.ort_channels import runtime_timers
     from app.pruning.pipeline import run_recipe
 
     artifacts = ArtifactStore(settings.artifacts)
@@ -210,6 +211,7 @@ def _run_attempt(
             initial_state=rewind,
             shape_cache=cache,
             budget_cache=budget_cache,
+            shape_timers=runtime_timers(),
         )
     finally:
         syncer.sync()  # a stopped attempt leaves its last completed step for resume

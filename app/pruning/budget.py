@@ -12,8 +12,9 @@
    exactly for parameters and FLOPs). Savings do not simply add up (two consecutive layers
    both at half width save three quarters of the second's MACs, not all of it), so when the
    measurement misses the budget the goal is moved by the measured share of the predicted
-   saving and the groups are allocated again, for a few rounds; the least pruning measured
-   within the budget wins.
+   saving and the groups are allocated again, for a few rounds. A latency budget then times
+   every tried allocation again, all in one round-robin with the original
+   (:func:`side_by_side`); the least pruning measured within the budget wins.
 4. The recipe is rewritten as per-layer ``overrides``; the run reports the budget, what was
    reached and the measured latency (:func:`budget_report`).
 
@@ -124,6 +125,8 @@ def solve(
     kind = kind_of(target)
     budget = float(target[kind])
     table = layer_table(model, spec, data, target, cache)
+    if kind == "latency_ms":  # the table may be older, or timed under other load: re-time now
+        table = rescaled(table, metric(model, target, data, dense=model, budget_s=1.0))
     base = table["base"]
     rounds: list[dict] = []
     tried: list[tuple[float, dict[str, float]]] = []
@@ -143,6 +146,10 @@ def solve(
         if predicted > goal and measured > budget:  # the table's every step is taken
             break
         goal = _next_goal(base, budget, goal, predicted, measured)
+    if kind == "latency_ms" and len(tried) > 1:
+        tried = side_by_side(model, spec, data, target, base, tried)
+        for r, (again, _) in zip(rounds, tried, strict=True):
+            r["side_by_side"] = again
     search = {"target": target, "base": base, "rounds": rounds, "groups": table["groups"]}
     within = [t for t in tried if t[0] <= budget]
     if not within:
@@ -155,6 +162,43 @@ def solve(
             f"(the original: {base:,.4g})."
         )
     return max(within, key=lambda t: t[0])[1], search
+
+
+def side_by_side(
+    model: nn.Module,
+    spec: PruningSpec,
+    data: ArrayDataset,
+    target: dict,
+    base: float,
+    tried: list[tuple[float, dict[str, float]]],
+) -> list[tuple[float, dict[str, float]]]:
+    """Every tried allocation's latency again, all of them and the original in one round-robin
+    (``base x`` each one's ratio to the original): rounds timed one after the other saw
+    different loads, so the choice between them is made on one measurement."""
+    smalls = [pruned_copy(model, spec, alloc, data) for _, alloc in tried]
+    x = batch_of(data, int(target.get("batch", 1)))
+    t_dense, *timings = time_models([model, *smalls], x, budget_s=0.5 * (len(smalls) + 1))
+    return [
+        (base * t.median_ms / t_dense.median_ms, alloc)
+        for t, (_, alloc) in zip(timings, tried, strict=True)
+    ]
+
+
+def rescaled(table: dict, base: float) -> dict:
+    """The latency table with the original timed at ``base`` ms: each saving is a share of
+    the original's latency, so every saving scales with it.
+
+    Example:
+        >>> t = {"base": 10.0, "groups": {"a": {"members": ["a"], "points": [[0.5, 4.0, 0.1]]}}}
+        >>> rescaled(t, 5.0)["groups"]["a"]["points"]
+        [[0.5, 2.0, 0.1]]
+    """
+    f = base / table["base"] if table["base"] > 0 else 1.0
+    groups = {
+        lead: {**e, "points": [[s, saved * f, drop] for s, saved, drop in e["points"]]}
+        for lead, e in table["groups"].items()
+    }
+    return {**table, "base": base, "groups": groups}
 
 
 def _next_goal(base: float, budget: float, goal: float, predicted: float, measured: float) -> float:

@@ -2,7 +2,10 @@
 
 A :class:`Timing` is the median of repeated blocked measurements (each block runs the model
 enough times to last about a millisecond, so timer resolution does not matter) with its
-interquartile range and the thread count it ran with. :func:`time_interleaved` times several
+interquartile range, the relative half-width of a 95% confidence interval of the median
+(distribution-free, from order statistics: :func:`median_ci_rel`) and the thread count it ran
+with. Blocks repeat until every median's interval is within ``TARGET_CI`` (5%) or the time cap
+``budget_s`` is spent: a quiet machine stops early, a noisy one uses the whole cap. :func:`time_interleaved` times several
 callables round-robin in one process, so load on a shared machine hits them alike; that is
 how a dense and a pruned model are compared (``speedup.py``). :func:`speedup` gives no number
 when the two interquartile intervals overlap: the difference is not measurable.
@@ -32,7 +35,9 @@ from torch import nn
 
 BLOCK_S = 0.001  # one measurement lasts at least this long (timer noise << 1%)
 MIN_REPEATS = 7
-MAX_REPEATS = 200
+MAX_REPEATS = 1000
+TARGET_CI = 0.05  # stop once every median's 95% CI half-width is within 5% of it
+MIN_CI_REPEATS = 12  # fewer samples give an interval as wide as their range
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Timing:
     q3_ms: float
     repeats: int
     threads: int
+    ci_rel: float | None = None
 
     @property
     def iqr_ms(self) -> float:
@@ -72,12 +78,40 @@ def fixed_threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+def median_ci_rel(samples: list[float]) -> float:
+    """Half the width of a 95% confidence interval of the median, over the median.
+
+    The interval runs between the order statistics ``n/2 -/+ 0.98 sqrt(n)`` (the normal
+    approximation of the binomial, rounded outwards), so it holds whatever the distribution.
+
+    Example:
+        >>> median_ci_rel([10.0] * 20)
+        0.0
+        >>> round(median_ci_rel([float(v) for v in range(90, 111)]), 3)
+        0.05
+    """
+    s = sorted(samples)
+    n = len(s)
+    med = statistics.median(s)
+    if n < 2 or med <= 0:
+        return math.inf
+    lo = max(1, math.floor(n / 2 - 0.98 * math.sqrt(n)))
+    hi = min(n, math.ceil(n / 2 + 1 + 0.98 * math.sqrt(n)))
+    return (s[hi - 1] - s[lo - 1]) / (2 * med)
+
+
 def _summary(samples: list[float], threads: int) -> Timing:
+    ci = round(median_ci_rel(samples), 4) if len(samples) >= MIN_CI_REPEATS else None
     if len(samples) < 4:
         med = statistics.median(samples)
-        return Timing(med, min(samples), max(samples), len(samples), threads)
+        return Timing(med, min(samples), max(samples), len(samples), threads, ci)
     q1, med, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    return Timing(med, q1, q3, len(samples), threads)
+    return Timing(med, q1, q3, len(samples), threads, ci)
+
+
+def _stable(samples: list[list[float]], target_ci: float) -> bool:
+    """Every median's 95% interval within ``target_ci`` of it (enough samples for one)."""
+    return all(len(s) >= MIN_CI_REPEATS and median_ci_rel(s) <= target_ci for s in samples)
 
 
 def time_interleaved(
@@ -87,11 +121,14 @@ def time_interleaved(
     threads: int | None = None,
     sync: Callable[[], None] = lambda: None,
     min_repeats: int = MIN_REPEATS,
+    target_ci: float = TARGET_CI,
 ) -> list[Timing]:
     """One :class:`Timing` per callable, timed round-robin after two warm-up calls each.
 
     Each round times one block of every callable (the order rotates every round); rounds go
-    on until ``budget_s`` is spent (at least ``min_repeats``, at most ``MAX_REPEATS``).
+    on until every median's 95% interval is within ``target_ci`` of it or ``budget_s`` is
+    spent (at least ``min_repeats`` rounds, at most ``MAX_REPEATS``). ``target_ci=0`` times
+    for the whole ``budget_s``.
     """
     with fixed_threads(threads) as n_threads:
         numbers = []
@@ -106,7 +143,11 @@ def time_interleaved(
         samples: list[list[float]] = [[] for _ in fns]
         deadline = time.perf_counter() + budget_s
         rounds = 0
-        while rounds < min_repeats or (time.perf_counter() < deadline and rounds < MAX_REPEATS):
+        while rounds < min_repeats or (
+            time.perf_counter() < deadline
+            and rounds < MAX_REPEATS
+            and not (target_ci > 0 and _stable(samples, target_ci))
+        ):
             order = list(range(len(fns)))
             order = order[rounds % len(fns) :] + order[: rounds % len(fns)]
             for i in order:

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -62,6 +63,7 @@ def run_recipe(
     initial_state: dict[str, Tensor] | None = None,
     shape_cache: Path | None = None,
     budget_cache: Path | None = None,
+    shape_timers: Mapping[str, Callable[..., list[float]]] | None = None,
 ) -> RunResult:
     """Run one recipe (prune, sensitivity or train) on ``model`` in place.
 
@@ -84,6 +86,8 @@ def run_recipe(
             channel-level recipe without ``round_to`` gets this machine's preferred multiple.
         budget_cache: the JSON file that keeps this model's per-layer lookup table for
             ``pruning.target`` budgets (measured on first use).
+        shape_timers: runtimes whose channel widths are measured next to PyTorch's for that
+            default (``app.modelio.ort_channels.runtime_timers()``: ONNX Runtime).
 
     Returns:
         A :class:`~app.pruning.result.RunResult`; ``steps[0]`` is the baseline.
@@ -111,7 +115,7 @@ def run_recipe(
             latency=latency,
         )
     else:
-        recipe, round_note = with_default_round_to(recipe, shape_cache, model)
+        recipe, round_note = with_default_round_to(recipe, shape_cache, model, shape_timers)
         target, alloc, original, search = recipe.pruning.target, None, None, None
         if target is not None:
             original = copy.deepcopy(model).eval()

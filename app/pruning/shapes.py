@@ -1,16 +1,23 @@
-"""Shapes that run fast: which channel multiples this machine's CPU kernels like, measured once.
+"""Shapes that run fast: which channel multiples this machine's kernels like, measured once.
 
 :func:`channel_table` times a 3x3 convolution with ``c`` input and output channels for every
-``c`` in ``WIDTHS`` (interleaved, fixed threads) and keeps milliseconds per ``c * c`` MACs.
-:func:`preferred_multiple` picks the smallest multiple in ``MULTIPLES`` whose widths cost,
-on average, within ``TOLERANCE`` of the best multiple's: a default for ``pruning.round_to``.
-:func:`cached_round_to` measures once per machine, torch version and thread count, and keeps
-the table as JSON in a cache directory (a second of CPU time, then free).
+``c`` in ``WIDTHS`` (interleaved, fixed threads) in PyTorch, and in every other runtime it is
+given a timer for (``app.modelio.ort_channels``: ONNX Runtime, whose NCHWc kernels want a
+multiple of their 8- or 16-channel block), and keeps each runtime's milliseconds per ``c * c``
+MACs relative to its best width. :func:`preferred_multiple` picks the smallest multiple whose
+widths cost, on average and in the runtime where it does worst, within ``TOLERANCE`` of the
+best multiple's: a default for ``pruning.round_to``. :func:`cached_round_to` measures once per
+machine, torch version, thread count and set of runtimes, and keeps the table as JSON in a
+cache directory (a few seconds of CPU time, then free).
 
 Example:
     >>> table = {"widths": {"62": 1.0, "63": 1.0, "64": 0.5}}
     >>> preferred_multiple(table)
     4
+    >>> both = {"runtimes": {"pytorch": {"56": 1.0, "60": 1.0, "64": 1.0},
+    ...                      "onnxruntime": {"56": 2.0, "60": 2.0, "64": 1.0}}}
+    >>> preferred_multiple(both), per_runtime(both)
+    (16, {'pytorch': 1, 'onnxruntime': 16})
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,46 +43,99 @@ MULTIPLES = (1, 2, 4, 8, 16, 32, 64)
 TOLERANCE = 0.03
 SPATIAL = 8
 BATCH = 16
+RUNTIME_NAMES = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
+
+# widths, threads=, budget_s= -> median milliseconds per width, in one runtime
+Timer = Callable[..., list[float]]
 
 
-def channel_table(*, threads: int | None = None, budget_s: float = 0.8) -> dict:
-    """``{"widths": {c: ms per c*c MACs, relative}, "threads", "torch"}`` measured here."""
+def torch_conv_timer(widths: tuple[int, ...], *, threads: int, budget_s: float) -> list[float]:
+    """Median milliseconds of a ``c -> c`` 3x3 convolution at each width, in PyTorch."""
     with fixed_threads(threads) as n, torch.inference_mode():
-        convs = [nn.Conv2d(c, c, 3, padding=1, bias=False).eval() for c in WIDTHS]
-        xs = [torch.randn(BATCH, c, SPATIAL, SPATIAL) for c in WIDTHS]
+        convs = [nn.Conv2d(c, c, 3, padding=1, bias=False).eval() for c in widths]
+        xs = [torch.randn(BATCH, c, SPATIAL, SPATIAL) for c in widths]
         fns = [(lambda m=m, x=x: m(x)) for m, x in zip(convs, xs, strict=True)]
-        timings = time_interleaved(fns, budget_s=budget_s, threads=n)
-    per_mac = {str(c): t.median_ms / (c * c) for c, t in zip(WIDTHS, timings, strict=True)}
+        return [t.median_ms for t in time_interleaved(fns, budget_s=budget_s, threads=n)]
+
+
+def _relative(widths: tuple[int, ...], ms: list[float]) -> dict[str, float]:
+    per_mac = {str(c): v / (c * c) for c, v in zip(widths, ms, strict=True)}
     best = min(per_mac.values())
-    widths = {c: round(v / best, 4) for c, v in per_mac.items()}
-    return {"widths": widths, "threads": n, "torch": torch.__version__}
+    return {c: round(v / best, 4) for c, v in per_mac.items()}
+
+
+def channel_table(
+    *,
+    threads: int | None = None,
+    budget_s: float = 1.5,
+    timers: Mapping[str, Timer] | None = None,
+) -> dict:
+    """``{"runtimes": {name: {c: ms per c*c MACs, relative}}, "widths", "threads", "torch"}``
+    measured here: PyTorch, and each of ``timers`` (``"widths"`` is PyTorch's row)."""
+    n = int(threads or torch.get_num_threads())
+    runtimes = {}
+    for name, timer in {"pytorch": torch_conv_timer, **(timers or {})}.items():
+        runtimes[name] = _relative(WIDTHS, timer(WIDTHS, threads=n, budget_s=budget_s))
+    return {
+        "runtimes": runtimes,
+        "widths": runtimes["pytorch"],
+        "threads": n,
+        "torch": torch.__version__,
+    }
+
+
+def _means(widths: Mapping[str, float]) -> dict[int, float]:
+    """Mean relative cost of the widths divisible by each multiple, over the best multiple's."""
+    costs = {int(c): float(v) for c, v in widths.items()}
+    means = {}
+    for m in MULTIPLES:
+        of_m = [v for c, v in costs.items() if c % m == 0]
+        if of_m:
+            means[m] = sum(of_m) / len(of_m)
+    best = min(means.values())
+    return {m: v / best for m, v in means.items()}
+
+
+def _smallest_within(scores: Mapping[int, float]) -> int:
+    best = min(scores.values())
+    return min(m for m, v in scores.items() if v <= best * (1 + TOLERANCE))
+
+
+def per_runtime(table: dict) -> dict[str, int]:
+    """Each measured runtime's own preferred multiple."""
+    rows = table.get("runtimes") or {"pytorch": table["widths"]}
+    return {name: _smallest_within(_means(w)) for name, w in rows.items()}
 
 
 def preferred_multiple(table: dict) -> int:
-    """The smallest multiple whose widths' mean relative cost is within ``TOLERANCE`` of the best."""
-    widths = {int(c): float(v) for c, v in table["widths"].items()}
-    means = {}
-    for m in MULTIPLES:
-        costs = [v for c, v in widths.items() if c % m == 0]
-        if costs:
-            means[m] = sum(costs) / len(costs)
-    best = min(means.values())
-    return min(m for m, v in means.items() if v <= best * (1 + TOLERANCE))
+    """The smallest multiple whose widths' mean relative cost is within ``TOLERANCE`` of the
+    best in every measured runtime (a multiple is scored by the runtime where it does worst)."""
+    rows = table.get("runtimes") or {"pytorch": table["widths"]}
+    means = [_means(w) for w in rows.values()]
+    common = set.intersection(*(set(m) for m in means))
+    return _smallest_within({m: max(r[m] for r in means) for m in common})
 
 
-def _key(threads: int) -> str:
+def _key(threads: int, runtimes: tuple[str, ...]) -> str:
     machine = f"{platform.machine()}-{os.cpu_count()}cpu"
-    return f"channels-{machine}-torch{torch.__version__}-t{threads}".replace("/", "_")
+    names = "+".join(("pytorch", *sorted(runtimes)))
+    key = f"channels-v2-{machine}-torch{torch.__version__}-t{threads}-{names}"
+    return key.replace("/", "_")
 
 
-def cached_round_to(cache_dir: Path, *, threads: int | None = None) -> tuple[int, dict]:
-    """``(preferred multiple, table)``; the table is measured once and kept in ``cache_dir``."""
+def cached_round_to(
+    cache_dir: Path, *, threads: int | None = None, timers: Mapping[str, Timer] | None = None
+) -> tuple[int, dict]:
+    """``(preferred multiple, table)``; the table is measured once and kept in ``cache_dir``.
+
+    ``timers`` are the runtimes measured next to PyTorch (``ort_channels.runtime_timers()``).
+    """
     n = int(threads or torch.get_num_threads())
-    path = Path(cache_dir) / f"{_key(n)}.json"
+    path = Path(cache_dir) / f"{_key(n, tuple(timers or ()))}.json"
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        table = channel_table(threads=n)
+        table = channel_table(threads=n, timers=timers)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -84,37 +145,75 @@ def cached_round_to(cache_dir: Path, *, threads: int | None = None) -> tuple[int
 
 
 def with_default_round_to(
-    recipe: Recipe, cache_dir: Path | None, model: nn.Module | None = None
+    recipe: Recipe,
+    cache_dir: Path | None,
+    model: nn.Module | None = None,
+    timers: Mapping[str, Timer] | None = None,
 ) -> tuple[Recipe, Note | None]:
     """A physical channel-level recipe without ``round_to`` gets the measured multiple, and a note.
 
-    With ``model``, the multiple is capped at a quarter of the narrowest layer that would be cut
-    (a power of two), so rounding never hands a small layer back whole: 16 on a 16-filter stem
-    would turn "50%" into "keep all 16". Anything else (or no cache directory) is returned
-    unchanged, without a note.
+    The multiple is the one every measured runtime (PyTorch and ``timers``) runs within
+    ``TOLERANCE`` of its best. With ``model``, it is capped at the narrowest layer that would
+    be cut (a power of two): a layer at most that wide is kept whole, since cut below the
+    multiple it runs no faster (ONNX Runtime on AVX-512 computes an 8-channel convolution as
+    a padded 16-channel one and adds a reorder; see ``benchmarks/physical_speedup.py
+    --profile``). A budget run (``pruning.target``) keeps the earlier cap, a quarter of the
+    narrowest layer (:func:`default_multiple`). Anything else (or no cache directory) is
+    returned unchanged, without a note.
     """
     spec = recipe.pruning
     if cache_dir is None or spec.round_to is not None or not spec.physical:
         return recipe, None
     if recipe.kind != "prune" or spec.granularity not in CHANNEL_LEVELS:
         return recipe, None
-    measured, _ = cached_round_to(cache_dir)
-    multiple = min(measured, _width_cap(model)) if model is not None else measured
+    budget = spec.target is not None
+    multiple, measured, table = default_multiple(cache_dir, model, timers, budget=budget)
     if multiple <= 1:
         return recipe, None
     capped = (
         f" (the measured {measured}, capped for the narrowest layer)" if multiple < measured else ""
     )
+    each = ", ".join(f"{RUNTIME_NAMES.get(k, k)} {v}" for k, v in per_runtime(table).items())
     note = info(
         f"pruning.round_to defaulted to {multiple}{capped}: kept channel counts are multiples of "
-        f"{multiple}, which this machine's convolution kernels run fastest (measured once)"
+        f"{multiple}, which this machine's convolution kernels run fastest (measured once; "
+        f"preferred multiple by runtime: {each})"
+        + (
+            "; capped at a quarter of the narrowest layer so the budget can still cut it"
+            if budget
+            else f"; a layer of {multiple} channels or fewer is kept whole, as narrower it "
+            "would run no faster"
+        )
     )
     return replace(recipe, pruning=replace(spec, round_to=multiple)), note
 
 
+def default_multiple(
+    cache_dir: Path,
+    model: nn.Module | None = None,
+    timers: Mapping[str, Timer] | None = None,
+    *,
+    budget: bool = False,
+) -> tuple[int, int, dict]:
+    """``(default round_to, measured multiple, table)`` for ``model`` on this machine.
+
+    ``budget``: for a ``pruning.target`` run the cap is a quarter of the narrowest layer, as
+    before: its lookup table measures the widths it tries, and keeping the narrowest layers
+    whole took the largest latency groups out of its reach (cnn_small's 0.6x budget became
+    unreachable with 16)."""
+    measured, table = cached_round_to(cache_dir, timers=timers)
+    if model is None:
+        return measured, measured, table
+    cap = _width_cap(model)
+    if budget:
+        cap = max(1, cap // 4)
+    return min(measured, cap), measured, table
+
+
 def _width_cap(model: nn.Module) -> int:
-    """The largest power of two at most a quarter of the narrowest prunable layer's width
-    (convolutions when there are any; the last Linear, a classifier, is never cut)."""
+    """The largest power of two at most the narrowest prunable layer's width (convolutions
+    when there are any; the last Linear, a classifier, is never cut): a multiple wider than
+    every layer could never cut anything."""
     from app.pruning.layers import prunable_layers
 
     weights = [m.weight for m in prunable_layers(model).values()]
@@ -122,5 +221,4 @@ def _width_cap(model: nn.Module) -> int:
     widths = convs or [w.shape[0] for w in weights[:-1]]
     if not widths:
         return 1
-    cap = max(1, min(widths) // 4)
-    return 1 << (cap.bit_length() - 1)
+    return 1 << (max(1, min(widths)).bit_length() - 1)

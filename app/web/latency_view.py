@@ -21,10 +21,17 @@ NO_SPEEDUP = "no measurable speed-up"
 
 
 def _fmt(timing: dict | None) -> str:
+    """Median ± half the IQR; with the median's 95% interval and repeats when recorded.
+
+    >>> _fmt({"median_ms": 2.0, "iqr_ms": 0.1, "ci_rel": 0.031, "repeats": 40})
+    '2.000 ± 0.050 ms (median ±3.1% at 95%, 40 repeats)'
+    """
     if not timing or timing.get("median_ms") is None:
         return "—"
     half = (timing.get("iqr_ms") or 0.0) / 2
-    return f"{timing['median_ms']:.3f} ± {half:.3f} ms"
+    ci = _num(timing.get("ci_rel"))
+    tail = f" (median ±{ci:.1%} at 95%, {timing.get('repeats')} repeats)" if ci is not None else ""
+    return f"{timing['median_ms']:.3f} ± {half:.3f} ms{tail}"
 
 
 def deploy_rows(final: dict | None) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,49 @@ def test_the_search_measures_the_allocation_and_tightens_until_the_budget_is_met
     assert budget * 0.9 <= pruned <= budget  # counted exactly: within, and not far under
     if first["measured"] > budget:  # savings do not add up: the goal was tightened
         assert len(search["rounds"]) > 1 and last["goal"] < first["goal"]
+
+
+def test_probes_are_scored_after_the_batchnorm_re_estimation_the_run_does() -> None:
+    from app.pruning.budget_table import probe_accuracy
+
+    torch.manual_seed(0)
+    data = load_digits()
+    model = build("cnn_small", input_shape=data.input_shape).eval()
+    spec = _recipe({"params": 1}).pruning
+    for on in (True, False):
+        small = pruned_copy(model, spec, {"features.0": 0.5}, data)
+        bn = small.features[1]
+        bn.running_mean.fill_(1e3)  # stale statistics: every activation is shifted away
+        acc = probe_accuracy(small, replace(spec, bn_recalibrate=on), data)
+        assert 0.0 <= acc <= 1.0
+        assert (float(bn.running_mean.abs().max()) < 1e3) is on  # re-estimated only when on
+
+
+def test_a_latency_table_is_rescaled_to_the_original_timed_now() -> None:
+    from app.pruning.budget import rescaled
+
+    table = {"base": 20.0, "groups": {"a": {"members": ["a"], "points": [[0.5, 8.0, 0.1]]}}}
+    now = rescaled(table, 10.0)  # timed under half the load: every saving halves with it
+    assert now["base"] == 10.0 and now["groups"]["a"]["points"] == [[0.5, 4.0, 0.1]]
+    assert allocate(now, 6.0)[0] == {"a": 0.5}
+
+
+def test_tried_latency_allocations_are_chosen_on_one_side_by_side_timing(monkeypatch) -> None:
+    from app.pruning import budget
+    from app.pruning.latency import Timing
+
+    data = load_digits()
+    model = build("cnn_small", input_shape=data.input_shape).eval()
+    spec = _recipe({"latency_ms": 5.0, "batch": 4}, exclude=["classifier"]).pruning
+    tried = [(9.0, {"features.4": 0.25}), (2.0, {"features.4": 0.75})]  # rounds under 2 loads
+    seen = []
+
+    def fake(models: list, x: torch.Tensor, **_: object) -> list[Timing]:
+        seen.append((len(models), int(x.shape[0])))
+        return [Timing(ms, ms, ms, 12, 1) for ms in (10.0, 4.8, 3.0)]  # original, then each
+
+    monkeypatch.setattr(budget, "time_models", fake)
+    again = budget.side_by_side(model, spec, data, spec.target, 10.0, tried)
+    assert seen == [(3, 4)]  # the original and both allocations in one round-robin
+    assert [round(ms, 6) for ms, _ in again] == [4.8, 3.0]
+    assert [a for _, a in again] == [a for _, a in tried]

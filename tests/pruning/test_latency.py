@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from app.modelio.dataset_files import load_digits
+from app.pruning import latency
 from app.pruning.data import ArrayDataset
-from app.pruning.latency import Timing, speedup, time_interleaved, time_models
+from app.pruning.latency import Timing, median_ci_rel, speedup, time_interleaved, time_models
 from app.pruning.measure import measure
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import Recipe
@@ -103,3 +104,38 @@ def test_a_physical_run_times_original_and_pruned_interleaved_with_spreads() -> 
             assert row["verdict"] == NO_SPEEDUP
         else:
             assert row["verdict"].endswith(("faster", "slower"))
+
+
+class _Clock:
+    """A fake ``time.perf_counter``: every call advances it by the next of ``steps`` seconds."""
+
+    def __init__(self, steps: list[float]) -> None:
+        self.now, self.steps, self.i = 0.0, steps, 0
+
+    def __call__(self) -> float:
+        self.now += self.steps[self.i % len(self.steps)]
+        self.i += 1
+        return self.now
+
+
+def test_the_median_confidence_interval_comes_from_order_statistics() -> None:
+    assert median_ci_rel([5.0] * 30) == 0.0
+    assert round(median_ci_rel([float(v) for v in range(90, 111)]), 4) == 0.05
+    wide = median_ci_rel([1.0, 10.0] * 15)  # half the samples 10x the other half
+    assert wide > 0.5  # (10 - 1) / (2 x 5.5): the interval spans both halves
+
+
+def test_repeats_stop_once_the_median_is_stable(monkeypatch) -> None:
+    monkeypatch.setattr(latency.time, "perf_counter", _Clock([0.001]))  # every block alike
+    (t,) = time_interleaved([lambda: None], budget_s=1e6, threads=1)
+    assert t.repeats == latency.MIN_CI_REPEATS and t.ci_rel == 0.0  # stopped early
+
+
+def test_a_noisy_timer_repeats_until_the_time_cap(monkeypatch) -> None:
+    monkeypatch.setattr(latency.time, "perf_counter", _Clock([0.001, 0.003, 0.001, 0.009]))
+    (t,) = time_interleaved([lambda: None], budget_s=0.5, threads=1)
+    assert latency.MIN_CI_REPEATS < t.repeats < latency.MAX_REPEATS  # the cap ended it
+    assert t.ci_rel is not None and t.ci_rel > latency.TARGET_CI
+    (whole,) = time_interleaved([lambda: None], budget_s=0.5, threads=1, target_ci=0)
+    assert whole.repeats >= t.repeats  # target_ci=0: the whole budget, as before
+    assert "ci_rel" in t.to_dict()

@@ -45,12 +45,72 @@ def test_a_physical_filter_recipe_without_round_to_gets_the_measured_multiple(
     assert shapes.with_default_round_to(_recipe(), None) == (_recipe(), None)
 
 
-def test_the_default_multiple_never_hands_a_narrow_layer_back_whole(tmp_path, monkeypatch) -> None:
+def test_a_multiple_must_run_fast_in_every_measured_runtime() -> None:
+    flat = {str(c): 1.0 for c in shapes.WIDTHS}
+    blocks = {str(c): 1.0 if c % 16 == 0 else (1.3 if c % 4 == 0 else 2.0) for c in shapes.WIDTHS}
+    table = {"runtimes": {"pytorch": flat, "onnxruntime": blocks}}
+    assert shapes.per_runtime(table) == {"pytorch": 1, "onnxruntime": 16}
+    assert shapes.preferred_multiple(table) == 16  # PyTorch does not mind; ONNX Runtime does
+
+
+def test_the_table_measures_each_given_runtime_and_caches_per_set_of_runtimes(tmp_path) -> None:
+    seen = []
+
+    def fake_ort(widths: tuple[int, ...], *, threads: int, budget_s: float) -> list[float]:
+        seen.append((threads, budget_s))
+        return [c * c * (1.0 if c % 8 == 0 else 3.0) for c in widths]
+
+    timers = {"onnxruntime": fake_ort}
+    multiple, table = shapes.cached_round_to(tmp_path, threads=1, timers=timers)
+    assert set(table["runtimes"]) == {"pytorch", "onnxruntime"} and len(seen) == 1
+    assert (
+        table["runtimes"]["onnxruntime"]["64"] == 1.0
+        and table["runtimes"]["onnxruntime"]["63"] == 3.0
+    )
+    assert multiple % 8 == 0 and shapes.per_runtime(table)["onnxruntime"] == 8
+    assert shapes.cached_round_to(tmp_path, threads=1, timers=timers)[1] == table
+    assert len(seen) == 1  # read from the cache the second time
+    shapes.cached_round_to(tmp_path, threads=1)  # PyTorch alone: another table, another file
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_the_default_multiple_is_capped_at_the_narrowest_layer(tmp_path, monkeypatch) -> None:
+    from app import zoo
+
+    fake = {"widths": {str(c): 0.5 if c % 16 == 0 else 1.0 for c in shapes.WIDTHS}}
+    monkeypatch.setattr(shapes, "cached_round_to", lambda *a, **kw: (64, fake))
+    model = zoo.build("cnn_small", input_shape=(1, 8, 8))  # its narrowest conv has 16 filters
+    recipe, note = shapes.with_default_round_to(_recipe(), tmp_path, model)
+    assert recipe.pruning.round_to == 16  # not 64: that would keep the 32-filter layer whole
+    assert "capped for the narrowest layer" in note["text"]
+    assert "16 channels or fewer is kept whole" in note["text"]
+
+
+def test_a_16_filter_layer_stays_whole_when_the_kernels_want_multiples_of_16() -> None:
+    from app import zoo
+    from app.pruning.masks.compute import compute_masks
+
+    model = zoo.build("cnn_small", input_shape=(1, 8, 8))
+    spec = _recipe(round_to=16, scope="layerwise", exclude=["classifier"]).pruning
+    plan = compute_masks(model, spec)
+    kept = {n: int(c.sum()) for n, c in plan.channels.items()}
+    assert kept == {"features.0": 16, "features.4": 16, "features.8": 32}
+
+
+def test_a_budget_run_keeps_its_narrowest_layers_within_reach(tmp_path, monkeypatch) -> None:
     from app import zoo
 
     fake = {"widths": {str(c): 0.5 if c % 16 == 0 else 1.0 for c in shapes.WIDTHS}}
     monkeypatch.setattr(shapes, "channel_table", lambda **kw: fake)
     model = zoo.build("cnn_small", input_shape=(1, 8, 8))  # its narrowest conv has 16 filters
-    recipe, note = shapes.with_default_round_to(_recipe(), tmp_path, model)
-    assert recipe.pruning.round_to == 4
-    assert "capped for the narrowest layer" in note["text"]
+    budget = Recipe.from_dict(
+        {
+            "kind": "prune",
+            "name": "t",
+            "pruning": {"granularity": "filter", "physical": True, "target": {"params": 500}},
+        }
+    )
+    recipe, note = shapes.with_default_round_to(budget, tmp_path, model)
+    assert recipe.pruning.round_to == 4  # a quarter of 16: the budget may still cut the stem
+    assert "so the budget can still cut it" in note["text"]
+    assert shapes.with_default_round_to(_recipe(), tmp_path, model)[0].pruning.round_to == 16

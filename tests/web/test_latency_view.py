@@ -154,3 +154,10 @@ def test_the_run_page_shows_the_latency_table(
     assert 'id="deploy-latency"' in r.text and "ONNX Runtime" in r.text
     assert "2.25x faster" in r.text and NO_SPEEDUP in r.text
     assert "Budget latency &lt;= 5 ms at batch 256: reached 4.6 ms (met)" in r.text
+
+
+def test_a_timing_with_its_median_interval_shows_it_and_the_repeats() -> None:
+    row = FINAL["speedup"]["rows"][-1]
+    timed = {**row, "dense": {**row["dense"], "ci_rel": 0.042, "repeats": 31}}
+    rows = deploy_rows({"speedup": {**FINAL["speedup"], "rows": [timed]}})
+    assert rows[0]["dense"] == "9.000 ± 0.050 ms (median ±4.2% at 95%, 31 repeats)"
