@@ -15,8 +15,10 @@ from torch import nn
 from app.pruning.criteria import CRITERIA
 from app.pruning.criteria.context import calibration_batches
 from app.pruning.data import ArrayDataset
+from app.pruning.layers import prunable_layers
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import apply_masks
+from app.pruning.masks.tied import tied_weights
 from app.pruning.measure import evaluate
 from app.pruning.pruning_spec import PruningSpec
 
@@ -128,3 +130,9 @@ def test_global_magnitude_on_a_language_model_points_to_the_papers_baseline() ->
         )
 
     assert said("global") and not said("layerwise")
+
+
+def test_a_layer_reachable_under_two_names_is_not_tied() -> None:
+    model = TinyLM()
+    model.alias = model.up  # one module, two paths: nothing else shares its weight
+    assert tied_weights(model, prunable_layers(model)) == {}

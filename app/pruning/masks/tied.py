@@ -36,12 +36,17 @@ def tied_weights(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, li
     for name, t in tensors:
         if t.numel() and t.device.type != "meta":
             names.setdefault(t.data_ptr(), []).append(name)
+    modules = dict(model.named_modules(remove_duplicate=False))
     found = {}
     for n, m in layers.items():
         weight = m.weight
         if not weight.numel() or weight.device.type == "meta":
             continue
-        others = [o for o in names.get(weight.data_ptr(), []) if o.rpartition(".")[0] not in layers]
+        others = [  # another path to the same module (an alias) is not a tie
+            o
+            for o in names.get(weight.data_ptr(), [])
+            if o.rpartition(".")[0] not in layers and modules.get(o.rpartition(".")[0]) is not m
+        ]
         if others:
             found[n] = others
     return found
