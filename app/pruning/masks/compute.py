@@ -41,6 +41,8 @@ from app.pruning.layers import is_transposed, prunable_layers
 from app.pruning.masks.heads import add_mlp_columns, check_heads, compute_head_masks, mlp_scope
 from app.pruning.masks.plan import MaskPlan
 from app.pruning.masks.select import MAGNITUDE, Selection
+from app.pruning.masks.select_notes import scope_notes
+from app.pruning.masks.tied import untie_scope
 from app.pruning.notes import Note, info, warning
 from app.pruning.outputs import example_input, output_layers
 from app.pruning.pruning_spec import PruningSpec
@@ -145,8 +147,10 @@ def compute_masks(
         return _layer_plan(model, spec, targets, layers, target or 0.0, previous, seed)
     if spec.granularity == "head":
         return compute_head_masks(model, spec, target or 0.0, previous, seed)
+    targets, untied = untie_scope(model, spec, targets)  # a head tied to the embedding
     x = example if example is not None else example_input(data, model)
     outputs, notes = _outputs(model, spec, x)
+    notes += untied
     scoped: list[Note] = []
     if spec.granularity == "filter":  # a filter of an output layer is an output unit
         targets = {n: m for n, m in targets.items() if n not in outputs}
@@ -184,6 +188,7 @@ def compute_masks(
         if n not in scores
     )
     del scores  # the selection owns them and frees them before building masks
+    ctx.notes.extend(scope_notes(spec, getattr(data, "task", None)))
     if spec.granularity == "nm":
         ctx.select_nm()
     elif threshold is not None:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from app.pruning.granularity import canonical
 from app.pruning.layers import is_transposed
+from app.pruning.notes import Note, info
 
 
 def nm_dense_reason(layer: nn.Module, m: int) -> str | None:
@@ -80,10 +81,10 @@ def row_pruned(ranking: Tensor, share: float, *, transposed: bool) -> Tensor:
     return canonical(pruned.reshape(rank.shape), transposed).contiguous()
 
 
-def row_note(scope_global: bool) -> str:
+def row_note(scope_global: bool) -> Note:
     """The note of a per-row Wanda step (global scope ranks nothing across layers there)."""
     scope = "; scope 'global' ranks nothing across layers here" if scope_global else ""
-    return (
+    return info(
         "wanda compared weights within each output row (pruning.wanda_group 'row', as "
         f"published): every row of a layer keeps the same share{scope}; "
         "wanda_group 'layer' ranks each layer as a whole"

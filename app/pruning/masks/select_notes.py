@@ -26,6 +26,21 @@ SPARSEGPT_LAYERWISE_NOTE = (
     "across layers here"
 )
 
+LM_GLOBAL_MAGNITUDE = (
+    "magnitude with scope 'global' on a language model: one |w| ranking across layers prunes "
+    "the attention value/output projections hardest; the Wanda and SparseGPT papers compare "
+    "against layer-wise magnitude (scope 'layerwise', each layer at the target), which "
+    "measured better on the lab's byte-level LMs (benchmarks/lm_one_shot.py, 50%: perplexity "
+    "5.67 vs 6.01 on a 4-layer Llama, 1.34 vs 1.66 on a 2-layer one)"
+)
+
+
+def scope_notes(spec: PruningSpec, task: str | None) -> list[Note]:
+    """A note for global element magnitude on a language model (``task``: the data's task)."""
+    magnitude = spec.criterion in ("l1", "l2", "threshold") and spec.granularity == "element"
+    lm = task == "language_model" and spec.scope == "global" and spec.threshold is None
+    return [info(LM_GLOBAL_MAGNITUDE)] if magnitude and lm else []
+
 
 def kept_note(n: str, kept: int, need: int, spec: PruningSpec) -> Note:
     """Which rule kept more of layer ``n``: the emptied-layer guard (``kept`` was 0, a
