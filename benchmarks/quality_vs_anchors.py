@@ -146,11 +146,15 @@ def main() -> None:
     parser.add_argument("--only", choices=MODELS, action="append", help="a model (repeatable)")
     parser.add_argument("--granularity", choices=("element", "filter"), help="one level only")
     parser.add_argument("--pruning", default="{}", help="extra pruning fields (JSON) for the lab")
+    parser.add_argument(
+        "--levels", help="comma-separated levels to run (e.g. 0.5,0.9); all if unset"
+    )
     args = parser.parse_args()
     extra = json.loads(args.pruning)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     seeds = [int(s) for s in args.seeds.split(",")][: 1 if args.quick else None]
+    levels = None if args.levels is None else {float(v) for v in args.levels.split(",")}
     models = args.only or list(MODELS)
     data = load_digits()
     start = time.perf_counter()
@@ -161,6 +165,8 @@ def main() -> None:
             for name in models:
                 for job in jobs_for(name, args.quick):
                     if args.granularity not in (None, job.granularity):
+                        continue
+                    if levels is not None and not any(abs(job.sparsity - v) < 1e-9 for v in levels):
                         continue
                     r = compare(name, cache, job, seed, Path(tmp), extra)
                     rows.setdefault((name, job.granularity, job.sparsity), []).append(

@@ -6,11 +6,21 @@ smoothed (an exponential moving average with bias correction) and the sweep stop
 doubles over its best value: where training starts to fail. The chosen LR is the larger of a
 tenth of the LR at the lowest smoothed loss (the usual rule, right when the loss has a clear
 valley, as after a heavy prune) and a thirtieth of the LR where the loss doubled (the end of
-the sweep when it never did), clamped to a sane range for the optimizer. The second guards
-against a flat loss, as after a light prune of a trained model, where the lowest point is
-noise (1e-6 instead of ~1e-3 on the digits MLP at 47%). The model, its masks and the random
-state are restored afterwards; the sweep draws its batches from its own seeded order, so it is deterministic
-given the seed and leaves the training that follows unchanged.
+the sweep when it never did), clamped to a sane range for the optimizer (:data:`RANGES`). The
+second guards against a flat loss, as after a light prune of a trained model, where the lowest
+point is noise (1e-6 instead of ~1e-3 on the digits MLP at 47%). A probe of
+:data:`PROBE_BATCHES` batches at the choice, from the start, must then lower the loss below
+where the sweep started and below a uniform guess, else the choice backs off by a half-decade
+(:data:`BACK_OFF`, at most :data:`RETREATS` times).
+
+Half-decades, not tenfold (``benchmarks/quality_vs_anchors.py``): a transformers ViT pruned
+to 90% in two steps collapses to a uniform guess at 3e-2, and its 12-batch probe cannot tell
+that from the slow start of 3e-3 or 1e-2, where it recovers; two tenfold back-offs jumped over
+them to 3e-4 (seed 0: 39%), two half-decades end at 3e-3 (53%).
+
+The model, its masks and the random state are restored afterwards; the sweep draws its batches
+from its own seeded order, so it is deterministic given the seed and leaves the training that
+follows unchanged.
 
 Example:
     >>> import numpy as np
@@ -45,7 +55,8 @@ from app.pruning.task import TokenLoss
 
 SWEEP_BATCHES = 40
 PROBE_BATCHES = 12  # batches at the chosen LR that must lower the loss
-RETREATS = 2  # at most this many tenfold steps back from the sweep's choice
+RETREATS = 2  # at most this many steps back from the sweep's choice
+BACK_OFF = 10**0.5  # each step back divides the LR by this (a half-decade)
 DIVERGE = 2.0  # the smoothed loss this many times its best ends the sweep
 SMOOTH = 0.7  # EMA factor of the training loss
 # optimizer -> (sweep start, sweep end, lowest and highest LR it may choose)
@@ -84,7 +95,8 @@ class LrChoice:
         if self.retreated:
             tried = ", ".join(f"{lr:.1e}" for lr in self.retreated)
             why += (
-                f"; {PROBE_BATCHES} batches at {tried} did not lower the loss, so a tenth of that"
+                f"; {PROBE_BATCHES} batches at {tried} did not lower the loss, "
+                f"so {BACK_OFF:.2g} times lower each time"
             )
         return info(
             f"lr auto: {prefix}range test chose {self.lr:.1e} ({NAMES[self.optimizer]}), {why}; "
@@ -206,10 +218,10 @@ def range_test(
                 lr_at=lambda i, lr=chosen: lr,
                 stop_on_rise=False,
             )
-            if _holds(start_loss, probe, broke, data.n_classes) or chosen / 10 < low:
+            if _holds(start_loss, probe, broke, data.n_classes) or chosen / BACK_OFF < low:
                 break
             retreated.append(chosen)
-            chosen /= 10
+            chosen /= BACK_OFF
     finally:
         model.load_state_dict(state)
         model.train(was_training)

@@ -32,6 +32,9 @@ MAX_LAYER_SPARSITY = 0.9
 # ("mean", Torch-Pruning's default normalizer) or compared raw ("none").
 NORMALIZERS: tuple[str, ...] = ("mean", "none")
 NORMALIZE = "mean"
+# Global element ranking: every layer keeps at least this times the share a uniform cut keeps
+# (masks/floor.py); 0 turns it off.
+LAYER_FLOOR = 0.5
 
 
 HEAD_TARGET = (
@@ -60,6 +63,7 @@ class PruningSpec:
     wanda_group: str = "row"  # wanda (element) compares scores per output row or per layer
     max_layer_sparsity: float = MAX_LAYER_SPARSITY  # global filter/channel: cap per layer/group
     normalize: str = NORMALIZE  # global filter/channel: per layer/group score normalisation
+    layer_floor: float = LAYER_FLOOR  # global element: least share kept per layer vs uniform
     allocation_from: int | None = None  # a sensitivity run whose allocation becomes overrides
     bn_recalibrate: bool = True  # re-estimate BatchNorm statistics after every prune step
     bias_correction: bool = True  # BN-free nets: removed channels' mean into the next bias
@@ -122,6 +126,7 @@ class PruningSpec:
             )
         optional(self.allocation_from, integer, "pruning.allocation_from", 1)
         self._check_cap()
+        self._check_floor()
 
     def _check_budget(self) -> None:
         if self.target is None:
@@ -146,6 +151,15 @@ class PruningSpec:
                     f"pruning.{key} applies to scope 'global' at granularities 'filter' and "
                     "'channel' only (it shapes the global ranking of filters/channels)."
                 )
+
+    def _check_floor(self) -> None:
+        floor = number(self.layer_floor, "pruning.layer_floor", 0.0, 1.0, hi_open=False)
+        ranked = self.scope == "global" and self.granularity == "element"
+        if floor != LAYER_FLOOR and not ranked:
+            raise ValueError(
+                "pruning.layer_floor applies to scope 'global' at granularity 'element' only "
+                "(it shapes the global ranking of weights)."
+            )
 
     def check_target(self) -> None:
         """Raise ValueError unless exactly one of sparsity/threshold is set (nm needs neither)."""

@@ -43,7 +43,8 @@ def test_element_l1_masks_equal_torch_prune(scope, amount) -> None:
 
 def test_global_element_keeps_one_weight_where_torch_empties_a_layer() -> None:
     model = make_cnn()  # at 90% torch's global ranking takes every weight of conv '3'
-    plan = compute_masks(model, PruningSpec("element", "l1", sparsity=0.9))
+    # the never-empty rule alone (the default layer floor keeps more: test_layer_floor.py)
+    plan = compute_masks(model, PruningSpec("element", "l1", sparsity=0.9, layer_floor=0.0))
     expected = _torch_masks(model, list(plan.masks), 0.9, True)
     assert int(expected["3"].sum()) == 0 and int(plan.masks["3"].sum()) == 1
     w = model[3].weight.abs()

@@ -27,6 +27,7 @@ from app.catalogue import CHANNEL_LEVELS
 from app.pruning.granularity import canonical, unit_view
 from app.pruning.layers import is_transposed
 from app.pruning.masks.coupled import Coupling
+from app.pruning.masks.floor import hold_floor
 from app.pruning.masks.plan import NEVER_EMPTY_NOTE, MaskPlan, filter_extras
 from app.pruning.masks.ranking import (
     count_true,
@@ -141,6 +142,7 @@ class Selection:
                 self._select_global([n], local[n])
         if pool:
             self._select_global(pool, target)
+            hold_floor(self, pool, target)  # element level: pruning.layer_floor
             self._cap(pool)
         self._never_empty()
         self._round_to()

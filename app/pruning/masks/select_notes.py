@@ -66,3 +66,17 @@ def emptied_note(n: str, text: str, spec: PruningSpec) -> Note:
             "(pruning.overrides), exclude it, or prune by sparsity instead"
         )
     return warning(text, layer=n)
+
+
+def floor_note(names: list[str], floor: float) -> str:
+    """The layers a global element ranking would have cut below ``pruning.layer_floor``.
+
+    Example:
+        >>> floor_note(["stem"], 0.5)[:44]
+        "global ranking: 'stem' kept 0.5 x the share "
+    """
+    listed = ", ".join(f"'{n}'" for n in names)
+    return (
+        f"global ranking: {listed} kept {floor:g} x the share a uniform cut keeps "
+        "(pruning.layer_floor); the rest of the cut fell on the other layers"
+    )
