@@ -13,13 +13,16 @@ non-zero parameters than the lab's result. The anchors take the best of SGD (lr 
 from __future__ import annotations
 
 import copy
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
 
+from app.modelio.ort_channels import runtime_timers
 from app.pruning.counts import count_flops
 from app.pruning.data import ArrayDataset
 from app.pruning.layers import prunable_layers
@@ -90,6 +93,11 @@ def lab_recipe(job: Job, seed: int, extra: dict | None = None) -> Recipe:
     )
 
 
+# the measured channel-multiple table a server keeps in its data dir (``pruning.round_to``'s
+# default for physical filter runs), kept here for the benchmark's runs
+SHAPE_CACHE = Path(tempfile.gettempdir()) / "prunelab-anchors-shapes"
+
+
 def run_lab(
     model: nn.Module,
     data: ArrayDataset,
@@ -99,11 +107,18 @@ def run_lab(
     rebuildable: bool = True,
     extra: dict | None = None,
 ) -> Outcome:
-    """The lab's engine in-process on ``model`` (changed in place) with ``lab_recipe``."""
+    """The lab's engine in-process on ``model`` (changed in place) with ``lab_recipe``, with the
+    defaults a server run gets (the measured ``round_to`` for physical filter runs)."""
     example = data.sample_batch(1)
     dense = copy.deepcopy(model)
     result = run_recipe(
-        lab_recipe(job, seed, extra), model, data, latency=False, rebuildable=rebuildable
+        lab_recipe(job, seed, extra),
+        model,
+        data,
+        latency=False,
+        rebuildable=rebuildable,
+        shape_cache=SHAPE_CACHE,
+        shape_timers=runtime_timers(),
     )
     pruned = result.model
     macs, params = _reductions(dense, pruned, example)
