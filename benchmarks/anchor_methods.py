@@ -67,9 +67,11 @@ def _reductions(dense: nn.Module, pruned: nn.Module, example: torch.Tensor) -> t
     return macs, nonzero(dense) / max(nonzero(pruned), 1)
 
 
-def lab_recipe(job: Job, seed: int, extra: dict | None = None) -> Recipe:
+def lab_recipe(
+    job: Job, seed: int, extra: dict | None = None, finetune: dict | None = None
+) -> Recipe:
     """The lab's default recipe: only granularity, criterion, sparsity, schedule and epochs set
-    (plus any ``extra`` pruning fields, to compare a variant).
+    (plus any ``extra`` pruning and ``finetune`` fields, to compare a variant).
 
     Example:
         >>> r = lab_recipe(Job("filter", 0.5, 1, 5), 0)
@@ -88,7 +90,7 @@ def lab_recipe(job: Job, seed: int, extra: dict | None = None) -> Recipe:
             "seed": seed,
             "pruning": pruning,
             "schedule": {"kind": kind, "steps": job.steps},
-            "finetune": {"epochs": job.per_step},
+            "finetune": {"epochs": job.per_step, **(finetune or {})},
         }
     )
 
@@ -106,13 +108,14 @@ def run_lab(
     *,
     rebuildable: bool = True,
     extra: dict | None = None,
+    finetune: dict | None = None,
 ) -> Outcome:
     """The lab's engine in-process on ``model`` (changed in place) with ``lab_recipe``, with the
     defaults a server run gets (the measured ``round_to`` for physical filter runs)."""
     example = data.sample_batch(1)
     dense = copy.deepcopy(model)
     result = run_recipe(
-        lab_recipe(job, seed, extra),
+        lab_recipe(job, seed, extra, finetune),
         model,
         data,
         latency=False,

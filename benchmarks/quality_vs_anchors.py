@@ -25,10 +25,11 @@ in 40 epochs, 97% (33x) within 3 points; filter 50% within 1 point of dense in 5
 cnn_small and onnx_cnn; filter at or above Torch-Pruning everywhere.
 
 Run: ``PYTHONPATH=. python benchmarks/quality_vs_anchors.py [--quick] [--only MODEL]
-[--seeds 0,1] [--granularity filter] [--pruning '{"scope": "layerwise"}']`` (full: about 35 min
+[--seeds 0,1] [--granularity filter] [--pruning '{"scope": "layerwise"}']
+[--finetune '{"batch_size": 64}']`` (full: about 35 min
 on 2 cores shared at load ~8; ``--quick``: 1 seed, 1 level, fewest epochs, 2-3 min).
-``--granularity`` runs one level's comparisons only; ``--pruning`` adds pruning fields to the
-lab's recipe, to measure a variant against the same anchors.
+``--granularity`` runs one level's comparisons only; ``--pruning`` (``--finetune``) adds pruning
+(fine-tuning) fields to the lab's recipe, to measure a variant against the same anchors.
 """
 
 from __future__ import annotations
@@ -80,7 +81,13 @@ def jobs_for(model: str, quick: bool) -> list[Job]:
 
 
 def compare(
-    name: str, cache: DenseCache, job: Job, seed: int, tmp: Path, extra: dict | None = None
+    name: str,
+    cache: DenseCache,
+    job: Job,
+    seed: int,
+    tmp: Path,
+    extra: dict | None = None,
+    finetune: dict | None = None,
 ) -> dict:
     """One seed of one comparison: dense, lab and anchor outcomes."""
     data = cache.data
@@ -89,12 +96,18 @@ def compare(
     if name in DENSE_OF:  # the user's upload: ONNX through the lab's intake
         folder = Path(tempfile.mkdtemp(dir=tmp))
         module, rebuildable = through_intake(dense, folder)
-        lab = run_lab(module, data, job, seed, rebuildable=rebuildable, extra=extra)
+        start = time.perf_counter()
+        lab = run_lab(
+            module, data, job, seed, rebuildable=rebuildable, extra=extra, finetune=finetune
+        )
+        lab_s = time.perf_counter() - start
         anchor = run_anchor(folded(dense), data, job, seed, lab)
     else:
-        lab = run_lab(cache.get(name, seed), data, job, seed, extra=extra)
+        start = time.perf_counter()
+        lab = run_lab(cache.get(name, seed), data, job, seed, extra=extra, finetune=finetune)
+        lab_s = time.perf_counter() - start
         anchor = run_anchor(dense, data, job, seed, lab)
-    return {"dense": base, "lab": lab, "anchor": anchor}
+    return {"dense": base, "lab": lab, "anchor": anchor, "lab_s": lab_s}
 
 
 def _target(name: str, job: Job, lab: float, anchor: float, dense: float) -> str:
@@ -146,11 +159,12 @@ def main() -> None:
     parser.add_argument("--only", choices=MODELS, action="append", help="a model (repeatable)")
     parser.add_argument("--granularity", choices=("element", "filter"), help="one level only")
     parser.add_argument("--pruning", default="{}", help="extra pruning fields (JSON) for the lab")
+    parser.add_argument("--finetune", default="{}", help="extra finetune fields (JSON), the same")
     parser.add_argument(
         "--levels", help="comma-separated levels to run (e.g. 0.5,0.9); all if unset"
     )
     args = parser.parse_args()
-    extra = json.loads(args.pruning)
+    extra, finetune = json.loads(args.pruning), json.loads(args.finetune)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     seeds = [int(s) for s in args.seeds.split(",")][: 1 if args.quick else None]
@@ -168,7 +182,7 @@ def main() -> None:
                         continue
                     if levels is not None and not any(abs(job.sparsity - v) < 1e-9 for v in levels):
                         continue
-                    r = compare(name, cache, job, seed, Path(tmp), extra)
+                    r = compare(name, cache, job, seed, Path(tmp), extra, finetune)
                     rows.setdefault((name, job.granularity, job.sparsity), []).append(
                         {**r, "job": job}
                     )
@@ -176,7 +190,7 @@ def main() -> None:
                     print(
                         f"  seed {seed} {name} {job.granularity} {job.sparsity:.0%}: dense "
                         f"{r['dense']:.4f} lab {lab.accuracy:.4f} anchor {anchor.accuracy:.4f} "
-                        f"({anchor.how}) [{time.perf_counter() - start:.0f} s]",
+                        f"({anchor.how}) [lab {r['lab_s']:.0f} s; {time.perf_counter() - start:.0f} s]",
                         flush=True,
                     )
     print_table(rows, seeds)

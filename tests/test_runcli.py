@@ -77,7 +77,7 @@ def test_run_command_writes_summary_histograms_curve_and_artifacts(tmp_path, wei
         "layers",
         "notes",
     } <= set(body)
-    assert body["status"] == "succeeded" and body["physical"] is True
+    assert body["status"] == "succeeded" and body["physical"] is True and body["batch_size"] == 64
     assert body["final"]["n_params"] < body["baseline"]["n_params"]
     assert body["recipe"]["pruning"]["granularity"] == "filter"
     assert json.loads((out / "curve.json").read_text())[0]["epoch"] == 1

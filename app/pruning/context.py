@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from app.catalogue import CHANNEL_LEVELS
 from app.pruning import measure as measure_mod
+from app.pruning.batch_size import resolve_batch_size
 from app.pruning.best_step import BestStep, accept_step, remember_best
 from app.pruning.counts import layer_stats
 from app.pruning.data import ArrayDataset
@@ -94,6 +95,9 @@ class RunContext:
     refits: list[dict] = field(default_factory=list)  # the last prune's ThiNet re-fit errors
 
     def __post_init__(self) -> None:
+        finetune, note = resolve_batch_size(self.recipe.finetune, self.data.n_train)
+        self.recipe = replace(self.recipe, finetune=finetune)  # "auto" chosen once, here
+        add_notes(self.notes, [note] if note is not None else [])
         self.model = self.model.to(self.device)
         self.tuning = Tuning.for_run(self.recipe.finetune, self.model)  # teacher: still dense
         self.example = self.data.sample_batch(32).to(self.device)

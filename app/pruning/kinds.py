@@ -25,6 +25,7 @@ from dataclasses import replace
 from torch import nn
 
 from app.pruning import measure as measure_mod
+from app.pruning.batch_size import resolve_batch_size
 from app.pruning.counts import layer_stats
 from app.pruning.data import ArrayDataset
 from app.pruning.lr_range import range_test
@@ -51,13 +52,15 @@ def run_train_kind(
 
     The weights before training and after the first epoch come back in ``rewind`` (what a
     later ``retrain`` run rewinds to). ``lr: "auto"`` is resolved by the LR range test first
-    (a note says what it chose); ``finetune.distill`` has no teacher here. ``device``, ``report``, ``should_stop``, ``latency``
+    and ``batch_size: "auto"`` by the dataset's size (notes say what they chose);
+    ``finetune.distill`` has no teacher here. ``device``, ``report``, ``should_stop``, ``latency``
     as in ``run_recipe``.
     """
     model.to(device)
     base = measure_mod.measure(model, data, device=device, latency=latency)
     recorder = RewindRecorder(model)
-    spec, found = recipe.finetune, None
+    spec, batch_note = resolve_batch_size(recipe.finetune, data.n_train)
+    found = None
     if spec.lr == "auto":  # the range test restores the model and the random state
         found = range_test(model, data, spec, device=device, seed=recipe.seed)
         spec = replace(spec, lr=found.lr)
@@ -86,7 +89,8 @@ def run_train_kind(
         curve=curve,
         rewind=recorder.points,
         task=data.task,
-        notes=[] if found is None else [found.note()],
+        notes=[n for n in (batch_note, None if found is None else found.note()) if n],
+        batch_size=int(spec.batch_size),
     )
 
 

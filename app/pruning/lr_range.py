@@ -18,6 +18,10 @@ to 90% in two steps collapses to a uniform guess at 3e-2, and its 12-batch probe
 that from the slow start of 3e-3 or 1e-2, where it recovers; two tenfold back-offs jumped over
 them to 3e-4 (seed 0: 39%), two half-decades end at 3e-3 (53%).
 
+It sweeps with the fine-tuning's batch size (``finetune.batch_size``, ``"auto"`` resolved);
+a batch under :data:`REFERENCE_BATCH` sweeps and probes over as many samples as 128 would
+(:func:`samples_scale`), so one noisy small batch neither sets the best loss nor "doubles" it.
+
 The model, its masks and the random state are restored afterwards; the sweep draws its batches
 from its own seeded order, so it is deterministic given the seed and leaves the training that
 follows unchanged.
@@ -46,6 +50,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from app.pruning.batch_size import resolve_batch_size
 from app.pruning.data import ArrayDataset
 from app.pruning.masks.keeper import MaskKeeper
 from app.pruning.notes import Note, info
@@ -58,7 +63,8 @@ PROBE_BATCHES = 12  # batches at the chosen LR that must lower the loss
 RETREATS = 2  # at most this many steps back from the sweep's choice
 BACK_OFF = 10**0.5  # each step back divides the LR by this (a half-decade)
 DIVERGE = 2.0  # the smoothed loss this many times its best ends the sweep
-SMOOTH = 0.7  # EMA factor of the training loss
+SMOOTH = 0.7  # EMA factor of the training loss at REFERENCE_BATCH
+REFERENCE_BATCH = 128  # smaller batches sweep and probe over as many samples as 40 and 12 of it
 # optimizer -> (sweep start, sweep end, lowest and highest LR it may choose)
 RANGES = {
     "sgd": (1e-5, 10.0, 1e-4, 0.3),
@@ -81,6 +87,7 @@ class LrChoice:
     losses: list[float]
     seconds: float = 0.0
     retreated: list[float] = field(default_factory=list)  # choices a probe refused, in order
+    probe_batches: int = PROBE_BATCHES  # more for batches under REFERENCE_BATCH
 
     def note(self, prefix: str = "") -> Note:
         """The run note: the chosen LR and why (``prefix``: e.g. ``"step 2: "``)."""
@@ -95,7 +102,7 @@ class LrChoice:
         if self.retreated:
             tried = ", ".join(f"{lr:.1e}" for lr in self.retreated)
             why += (
-                f"; {PROBE_BATCHES} batches at {tried} did not lower the loss, "
+                f"; {self.probe_batches} batches at {tried} did not lower the loss, "
                 f"so {BACK_OFF:.2g} times lower each time"
             )
         return info(
@@ -104,9 +111,12 @@ class LrChoice:
         )
 
 
-def _sweep(model, data, spec, *, device, keeper, seed, batches, lr_at, stop_on_rise=True):
-    """Train ``batches`` batches at ``lr_at(i)``; the LRs, raw and smoothed losses, and the LR
-    where the loss stopped being finite (or, with ``stop_on_rise``, doubled over its best)."""
+def _sweep(
+    model, data, spec, *, device, keeper, seed, batches, lr_at, smooth, warm=1, stop_on_rise=True
+):
+    """Train ``batches`` batches at ``lr_at(i)``; the LRs, raw and smoothed (EMA factor
+    ``smooth``) losses, and the LR where the loss stopped being finite (or, with
+    ``stop_on_rise``, doubled over its best, the first ``warm - 1`` batches not counted)."""
     loss_fn = TokenLoss(label_smoothing=float(spec.label_smoothing or 0.0))  # by task
     opt = make_optimizer(model, spec, lr=lr_at(0))
     loader = data.loader("train", int(spec.batch_size), shuffle=True, seed=int(seed) * 7919 + 17)
@@ -134,16 +144,29 @@ def _sweep(model, data, spec, *, device, keeper, seed, batches, lr_at, stop_on_r
         opt.step()
         if keeper is not None:
             keeper.after_step(opt)
-        avg = SMOOTH * avg + (1 - SMOOTH) * value
-        smoothed = avg / (1 - SMOOTH ** (i + 1))
+        avg = smooth * avg + (1 - smooth) * value
+        smoothed = avg / (1 - smooth ** (i + 1))
         lrs.append(lr)
         raw.append(value)
         losses.append(smoothed)
+        if i + 1 < warm:
+            continue  # fewer samples than one REFERENCE_BATCH: too noisy to be a best
         if stop_on_rise and smoothed > DIVERGE * best:
             diverged = lr
             break
         best = min(best, smoothed)
     return lrs, raw, losses, diverged
+
+
+def samples_scale(batch_size: int) -> int:
+    """How many times :data:`SWEEP_BATCHES` and :data:`PROBE_BATCHES` a sweep at ``batch_size``
+    runs, so that it sees as many samples as at :data:`REFERENCE_BATCH` (its EMA spans as many
+    samples too): one batch of 16 is too noisy a loss to tell a valley or a doubling from.
+
+    >>> samples_scale(16), samples_scale(128), samples_scale(512)
+    (8, 1, 1)
+    """
+    return max(1, round(REFERENCE_BATCH / max(int(batch_size), 1)))
 
 
 def _holds(start: float, probe: list[float], diverged: float | None, n_classes: int) -> bool:
@@ -182,6 +205,8 @@ def range_test(
     Returns:
         An :class:`LrChoice`.
     """
+    spec = resolve_batch_size(spec, data.n_train)[0]  # the batches fine-tuning will use
+    scale = samples_scale(int(spec.batch_size))
     name = str(spec.optimizer)
     lo, hi, low, high = RANGES[name]
     start = time.perf_counter()
@@ -190,7 +215,9 @@ def range_test(
     torch.manual_seed(int(seed))
     model.to(device).train()
     try:
-        run = {"device": device, "keeper": keeper, "seed": seed}
+        run = {"device": device, "keeper": keeper, "seed": seed, "smooth": SMOOTH ** (1 / scale)}
+        run["warm"] = scale
+        batches *= scale
         lrs, raw, losses, diverged = _sweep(
             model,
             data,
@@ -201,12 +228,14 @@ def range_test(
         )
         if not lrs:  # the very first batch failed
             return LrChoice(low, name, lo, diverged, [lo], [math.inf], time.perf_counter() - start)
-        at_min = lrs[min(range(len(losses)), key=losses.__getitem__)]
+        counted = range(min(scale, len(losses)) - 1, len(losses))  # as in _sweep
+        at_min = lrs[min(counted, key=losses.__getitem__)]
         end = lrs[-1] if diverged is None else diverged
         chosen = min(max(at_min / 10, end / 30, low), high)
         # A sweep's loss keeps falling on what earlier batches learnt, which can flatter a high
         # LR: train a few batches at the choice from the start and back off while it fails.
-        start_loss, retreated = sum(raw[:3]) / len(raw[:3]), []
+        first = raw[: 3 * scale]
+        start_loss, retreated = sum(first) / len(first), []
         for _ in range(RETREATS):
             model.load_state_dict(state)
             _, probe, _, broke = _sweep(
@@ -214,7 +243,7 @@ def range_test(
                 data,
                 spec,
                 **run,
-                batches=PROBE_BATCHES,
+                batches=PROBE_BATCHES * scale,
                 lr_at=lambda i, lr=chosen: lr,
                 stop_on_rise=False,
             )
@@ -227,4 +256,6 @@ def range_test(
         model.train(was_training)
         torch.set_rng_state(rng)
     seconds = time.perf_counter() - start
-    return LrChoice(chosen, name, at_min, diverged, lrs, losses, seconds, retreated)
+    found = LrChoice(chosen, name, at_min, diverged, lrs, losses, seconds, retreated)
+    found.probe_batches = PROBE_BATCHES * scale
+    return found

@@ -62,6 +62,7 @@ class RunResult:
     rewind: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     original: nn.Module | None = None  # the unpruned model, for timing exports against
     task: str = "classification"  # or "language_model": perplexity is the headline metric
+    batch_size: int | None = None  # the fine-tuning batch size used ("auto" resolved)
 
     def summary(self) -> dict:
         """The JSON-able part: measurements, records, notes and the typed flags."""
@@ -78,6 +79,7 @@ class RunResult:
             "physical": self.physical,
             "masks_only": self.masks_only,
             "allocation": self.allocation,
+            "batch_size": self.batch_size,
         }
 
 
@@ -254,4 +256,5 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
         masks=ctx.masks,
         original=original,
         task=ctx.data.task,
+        batch_size=int(ctx.recipe.finetune.batch_size),
     )

@@ -94,12 +94,32 @@ def check_lr(value: object) -> float | str:
     return float(value)
 
 
+def check_batch_size(value: object) -> int | str:
+    """A positive integer or ``"auto"`` (``batch_size.py`` chooses it from the dataset's size).
+
+    >>> check_batch_size("auto"), check_batch_size(64)
+    ('auto', 64)
+    >>> check_batch_size(0.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: finetune.batch_size must be a positive integer or "auto", got 0.5.
+    """
+    if value == "auto":
+        return "auto"
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(
+            f'finetune.batch_size must be a positive integer or "auto", got {value!r}.'
+        )
+    return int(value)
+
+
 @dataclass(frozen=True)
 class FinetuneSpec:
     """How to (re)train between and after pruning steps.
 
     ``lr="auto"`` (the default) runs an LR range test before the first fine-tuning
-    (``lr_range.py``); ``warmup`` is the share of the iterations over which the LR ramps up
+    (``lr_range.py``); ``batch_size="auto"`` (the default) gives an epoch at least 40 steps,
+    at most 128 a batch (``batch_size.py``); ``warmup`` is the share of the iterations over which the LR ramps up
     linearly before ``lr_schedule`` takes over; ``distill`` adds a loss toward the dense
     model's outputs (prune runs; null turns it off).
     """
@@ -107,7 +127,7 @@ class FinetuneSpec:
     epochs: int = 2
     lr: float | str = "auto"
     optimizer: str = "adamw"
-    batch_size: int = 128
+    batch_size: int | str = "auto"
     momentum: float = 0.9
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
@@ -120,7 +140,7 @@ class FinetuneSpec:
         integer(self.epochs, "finetune.epochs", 0)
         check_lr(self.lr)
         choice(self.optimizer, OPTIMIZERS, "finetune.optimizer")
-        integer(self.batch_size, "finetune.batch_size", 1)
+        check_batch_size(self.batch_size)
         number(self.momentum, "finetune.momentum", 0.0, 1.0)
         number(self.weight_decay, "finetune.weight_decay", 0.0, math.inf)
         choice(self.lr_schedule, LR_SCHEDULES, "finetune.lr_schedule")

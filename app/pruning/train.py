@@ -26,6 +26,7 @@ import copy
 import torch
 from torch import nn
 
+from app.pruning.batch_size import resolve_batch_size
 from app.pruning.data import ArrayDataset
 from app.pruning.distill import Distiller
 from app.pruning.lr_range import range_test
@@ -125,6 +126,7 @@ def fine_tune(
     n_epochs = int(spec.epochs if epochs is None else epochs)
     if n_epochs <= 0:
         return []
+    spec = resolve_batch_size(spec, data.n_train)[0]  # callers that record it resolve it first
     batch_size = int(spec.batch_size)
     if batch_size <= 0:
         raise ValueError(f"finetune.batch_size must be positive; got {batch_size}")

@@ -75,6 +75,7 @@ def _summary(recipe: Any, result: Any, started: str, artifacts: list[dict], **ex
         "task": result.task,
         "metric": "perplexity" if result.task == "language_model" else "accuracy",
         "allocation": result.allocation,
+        "batch_size": result.batch_size,  # finetune.batch_size "auto" resolved
         "artifacts": [{k: a[k] for k in ARTIFACT_KEYS if k in a} for a in artifacts],
         **extra,
     }

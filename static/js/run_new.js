@@ -7,7 +7,8 @@
   function $(name) { return form.elements[name]; }
   function csrf() { var m = document.querySelector("meta[name=csrf-token]"); return m ? m.content : ""; }
   function num(name) { var v = $(name).value; return v === "" ? null : Number(v); }
-  function lr() { var v = $("lr").value.trim(); if (v === "" || v === "auto") return "auto"; return isNaN(Number(v)) ? v : Number(v); }
+  // "auto" or a number; anything else goes as typed so the server's 422 names it
+  function numOrAuto(name) { var v = $(name).value.trim(); if (v === "" || v === "auto") return "auto"; return isNaN(Number(v)) ? v : Number(v); }
 
   function fillGranularities() {
     var sel = $("granularity"), keep = sel.value;
@@ -107,7 +108,7 @@
     var body = { kind: kind, name: $("name").value || (g + " " + pruning.criterion + " " + (pruning.sparsity || "")).trim(),
       model_id: Number($("model_id").value), dataset_id: $("dataset_id").value, pruning: pruning,
       schedule: { kind: $("schedule_kind").value, steps: num("steps") },
-      finetune: { epochs: num("epochs"), lr: lr(), optimizer: $("optimizer").value, batch_size: num("batch_size") },
+      finetune: { epochs: num("epochs"), lr: numOrAuto("lr"), optimizer: $("optimizer").value, batch_size: numOrAuto("batch_size") },
       seed: num("seed") || 0 };
     if (num("max_accuracy_drop") !== null) body.schedule.max_accuracy_drop = num("max_accuracy_drop");
     if (kind === "sensitivity") delete body.schedule;

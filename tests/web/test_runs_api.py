@@ -53,6 +53,17 @@ def test_create_persists_a_queued_run_and_the_dispatcher_starts_it(api, people) 
     assert api.app.state.dispatcher.runner.launched == [(body["id"], 1)]
 
 
+def test_the_batch_size_defaults_to_auto_and_an_integer_is_kept(api, people) -> None:
+    body = tiny_recipe(people["model_id"], finetune={"epochs": 1})
+    r = api.post("/api/runs", json=body, headers=people["alice"])
+    assert r.status_code == 201, r.text
+    assert r.json()["recipe"]["finetune"]["batch_size"] == "auto"
+    body = tiny_recipe(people["model_id"], finetune={"epochs": 1, "batch_size": 48})
+    r = api.post("/api/runs", json=body, headers=people["alice"])
+    assert r.status_code == 201, r.text
+    assert r.json()["recipe"]["finetune"]["batch_size"] == 48
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -128,6 +139,12 @@ def test_create_persists_a_queued_run_and_the_dispatcher_starts_it(api, people) 
         ({"schedule": {"kind": "sometimes"}}, "schedule.kind 'sometimes' is not one of"),
         ({"colour": "red"}, "unknown key 'colour' in the recipe"),
         ({"finetune": {"lr": "fast"}}, 'finetune.lr must be a positive number or "auto", got'),
+        (
+            {"finetune": {"batch_size": "big"}},
+            "finetune.batch_size must be a positive integer or \"auto\", got 'big'",
+        ),
+        ({"finetune": {"batch_size": 0}}, "finetune.batch_size must be a positive integer or"),
+        ({"finetune": {"batch_size": 32.5}}, "finetune.batch_size must be a positive integer or"),
     ],
 )
 def test_bad_recipes_are_422_sentences_naming_the_field(api, people, change, expected) -> None:
