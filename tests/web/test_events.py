@@ -90,7 +90,9 @@ def test_a_live_stream_sends_keepalives_and_closes_when_the_run_ends(api) -> Non
         run = make_run(s)
 
     def finish_later() -> None:
-        time.sleep(1.0)
+        # 3 s of pings at 0.2 s: the stream must be open before the run ends, even when a
+        # loaded machine takes a second or two to start the request (1 s failed under load)
+        time.sleep(3.0)
         with Session(api.app.state.engine) as s:
             store.add_event(s, run_id=run.id, type="progress", data={"fraction": 1.0})
             store.transition(s, run_id=run.id, from_=("queued",), to="cancelled")
