@@ -146,9 +146,7 @@ def run(arch: str, args: argparse.Namespace) -> None:
     budget_model = res.model.cpu().eval()
     rounding = {}
     if args.default_round_to:
-        rounding["round_to"] = default_multiple(
-            table_file.parent, model, runtime_timers(), budget=True
-        )[0]
+        rounding["round_to"] = default_multiple(table_file.parent, model, runtime_timers())[0]
         print(f"{arch:9s}   both runs with the measured default round_to {rounding['round_to']}")
     uniform = {"scope": "layerwise", "exclude": exclude, **rounding}
     spec = recipe({"sparsity": 0.5, **uniform}).pruning
