@@ -29,7 +29,6 @@ import argparse
 import ast
 import copy
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from app.pruning.data import ArrayDataset
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import apply_masks
 from app.pruning.pruning_spec import PruningSpec
+from benchmarks.one_shot_quality import _sentences as sentences
 
 METHODS = (  # label, criterion, scope, wanda_group
     ("magnitude global", "l1", "global", "row"),
@@ -66,18 +66,6 @@ class Logits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).logits
-
-
-def sentences(n: int, seed: int = 0) -> str:
-    rnd = random.Random(seed)
-    subj = ["the cat", "a dog", "my friend", "the old man", "a small bird", "her brother"]
-    verb = ["sees", "likes", "finds", "wants", "helps", "calls", "follows"]
-    obj = ["the ball", "a red apple", "the green house", "his sister", "a quiet river"]
-    adv = ["today", "again", "slowly", "at night", "in the park", "every morning"]
-    return "".join(
-        f"{rnd.choice(subj)} {rnd.choice(verb)} {rnd.choice(obj)} {rnd.choice(adv)}. "
-        for _ in range(n)
-    )
 
 
 def stdlib_docstrings() -> str:
