@@ -48,7 +48,7 @@ from app.pruning.masks.keeper import MaskKeeper, apply_masks
 from app.pruning.masks.plan import MaskPlan
 from app.pruning.notes import Note, add_notes
 from app.pruning.prune_step import BiasCare, recalibrate, refit, settle_structure, zero_structure
-from app.pruning.report import Report, ShouldStop, check_cancelled
+from app.pruning.report import ProgressThrottle, Report, ShouldStop, check_cancelled
 from app.pruning.spec import Recipe
 from app.pruning.train import fine_tune
 from app.pruning.train_state import BatchHook, EpochHook
@@ -137,8 +137,24 @@ class RunContext:
         self.remember_best(0)
 
     # -- pruning ----------------------------------------------------------------------------
-    def prune(self, target: float | None, *, step: int) -> dict:
-        """Compute and apply the masks for ``target``; returns the metrics before fine-tuning."""
+    def _refit_progress(self, step: int, span: tuple[float, float]):
+        """``progress(done, total, layer)`` for a layer-by-layer refit: the message names the
+        layer; the bar moves through ``span`` when no fine-tuning follows (else stays at its
+        start, where fine-tuning takes over)."""
+        throttle = ProgressThrottle(self.report)
+        width = span[1] - span[0] if int(self.recipe.finetune.epochs) == 0 else 0.0
+
+        def progress(done: int, total: int, layer: str) -> None:
+            check_cancelled(self.should_stop)
+            what = f"layer {done + 1} of {total} ({layer})" if layer else "done"
+            fraction = span[0] + width * done / max(total, 1)
+            throttle(fraction, f"step {step}: SparseGPT {what}")
+
+        return progress
+
+    def prune(self, target: float | None, *, step: int, span: tuple[float, float] = (0, 0)) -> dict:
+        """Compute and apply the masks for ``target``; returns the metrics before fine-tuning.
+        A layer-by-layer refit (SparseGPT) reports its progress within ``span`` of the run."""
         check_cancelled(self.should_stop)
         plan = compute_masks(
             self.model,
@@ -161,6 +177,7 @@ class RunContext:
             step=step,
             device=self.device,
             notes=self.notes,
+            progress=self._refit_progress(step, span),
         )
         apply_masks(self.model, plan)  # the plan: its extras (bias, BN) too
         self.keeper = MaskKeeper(self.model, plan)

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, fx, nn
@@ -61,12 +62,16 @@ def refit(
     step: int,
     device: str,
     notes: list[Note],
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> list[dict]:
     """``reconstruction`` (ThiNet): re-fit every layer that lost input channels by least
-    squares on calibration data, before the masks zero them; noted with the errors."""
+    squares on calibration data, before the masks zero them; noted with the errors.
+    ``progress`` follows SparseGPT's layer-by-layer pass (``sparsegpt_update``)."""
     spec = recipe.pruning
     if spec.criterion == "sparsegpt":
-        return sparsegpt_step(model, plan, data, recipe, step=step, device=device, notes=notes)
+        return sparsegpt_step(
+            model, plan, data, recipe, step=step, device=device, notes=notes, progress=progress
+        )
     if spec.criterion != "reconstruction" or not plan.channels:
         return []
     errors = refit_layers(
@@ -140,6 +145,7 @@ def sparsegpt_step(
     step: int,
     device: str,
     notes: list[Note],
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> list[dict]:
     """``sparsegpt``: prune each layer with SparseGPT's weight update before the masks are
     applied (``plan.masks`` become the masks it chose, with the same counts); noted with the
@@ -153,6 +159,7 @@ def sparsegpt_step(
         batches=spec.calibration_batches,
         device=device,
         seed=int(recipe.seed),
+        progress=progress,
     )
     if errors:
         notes.append(info(update_note(step, errors)))

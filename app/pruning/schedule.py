@@ -86,7 +86,7 @@ def _run_stepwise(ctx: RunContext) -> None:
     for k in range(ctx.start_step + 1, n + 1):
         target = plan_targets[k - 1]
         span = ((k - 1) / n, k / n)
-        before = ctx.prune(target, step=k)
+        before = ctx.prune(target, step=k, span=span)
         ctx.finetune(step=k, span=span)
         after = ctx.measure_after()
         ctx.record_step(k, target, before, after)

@@ -35,6 +35,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -212,6 +214,7 @@ def sparsegpt_update(
     batches: int = 4,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> list[RefitError]:
     """Prune and update every layer of ``masks`` that loses weights, in forward order.
 
@@ -224,16 +227,24 @@ def sparsegpt_update(
         masks: layer -> the plan's keep-mask.
         data: calibration data; nm: the N:M pattern of an ``nm`` plan (None: element).
         batches, device, seed: calibration budget.
+        progress: called as ``progress(done, total, layer)`` before each layer (one
+            calibration pass each: minutes on a large model), and ``(total, total, "")`` at
+            the end.
 
     Returns:
         One :class:`RefitError` per layer: the relative output error on calibration inputs
         with the weights only masked (``before``) and after the update (``after``).
     """
     done = []
-    for name, layer in model.named_modules():
-        keep = masks.get(name)
-        if keep is None or bool(keep.all()) or not supported(layer):
-            continue
+    todo = [
+        (name, layer)
+        for name, layer in model.named_modules()
+        if masks.get(name) is not None and not bool(masks[name].all()) and supported(layer)
+    ]
+    for i, (name, layer) in enumerate(todo):
+        if progress is not None:
+            progress(i, len(todo), name)
+        keep = masks[name]
         ctx = ScoreContext(
             model, {name: layer}, "element", data, torch.device(device), (2, 4), seed, batches
         )
@@ -256,6 +267,8 @@ def sparsegpt_update(
             layer.weight.copy_(new.reshape(shape).to(layer.weight))
         masks[name] = new_keep.reshape(shape).contiguous()
         done.append(RefitError(name, before, after))
+    if progress is not None:
+        progress(len(todo), len(todo), "")
     return done
 
 
