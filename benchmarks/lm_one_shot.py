@@ -44,6 +44,7 @@ from app.pruning.data import ArrayDataset
 from app.pruning.masks.compute import compute_masks
 from app.pruning.masks.keeper import apply_masks
 from app.pruning.pruning_spec import PruningSpec
+from benchmarks.anchor_models import Logits
 from benchmarks.one_shot_quality import _sentences as sentences
 
 METHODS = (  # label, criterion, scope, wanda_group
@@ -55,17 +56,6 @@ METHODS = (  # label, criterion, scope, wanda_group
 )
 LEVELS = (("50%", "element", 0.5), ("2:4", "nm", None))
 EVAL_SEQUENCES = 256
-
-
-class Logits(nn.Module):
-    """Token ids in, ``[batch, length, 256]`` logits out (a causal LM as people export it)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).logits
 
 
 def stdlib_docstrings() -> str:

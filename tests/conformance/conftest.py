@@ -15,19 +15,9 @@ import torch
 from torch import nn
 
 from app.zoo import build
+from tests.factories import Logits
 
 torch.set_num_threads(1)
-
-
-class Logits(nn.Module):
-    """A ``transformers`` model as people export it: a tensor in, the logits out."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).logits
 
 
 @dataclass(frozen=True)

@@ -14,29 +14,17 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from sqlmodel import Session
-from torch import nn
 
 from app.config import Settings
 from app.main import create_app
 from app.modelio.text_corpus import text_dataset
 from app.pruning.spec import FinetuneSpec
 from app.pruning.train import train
-from tests.factories import make_user, wait_for_run
+from tests.factories import Logits, make_user, wait_for_run
 
 torch.set_num_threads(1)
 SENTENCES = ("the cat sat on the mat. ", "a dog ran in the park. ", "birds sing at dawn. ")
 SEQ_LEN = 32
-
-
-class Logits(nn.Module):
-    """A causal LM as people export it: token ids in, ``[batch, length, vocab]`` logits out."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).logits
 
 
 def _text() -> str:

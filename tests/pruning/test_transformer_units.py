@@ -19,17 +19,9 @@ from app.pruning.pruning_spec import PruningSpec
 from app.pruning.spec import Recipe
 from app.pruning.structural.rebuild import architecture_config, rebuild
 from app.pruning.structural.transformer import attention_layers, mlp_layers, shrink
+from tests.factories import Logits
 
 VOCAB, HIDDEN = 32, 16
-
-
-class Logits(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).logits
 
 
 def _bert(labels: int = 3) -> nn.Module:
