@@ -6,6 +6,7 @@ Pure functions over plain dicts (no I/O), like :mod:`app.web.charts`. A run summ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from app.web.chart_style import (
@@ -85,6 +86,19 @@ def overview_scatter(runs: list[dict]) -> dict:
     return fig
 
 
+def _log_range(xs: list[float]) -> list[float]:
+    """The log10 range of a compression axis: from 1x (dense) to past the largest, at least
+    to 2x, so one point or a tight cluster does not stretch the axis to odd fractions.
+
+    Example:
+        >>> [round(v, 3) for v in _log_range([1.61, 1.94])]
+        [-0.02, 0.402]
+    """
+    lo = min([1.0, *(x for x in xs if x > 0)])
+    hi = max([2.0, *(x * 1.3 for x in xs)])
+    return [math.log10(lo) - 0.02, math.log10(hi)]
+
+
 def _overview_points(pts: list[dict], metric: str) -> dict:
     grans = sorted({r.get("granularity") or "?" for r in pts})
     data = []
@@ -137,7 +151,10 @@ def _overview_points(pts: list[dict], metric: str) -> dict:
         height=420,
     )
     quality_axis(layout, metric)
-    layout["xaxis"] |= {"type": "log"}
+    layout["xaxis"] |= {
+        "type": "log",
+        "range": _log_range([r["final"]["compression"] for r in pts]),
+    }
     legend = ", ".join(f"{SYMBOLS[i % 8]} = {g}" for i, g in enumerate(grans))
     layout["annotations"] = [
         {

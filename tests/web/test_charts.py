@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -194,6 +195,15 @@ def test_overview_colours_by_criterion_and_marks_granularity_and_run_ids() -> No
     assert l1["customdata"] == [1, 3]
     assert l1["marker"]["symbol"][0] != l1["marker"]["symbol"][1]
     assert front["x"] == [2, 5] and front["y"] == [0.95, 0.9]
+    lo, hi = fig["layout"]["xaxis"]["range"]  # log10: from just under 1x to past the largest
+    assert lo < 0 < math.log10(5) < hi
+
+
+def test_one_run_does_not_stretch_the_overview_axis_below_dense() -> None:
+    run = {"id": 1, "name": "a", "criterion": "l1", "granularity": "element"}
+    fig = charts_runs.overview_scatter([run | {"final": {"compression": 1.61, "accuracy": 0.7}}])
+    lo, hi = fig["layout"]["xaxis"]["range"]
+    assert -0.1 < lo < 0 and math.log10(2) <= hi < 0.5  # 1x to 2x, not 0.2x to 10x
 
 
 def test_best_cells_pick_highest_accuracy_and_lowest_latency() -> None:
