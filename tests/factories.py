@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 from sqlmodel import Session
-from torch import Tensor, nn
 
 from app import store
 from app.config import Settings
@@ -176,14 +175,3 @@ def wait_for_run(client: Any, headers: dict, run_id: int, timeout: float = 240) 
             return run
         time.sleep(0.5)
     raise AssertionError(f"run {run_id} did not finish: {run}")
-
-
-class Logits(nn.Module):
-    """A ``transformers`` model as people export it: a tensor in, the logits out."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x).logits

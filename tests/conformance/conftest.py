@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from app.zoo import build
-from tests.factories import Logits
+from tests.hf_models import Logits
 
 torch.set_num_threads(1)
 

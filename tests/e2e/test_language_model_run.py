@@ -20,7 +20,8 @@ from app.main import create_app
 from app.modelio.text_corpus import text_dataset
 from app.pruning.spec import FinetuneSpec
 from app.pruning.train import train
-from tests.factories import Logits, make_user, wait_for_run
+from tests.factories import make_user, wait_for_run
+from tests.hf_models import Logits
 
 torch.set_num_threads(1)
 SENTENCES = ("the cat sat on the mat. ", "a dog ran in the park. ", "birds sing at dawn. ")

@@ -19,7 +19,7 @@ from app.pruning.pruning_spec import PruningSpec
 from app.pruning.spec import Recipe
 from app.pruning.structural.rebuild import architecture_config, rebuild
 from app.pruning.structural.transformer import attention_layers, mlp_layers, shrink
-from tests.factories import Logits
+from tests.hf_models import Logits
 
 VOCAB, HIDDEN = 32, 16
 
