@@ -66,13 +66,19 @@ def as_number(value: Any) -> float | None:
 
 
 def fmt_metric(key: str, value: Any) -> str:
-    """A metric value as the tables show it."""
+    """A metric value as the tables show it (a speed-up's verdict as its words).
+
+    >>> fmt_metric("measured_speedup", 3.214), fmt_metric("measured_speedup", "no measurable speed-up")
+    ('3.21x', 'no measurable speed-up')
+    """
+    if key.startswith("measured_speedup") and isinstance(value, str) and value:
+        return value
     v = as_number(value)
     if v is None:
         return "—"
     if key in ("accuracy", "val_accuracy", "sparsity"):
         return f"{v:.2%}"
-    if key == "compression":
+    if key == "compression" or key.startswith("measured_speedup"):
         return f"{v:.2f}x"
     if key in ("loss", "latency_ms", "perplexity", "val_perplexity"):
         return f"{v:.4g}"

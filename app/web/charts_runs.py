@@ -33,18 +33,48 @@ FINAL_COLUMNS = (
     ("sparsity", "sparsity", True),
     ("flops", "FLOPs", False),
     ("sparse_size_bytes", "sparse size (bytes)", False),
-    ("latency_ms", "latency (ms, batch 1)", False),
+    ("latency_ms", "latency (ms, batch 1, at the run's load)", False),
 )
+# a run's own speed-up: pruned vs its original timed side by side in the same run (the load
+# cancels); raw latencies of runs timed at different times do not compare
+SPEEDUP_COLUMNS = {
+    "speedup": ("measured_speedup", "speed-up (PyTorch, vs its original)", True),
+    "speedup_onnx": ("measured_speedup_onnx", "speed-up (ONNX Runtime, vs its original)", True),
+}
 
 
 def columns_for(runs: list[dict]) -> tuple[tuple[str, str, bool], ...]:
     """The compare table's columns: perplexity first when any run is a language model (whose
     accuracy is next-token accuracy)."""
+    timed = tuple(
+        col
+        for block, col in SPEEDUP_COLUMNS.items()
+        if any(block in r.get("final", {}) for r in runs)
+    )
     if not any(is_language_model(r) for r in runs):
-        return FINAL_COLUMNS
+        return FINAL_COLUMNS + timed
     label = "next-token accuracy" if all(is_language_model(r) for r in runs) else "accuracy"
     rest = tuple((k, label if k == "accuracy" else lab, h) for k, lab, h in FINAL_COLUMNS)
-    return (PERPLEXITY_COLUMN, *rest)
+    return (PERPLEXITY_COLUMN, *rest, *timed)
+
+
+def with_speedups(final: dict) -> dict:
+    """``final`` plus the large-batch speed-up of each runtime that timed the run
+    (``measured_speedup``, ``measured_speedup_onnx``): a number, or the verdict when the
+    intervals overlapped ("no measurable speed-up").
+
+    >>> rows = [{"batch": 256, "speedup": None, "verdict": "no measurable speed-up"}]
+    >>> with_speedups({"speedup": {"rows": rows}})["measured_speedup"]
+    'no measurable speed-up'
+    """
+    out = dict(final)
+    for block, (key, _, _) in SPEEDUP_COLUMNS.items():
+        rows = (final.get(block) or {}).get("rows") if isinstance(final.get(block), dict) else None
+        if rows:
+            last = rows[-1]
+            number = as_number(last.get("speedup"))
+            out[key] = number if number is not None else str(last.get("verdict") or "")
+    return out
 
 
 def pareto_front(

@@ -180,6 +180,7 @@ def compare_context(session: Session, ids: list[int]) -> dict:
     runs = []
     for run in store.runs_by_ids(session, ids=ids):
         r = run_summary(run)
+        r["final"] = charts_runs.with_speedups(r["final"])
         r["steps"] = views.run_steps(session, run_id=run.id)
         r["layers"] = views.run_layers(session, run_id=run.id)
         r["curve"] = views.run_curve(session, run_id=run.id)

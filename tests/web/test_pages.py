@@ -186,6 +186,31 @@ def test_compare_marks_the_best_cell_and_lists_its_runs(client: TestClient, lab:
     assert len(h.json()["data"]) == 2
 
 
+def test_compare_shows_each_runs_own_speedup_not_raw_latency_alone(
+    client: TestClient, lab: dict, db_session: Session
+) -> None:
+    """Runs timed at different loads compare by their side-by-side speed-up, and an overlap
+    reads as words, never as a number."""
+    timed = {"median_ms": 2.0, "iqr_ms": 0.1}
+    blocks = {
+        lab["a"]: {"batch": 256, "dense": timed, "pruned": timed, "speedup": 2.514, "verdict": ""},
+        lab["b"]: {"batch": 256, "speedup": None, "verdict": "no measurable speed-up"},
+    }
+    for run_id, row in blocks.items():
+        run = db_session.get(Run, run_id)
+        run.final = {**run.final, "speedup": {"runtime": "pytorch", "rows": [row]}}
+        db_session.add(run)
+    db_session.commit()
+    r = client.get(f"/compare?runs={lab['a']},{lab['b']}", headers=lab["h"])
+    labels = [label for _, label, _ in r.context["columns"]]
+    assert "speed-up (PyTorch, vs its original)" in labels
+    assert "speed-up (ONNX Runtime, vs its original)" not in labels  # no run timed it there
+    row_a = r.text.split(f'data-run-id="{lab["a"]}"')[1].split("</tr>")[0]
+    row_b = r.text.split(f'data-run-id="{lab["b"]}"')[1].split("</tr>")[0]
+    assert "2.51x" in row_a and "no measurable speed-up" in row_b
+    assert "measured_speedup" not in r.context["best"]  # one number: no best to mark
+
+
 @pytest.mark.parametrize("runs", ["1", "1,x", "1,2,3,4,5,6,7"])
 def test_compare_refuses_bad_run_lists_with_a_sentence(
     client: TestClient, lab: dict, runs: str
