@@ -229,9 +229,8 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
     """Histograms, the final model and its measurements, as a :class:`RunResult`."""
     after_finetune = prunable_weights(ctx.model)
     thresholds = {} if ctx.plan is None else dict(ctx.plan.thresholds)
-    hists = histograms(
-        ctx.hist_before, ctx.hist_after_prune or after_finetune, after_finetune, thresholds
-    )
+    tuned = after_finetune if ctx.curve else None  # no epoch ran: no "after fine-tuning" phase
+    hists = histograms(ctx.hist_before, ctx.hist_after_prune or after_finetune, tuned, thresholds)
     original = None
     if ctx.latency and ctx.masks is not None:
         original = original_model(ctx, ctx.model)

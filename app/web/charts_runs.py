@@ -282,7 +282,8 @@ def compare_layer_sparsity(runs: list[dict]) -> dict:
 
 
 def compare_histograms(runs: list[dict], *, layer: str, phase: str = "after_finetune") -> dict:
-    """The same layer's weight histogram across runs (each run on its own bins)."""
+    """The same layer's weight histogram across runs (each run on its own bins), in ``phase``;
+    a run without that phase (no fine-tuning epoch) shows its last, named in its legend."""
     data = []
     for i, r in enumerate(runs):
         rows = [h for h in r.get("histograms") or [] if h["layer"] == layer and h.get("edges")]
@@ -293,7 +294,8 @@ def compare_histograms(runs: list[dict], *, layer: str, phase: str = "after_fine
         data.append(
             {
                 "type": "bar",
-                "name": f"#{r['id']} {r['name']}",
+                "name": f"#{r['id']} {r['name']}"
+                + ("" if row["phase"] == phase else f" ({PHASE_LABELS.get(row['phase'])})"),
                 "opacity": 0.55,
                 "x": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)],
                 "width": [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)],

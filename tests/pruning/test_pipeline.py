@@ -95,6 +95,17 @@ def test_a_run_records_baseline_steps_layers_histograms_and_curve() -> None:
     assert not result.physical
 
 
+def test_a_run_without_fine_tuning_has_no_after_fine_tuning_histogram() -> None:
+    result = run_recipe(
+        recipe(ELEMENT, finetune={**FAST, "epochs": 0}),
+        trained("mlp"),
+        load_digits(),
+        latency=False,
+    )
+    assert result.curve == []
+    assert {h["phase"] for h in result.histograms} == {"before", "after_prune"}
+
+
 def test_fine_tuning_recovers_accuracy_lost_by_pruning() -> None:
     result = run_recipe(
         recipe({**ELEMENT, "sparsity": 0.95}), trained("mlp"), load_digits(), latency=False

@@ -247,3 +247,15 @@ def test_sensitivity_allocation_takes_the_highest_sparsity_within_the_drop() -> 
 def test_figures_are_plain_json() -> None:
     fig = charts_layers.sparsity_heatmap(_layers(2, 2))
     assert json.loads(json.dumps(fig)) == fig
+
+
+def test_compare_histograms_name_a_run_shown_in_another_phase() -> None:
+    """A run without fine-tuning has no "after fine-tuning" histogram: it shows its weights
+    after pruning, and its legend entry says so."""
+    row = {"layer": "fc", "edges": [0.0, 0.5, 1.0], "counts": [3, 4]}
+    runs = [
+        {"id": 1, "name": "tuned", "histograms": [{**row, "phase": "after_finetune"}]},
+        {"id": 2, "name": "one-shot", "histograms": [{**row, "phase": "after_prune"}]},
+    ]
+    fig = charts_runs.compare_histograms(runs, layer="fc")
+    assert [t["name"] for t in fig["data"]] == ["#1 tuned", "#2 one-shot (after thresholding)"]
