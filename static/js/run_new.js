@@ -66,7 +66,10 @@
     var prune = $("kind").value !== "train";
     form.querySelector("[data-section=pruning]").disabled = !prune;
     form.querySelector("[data-section=schedule]").disabled = $("kind").value !== "prune";
+    // one prune step whatever "steps" says: the field is hidden and not sent
+    form.querySelector("[data-show=steps]").hidden = ONE_STEP.indexOf($("schedule_kind").value) >= 0;
   }
+  var ONE_STEP = ["oneshot", "at_init", "retrain"];
 
   // The targets come from the server (GET /api/schedule/preview, the engine's
   // schedule_targets), so the preview is exactly what the run will do.
@@ -107,9 +110,10 @@
     else pruning.sparsity = num("sparsity");
     var body = { kind: kind, name: $("name").value || (g + " " + pruning.criterion + " " + (pruning.sparsity || "")).trim(),
       model_id: Number($("model_id").value), dataset_id: $("dataset_id").value, pruning: pruning,
-      schedule: { kind: $("schedule_kind").value, steps: num("steps") },
+      schedule: { kind: $("schedule_kind").value },
       finetune: { epochs: num("epochs"), lr: numOrAuto("lr"), optimizer: $("optimizer").value, batch_size: numOrAuto("batch_size") },
       seed: num("seed") || 0 };
+    if (!form.querySelector("[data-show=steps]").hidden) body.schedule.steps = num("steps");
     if (num("max_accuracy_drop") !== null) body.schedule.max_accuracy_drop = num("max_accuracy_drop");
     if (kind === "sensitivity") delete body.schedule;
     return body;
@@ -152,7 +156,7 @@
     var p = body.pruning;
     if (p.sparsity !== undefined && !(p.sparsity >= 0 && p.sparsity < 1)) return [{ loc: ["pruning", "sparsity"], msg: "pruning.sparsity must be a number in [0, 1)." }];
     if (p.threshold !== undefined && !(p.threshold >= 0)) return [{ loc: ["pruning", "threshold"], msg: "pruning.threshold must be a number >= 0." }];
-    if (body.schedule && !(body.schedule.steps >= 1)) return [{ loc: ["schedule", "steps"], msg: "schedule.steps must be an integer >= 1." }];
+    if (body.schedule && body.schedule.steps !== undefined && !(body.schedule.steps >= 1)) return [{ loc: ["schedule", "steps"], msg: "schedule.steps must be an integer >= 1." }];
     return null;
   }
 
@@ -196,6 +200,7 @@
     $("granularity").addEventListener("change", toggleTargets);
     $("target_mode").addEventListener("change", toggleTargets);
     $("kind").addEventListener("change", toggleTargets);
+    $("schedule_kind").addEventListener("change", toggleTargets);
     $("model_id").addEventListener("change", fillLayers);
     $("exclude").addEventListener("change", countExcluded);
     ["sparsity", "steps", "schedule_kind"].forEach(function (n) { $(n).addEventListener("input", drawSchedule); $(n).addEventListener("change", drawSchedule); });

@@ -89,7 +89,9 @@ def test_a_causal_lm_runs_sparsegpt_2_4_from_the_form_and_shows_perplexity(
     assert not page.is_visible("select[name=wanda_group]")
     assert page.is_visible("input[name=calibration_batches]")
     page.fill("input[name=name]", "llama sparsegpt 2:4")
+    assert page.is_visible("input[name=steps]")  # iterative: several prune steps
     page.select_option("select[name=schedule_kind]", "oneshot")
+    assert not page.is_visible("input[name=steps]")  # one step: the field would mean nothing
     page.fill("input[name=epochs]", "0")
     page.click("#run-submit")
     page.wait_for_url(RUN_PAGE, timeout=20_000)
