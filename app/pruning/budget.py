@@ -35,13 +35,20 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from app.pruning.budget_alloc import allocate
 from app.pruning.budget_search import TOLERANCE, choose, distance, search
 from app.pruning.budget_spec import describe
-from app.pruning.budget_table import PROBES, allocated, kind_of, layer_table, metric, pruned_copy
+from app.pruning.budget_table import (
+    PROBES,
+    allocated,
+    clock,
+    kind_of,
+    layer_table,
+    metric,
+    pruned_copy,
+)
 from app.pruning.data import ArrayDataset
 from app.pruning.latency import model_ratios, time_models
 from app.pruning.measure import batch_of
@@ -59,12 +66,6 @@ def paired_ratios(models: list[nn.Module], x: Tensor) -> list[float]:
     """Each model's latency over the first's: medians of ratios timed in pairs (in CPU time
     with one thread: the time other processes hold the core does not count)."""
     return [t.median_ms for t in model_ratios(models, x, budget_s=0.75 * len(models))]
-
-
-def clock() -> str:
-    """Which clock latency budgets are timed with now: ``"cpu"`` (the calling thread's CPU
-    time, with one intra-op thread) or ``"wall"``."""
-    return "cpu" if torch.get_num_threads() == 1 else "wall"
 
 
 def original_ms(model: nn.Module, x: Tensor) -> float:
