@@ -6,7 +6,8 @@ BN and depthwise chains) or a layer of its own. Probing a residual layer alone w
 nothing (its channels cannot go without the rest of the stream), so each group is pruned as a
 whole to every sparsity in ``PROBES`` and measured: the latency saved at the budget's batch
 (the modules the removal reshapes, timed dense and at every probe in one round-robin with the
-whole original, as a share of its latency), the parameters or MACs of the pruned model, and
+whole original, as a share of its latency; in CPU time with one thread, :func:`clock`), the
+parameters or MACs of the pruned model, and
 its test-accuracy drop without fine-tuning, after re-estimating BatchNorm statistics on
 training batches as the run itself does after each prune step (``bn_recalibrate``). Without
 that step the stale statistics dominate the drop, and a group whose damage one pass of
@@ -47,8 +48,15 @@ from app.pruning.structural.coupling import coupled_layers
 from app.pruning.structural.remove import physical_prune
 
 PROBES = (0.25, 0.5, 0.75, 0.9)  # group sparsities measured; 0.9 is the most a budget prunes
-TABLE_VERSION = "groups-v3"  # v1: single layers; v2: drops without BatchNorm re-estimation
+TABLE_VERSION = "groups-v4"  # v1: single layers; v2: stale BatchNorm; v3: wall clock always
 BN_BATCHES, BN_BATCH_SIZE = 4, 128  # the run's BN_SAMPLES (512) training samples
+
+
+def clock() -> str:
+    """Which clock latency budgets are timed with: ``"cpu"`` (the calling thread's CPU time,
+    with one intra-op thread: the time other processes hold the core does not count) or
+    ``"wall"`` (more threads: the workers' time is not the caller's)."""
+    return "cpu" if torch.get_num_threads() == 1 else "wall"
 
 
 def kind_of(target: dict) -> str:
@@ -92,7 +100,7 @@ def metric(
     if kind == "flops":
         return float(count_flops(model, data.sample_batch(1))[1])
     x = batch_of(data, int(target.get("batch", 1)))
-    t_dense, t_model = time_models([dense, model], x, budget_s=budget_s)
+    t_dense, t_model = time_models([dense, model], x, budget_s=budget_s, cpu=clock() == "cpu")
     if dense_value is None:
         return t_model.median_ms
     return dense_value * t_model.median_ms / t_dense.median_ms
@@ -192,7 +200,7 @@ def _values(
     runs = [_modules_run(m, changed, s, batch) for m, s in zip((dense, *smalls), seen, strict=True)]
     with torch.inference_mode():
         t_model, t_dense, *timings = time_interleaved(
-            [lambda: dense(x), *runs], budget_s=0.25 * (len(smalls) + 2)
+            [lambda: dense(x), *runs], budget_s=0.25 * (len(smalls) + 2), cpu=clock() == "cpu"
         )
     return [
         base - base * max(0.0, t_dense.median_ms - t.median_ms) / t_model.median_ms for t in timings

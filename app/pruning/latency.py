@@ -38,6 +38,7 @@ MIN_REPEATS = 7
 MAX_REPEATS = 1000
 TARGET_CI = 0.05  # stop once every median's 95% CI half-width is within 5% of it
 MIN_CI_REPEATS = 12  # fewer samples give an interval as wide as their range
+RATIO_CI = 0.02  # a paired ratio's 95% CI half-width: a budget's band is 10% wide
 
 
 @dataclass(frozen=True)
@@ -114,23 +115,22 @@ def _stable(samples: list[list[float]], target_ci: float) -> bool:
     return all(len(s) >= MIN_CI_REPEATS and median_ci_rel(s) <= target_ci for s in samples)
 
 
-def time_interleaved(
+def _round_robin(
     fns: list[Callable[[], object]],
     *,
-    budget_s: float = 0.5,
-    threads: int | None = None,
-    sync: Callable[[], None] = lambda: None,
-    min_repeats: int = MIN_REPEATS,
-    target_ci: float = TARGET_CI,
-) -> list[Timing]:
-    """One :class:`Timing` per callable, timed round-robin after two warm-up calls each.
-
-    Each round times one block of every callable (the order rotates every round); rounds go
-    on until every median's 95% interval is within ``target_ci`` of it or ``budget_s`` is
-    spent (at least ``min_repeats`` rounds, at most ``MAX_REPEATS``). ``target_ci=0`` times
-    for the whole ``budget_s``.
-    """
+    budget_s: float,
+    threads: int | None,
+    sync: Callable[[], None],
+    min_repeats: int,
+    done: Callable[[list[list[float]]], bool],
+    cpu: bool = False,
+) -> tuple[list[list[float]], int]:
+    """Milliseconds per call of each callable, one block of each per round (the order rotates
+    every round), until ``done(samples)``, ``budget_s`` or ``MAX_REPEATS`` (at least
+    ``min_repeats`` rounds); and the thread count used. ``cpu``: the blocks are timed in the
+    calling thread's CPU time (the time limit stays wall-clock)."""
     with fixed_threads(threads) as n_threads:
+        clock = time.thread_time if cpu else time.perf_counter
         numbers = []
         for fn in fns:
             fn(), fn()
@@ -144,20 +144,108 @@ def time_interleaved(
         deadline = time.perf_counter() + budget_s
         rounds = 0
         while rounds < min_repeats or (
-            time.perf_counter() < deadline
-            and rounds < MAX_REPEATS
-            and not (target_ci > 0 and _stable(samples, target_ci))
+            time.perf_counter() < deadline and rounds < MAX_REPEATS and not done(samples)
         ):
             order = list(range(len(fns)))
             order = order[rounds % len(fns) :] + order[: rounds % len(fns)]
             for i in order:
-                start = time.perf_counter()
+                start = clock()
                 for _ in range(numbers[i]):
                     fns[i]()
                 sync()
-                samples[i].append((time.perf_counter() - start) * 1000.0 / numbers[i])
+                samples[i].append((clock() - start) * 1000.0 / numbers[i])
             rounds += 1
+    return samples, n_threads
+
+
+def time_interleaved(
+    fns: list[Callable[[], object]],
+    *,
+    budget_s: float = 0.5,
+    threads: int | None = None,
+    sync: Callable[[], None] = lambda: None,
+    min_repeats: int = MIN_REPEATS,
+    target_ci: float = TARGET_CI,
+    cpu: bool = False,
+) -> list[Timing]:
+    """One :class:`Timing` per callable, timed round-robin after two warm-up calls each.
+
+    Each round times one block of every callable (the order rotates every round); rounds go
+    on until every median's 95% interval is within ``target_ci`` of it or ``budget_s`` is
+    spent (at least ``min_repeats`` rounds, at most ``MAX_REPEATS``). ``target_ci=0`` times
+    for the whole ``budget_s``. ``cpu``: in the calling thread's CPU time (see
+    :func:`time_ratios`).
+    """
+    samples, n_threads = _round_robin(
+        fns,
+        budget_s=budget_s,
+        threads=threads,
+        sync=sync,
+        min_repeats=min_repeats,
+        done=lambda s: target_ci > 0 and _stable(s, target_ci),
+        cpu=cpu,
+    )
     return [_summary(s, n_threads) for s in samples]
+
+
+def _paired(samples: list[list[float]]) -> list[list[float]]:
+    """Each callable after the first: its time over the first's in the same round."""
+    return [[t / d for t, d in zip(s, samples[0], strict=False)] for s in samples[1:]]
+
+
+def time_ratios(
+    fns: list[Callable[[], object]],
+    *,
+    budget_s: float = 1.0,
+    threads: int | None = None,
+    sync: Callable[[], None] = lambda: None,
+    target_ci: float = RATIO_CI,
+    cpu: bool | None = None,
+) -> list[Timing]:
+    """For each callable after the first, the median over rounds of its time divided by the
+    first's time in the same round (a :class:`Timing` of ratios, not milliseconds).
+
+    With one thread (``cpu=None``) or ``cpu=True``, each call is timed in the calling
+    thread's CPU time: on a machine shared with other processes, the time they hold the cores
+    counts in wall time and not in CPU time. On this 2-core machine under load 4-6, the
+    pruned/original ratio of the same pair spread by 25-30% over six 1-second wall-clock
+    timings (ratio of medians or median of paired ratios alike) and by 3-6% in CPU time.
+    With more threads the workers' time is not the calling thread's, so wall time is used;
+    pairs timed a few milliseconds apart still see much the same load.
+    Rounds go on until every ratio's 95% interval is within ``target_ci`` or ``budget_s``.
+
+    Example:
+        >>> r = time_ratios([lambda: sum(range(2000)), lambda: sum(range(1000))], budget_s=0.1)
+        >>> 0.2 < r[0].median_ms < 1.5
+        True
+    """
+    samples, n_threads = _round_robin(
+        fns,
+        budget_s=budget_s,
+        threads=threads,
+        sync=sync,
+        min_repeats=MIN_CI_REPEATS,
+        done=lambda s: _stable(_paired(s), target_ci),
+        cpu=cpu if cpu is not None else int(threads or torch.get_num_threads()) == 1,
+    )
+    return [_summary(r, n_threads) for r in _paired(samples)]
+
+
+@contextmanager
+def _calls(models: list[nn.Module], x: torch.Tensor, device: str) -> Iterator[tuple]:
+    """``(callables running model(x) in inference mode, sync)``; training modes restored."""
+    dev = torch.device(device)
+    x = x.to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        with torch.inference_mode():
+            yield [(lambda m=m: m(x)) for m in models], sync
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
 
 
 def time_models(
@@ -167,21 +255,27 @@ def time_models(
     device: str = "cpu",
     budget_s: float = 0.5,
     threads: int | None = None,
+    cpu: bool = False,
 ) -> list[Timing]:
-    """Interleaved :class:`Timing` of ``model(x)`` for each model, in eval and inference mode."""
-    dev = torch.device(device)
-    x = x.to(dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        with torch.inference_mode():
-            fns = [(lambda m=m: m(x)) for m in models]
-            return time_interleaved(fns, budget_s=budget_s, threads=threads, sync=sync)
-    finally:
-        for m, mode in zip(models, modes, strict=True):
-            m.train(mode)
+    """Interleaved :class:`Timing` of ``model(x)`` for each model, in eval and inference mode
+    (``cpu``: in the calling thread's CPU time)."""
+    with _calls(models, x, device) as (fns, sync):
+        return time_interleaved(fns, budget_s=budget_s, threads=threads, sync=sync, cpu=cpu)
+
+
+def model_ratios(
+    models: list[nn.Module],
+    x: torch.Tensor,
+    *,
+    device: str = "cpu",
+    budget_s: float = 1.0,
+    threads: int | None = None,
+) -> list[Timing]:
+    """:func:`time_ratios` of ``model(x)``: each model after the first over the first (in CPU
+    time with one thread on the CPU, else wall time)."""
+    cpu = None if torch.device(device).type == "cpu" else False
+    with _calls(models, x, device) as (fns, sync):
+        return time_ratios(fns, budget_s=budget_s, threads=threads, sync=sync, cpu=cpu)
 
 
 def latency_stats(

@@ -103,7 +103,13 @@ def budget_line(final: dict | None) -> str:
     lat = report.get("latency_ms") or {}
     pruned, original = lat.get("pruned"), lat.get("original")
     unit = " ms" if report.get("kind") == "latency_ms" else ""
+    judged = _num(report.get("reached_vs_original", report["reached"]))
+    asked = _num((report.get("asked") or {}).get(str(report.get("kind"))))
     met = "met" if report.get("within_10pct") else "missed by more than 10%"
+    if not report.get("within_10pct") and judged is not None and asked and judged < asked:
+        met = "more than 10% under the budget"
+    if "reached_vs_original" in report and judged is not None:
+        met += f"; {judged:,.4g} ms against the original side by side"
     return (
         f"Budget {report.get('described', '')}: reached {report['reached']:,.4g}{unit} ({met}); "
         f"measured latency at batch {lat.get('batch', 1)}: {_fmt(pruned)} "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -139,3 +141,42 @@ def test_a_noisy_timer_repeats_until_the_time_cap(monkeypatch) -> None:
     (whole,) = time_interleaved([lambda: None], budget_s=0.5, threads=1, target_ci=0)
     assert whole.repeats >= t.repeats  # target_ci=0: the whole budget, as before
     assert "ci_rel" in t.to_dict()
+
+
+class _Loaded:
+    """Fake clocks: callables that advance wall time by their cost x the round's load and CPU
+    time by their cost alone (the other processes hold the core the rest of the time)."""
+
+    def __init__(self, loads: list[float], hits: str = "both") -> None:
+        self.wall = self.cpu = 0.0
+        self.calls, self.loads, self.hits = 0, loads, hits
+
+    def fn(self, ms: float, name: str) -> Callable[[], None]:
+        def run() -> None:
+            k = max(0, self.calls - 6) // 2  # after three warm-up calls each: the round
+            load = self.loads[k % len(self.loads)] if self.hits in ("both", name) else 1.0
+            self.wall += ms / 1000 * load
+            self.cpu += ms / 1000
+            self.calls += 1
+
+        return run
+
+
+def test_a_paired_ratio_cancels_a_load_that_hits_both_calls_of_a_pair(monkeypatch) -> None:
+    clock = _Loaded([1.0, 4.0, 1.5, 3.0, 6.0])
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock.wall)
+    fns = [clock.fn(2.0, "original"), clock.fn(1.0, "pruned")]
+    (r,) = latency.time_ratios(fns, budget_s=1.0, threads=2, cpu=False)
+    assert r.median_ms == 0.5 and r.ci_rel == 0.0 and r.repeats == latency.MIN_CI_REPEATS
+
+
+def test_with_one_thread_ratios_are_timed_in_cpu_time(monkeypatch) -> None:
+    clock = _Loaded([1.0, 4.0, 1.0, 6.0], hits="pruned")  # other processes cut into one of each
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock.wall)
+    monkeypatch.setattr(latency.time, "thread_time", lambda: clock.cpu)
+    fns = [clock.fn(2.0, "original"), clock.fn(1.0, "pruned")]
+    (cpu,) = latency.time_ratios(fns, budget_s=1.0, threads=1)
+    assert cpu.median_ms == 0.5  # what either model costs when it runs
+    clock.calls = 0
+    (wall,) = latency.time_ratios(fns, budget_s=1.0, threads=2)
+    assert wall.median_ms > 0.5  # more threads: wall time, and the load shows

@@ -63,8 +63,12 @@ def test_the_budget_line_says_asked_reached_and_measured() -> None:
     line = budget_line({"budget": BUDGET})
     assert line.startswith("Budget latency <= 5 ms at batch 256: reached 4.6 ms (met)")
     assert "4.600 ± 0.100 ms (original 9.000 ± 0.100 ms)" in line
-    missed = budget_line({"budget": {**BUDGET, "within_10pct": False}})
+    missed = budget_line({"budget": {**BUDGET, "reached": 6.0, "within_10pct": False}})
     assert "missed by more than 10%" in missed
+    under = {**BUDGET, "reached": 2.0, "reached_vs_original": 3.1, "within_10pct": False}
+    assert "(more than 10% under the budget; 3.1 ms against the original side by side)" in (
+        budget_line({"budget": under})
+    )
     assert budget_line({"accuracy": 0.9}) == ""
 
 
