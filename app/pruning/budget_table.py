@@ -129,7 +129,8 @@ def groups(model: nn.Module, spec: PruningSpec, data: ArrayDataset) -> dict[str,
 def _key(spec: PruningSpec, target: dict) -> str:
     batch = int(target.get("batch", 1))
     parts = (TABLE_VERSION, f"{kind_of(target)}@{batch}", spec.granularity, spec.criterion)
-    return ":".join((*parts, f"round_to={spec.round_to or 1}", ",".join(sorted(spec.exclude))))
+    rounding = f"round_to={spec.round_to or 1}" + ("/layer" if spec.round_to_cap == "layer" else "")
+    return ":".join((*parts, rounding, ",".join(sorted(spec.exclude))))
 
 
 def layer_table(

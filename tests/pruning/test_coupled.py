@@ -80,6 +80,35 @@ def test_round_to_gives_multiples_per_group() -> None:
     assert all(c % 8 == 0 for c in convs), convs
 
 
+@pytest.mark.parametrize("scope", ["layerwise", "global"])
+def test_round_to_capped_per_layer_rounds_each_group_to_its_own_multiple(scope: str) -> None:
+    """round_to 16 capped per layer: the 16-channel stream keeps a multiple of 4, the 32 one
+    of 8, the 64 one of 16, the same channels in every member, and the first stream is cut."""
+    model, x = _resnet(), torch.randn(4, *SHAPE)
+    spec = PruningSpec("filter", "l1", scope=scope, sparsity=0.3, round_to=16, round_to_cap="layer")
+    small, notes, plan = _cut(model, spec, x)
+    assert notes == []
+    for width, stream in STREAMS.items():
+        kept = {_out(small, n) for n in stream}
+        assert len(kept) == 1, (stream, kept)
+        assert kept.pop() % {16: 4, 32: 8, 64: 16}[width] == 0, stream
+    convs = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    for name, width in convs.items():
+        assert _out(small, name) % min(16, width // 4) == 0, name
+    assert _out(small, "conv1") < 16  # a global multiple of 16 would keep this stream whole
+    if scope == "layerwise":
+        assert {_out(small, n) for n in ("conv1", "layer2.0.conv2", "layer3.0.conv2")} == {
+            12,
+            24,
+            48,
+        }
+    note = next(n["text"] for n in plan.notes if "rounded up per layer" in n["text"])
+    assert (
+        "pruning.round_to_cap 'layer'" in note
+        and "16 'layer3.0.conv1', 'layer3.0.shortcut.0' (+3 coupled)" in note
+    )
+
+
 def test_global_scope_never_takes_more_than_the_cap_from_a_layer_or_group() -> None:
     model, x = _resnet(2), torch.randn(4, *SHAPE)
     with torch.no_grad():  # the global ranking would take the whole first stream

@@ -42,6 +42,7 @@ from app.pruning.masks.select_notes import (
     SPARSEGPT_LAYERWISE_NOTE,
     emptied_note,
     kept_note,
+    rounded_note,
 )
 from app.pruning.notes import Note, info, warning
 from app.pruning.pruning_spec import PruningSpec
@@ -157,7 +158,7 @@ class Selection:
                 self.pruned[n].numel(),
                 self.pruned[n].numel() - count_true(self.pruned[n]),
             )
-            need = max(math.ceil(round((1.0 - cap) * units, 6)), min(self._min_keep(), units))
+            need = max(math.ceil(round((1.0 - cap) * units, 6)), min(self._min_keep(n), units))
             if kept >= need:
                 continue
             self._keep_best(n, need)
@@ -217,8 +218,10 @@ class Selection:
     def _unit_size(self, n: str) -> int:
         return self.coupling.unit_size(n, {m: v.unit_size for m, v in self.views.items()})
 
-    def _min_keep(self) -> int:
-        return self.spec.round_to or 1
+    def _min_keep(self, n: str) -> int:
+        """The multiple layer ``n`` (or the coupled group it leads) keeps: ``round_to``, capped
+        for its width with ``round_to_cap`` "layer" (``PruningSpec.multiple``); 1 without."""
+        return self.spec.multiple(self.pruned[n].numel())
 
     def _keep_best(self, n: str, k: int) -> None:
         rank = self._ranking(n).flatten()
@@ -229,10 +232,10 @@ class Selection:
     def _never_empty(self) -> None:
         for n, pruned in self.pruned.items():
             kept = pruned.numel() - count_true(pruned)
-            need = min(self._min_keep(), pruned.numel())
+            need = min(self._min_keep(n), pruned.numel())
             if kept < need:
                 self._keep_best(n, need)
-                self.notes.append(kept_note(n, kept, need, self.spec))
+                self.notes.append(kept_note(n, kept, need, self.spec, need))
             if n in self.outputs and self.spec.granularity in _ROW_UNITS:
                 self._keep_rows(n)
 
@@ -255,15 +258,17 @@ class Selection:
         self.notes.append(emptied_note(n, text, self.spec))
 
     def _round_to(self) -> None:
-        r = self.spec.round_to
-        if not r:
+        if not self.spec.round_to:
             return
+        multiples = {}
         for n, pruned in self.pruned.items():
             units, kept = pruned.numel(), pruned.numel() - count_true(pruned)
+            r = multiples[n] = self._min_keep(n)
             rounded = min(units, -(-kept // r) * r)
             if rounded != kept:
                 self._keep_best(n, rounded)
-        self.notes.append(info(f"kept filter/channel counts rounded up to a multiple of {r}"))
+        groups = {n: len(g) - 1 for n, g in self.coupling.members().items()}
+        self.notes.append(info(rounded_note(self.spec, multiples, groups)))
 
     def plan(self, model: nn.Module, layers: dict[str, nn.Module]) -> MaskPlan:
         masks, achieved, channels = {}, {}, {}
