@@ -47,7 +47,7 @@ from app.pruning.structural.coupling import coupled_layers
 from app.pruning.structural.remove import physical_prune
 
 PROBES = (0.25, 0.5, 0.75, 0.9)  # group sparsities measured; 0.9 is the most a budget prunes
-TABLE_VERSION = "groups-v3"  # v1: single layers; v2: drops without BatchNorm re-estimation
+TABLE_VERSION = "groups-v4"  # v1: single layers; v2: stale BN; v3: round_to rounded up only
 BN_BATCHES, BN_BATCH_SIZE = 4, 128  # the run's BN_SAMPLES (512) training samples
 
 

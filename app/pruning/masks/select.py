@@ -36,6 +36,7 @@ from app.pruning.masks.ranking import (
     invert,
     mean_normalized,
 )
+from app.pruning.masks.rounding import Rounded, balanced_keep
 from app.pruning.masks.rows import nm_pruned, row_note, row_pruned
 from app.pruning.masks.select_notes import (
     NORMALIZED_NOTE,
@@ -146,7 +147,7 @@ class Selection:
             hold_floor(self, pool, target)  # element level: pruning.layer_floor
             self._cap(pool)
         self._never_empty()
-        self._round_to()
+        self._round_to(pool, target, local)
         self.coupling.spread(self.pruned, self.requested)
 
     def _cap(self, pool: list[str]) -> None:
@@ -257,18 +258,36 @@ class Selection:
         )
         self.notes.append(emptied_note(n, text, self.spec))
 
-    def _round_to(self) -> None:
+    def _round_to(self, pool: list[str], target: float, local: dict[str, float]) -> None:
+        """Kept counts to their multiples, up or down (:mod:`.rounding`): the global pool so its
+        removed parameters land nearest ``target``, any other layer to its nearest multiple."""
         if not self.spec.round_to:
             return
-        multiples = {}
-        for n, pruned in self.pruned.items():
-            units, kept = pruned.numel(), pruned.numel() - count_true(pruned)
-            r = multiples[n] = self._min_keep(n)
-            rounded = min(units, -(-kept // r) * r)
-            if rounded != kept:
-                self._keep_best(n, rounded)
+        batches = [(pool, target)] if pool else []
+        batches += [([n], local[n]) for n in self.pruned if n not in pool]
+        for names, share in batches:
+            layers = {n: self._rounded(n, n in pool) for n in names}
+            kept = {n: layers[n].units - count_true(self.pruned[n]) for n in names}
+            for n, k in balanced_keep(layers, kept, share).items():
+                if k != kept[n]:
+                    self._keep_best(n, k)
+        multiples = {n: self._min_keep(n) for n in self.pruned}
         groups = {n: len(g) - 1 for n, g in self.coupling.members().items()}
-        self.notes.append(info(rounded_note(self.spec, multiples, groups)))
+        removed = self._removed_share(pool) if len(pool) > 1 else None
+        self.notes.append(info(rounded_note(self.spec, multiples, groups, (target, removed))))
+
+    def _rounded(self, n: str, pooled: bool) -> Rounded:
+        units, multiple = self.pruned[n].numel(), self._min_keep(n)
+        floor = min(multiple, units)
+        if pooled and self.spec.granularity in CHANNEL_LEVELS:  # as _cap keeps
+            cap = self.spec.max_layer_sparsity
+            floor = max(floor, math.ceil(round((1.0 - cap) * units, 6)))
+        return Rounded(self._ranking(n), multiple, self._unit_size(n), floor)
+
+    def _removed_share(self, names: list[str]) -> float:
+        sizes = {n: self._unit_size(n) for n in names}
+        total = sum(sizes[n] * self.pruned[n].numel() for n in names)
+        return sum(sizes[n] * count_true(self.pruned[n]) for n in names) / total
 
     def plan(self, model: nn.Module, layers: dict[str, nn.Module]) -> MaskPlan:
         masks, achieved, channels = {}, {}, {}

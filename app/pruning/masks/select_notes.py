@@ -1,6 +1,6 @@
-"""The notes a selection leaves: a layer kept from being emptied, a kept count rounded up to
-``pruning.round_to`` (or, with ``round_to_cap`` "layer", to each layer's capped multiple), and
-the global ranking's normalisation.
+"""The notes a selection leaves: a layer kept from being emptied, kept counts rounded (up or
+down, :mod:`.rounding`) to ``pruning.round_to`` (or, with ``round_to_cap`` "layer", to each
+layer's capped multiple), and the global ranking's normalisation.
 
 Example:
     >>> from app.pruning.pruning_spec import PruningSpec
@@ -63,27 +63,43 @@ def _rule(spec: PruningSpec, multiple: int | None) -> str:
 
 
 def rounded_note(
-    spec: PruningSpec, multiples: dict[str, int], coupled: dict[str, int] | None = None
+    spec: PruningSpec,
+    multiples: dict[str, int],
+    coupled: dict[str, int] | None = None,
+    reached: tuple[float, float | None] = (0.0, None),
 ) -> str:
     """What rounding the kept counts did: one multiple, or (``round_to_cap`` "layer") each
-    layer's (or coupled group's) multiple; ``coupled``: a group's leader -> its other members.
+    layer's (or coupled group's) multiple; ``coupled``: a group's leader -> its other members;
+    ``reached``: (share asked, share of the global pool's parameters removed, None without).
 
     Example:
         >>> spec = PruningSpec("filter", "l1", sparsity=0.5, round_to=16, round_to_cap="layer")
         >>> rounded_note(spec, {"a": 4, "b": 16, "c": 16}, {"b": 3}).split(": ")[-1]
         "16 'b' (+3 coupled), 'c'; 4 'a'"
+        >>> rounded_note(spec, {"a": 4}, None, (0.3, 0.2912)).split("; ")[0][-58:]
+        'the global ranking removed 29.1% of its parameters for 30%'
     """
+    asked, removed = reached
+    how = (
+        "kept filter/channel counts rounded up or down (the lowest-ranked blocks cut first) so "
+        "the removed share lands nearest the one asked"
+        + (
+            ""
+            if removed is None
+            else f"; the global ranking removed {removed:.1%} of its parameters for {asked:.0%}"
+        )
+    )
     if spec.round_to_cap != "layer":
-        return f"kept filter/channel counts rounded up to a multiple of {spec.round_to}"
+        return f"{how}; each a multiple of pruning.round_to {spec.round_to}"
     by: dict[int, list[str]] = {}
     for n, m in multiples.items():
         more = (coupled or {}).get(n)
         by.setdefault(m, []).append(f"'{n}'" + (f" (+{more} coupled)" if more else ""))
     each = "; ".join(f"{m} {', '.join(names)}" for m, names in sorted(by.items(), reverse=True))
     return (
-        f"kept filter/channel counts rounded up per layer (or coupled group) to a multiple of "
-        f"pruning.round_to {spec.round_to} capped at the largest power of two at most a quarter "
-        f"of its width (pruning.round_to_cap 'layer'): {each}"
+        f"{how}; per layer (or coupled group) a multiple of pruning.round_to {spec.round_to} "
+        f"capped at the largest power of two at most a quarter of its width "
+        f"(pruning.round_to_cap 'layer'): {each}"
     )
 
 
