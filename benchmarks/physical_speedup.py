@@ -236,6 +236,9 @@ def lab_masks(
     )
     plan = compute_masks(model, spec, example=x)
     model.eval()
+    total = sum(m.numel() for m in plan.masks.values())
+    removed = sum(m.numel() - int(m.sum()) for m in plan.masks.values())
+    print(f"selection removed {removed / total:.1%} of the ranked layers' weights for {ratio:.0%}")
     return {n: m for n, m in plan.masks.items() if not bool(m.all())}
 
 
@@ -276,7 +279,7 @@ def run(arch: str, args: argparse.Namespace, round_to: int, per_layer: bool, lab
     )
     print(
         f"{arch:11s} round_to {label} ({args.selection}): conv widths {widths}, "
-        f"parameters -{cut:.1%}",
+        f"parameters -{cut:.1%}, MACs {reduction:.2f}x fewer",
         flush=True,
     )
     if args.widths_only:

@@ -179,6 +179,7 @@ def with_default_round_to(
         f"is smaller, so the wide layers get the shapes this machine's convolution kernels run "
         f"fastest (measured once; preferred multiple by runtime: {each}) and the narrow ones "
         f"can still be cut to the sparsity asked (set round_to for one multiple everywhere: "
-        f"layers of {measured} channels or fewer then stay whole)"
+        f"layers of {measured} channels or fewer then stay whole and the others are cut "
+        f"deeper; kept counts are rounded up or down so the sparsity asked is reached)"
     )
     return replace(recipe, pruning=replace(spec, round_to=measured, round_to_cap="layer")), note
