@@ -76,8 +76,8 @@ def rounded_note(
         >>> spec = PruningSpec("filter", "l1", sparsity=0.5, round_to=16, round_to_cap="layer")
         >>> rounded_note(spec, {"a": 4, "b": 16, "c": 16}, {"b": 3}).split(": ")[-1]
         "16 'b' (+3 coupled), 'c'; 4 'a'"
-        >>> rounded_note(spec, {"a": 4}, None, (0.3, 0.2912)).split("; ")[0][-58:]
-        'the global ranking removed 29.1% of its parameters for 30%'
+        >>> "removed 29.1% of its parameters for 30%" in rounded_note(spec, {}, None, (0.3, 0.2912))
+        True
     """
     asked, removed = reached
     how = (
