@@ -39,7 +39,7 @@ from app.pruning.layers import prunable_layers
 from app.pruning.measure import batch_of
 from app.pruning.pipeline import run_recipe
 from app.pruning.pruning_spec import PruningSpec
-from app.pruning.shapes import default_multiple
+from app.pruning.shapes import cached_round_to
 from app.pruning.spec import FinetuneSpec, Recipe
 from app.pruning.train import train
 
@@ -154,8 +154,9 @@ def run(arch: str, args: argparse.Namespace) -> None:
     budget_model = res.model.cpu().eval()
     rounding = {}
     if args.default_round_to:
-        rounding["round_to"] = default_multiple(table_file.parent, model, runtime_timers())[0]
-        print(f"{arch:9s}   both runs with the measured default round_to {rounding['round_to']}")
+        measured = cached_round_to(table_file.parent, timers=runtime_timers())[0]
+        rounding = {"round_to": measured, "round_to_cap": "layer"}
+        print(f"{arch:9s}   both runs with the default round_to {measured}, capped per layer")
     uniform = {"scope": "layerwise", "exclude": exclude, **rounding}
     spec = recipe({"sparsity": 0.5, **uniform}).pruning
     s = uniform_sparsity(model, spec, budget_model)

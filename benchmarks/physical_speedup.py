@@ -18,14 +18,19 @@ input and writing the output, which pruning halves, not quarters), MaxPool (line
 channels) and convolutions left with one NCHWc block of 8 channels (slower per MAC) keep
 the speed-up under the MAC reduction.
 
-``--round-to 4 default`` prunes each model once per multiple and prints the rows side by
-side: ``default`` is the lab's default for that model on this machine (``shapes.default_multiple``:
-the smallest multiple PyTorch and ONNX Runtime both run within 3% of their best, measured
-here, capped at the narrowest layer). ``--repeat N`` times the dense model N times over
-(separate measurements) and prints how far apart the medians are.
+``--round-to 4 default 16`` prunes each model once per multiple and prints the rows side by
+side: ``default`` is the lab's default on this machine (``shapes.cached_round_to``: the
+smallest multiple PyTorch and ONNX Runtime both run within 3% of their best, measured here,
+capped per layer or coupled group at a quarter of its width, ``round_to_cap`` "layer"); a
+number is one multiple for every layer. ``--selection global`` takes the masks from the
+lab's own selection (global L1 ranking, as a run makes them) instead of cutting every group
+by ``--ratio``; ``--widths-only`` prints the kept widths and parameter cut without timing; ``--quick`` times
+PyTorch at the large batch only (contiguous).
+``--repeat N`` times the dense model N times over (separate measurements) and prints how far
+apart the medians are.
 
 Run: ``nice .venv/bin/python benchmarks/physical_speedup.py [--threads 1] [--budget-s 3]
-[--round-to 4 default] [--profile] [--repeat 5]``.
+[--round-to 4 default 16/layer 16] [--selection global] [--quick] [--profile] [--repeat 5]``.
 """
 
 from __future__ import annotations
@@ -46,16 +51,19 @@ from app.modelio.ort_channels import runtime_timers
 from app.modelio.ort_latency import export_onnx, time_onnx_pair
 from app.pruning.counts import count_flops
 from app.pruning.latency import Timing, speedup, time_models
-from app.pruning.shapes import default_multiple, per_runtime
+from app.pruning.masks.compute import compute_masks
+from app.pruning.pruning_spec import PruningSpec, layer_multiple
+from app.pruning.shapes import cached_round_to, per_runtime
 from app.pruning.structural.remove import physical_prune
 
 SHAPE = (3, 32, 32)
 
 
 def group_l1_masks(
-    model: nn.Module, x: torch.Tensor, ratio: float, round_to: int
+    model: nn.Module, x: torch.Tensor, ratio: float, round_to: int, per_layer: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Filter masks removing ``ratio`` of every coupled group by the summed L1 of its filters."""
+    """Filter masks removing ``ratio`` of every coupled group by the summed L1 of its filters
+    (``per_layer``: ``round_to`` capped for each group's width, as the lab's default)."""
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
     names = {m: n for n, m in model.named_modules()}
     masks: dict[str, torch.Tensor] = {}
@@ -71,7 +79,8 @@ def group_l1_masks(
         for it in producers:
             w = it.dep.target.module.weight.detach()
             score[it.root_idxs] += w[it.idxs].abs().flatten(1).sum(1)
-        keep_n = max(round_to, round(n * (1 - ratio) / round_to) * round_to)
+        r = layer_multiple(round_to, n) if per_layer else round_to
+        keep_n = max(r, round(n * (1 - ratio) / r) * r)
         keep = torch.zeros(n, dtype=torch.bool)
         keep[score.argsort(descending=True)[:keep_n]] = True
         for it in producers:
@@ -140,7 +149,8 @@ def build(arch: str) -> nn.Module:
 def verdict(dense: Timing, pruned: Timing, reduction: float) -> str:
     ratio = speedup(dense, pruned)
     if ratio is None:
-        return "speed-up n/m (IQRs overlap)"
+        medians = dense.median_ms / pruned.median_ms
+        return f"speed-up n/m (IQRs overlap; medians {medians:4.2f}x, {medians / reduction:4.2f})"
     return f"speed-up {ratio:4.2f}x  efficiency {ratio / reduction:4.2f}"
 
 
@@ -199,12 +209,37 @@ def print_profile(arch: str, paths: tuple[Path, Path], x: torch.Tensor, threads:
     )
 
 
-def resolve_round_to(value: str, model: nn.Module, cache: Path) -> tuple[int, str]:
-    """An explicit multiple, or ``default``: the lab's default for ``model`` on this machine."""
+def resolve_round_to(value: str, cache: Path) -> tuple[int, bool, str]:
+    """``(multiple, per layer, label)``: an explicit multiple (``16``: one for every layer;
+    ``16/layer``: capped per layer), or ``default``: the lab's default on this machine (the
+    measured multiple, capped per layer)."""
+    if value.endswith("/layer"):
+        return int(value.removesuffix("/layer")), True, value
     if value != "default":
-        return int(value), value
-    multiple, measured, table = default_multiple(cache, model, runtime_timers())
-    return multiple, f"default={multiple} (measured {per_runtime(table)}, cap -> {multiple})"
+        return int(value), False, value
+    measured, table = cached_round_to(cache, timers=runtime_timers())
+    return measured, True, f"default={measured} per layer (measured {per_runtime(table)})"
+
+
+def lab_masks(
+    model: nn.Module, x: torch.Tensor, ratio: float, round_to: int, per_layer: bool
+) -> dict[str, torch.Tensor]:
+    """The lab's own selection, as a run makes it: L1 filters, global ranking over layers and
+    coupled groups (mean-normalised, at most 90% of one), then rounding."""
+    spec = PruningSpec(
+        "filter",
+        "l1",
+        sparsity=ratio,
+        physical=True,
+        round_to=round_to,
+        round_to_cap="layer" if per_layer else "none",
+    )
+    plan = compute_masks(model, spec, example=x)
+    model.eval()
+    total = sum(m.numel() for m in plan.masks.values())
+    removed = sum(m.numel() - int(m.sum()) for m in plan.masks.values())
+    print(f"selection removed {removed / total:.1%} of the ranked layers' weights for {ratio:.0%}")
+    return {n: m for n, m in plan.masks.items() if not bool(m.all())}
 
 
 def repeat_medians(arch: str, n: int, budget_s: float) -> None:
@@ -221,11 +256,12 @@ def repeat_medians(arch: str, n: int, budget_s: float) -> None:
     )
 
 
-def run(arch: str, args: argparse.Namespace, round_to: int, label: str) -> None:
+def run(arch: str, args: argparse.Namespace, round_to: int, per_layer: bool, label: str) -> None:
     torch.manual_seed(0)
     dense = build(arch).eval()
     x_small = torch.randn(8, *SHAPE)
-    masks = group_l1_masks(dense, x_small, args.ratio, round_to)
+    select = lab_masks if args.selection == "global" else group_l1_masks
+    masks = select(dense, x_small, args.ratio, round_to, per_layer)
     with torch.no_grad():
         for name, module in dense.named_modules():
             if name in masks:
@@ -238,8 +274,18 @@ def run(arch: str, args: argparse.Namespace, round_to: int, label: str) -> None:
     head = f"{arch:11s} r={round_to:<2d} batch={args.batch} threads={torch.get_num_threads()}"
     macs = f"MACs {f_dense / 1e6:7.2f}M -> {f_pruned / 1e6:6.2f}M ({reduction:4.2f}x)"
     widths = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
-    print(f"{arch:11s} round_to {label}: conv widths {widths}", flush=True)
-    for batch, channels_last in ((1, False), (args.batch, False), (args.batch, True)):
+    cut = 1 - sum(p.numel() for p in pruned.parameters()) / sum(
+        p.numel() for p in dense.parameters()
+    )
+    print(
+        f"{arch:11s} round_to {label} ({args.selection}): conv widths {widths}, "
+        f"parameters -{cut:.1%}, MACs {reduction:.2f}x fewer",
+        flush=True,
+    )
+    if args.widths_only:
+        return
+    rows = ((1, False), (args.batch, False), (args.batch, True))
+    for batch, channels_last in rows[1:2] if args.quick else rows:
         xin = x[:batch].to(memory_format=torch.channels_last) if channels_last else x[:batch]
         models = [for_inference(dense, channels_last), for_inference(pruned, channels_last)]
         t_dense, t_pruned = time_models(models, xin, budget_s=args.budget_s)
@@ -282,6 +328,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="ORT time per node, both models")
     parser.add_argument("--repeat", type=int, default=0, help="time the dense model N times")
+    parser.add_argument(
+        "--selection",
+        choices=("uniform", "global"),
+        default="uniform",
+        help="uniform: every coupled group loses --ratio (group L1); global: the lab's ranking",
+    )
+    parser.add_argument("--quick", action="store_true", help="PyTorch: the large batch only")
+    parser.add_argument("--widths-only", action="store_true", help="print widths, time nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as cache:
@@ -290,7 +344,7 @@ def main() -> None:
                 repeat_medians(arch, args.repeat, args.budget_s)
                 continue
             for value in args.round_to:
-                run(arch, args, *resolve_round_to(value, build(arch), Path(cache)))
+                run(arch, args, *resolve_round_to(value, Path(cache)))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from app.pruning.structural.coupling import coupled_layers
 from app.pruning.structural.remove import physical_prune
 
 PROBES = (0.25, 0.5, 0.75, 0.9)  # group sparsities measured; 0.9 is the most a budget prunes
-TABLE_VERSION = "groups-v4"  # v1: single layers; v2: stale BatchNorm; v3: wall clock always
+TABLE_VERSION = "groups-v5"  # v1: single layers; v2: stale BN; v3: wall clock; v4: round-up only
 BN_BATCHES, BN_BATCH_SIZE = 4, 128  # the run's BN_SAMPLES (512) training samples
 
 
@@ -137,7 +137,8 @@ def groups(model: nn.Module, spec: PruningSpec, data: ArrayDataset) -> dict[str,
 def _key(spec: PruningSpec, target: dict) -> str:
     batch = int(target.get("batch", 1))
     parts = (TABLE_VERSION, f"{kind_of(target)}@{batch}", spec.granularity, spec.criterion)
-    return ":".join((*parts, f"round_to={spec.round_to or 1}", ",".join(sorted(spec.exclude))))
+    rounding = f"round_to={spec.round_to or 1}" + ("/layer" if spec.round_to_cap == "layer" else "")
+    return ":".join((*parts, rounding, ",".join(sorted(spec.exclude))))
 
 
 def layer_table(

@@ -83,7 +83,8 @@ def run_recipe(
         initial_state: the weights ``retrain_init="rewind"`` goes back to (a train run's
             ``rewind`` point, ``rewind.py``); required by that schedule.
         shape_cache: where the measured channel-multiple table is kept; with it, a physical
-            channel-level recipe without ``round_to`` gets this machine's preferred multiple.
+            channel-level recipe without ``round_to`` gets this machine's preferred multiple,
+            capped per layer (``round_to_cap`` "layer").
         budget_cache: the JSON file that keeps this model's per-layer lookup table for
             ``pruning.target`` budgets (measured on first use).
         shape_timers: runtimes whose channel widths are measured next to PyTorch's for that
@@ -115,7 +116,7 @@ def run_recipe(
             latency=latency,
         )
     else:
-        recipe, round_note = with_default_round_to(recipe, shape_cache, model, shape_timers)
+        recipe, round_note = with_default_round_to(recipe, shape_cache, shape_timers)
         target, alloc, original, search = recipe.pruning.target, None, None, None
         if target is not None:
             original = copy.deepcopy(model).eval()

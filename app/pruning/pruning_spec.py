@@ -35,6 +35,21 @@ NORMALIZE = "mean"
 # Global element ranking: every layer keeps at least this times the share a uniform cut keeps
 # (masks/floor.py); 0 turns it off.
 LAYER_FLOOR = 0.5
+# Filter/channel round_to: one multiple everywhere ("none"), or each layer's (or coupled
+# group's) multiple capped at a quarter of its width ("layer", the measured default's;
+# layer_multiple).
+ROUND_TO_CAPS: tuple[str, ...] = ("none", "layer")
+
+
+def layer_multiple(round_to: int, units: int) -> int:
+    """``round_to`` capped for a layer (or coupled group) of ``units`` filters/channels: at the
+    largest power of two at most ``units / 4``, so the layer can still lose three quarters.
+
+    Example:
+        >>> [layer_multiple(16, w) for w in (3, 8, 16, 32, 64, 128)]
+        [1, 2, 4, 8, 16, 16]
+    """
+    return max(1, min(round_to, 1 << max(0, (units // 4).bit_length() - 1)))
 
 
 HEAD_TARGET = (
@@ -57,6 +72,7 @@ class PruningSpec:
     overrides: dict[str, float] = field(default_factory=dict)
     physical: bool = False
     round_to: int | None = None
+    round_to_cap: str = "none"  # "layer": round_to capped per layer at a quarter of its width
     calibration_batches: int = 4
     bn_l1: float = 0.0  # L1 sparsity-training strength on BN gamma (applied by the trainer)
     target: dict[str, float] | None = None  # a budget instead of a sparsity (check_budget)
@@ -105,6 +121,12 @@ class PruningSpec:
         if self.round_to is not None and self.granularity not in ("filter", "channel"):
             raise ValueError(
                 "pruning.round_to applies to granularities 'filter' and 'channel' only, "
+                f"not '{self.granularity}'."
+            )
+        choice(self.round_to_cap, ROUND_TO_CAPS, "pruning.round_to_cap")
+        if self.round_to_cap != "none" and self.granularity not in ("filter", "channel"):
+            raise ValueError(
+                "pruning.round_to_cap applies to granularities 'filter' and 'channel' only, "
                 f"not '{self.granularity}'."
             )
         if self.granularity == "layer" and self.threshold is not None:
@@ -160,6 +182,15 @@ class PruningSpec:
                 "pruning.layer_floor applies to scope 'global' at granularity 'element' only "
                 "(it shapes the global ranking of weights)."
             )
+
+    def multiple(self, units: int) -> int:
+        """The multiple a layer (or coupled group) of ``units`` filters/channels keeps: 1
+        without ``round_to``; ``round_to``, capped for the layer with ``round_to_cap`` "layer"."""
+        if not self.round_to:
+            return 1
+        return (
+            layer_multiple(self.round_to, units) if self.round_to_cap == "layer" else self.round_to
+        )
 
     def check_target(self) -> None:
         """Raise ValueError unless exactly one of sparsity/threshold is set (nm needs neither)."""

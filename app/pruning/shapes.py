@@ -6,9 +6,10 @@ given a timer for (``app.modelio.ort_channels``: ONNX Runtime, whose NCHWc kerne
 multiple of their 8- or 16-channel block), and keeps each runtime's milliseconds per ``c * c``
 MACs relative to its best width. :func:`preferred_multiple` picks the smallest multiple whose
 widths cost, on average and in the runtime where it does worst, within ``TOLERANCE`` of the
-best multiple's: a default for ``pruning.round_to``. :func:`cached_round_to` measures once per
-machine, torch version, thread count and set of runtimes, and keeps the table as JSON in a
-cache directory (a few seconds of CPU time, then free).
+best multiple's: a default for ``pruning.round_to``, capped per layer
+(:func:`with_default_round_to`). :func:`cached_round_to` measures once per machine, torch
+version, thread count and set of runtimes, and keeps the table as JSON in a cache directory
+(a few seconds of CPU time, then free).
 
 Example:
     >>> table = {"widths": {"62": 1.0, "63": 1.0, "64": 0.5}}
@@ -147,75 +148,38 @@ def cached_round_to(
 def with_default_round_to(
     recipe: Recipe,
     cache_dir: Path | None,
-    model: nn.Module | None = None,
     timers: Mapping[str, Timer] | None = None,
 ) -> tuple[Recipe, Note | None]:
-    """A physical channel-level recipe without ``round_to`` gets the measured multiple, and a note.
+    """A physical channel-level recipe without ``round_to`` gets the measured multiple, capped
+    per layer (``round_to_cap`` "layer"), and a note.
 
     The multiple is the one every measured runtime (PyTorch and ``timers``) runs within
-    ``TOLERANCE`` of its best. With ``model``, it is capped at a quarter of the narrowest
-    layer that would be cut (a power of two, :func:`default_multiple`), so the sparsity asked
-    for stays reachable: capped at the narrowest layer itself (16 on the zoo's CNNs), a 30%
-    filter run kept its 16- and 32-filter layers whole and removed a tenth of the channels.
-    A user who wants the fastest shapes sets ``round_to`` (ONNX Runtime on AVX-512 computes an
-    8-channel convolution as a padded 16-channel one and adds a reorder; see
-    ``benchmarks/physical_speedup.py --profile``). Anything else (or no cache directory) is
-    returned unchanged, without a note.
+    ``TOLERANCE`` of its best. Each layer (or coupled group) rounds its kept count to that
+    multiple capped at the largest power of two at most a quarter of its own width
+    (``pruning_spec.layer_multiple``): wide layers, where most MACs are, get the fast shapes
+    and narrow ones can still lose three quarters. One multiple for the whole net was first
+    capped at the narrowest layer (16 on the zoo's CNNs: a 30% filter run kept their 16- and
+    32-filter layers whole and removed a tenth of resnet20's channels), then at a quarter of it
+    (4: the wide layers too). Anything else (or no cache directory) is returned unchanged,
+    without a note.
     """
     spec = recipe.pruning
     if cache_dir is None or spec.round_to is not None or not spec.physical:
         return recipe, None
     if recipe.kind != "prune" or spec.granularity not in CHANNEL_LEVELS:
         return recipe, None
-    multiple, measured, table = default_multiple(cache_dir, model, timers)
-    if multiple <= 1:
+    measured, table = cached_round_to(cache_dir, timers=timers)
+    if measured <= 1:
         return recipe, None
-    capped = (
-        f" (the measured {measured}, capped for the narrowest layer)" if multiple < measured else ""
-    )
     each = ", ".join(f"{RUNTIME_NAMES.get(k, k)} {v}" for k, v in per_runtime(table).items())
     note = info(
-        f"pruning.round_to defaulted to {multiple}{capped}: kept channel counts are multiples of "
-        f"{multiple}, which this machine's convolution kernels run fastest (measured once; "
-        f"preferred multiple by runtime: {each})"
-        + (
-            f"; capped at a quarter of the narrowest layer so every layer can still be cut to "
-            f"the sparsity asked (set round_to to {measured} for the fastest shapes: layers of "
-            f"{measured} channels or fewer then stay whole)"
-            if multiple < measured
-            else ""
-        )
+        f"pruning.round_to defaulted to {measured}, capped per layer (pruning.round_to_cap "
+        f"'layer'): each layer's (or coupled group's) kept filter/channel count is a multiple of "
+        f"{measured} or of the largest power of two at most a quarter of its width, whichever "
+        f"is smaller, so the wide layers get the shapes this machine's convolution kernels run "
+        f"fastest (measured once; preferred multiple by runtime: {each}) and the narrow ones "
+        f"can still be cut to the sparsity asked (set round_to for one multiple everywhere: "
+        f"layers of {measured} channels or fewer then stay whole and the others are cut "
+        f"deeper; kept counts are rounded up or down so the sparsity asked is reached)"
     )
-    return replace(recipe, pruning=replace(spec, round_to=multiple)), note
-
-
-def default_multiple(
-    cache_dir: Path,
-    model: nn.Module | None = None,
-    timers: Mapping[str, Timer] | None = None,
-) -> tuple[int, int, dict]:
-    """``(default round_to, measured multiple, table)`` for ``model`` on this machine.
-
-    The default is capped at a quarter of the narrowest layer: wider multiples keep narrow
-    layers whole, so a run falls far short of the sparsity asked (a 30% filter run on
-    resnet20 with 16 removed a tenth of the channels) and a budget run cannot reach its
-    largest latency groups (cnn_small's 0.6x budget was unreachable with 16)."""
-    measured, table = cached_round_to(cache_dir, timers=timers)
-    if model is None:
-        return measured, measured, table
-    cap = max(1, _width_cap(model) // 4)
-    return min(measured, cap), measured, table
-
-
-def _width_cap(model: nn.Module) -> int:
-    """The largest power of two at most the narrowest prunable layer's width (convolutions
-    when there are any; the last Linear, a classifier, is never cut): a multiple wider than
-    every layer could never cut anything."""
-    from app.pruning.layers import prunable_layers
-
-    weights = [m.weight for m in prunable_layers(model).values()]
-    convs = [w.shape[0] for w in weights if w.dim() > 2]
-    widths = convs or [w.shape[0] for w in weights[:-1]]
-    if not widths:
-        return 1
-    return 1 << (max(1, min(widths)).bit_length() - 1)
+    return replace(recipe, pruning=replace(spec, round_to=measured, round_to_cap="layer")), note

@@ -75,9 +75,80 @@ def test_round_to_gives_multiples_per_group() -> None:
     small, notes, _ = _cut(model, spec, x)
     assert notes == []
     for width, stream in STREAMS.items():
-        assert {_out(small, n) for n in stream} == {-(-round(0.7 * width) // 8) * 8}
+        assert {_out(small, n) for n in stream} == {int(0.7 * width / 8 + 0.5) * 8}  # nearest
     convs = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
     assert all(c % 8 == 0 for c in convs), convs
+
+
+@pytest.mark.parametrize("scope", ["layerwise", "global"])
+def test_round_to_capped_per_layer_rounds_each_group_to_its_own_multiple(scope: str) -> None:
+    """round_to 16 capped per layer: the 16-channel stream keeps a multiple of 4, the 32 one
+    of 8, the 64 one of 16, the same channels in every member, and the first stream is cut."""
+    model, x = _resnet(), torch.randn(4, *SHAPE)
+    spec = PruningSpec("filter", "l1", scope=scope, sparsity=0.3, round_to=16, round_to_cap="layer")
+    small, notes, plan = _cut(model, spec, x)
+    assert notes == []
+    for width, stream in STREAMS.items():
+        kept = {_out(small, n) for n in stream}
+        assert len(kept) == 1, (stream, kept)
+        assert kept.pop() % {16: 4, 32: 8, 64: 16}[width] == 0, stream
+    convs = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    for name, width in convs.items():
+        assert _out(small, name) % min(16, width // 4) == 0, name
+    assert _out(small, "conv1") < 16  # a global multiple of 16 would keep this stream whole
+    if scope == "layerwise":
+        assert {_out(small, n) for n in ("conv1", "layer2.0.conv2", "layer3.0.conv2")} == {
+            12,
+            24,
+            48,
+        }
+    note = next(n["text"] for n in plan.notes if "per layer (or coupled group)" in n["text"])
+    assert (
+        "pruning.round_to_cap 'layer'" in note
+        and "16 'layer3.0.conv1', 'layer3.0.shortcut.0' (+3 coupled)" in note
+    )
+
+
+def _removed_share(model: nn.Module, plan) -> float:
+    """Filter parameters removed (weights + biases of each pruned output channel)."""
+    convs = {n: m for n, m in model.named_modules() if n in plan.channels}
+    per = {n: m.weight[0].numel() + (m.bias is not None) for n, m in convs.items()}
+    total = sum(per[n] * c.numel() for n, c in plan.channels.items())
+    return sum(per[n] * int((~c).sum()) for n, c in plan.channels.items()) / total
+
+
+@pytest.mark.parametrize("cap", ["none", "layer"])
+@pytest.mark.parametrize("sparsity", [0.3, 0.5])
+def test_a_coarse_global_multiple_still_reaches_the_sparsity_asked(
+    cap: str, sparsity: float
+) -> None:
+    """round_to 16 on resnet20 (streams of 16, 32, 64): rounding every kept count up removed
+    21% of the filter parameters for 30% asked; rounded up or down it lands within one block
+    (16 channels of the widest group) of the target, every group keeps a multiple (at least
+    one) and the same channels in every member."""
+    model, x = _resnet(), torch.randn(4, *SHAPE)
+    spec = PruningSpec("filter", "l1", sparsity=sparsity, round_to=16, round_to_cap=cap)
+    plan = compute_masks(model, spec, example=x)
+    convs = {n: m for n, m in model.named_modules() if n in plan.channels}
+    block = max(16 * m.weight[0].numel() for m in convs.values()) * 4  # widest group: 4 members
+    total = sum(m.weight.numel() for m in convs.values())
+    assert abs(_removed_share(model, plan) - sparsity) <= block / total
+    for name, channels in plan.channels.items():
+        kept, width = int(channels.sum()), channels.numel()
+        multiple = spec.multiple(width)
+        assert kept >= min(multiple, width) and (kept % multiple == 0 or kept == width), name
+    for stream in STREAMS.values():
+        assert all(torch.equal(plan.channels[n], plan.channels[stream[0]]) for n in stream)
+    rounding = next(n["text"] for n in plan.notes if "rounded up or down" in n["text"])
+    assert f"for {sparsity:.0%}" in rounding
+
+
+def test_rounding_down_respects_max_layer_sparsity() -> None:
+    model, x = _resnet(), torch.randn(4, *SHAPE)
+    spec = PruningSpec("filter", "l1", sparsity=0.6, round_to=16, max_layer_sparsity=0.7)
+    plan = compute_masks(model, spec, example=x)
+    for name, channels in plan.channels.items():
+        assert int(channels.sum()) >= 0.3 * channels.numel(), name
 
 
 def test_global_scope_never_takes_more_than_the_cap_from_a_layer_or_group() -> None:

@@ -286,3 +286,17 @@ def test_a_kept_count_rounded_up_to_round_to_is_not_called_an_emptied_layer() ->
     plan = compute_masks(model, spec)  # 0.99 of 16 filters rounds to all 16
     texts = [n["text"] for n in plan.notes if n["layer"] == "0"]
     assert any("would have been emptied" in t and "pruning.round_to 4" in t for t in texts)
+
+
+def test_round_to_capped_per_layer_names_the_layer_s_own_multiple() -> None:
+    model = make_mlp()  # hidden layers of 16 units: round_to 16 capped at 4
+    spec = PruningSpec(
+        "filter", "l1", sparsity=0.95, round_to=16, round_to_cap="layer", scope="layerwise"
+    )
+    plan = compute_masks(model, spec)
+    assert int(plan.channels["0"].sum()) == 4
+    texts = [n["text"] for n in plan.notes if n["layer"] == "0"]
+    assert any(
+        "rounded up to 4 (a multiple of 4: pruning.round_to 16 capped for this layer's width)" in t
+        for t in texts
+    ), texts

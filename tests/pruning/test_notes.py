@@ -47,5 +47,5 @@ def test_a_result_far_from_the_asked_sparsity_carries_a_warning() -> None:
 def test_plan_notes_reach_the_run() -> None:
     notes = _run({"granularity": "filter", "sparsity": 0.5, "round_to": 4})
     texts = [n["text"] for n in notes]
-    assert any("multiple of 4" in t for t in texts), texts
+    assert any("a multiple of pruning.round_to 4" in t for t in texts), texts
     assert any("left dense: its outputs are the model's outputs" in t for t in texts), texts

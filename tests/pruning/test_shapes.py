@@ -38,8 +38,10 @@ def test_a_physical_filter_recipe_without_round_to_gets_the_measured_multiple(
     fake = {"widths": {str(c): 0.5 if c % 8 == 0 else 1.0 for c in shapes.WIDTHS}}
     monkeypatch.setattr(shapes, "channel_table", lambda **kw: fake)
     recipe, note = shapes.with_default_round_to(_recipe(), tmp_path)
-    assert recipe.pruning.round_to == 8 and note is not None
-    assert note["level"] == "info" and "round_to defaulted to 8" in note["text"]
+    assert recipe.pruning.round_to == 8 and recipe.pruning.round_to_cap == "layer"
+    assert note is not None and note["level"] == "info"
+    assert "round_to defaulted to 8, capped per layer" in note["text"]
+    assert _recipe(round_to=4).pruning.round_to_cap == "none"  # a user's round_to: global
     for unchanged in (_recipe(round_to=4), _recipe(physical=False)):
         assert shapes.with_default_round_to(unchanged, tmp_path) == (unchanged, None)
     assert shapes.with_default_round_to(_recipe(), None) == (_recipe(), None)
@@ -74,36 +76,55 @@ def test_the_table_measures_each_given_runtime_and_caches_per_set_of_runtimes(tm
     assert len(list(tmp_path.glob("*.json"))) == 2
 
 
-def test_the_default_multiple_is_capped_at_a_quarter_of_the_narrowest_layer(
+def _kept(model, recipe: Recipe) -> dict[str, int]:
+    from app.pruning.masks.compute import compute_masks
+
+    plan = compute_masks(model, recipe.pruning)
+    return {n: int(c.sum()) for n, c in plan.channels.items()}
+
+
+def test_the_default_multiple_is_capped_per_layer_at_a_quarter_of_its_width(
     tmp_path, monkeypatch
 ) -> None:
+    """Measured 64: the 64-filter layer keeps a multiple of 16, the 32-filter one of 8 and the
+    16-filter stem of 4, so the stem is still cut; one global multiple of 4 (the old default)
+    gives the wide layer 24 filters (25.6 asked, nearest multiple), which ONNX Runtime pads to
+    its 16-channel block."""
     from app import zoo
 
     fake = {"widths": {str(c): 0.5 if c % 16 == 0 else 1.0 for c in shapes.WIDTHS}}
     monkeypatch.setattr(shapes, "cached_round_to", lambda *a, **kw: (64, fake))
-    model = zoo.build("cnn_small", input_shape=(1, 8, 8))  # its narrowest conv has 16 filters
-    recipe, note = shapes.with_default_round_to(_recipe(), tmp_path, model)
-    assert recipe.pruning.round_to == 4  # not 64 or 16: they would keep narrow layers whole
-    assert "capped for the narrowest layer" in note["text"]
-    assert "set round_to to 64 for the fastest shapes" in note["text"]
+    model = zoo.build("cnn_small", input_shape=(1, 8, 8))  # convs of 16, 32 and 64 filters
+    asked = _recipe(scope="layerwise", exclude=["classifier"], sparsity=0.6)
+    recipe, note = shapes.with_default_round_to(asked, tmp_path)
+    assert (recipe.pruning.round_to, recipe.pruning.round_to_cap) == (64, "layer")
+    assert "set round_to for one multiple everywhere" in note["text"]
+    per_layer = _kept(model, recipe)
+    assert per_layer == {"features.0": 8, "features.4": 16, "features.8": 32}
+    assert _kept(
+        model, _recipe(scope="layerwise", exclude=["classifier"], sparsity=0.6, round_to=4)
+    ) == {
+        "features.0": 8,
+        "features.4": 12,
+        "features.8": 24,
+    }
 
 
 def test_the_default_multiple_still_reaches_a_30_percent_filter_cut(tmp_path, monkeypatch) -> None:
     """Capped at the narrowest layer (16), a 30% cut kept cnn_small's 16- and 32-filter layers
-    whole; at a quarter of it every layer loses filters and the cut lands near 30%."""
+    whole; capped per layer every layer loses filters and the cut lands near 30%."""
     from app import zoo
-    from app.pruning.masks.compute import compute_masks
 
     fake = {"widths": {str(c): 0.5 if c % 16 == 0 else 1.0 for c in shapes.WIDTHS}}
     monkeypatch.setattr(shapes, "cached_round_to", lambda *a, **kw: (16, fake))
     model = zoo.build("cnn_small", input_shape=(1, 8, 8))
     asked = _recipe(scope="layerwise", exclude=["classifier"], sparsity=0.3)
-    recipe, _ = shapes.with_default_round_to(asked, tmp_path, model)
-    plan = compute_masks(model, recipe.pruning)
-    kept = {n: int(c.sum()) for n, c in plan.channels.items()}
+    recipe, _ = shapes.with_default_round_to(asked, tmp_path)
+    kept = _kept(model, recipe)
     widths = {"features.0": 16, "features.4": 32, "features.8": 64}
     assert all(kept[n] < w for n, w in widths.items()), kept
     assert sum(kept.values()) / sum(widths.values()) <= 0.8, kept
+    assert kept == {"features.0": 12, "features.4": 24, "features.8": 48}
 
 
 def test_a_16_filter_layer_stays_whole_when_the_kernels_want_multiples_of_16() -> None:
@@ -118,11 +139,8 @@ def test_a_16_filter_layer_stays_whole_when_the_kernels_want_multiples_of_16() -
 
 
 def test_a_budget_run_keeps_its_narrowest_layers_within_reach(tmp_path, monkeypatch) -> None:
-    from app import zoo
-
     fake = {"widths": {str(c): 0.5 if c % 16 == 0 else 1.0 for c in shapes.WIDTHS}}
     monkeypatch.setattr(shapes, "channel_table", lambda **kw: fake)
-    model = zoo.build("cnn_small", input_shape=(1, 8, 8))  # its narrowest conv has 16 filters
     budget = Recipe.from_dict(
         {
             "kind": "prune",
@@ -130,6 +148,7 @@ def test_a_budget_run_keeps_its_narrowest_layers_within_reach(tmp_path, monkeypa
             "pruning": {"granularity": "filter", "physical": True, "target": {"params": 500}},
         }
     )
-    recipe, note = shapes.with_default_round_to(budget, tmp_path, model)
-    assert recipe.pruning.round_to == 4  # a quarter of 16: the budget may still cut the stem
-    assert "every layer can still be cut" in note["text"]
+    recipe, note = shapes.with_default_round_to(budget, tmp_path)
+    assert (recipe.pruning.round_to, recipe.pruning.round_to_cap) == (16, "layer")
+    assert recipe.pruning.multiple(16) == 4  # the budget may still cut the 16-filter stem
+    assert recipe.pruning.multiple(64) == 16 and "can still be cut" in note["text"]

@@ -65,6 +65,12 @@ def _with(section: str, **changes) -> dict:
             "criterion 'fpgm' does not support granularity 'element'",
         ),
         ("pruning", {"round_to": 8}, "pruning.round_to applies to granularities"),
+        ("pruning", {"round_to_cap": "layer"}, "pruning.round_to_cap applies to granularities"),
+        (
+            "pruning",
+            {"granularity": "filter", "round_to_cap": "net"},
+            "pruning.round_to_cap 'net' is not one of",
+        ),
         ("pruning", {"wanda_group": "column"}, "pruning.wanda_group 'column' is not one of"),
         ("pruning", {"wanda_group": "layer"}, "pruning.wanda_group applies to criterion 'wanda'"),
         ("pruning", {"colour": "red"}, "unknown key 'colour' in pruning"),

@@ -36,12 +36,14 @@ from app.pruning.masks.ranking import (
     invert,
     mean_normalized,
 )
+from app.pruning.masks.rounding import Rounded, balanced_keep
 from app.pruning.masks.rows import nm_pruned, row_note, row_pruned
 from app.pruning.masks.select_notes import (
     NORMALIZED_NOTE,
     SPARSEGPT_LAYERWISE_NOTE,
     emptied_note,
     kept_note,
+    rounded_note,
 )
 from app.pruning.notes import Note, info, warning
 from app.pruning.pruning_spec import PruningSpec
@@ -145,7 +147,7 @@ class Selection:
             hold_floor(self, pool, target)  # element level: pruning.layer_floor
             self._cap(pool)
         self._never_empty()
-        self._round_to()
+        self._round_to(pool, target, local)
         self.coupling.spread(self.pruned, self.requested)
 
     def _cap(self, pool: list[str]) -> None:
@@ -157,7 +159,7 @@ class Selection:
                 self.pruned[n].numel(),
                 self.pruned[n].numel() - count_true(self.pruned[n]),
             )
-            need = max(math.ceil(round((1.0 - cap) * units, 6)), min(self._min_keep(), units))
+            need = max(math.ceil(round((1.0 - cap) * units, 6)), min(self._min_keep(n), units))
             if kept >= need:
                 continue
             self._keep_best(n, need)
@@ -217,8 +219,10 @@ class Selection:
     def _unit_size(self, n: str) -> int:
         return self.coupling.unit_size(n, {m: v.unit_size for m, v in self.views.items()})
 
-    def _min_keep(self) -> int:
-        return self.spec.round_to or 1
+    def _min_keep(self, n: str) -> int:
+        """The multiple layer ``n`` (or the coupled group it leads) keeps: ``round_to``, capped
+        for its width with ``round_to_cap`` "layer" (``PruningSpec.multiple``); 1 without."""
+        return self.spec.multiple(self.pruned[n].numel())
 
     def _keep_best(self, n: str, k: int) -> None:
         rank = self._ranking(n).flatten()
@@ -229,10 +233,10 @@ class Selection:
     def _never_empty(self) -> None:
         for n, pruned in self.pruned.items():
             kept = pruned.numel() - count_true(pruned)
-            need = min(self._min_keep(), pruned.numel())
+            need = min(self._min_keep(n), pruned.numel())
             if kept < need:
                 self._keep_best(n, need)
-                self.notes.append(kept_note(n, kept, need, self.spec))
+                self.notes.append(kept_note(n, kept, need, self.spec, need))
             if n in self.outputs and self.spec.granularity in _ROW_UNITS:
                 self._keep_rows(n)
 
@@ -254,16 +258,36 @@ class Selection:
         )
         self.notes.append(emptied_note(n, text, self.spec))
 
-    def _round_to(self) -> None:
-        r = self.spec.round_to
-        if not r:
+    def _round_to(self, pool: list[str], target: float, local: dict[str, float]) -> None:
+        """Kept counts to their multiples, up or down (:mod:`.rounding`): the global pool so its
+        removed parameters land nearest ``target``, any other layer to its nearest multiple."""
+        if not self.spec.round_to:
             return
-        for n, pruned in self.pruned.items():
-            units, kept = pruned.numel(), pruned.numel() - count_true(pruned)
-            rounded = min(units, -(-kept // r) * r)
-            if rounded != kept:
-                self._keep_best(n, rounded)
-        self.notes.append(info(f"kept filter/channel counts rounded up to a multiple of {r}"))
+        batches = [(pool, target)] if pool else []
+        batches += [([n], local[n]) for n in self.pruned if n not in pool]
+        for names, share in batches:
+            layers = {n: self._rounded(n, n in pool) for n in names}
+            kept = {n: layers[n].units - count_true(self.pruned[n]) for n in names}
+            for n, k in balanced_keep(layers, kept, share).items():
+                if k != kept[n]:
+                    self._keep_best(n, k)
+        multiples = {n: self._min_keep(n) for n in self.pruned}
+        groups = {n: len(g) - 1 for n, g in self.coupling.members().items()}
+        removed = self._removed_share(pool) if len(pool) > 1 else None
+        self.notes.append(info(rounded_note(self.spec, multiples, groups, (target, removed))))
+
+    def _rounded(self, n: str, pooled: bool) -> Rounded:
+        units, multiple = self.pruned[n].numel(), self._min_keep(n)
+        floor = min(multiple, units)
+        if pooled and self.spec.granularity in CHANNEL_LEVELS:  # as _cap keeps
+            cap = self.spec.max_layer_sparsity
+            floor = max(floor, math.ceil(round((1.0 - cap) * units, 6)))
+        return Rounded(self._ranking(n), multiple, self._unit_size(n), floor)
+
+    def _removed_share(self, names: list[str]) -> float:
+        sizes = {n: self._unit_size(n) for n in names}
+        total = sum(sizes[n] * self.pruned[n].numel() for n in names)
+        return sum(sizes[n] * count_true(self.pruned[n]) for n in names) / total
 
     def plan(self, model: nn.Module, layers: dict[str, nn.Module]) -> MaskPlan:
         masks, achieved, channels = {}, {}, {}

@@ -1,5 +1,6 @@
-"""The notes a selection leaves: a layer kept from being emptied, a kept count rounded up to
-``pruning.round_to``, and the global ranking's normalisation.
+"""The notes a selection leaves: a layer kept from being emptied, kept counts rounded (up or
+down, :mod:`.rounding`) to ``pruning.round_to`` (or, with ``round_to_cap`` "layer", to each
+layer's capped multiple), and the global ranking's normalisation.
 
 Example:
     >>> from app.pruning.pruning_spec import PruningSpec
@@ -42,18 +43,63 @@ def scope_notes(spec: PruningSpec, task: str | None) -> list[Note]:
     return [info(LM_GLOBAL_MAGNITUDE)] if magnitude and lm else []
 
 
-def kept_note(n: str, kept: int, need: int, spec: PruningSpec) -> Note:
+def kept_note(n: str, kept: int, need: int, spec: PruningSpec, multiple: int = 0) -> Note:
     """Which rule kept more of layer ``n``: the emptied-layer guard (``kept`` was 0, a
-    warning), or rounding a kept count up to ``pruning.round_to`` (an info note)."""
+    warning), or rounding a kept count up to ``multiple``, ``pruning.round_to`` or its
+    per-layer cap (an info note)."""
+    rule = _rule(spec, multiple or spec.round_to)
     if kept == 0:
-        rounded = f" (pruning.round_to {spec.round_to})" if need > 1 else ""
+        rounded = f" ({rule})" if need > 1 else ""
         return emptied_note(
             n, f"'{n}' would have been emptied; its best {need} unit(s) kept{rounded}", spec
         )
-    return info(
-        f"'{n}' kept {kept} unit(s), rounded up to {need} "
-        f"(a multiple of pruning.round_to {spec.round_to})",
-        layer=n,
+    return info(f"'{n}' kept {kept} unit(s), rounded up to {need} (a multiple of {rule})", layer=n)
+
+
+def _rule(spec: PruningSpec, multiple: int | None) -> str:
+    if spec.round_to_cap == "layer" and multiple != spec.round_to:
+        return f"{multiple}: pruning.round_to {spec.round_to} capped for this layer's width"
+    return f"pruning.round_to {spec.round_to}"
+
+
+def rounded_note(
+    spec: PruningSpec,
+    multiples: dict[str, int],
+    coupled: dict[str, int] | None = None,
+    reached: tuple[float, float | None] = (0.0, None),
+) -> str:
+    """What rounding the kept counts did: one multiple, or (``round_to_cap`` "layer") each
+    layer's (or coupled group's) multiple; ``coupled``: a group's leader -> its other members;
+    ``reached``: (share asked, share of the global pool's parameters removed, None without).
+
+    Example:
+        >>> spec = PruningSpec("filter", "l1", sparsity=0.5, round_to=16, round_to_cap="layer")
+        >>> rounded_note(spec, {"a": 4, "b": 16, "c": 16}, {"b": 3}).split(": ")[-1]
+        "16 'b' (+3 coupled), 'c'; 4 'a'"
+        >>> "removed 29.1% of its parameters for 30%" in rounded_note(spec, {}, None, (0.3, 0.2912))
+        True
+    """
+    asked, removed = reached
+    how = (
+        "kept filter/channel counts rounded up or down (the lowest-ranked blocks cut first) so "
+        "the removed share lands nearest the one asked"
+        + (
+            ""
+            if removed is None
+            else f"; the global ranking removed {removed:.1%} of its parameters for {asked:.0%}"
+        )
+    )
+    if spec.round_to_cap != "layer":
+        return f"{how}; each a multiple of pruning.round_to {spec.round_to}"
+    by: dict[int, list[str]] = {}
+    for n, m in multiples.items():
+        more = (coupled or {}).get(n)
+        by.setdefault(m, []).append(f"'{n}'" + (f" (+{more} coupled)" if more else ""))
+    each = "; ".join(f"{m} {', '.join(names)}" for m, names in sorted(by.items(), reverse=True))
+    return (
+        f"{how}; per layer (or coupled group) a multiple of pruning.round_to {spec.round_to} "
+        f"capped at the largest power of two at most a quarter of its width "
+        f"(pruning.round_to_cap 'layer'): {each}"
     )
 
 
