@@ -55,6 +55,45 @@ def test_the_range_test_is_deterministic_and_leaves_the_model_as_it_was() -> Non
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_the_range_test_chooses_a_tenth_of_where_the_loss_doubled() -> None:
+    # not a thirtieth (the rule before): a transformers ResNet at 50% element fine-tuned at
+    # 1.3e-3 while its loss still fell, and ended 1.9 points under dense (a tenth: 0.7)
+    model, keeper = _pruned(0.5)
+    found = range_test(model, load_digits(), FinetuneSpec(batch_size=32), keeper=keeper, seed=0)
+    assert found.diverged_at is not None and not found.retreated, found.note()
+    assert math.isclose(found.lr, found.diverged_at / 10)
+    assert found.lr > found.diverged_at / 30 and found.at_min < found.diverged_at
+    assert (
+        f"a tenth of {found.diverged_at:.1e}, where the smoothed loss doubled"
+        in (found.note()["text"])
+    )
+
+
+def test_a_near_zero_loss_doubling_on_noise_does_not_end_the_sweep() -> None:
+    # a trained ResNet-20's loss of ~0.01 "doubled" at 1.6e-3 and fine-tuning ran at 1.6e-4
+    # (0.6 points under the anchor at 50% element); the sweep now runs until the loss is
+    # twice LEAST_LOSS * ln(n_classes) at least
+    from app.pruning.data import ArrayDataset
+    from app.pruning.lr_range import LEAST_LOSS
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 16, generator=gen)
+    y = (x @ torch.randn(10, 16, generator=gen).T).argmax(1)
+    data = ArrayDataset("easy", x.numpy(), y.numpy(), x.numpy(), y.numpy(), 10)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(400):  # to a training loss of ~0.0015
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    found = range_test(model, data, FinetuneSpec(batch_size=32), seed=0)
+    bound = 2 * LEAST_LOSS * math.log(10)
+    assert min(found.losses) < 0.01 and found.diverged_at is not None, found.note()
+    assert found.losses[-1] > bound and max(found.losses[:-1]) <= bound
+    assert math.isclose(found.lr, found.diverged_at / 10)
+
+
 def test_a_numeric_lr_runs_no_range_test() -> None:
     result = _run({"epochs": 1, "lr": 0.003})
     assert not [n for n in result.notes if n["text"].startswith("lr auto:")]
