@@ -20,13 +20,10 @@
 4. The recipe is rewritten as per-layer ``overrides``; the run reports the budget, what was
    reached and the measured latency (:func:`budget_report`).
 
-Example:
-    >>> table = {"base": 10.0, "groups": {
-    ...     "a": {"members": ["a"], "points": [[0.5, 4.0, 0.0], [0.9, 5.0, 0.5]]},
-    ...     "b": {"members": ["b", "c"], "points": [[0.5, 2.0, 0.25], [0.9, 3.0, 0.5]]}}}
-    >>> alloc, predicted = allocate(table, 6.0)
-    >>> alloc, predicted
-    ({'a': 0.5, 'b': 0.0, 'c': 0.0}, 6.0)
+Example (the allocation itself is :mod:`app.pruning.budget_alloc`'s, re-exported here):
+    >>> from app.pruning import budget_alloc
+    >>> allocate is budget_alloc.allocate
+    True
 """
 
 from __future__ import annotations
