@@ -52,7 +52,7 @@ from app.pruning.report import ProgressThrottle, Report, ShouldStop, check_cance
 from app.pruning.spec import Recipe
 from app.pruning.train import fine_tune
 from app.pruning.train_state import BatchHook, EpochHook
-from app.pruning.tuning import Tuning
+from app.pruning.tuning import Tuning, resolve_distill
 from app.zoo import reset_parameters
 
 BN_NOTE_KEY = "accuracy_before_bn_recalibration"
@@ -97,6 +97,9 @@ class RunContext:
     def __post_init__(self) -> None:
         finetune, note = resolve_batch_size(self.recipe.finetune, self.data.n_train)
         self.recipe = replace(self.recipe, finetune=finetune)  # "auto" chosen once, here
+        add_notes(self.notes, [note] if note is not None else [])
+        finetune, note = resolve_distill(self.recipe)  # distill "auto": on for filter/channel
+        self.recipe = replace(self.recipe, finetune=finetune)
         add_notes(self.notes, [note] if note is not None else [])
         self.model = self.model.to(self.device)
         self.tuning = Tuning.for_run(self.recipe.finetune, self.model)  # teacher: still dense

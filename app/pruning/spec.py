@@ -121,7 +121,9 @@ class FinetuneSpec:
     (``lr_range.py``); ``batch_size="auto"`` (the default) gives an epoch at least 40 steps,
     at most 128 a batch (``batch_size.py``); ``warmup`` is the share of the iterations over which the LR ramps up
     linearly before ``lr_schedule`` takes over; ``distill`` adds a loss toward the dense
-    model's outputs (prune runs; null turns it off).
+    model's outputs (prune runs; null turns it off; ``"auto"``, the default, turns it on with
+    the default weight and temperature for filter/channel pruning, where it was measured to
+    help, and off elsewhere: ``tuning.resolve_distill``).
     """
 
     epochs: int = 2
@@ -134,7 +136,7 @@ class FinetuneSpec:
     warmup: float = 0.05
     label_smoothing: float = 0.0
     early_stop_patience: int | None = None
-    distill: DistillSpec | None = None
+    distill: DistillSpec | str | None = "auto"
 
     def __post_init__(self) -> None:
         integer(self.epochs, "finetune.epochs", 0)
@@ -147,13 +149,20 @@ class FinetuneSpec:
         number(self.warmup, "finetune.warmup", 0.0, 1.0)
         number(self.label_smoothing, "finetune.label_smoothing", 0.0, 1.0)
         optional(self.early_stop_patience, integer, "finetune.early_stop_patience", 1)
-        if self.distill is not None and not isinstance(self.distill, DistillSpec):
-            raise ValueError("finetune.distill must be an object {weight, temperature} or null.")
+        if self.distill not in (None, "auto") and not isinstance(self.distill, DistillSpec):
+            raise ValueError(
+                'finetune.distill must be an object {weight, temperature}, "auto" or null.'
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> FinetuneSpec:
         d = dict(check_keys(d, cls, "finetune"))
-        if d.get("distill") is not None:
+        if isinstance(d.get("distill"), str) and d["distill"] != "auto":
+            raise ValueError(
+                'finetune.distill must be an object {weight, temperature}, "auto" or null; '
+                f"got {d['distill']!r}."
+            )
+        if d.get("distill") not in (None, "auto"):
             d["distill"] = DistillSpec.from_dict(d["distill"])
         return cls(**d)
 

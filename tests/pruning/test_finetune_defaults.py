@@ -192,3 +192,17 @@ def test_a_refused_lr_backs_off_by_half_decades_to_a_tenth_at_most() -> None:
     assert len(found.retreated) == 2, found.note()
     assert math.isclose(found.retreated[0] / found.retreated[1], BACK_OFF)
     assert math.isclose(found.lr, found.retreated[0] / 10)  # was a hundredth
+
+
+def test_distillation_is_on_by_default_for_filter_pruning_and_off_for_element() -> None:
+    """``distill: "auto"`` (the default): the dense model teaches a filter run (a note says so
+    and what its forward passes cost); an element run trains without a teacher."""
+    filters = _run({"epochs": 1, "lr": 0.003}, {**HALF, "granularity": "filter"})
+    texts = [n["text"] for n in filters.notes]
+    assert any(t.startswith("distillation auto: on for filter pruning") for t in texts), texts
+    cost = [t for t in texts if t.startswith("distillation:")]
+    assert len(cost) == 1 and "teacher's forward passes took" in cost[0]
+    elements = _run({"epochs": 1, "lr": 0.003})
+    assert not [n for n in elements.notes if n["text"].startswith("distillation")]
+    off = _run({"epochs": 1, "lr": 0.003, "distill": None}, {**HALF, "granularity": "filter"})
+    assert not [n for n in off.notes if n["text"].startswith("distillation")]

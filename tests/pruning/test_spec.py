@@ -153,3 +153,10 @@ def test_distill_round_trips_and_null_turns_it_off() -> None:
     assert recipe.finetune.distill is not None and recipe.finetune.distill.temperature == 4
     assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
     assert Recipe.from_dict(_with("finetune", distill=None)).finetune.distill is None
+
+
+def test_distill_defaults_to_auto_and_refuses_other_words() -> None:
+    assert FinetuneSpec().distill == "auto"
+    assert Recipe.from_dict(_with("finetune", distill="auto")).finetune.distill == "auto"
+    with pytest.raises(ValueError, match='finetune.distill must be an object .*"auto" or null'):
+        Recipe.from_dict(_with("finetune", distill="yes"))
