@@ -86,7 +86,8 @@ def test_vector_pruning_zeroes_whole_kernel_rows(layer, sparsity) -> None:
 def test_group_pruning_uses_the_same_pattern_in_every_filter(layer, sparsity) -> None:
     m = _canon(layer, _mask(layer, "group", sparsity))
     assert bool((m == m[:1]).all())
-    assert not bool(m.all())
+    if sparsity * m[0].numel() >= 1:  # at least one whole position asked for (12.5% of a
+        assert not bool(m.all())  # 4-position pattern is half a unit: none is as near)
 
 
 @FAST
