@@ -198,7 +198,7 @@ def _values(
     x = batch_of(data, batch)
     seen = [_leaf_shapes(m, x[:1]) for m in (dense, *smalls)]
     changed = sorted({n for s in seen[1:] for n, io in s.items() if io != seen[0].get(n)})
-    runs = [_modules_run(m, changed, s, batch) for m, s in zip((dense, *smalls), seen, strict=True)]
+    runs = [_modules_run(m, changed, x) for m in (dense, *smalls)]
     with torch.inference_mode():
         t_model, t_dense, *timings = time_interleaved(
             [lambda: dense(x), *runs], budget_s=0.25 * (len(smalls) + 2), cpu=clock() == "cpu"
@@ -209,13 +209,14 @@ def _values(
 
 
 def _leaf_shapes(model: nn.Module, x1: Tensor) -> dict[str, tuple]:
-    """Leaf module -> (input shape, output shape) for one sample (tensor in, tensor out)."""
+    """Leaf module -> (input shapes, output shape) for one sample (tensor out)."""
     shapes: dict[str, tuple] = {}
 
     def hook(name: str) -> Callable:
         def record(_m: nn.Module, inp: tuple, out: object) -> None:
-            if inp and isinstance(inp[0], Tensor) and isinstance(out, Tensor):
-                shapes.setdefault(name, (tuple(inp[0].shape[1:]), tuple(out.shape[1:])))
+            if inp and isinstance(out, Tensor):
+                ins = tuple(tuple(i.shape) if isinstance(i, Tensor) else None for i in inp)
+                shapes.setdefault(name, (ins, tuple(out.shape)))
 
         return record
 
@@ -230,16 +231,26 @@ def _leaf_shapes(model: nn.Module, x1: Tensor) -> dict[str, tuple]:
     return shapes
 
 
-def _modules_run(
-    model: nn.Module, names: list[str], shapes: dict[str, tuple], batch: int
-) -> Callable[[], None]:
-    """A callable running ``model``'s modules ``names`` alone on inputs of their shapes."""
+def _modules_run(model: nn.Module, names: list[str], x: Tensor) -> Callable[[], None]:
+    """A callable running ``model``'s modules ``names`` alone, each on the inputs it received
+    in one forward of ``x`` (every positional input: an ONNX graph's Add or Mul takes two)."""
     modules = dict(model.named_modules())
-    pairs = [(modules[n], torch.randn(batch, *shapes[n][0])) for n in names if n in shapes]
+    pairs: list[tuple[nn.Module, tuple]] = []
+    hooks = [
+        modules[n].register_forward_hook(lambda m, inp, _out: pairs.append((m, inp)))
+        for n in names
+        if n in modules
+    ]
+    try:
+        with torch.inference_mode():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
 
     def run() -> None:
         for module, inp in pairs:
-            module(inp)
+            module(*inp)
 
     return run
 

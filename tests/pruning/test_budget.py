@@ -329,3 +329,28 @@ def test_between_two_widths_the_candidate_within_10pct_is_kept() -> None:
     assert picked(10.3, 8.5) == 10.3  # 3% over beats 15% under: only it is within 10%
     assert picked(10.8, 10.2, 8.0) == 10.2  # the nearest within 10%
     assert picked(11.5, 5.0) == 5.0  # neither within 10%: the one meeting the budget
+
+
+def test_a_latency_table_times_an_onnx_loaded_residual_net(tmp_path) -> None:
+    """An uploaded ONNX graph runs its residual Add as a module of two inputs: the table
+    replays every module on the inputs it received (it called them with one and failed)."""
+    from app.modelio.detect import detect_format
+    from app.modelio.load import load_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "resnet20.onnx"
+    torch.onnx.export(
+        build("resnet20", input_shape=(1, 8, 8)).eval(),
+        (torch.randn(1, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+    )
+    model = load_model(path, detect_format(path), input_shape=(1, 8, 8)).module.eval()
+    target = {"latency_ms": 1.0, "batch": 32}
+    table = layer_table(model, _recipe(target).pruning, load_digits(), target, None)
+    assert table["base"] > 0 and table["groups"]
+    assert any(p[1] > 0 for entry in table["groups"].values() for p in entry["points"])
