@@ -23,6 +23,7 @@ from app.web.chart_style import (
 )
 from app.web.charts import curve_perplexity
 from app.web.charts_layers import rebin
+from app.web.latency_view import final_speedup
 
 # (metric, label, higher is better); a language model's perplexity (PERPLEXITY_COLUMN) goes first
 PERPLEXITY_COLUMN = ("perplexity", "perplexity (lower is better)", False)
@@ -69,11 +70,9 @@ def with_speedups(final: dict) -> dict:
     """
     out = dict(final)
     for block, (key, _, _) in SPEEDUP_COLUMNS.items():
-        rows = (final.get(block) or {}).get("rows") if isinstance(final.get(block), dict) else None
-        if rows:
-            last = rows[-1]
-            number = as_number(last.get("speedup"))
-            out[key] = number if number is not None else str(last.get("verdict") or "")
+        number, verdict = final_speedup(final, block)
+        if number is not None or verdict:
+            out[key] = number if number is not None else verdict
     return out
 
 

@@ -85,9 +85,10 @@ def step_speedup(metrics: dict, base: dict, key: str) -> float | None:
     return round(a / b, 4)
 
 
-def final_speedup(final: dict | None) -> tuple[float | None, str]:
-    """The large-batch PyTorch speed-up of the model handed back, and its verdict."""
-    block = (final or {}).get("speedup")
+def final_speedup(final: dict | None, key: str = "speedup") -> tuple[float | None, str]:
+    """The large-batch speed-up of the model handed back in the runtime ``key`` names
+    (``"speedup"``: PyTorch, ``"speedup_onnx"``: ONNX Runtime), and its verdict."""
+    block = (final or {}).get(key)
     rows = block.get("rows") if isinstance(block, dict) else None
     if not rows:
         return None, ""
