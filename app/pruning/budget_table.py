@@ -221,14 +221,19 @@ def _leaf_shapes(model: nn.Module, x1: Tensor) -> dict[str, tuple]:
         return record
 
     leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
-    hooks = [m.register_forward_hook(hook(n)) for n, m in leaves]
+    _hooked_forward(model, x1, [(m, hook(n)) for n, m in leaves])
+    return shapes
+
+
+def _hooked_forward(model: nn.Module, x: Tensor, hooks: list[tuple[nn.Module, Callable]]) -> None:
+    """One eval-mode inference forward of ``x`` with each ``(module, forward hook)`` attached."""
+    handles = [m.register_forward_hook(h) for m, h in hooks]
     try:
         with torch.inference_mode():
-            model.eval()(x1)
+            model.eval()(x)
     finally:
-        for h in hooks:
-            h.remove()
-    return shapes
+        for handle in handles:
+            handle.remove()
 
 
 def _modules_run(model: nn.Module, names: list[str], x: Tensor) -> Callable[[], None]:
@@ -236,17 +241,11 @@ def _modules_run(model: nn.Module, names: list[str], x: Tensor) -> Callable[[], 
     in one forward of ``x`` (every positional input: an ONNX graph's Add or Mul takes two)."""
     modules = dict(model.named_modules())
     pairs: list[tuple[nn.Module, tuple]] = []
-    hooks = [
-        modules[n].register_forward_hook(lambda m, inp, _out: pairs.append((m, inp)))
-        for n in names
-        if n in modules
-    ]
-    try:
-        with torch.inference_mode():
-            model.eval()(x)
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def keep(m: nn.Module, inp: tuple, _out: object) -> None:
+        pairs.append((m, inp))
+
+    _hooked_forward(model, x, [(modules[n], keep) for n in names if n in modules])
 
     def run() -> None:
         for module, inp in pairs:
