@@ -142,6 +142,9 @@ RECIPE_KINDS: tuple[str, ...] = ("prune", "sensitivity", "train")
 SCOPES: tuple[str, ...] = ("global", "layerwise")
 WANDA_GROUPS: tuple[str, ...] = ("row", "layer")
 """What wanda's element scores are compared within: each output row (as published) or the layer."""
+DEPLOY_RUNTIMES: tuple[str, ...] = ("pytorch", "onnxruntime")
+"""Where a physically pruned model will run: the default ``round_to`` is shaped for it (PyTorch:
+the measured multiple capped per layer; ONNX Runtime: its NCHWc block on every layer)."""
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step")
 RETRAIN_INITS: tuple[str, ...] = ("rewind", "reinit")
@@ -199,6 +202,7 @@ def as_json() -> dict:
         "recipe_kinds": list(RECIPE_KINDS),
         "scopes": list(SCOPES),
         "wanda_groups": list(WANDA_GROUPS),
+        "deploy_runtimes": list(DEPLOY_RUNTIMES),
         "optimizers": list(OPTIMIZERS),
         "lr_schedules": list(LR_SCHEDULES),
         "retrain_inits": list(RETRAIN_INITS),

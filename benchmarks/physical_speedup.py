@@ -18,8 +18,10 @@ input and writing the output, which pruning halves, not quarters), MaxPool (line
 channels) and convolutions left with one NCHWc block of 8 channels (slower per MAC) keep
 the speed-up under the MAC reduction.
 
-``--round-to 4 default 16`` prunes each model once per multiple and prints the rows side by
-side: ``default`` is the lab's default on this machine (``shapes.cached_round_to``: the
+``--round-to 4 default ort 16`` prunes each model once per multiple and prints the rows side by
+side: ``ort`` is the default of a run shaped for ONNX Runtime (``pruning.deploy_runtime``
+"onnxruntime": ONNX Runtime's own measured multiple on every layer, uncapped); ``default`` is
+the lab's default on this machine (``shapes.cached_round_to``: the
 smallest multiple PyTorch and ONNX Runtime both run within 3% of their best, measured here,
 capped per layer or coupled group at a quarter of its width, ``round_to_cap`` "layer"); a
 number is one multiple for every layer. ``--selection global`` takes the masks from the
@@ -211,10 +213,14 @@ def print_profile(arch: str, paths: tuple[Path, Path], x: torch.Tensor, threads:
 
 def resolve_round_to(value: str, cache: Path) -> tuple[int, bool, str]:
     """``(multiple, per layer, label)``: an explicit multiple (``16``: one for every layer;
-    ``16/layer``: capped per layer), or ``default``: the lab's default on this machine (the
-    measured multiple, capped per layer)."""
+    ``16/layer``: capped per layer), ``default``: the lab's default on this machine (the
+    measured multiple, capped per layer), or ``ort``: the default of a run with
+    ``pruning.deploy_runtime`` "onnxruntime" (ONNX Runtime's measured multiple, uncapped)."""
     if value.endswith("/layer"):
         return int(value.removesuffix("/layer")), True, value
+    if value == "ort":  # pruning.deploy_runtime "onnxruntime": ORT's multiple, every layer
+        multiple = per_runtime(cached_round_to(cache, timers=runtime_timers())[1])["onnxruntime"]
+        return multiple, False, f"deploy_runtime onnxruntime = {multiple} on every layer"
     if value != "default":
         return int(value), False, value
     measured, table = cached_round_to(cache, timers=runtime_timers())
@@ -321,7 +327,7 @@ def main() -> None:
     )
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument(
-        "--round-to", nargs="+", default=["8"], help="multiples to compare, or 'default'"
+        "--round-to", nargs="+", default=["8"], help="multiples to compare, 'default' or 'ort'"
     )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--budget-s", type=float, default=3.0, help="timing seconds per pair")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from app.catalogue import (
     CRITERION_NAMES,
+    DEPLOY_RUNTIMES,
     GRANULARITY_NAMES,
     SCOPES,
     VALID_PAIRS,
@@ -73,6 +74,7 @@ class PruningSpec:
     physical: bool = False
     round_to: int | None = None
     round_to_cap: str = "none"  # "layer": round_to capped per layer at a quarter of its width
+    deploy_runtime: str = "pytorch"  # where the pruned model runs: shapes the default round_to
     calibration_batches: int = 4
     bn_l1: float = 0.0  # L1 sparsity-training strength on BN gamma (applied by the trainer)
     target: dict[str, float] | None = None  # a budget instead of a sparsity (check_budget)
@@ -129,6 +131,14 @@ class PruningSpec:
                 "pruning.round_to_cap applies to granularities 'filter' and 'channel' only, "
                 f"not '{self.granularity}'."
             )
+        choice(self.deploy_runtime, DEPLOY_RUNTIMES, "pruning.deploy_runtime")
+        if self.deploy_runtime != "pytorch" and (
+            self.granularity not in ("filter", "channel") or not self.physical
+        ):
+            raise ValueError(
+                "pruning.deploy_runtime applies to granularities 'filter' and 'channel' with "
+                "pruning.physical true (it shapes the widths a physically pruned model keeps)."
+            )
         if self.granularity == "layer" and self.threshold is not None:
             raise ValueError(
                 "pruning.threshold does not apply to granularity 'layer' (whole blocks go by "
@@ -158,6 +168,12 @@ class PruningSpec:
             raise ValueError(
                 "pruning.target needs granularity 'filter' or 'channel' with "
                 "pruning.physical true: a budget is met by removing channels."
+            )
+        if "latency_ms" in self.target and self.deploy_runtime != "pytorch":
+            raise ValueError(
+                "a pruning.target latency_ms budget is timed in PyTorch on the machine that runs "
+                f"the job, not in pruning.deploy_runtime '{self.deploy_runtime}'; give a params "
+                "or flops budget (or a sparsity) for a model shaped for that runtime."
             )
 
     def _check_cap(self) -> None:

@@ -28,7 +28,7 @@ from app.pruning.histograms import histograms, prunable_weights
 from app.pruning.layers import prunable_layers
 from app.pruning.measure import batch_of
 from app.pruning.notes import Note, add_notes, info, warning
-from app.pruning.speedup import compare_latency, masks_only_latency, slower_note
+from app.pruning.speedup import compare_latency, masks_only_latency, short_note, slower_note
 from app.pruning.structural.blocks import remove_blocks
 from app.pruning.structural.remove import physical_prune, removal_blockers
 from app.pruning.structural.transformer import mlp_layers, shrink
@@ -143,10 +143,13 @@ def original_model(ctx: RunContext, like: nn.Module) -> nn.Module:
     return dense.eval()
 
 
-def deploy_speedup(ctx: RunContext, dense: nn.Module, model: nn.Module, physical: bool) -> dict:
+def deploy_speedup(
+    ctx: RunContext, dense: nn.Module, model: nn.Module, physical: bool, flops: float = 0.0
+) -> dict:
     """The original vs the model handed back in PyTorch, timed interleaved.
 
-    Masks only: 1.0x, nothing timed. A measurably slower pruned model adds a note.
+    Masks only: 1.0x, nothing timed. A measurably slower pruned model, or one whose speed-up is
+    under half its MAC reduction (``flops`` per sample now vs the baseline's), adds a note.
     """
     batch = int(ctx.baseline.get("batch") or 256)
     if not physical:
@@ -154,6 +157,14 @@ def deploy_speedup(ctx: RunContext, dense: nn.Module, model: nn.Module, physical
     x_one = ctx.data.sample_batch(1)
     comparison = compare_latency(dense, model, x_one, batch_of(ctx.data, batch), device=ctx.device)
     note = slower_note(comparison)
+    before = float(ctx.baseline.get("flops") or 0.0)
+    if note is None and before and flops:
+        hint = (
+            " (this run's widths are shaped for ONNX Runtime: pruning.deploy_runtime)"
+            if ctx.recipe.pruning.deploy_runtime != "pytorch"
+            else "; try pruning.round_to with a multiple the CPU kernels like (8 or 16)"
+        )
+        note = short_note(comparison, before / flops, "PyTorch", hint)
     if note is not None:
         ctx.notes.append(note)
     return comparison
@@ -238,7 +249,8 @@ def finish_run(ctx: RunContext, rebuildable: bool) -> RunResult:
     ctx.model = model
     final = ctx.measure()
     if original is not None:
-        final["speedup"] = deploy_speedup(ctx, original, model, physical)
+        flops = float(final.get("flops") or 0.0)
+        final["speedup"] = deploy_speedup(ctx, original, model, physical, flops)
     result_notes(ctx, model, final, physical=physical)
     ctx.report("progress", {"fraction": 1.0, "message": "done"})
     return RunResult(

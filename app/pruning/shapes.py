@@ -36,7 +36,7 @@ from torch import nn
 
 from app.catalogue import CHANNEL_LEVELS
 from app.pruning.latency import fixed_threads, time_interleaved
-from app.pruning.notes import Note, info
+from app.pruning.notes import Note, info, warning
 from app.pruning.spec import Recipe
 
 WIDTHS = tuple(range(56, 73))
@@ -150,18 +150,41 @@ def with_default_round_to(
     cache_dir: Path | None,
     timers: Mapping[str, Timer] | None = None,
 ) -> tuple[Recipe, Note | None]:
-    """A physical channel-level recipe without ``round_to`` gets the measured multiple, capped
-    per layer (``round_to_cap`` "layer"), and a note.
+    """A physical channel-level recipe without ``round_to`` gets a measured multiple, shaped
+    for ``pruning.deploy_runtime``, and a note.
 
-    The multiple is the one every measured runtime (PyTorch and ``timers``) runs within
-    ``TOLERANCE`` of its best. Each layer (or coupled group) rounds its kept count to that
-    multiple capped at the largest power of two at most a quarter of its own width
+    PyTorch (the default): the multiple every measured runtime (PyTorch and ``timers``) runs
+    within ``TOLERANCE`` of its best, capped per layer (``round_to_cap`` "layer") at the
+    largest power of two at most a quarter of the layer's (or coupled group's) width
     (``pruning_spec.layer_multiple``): wide layers, where most MACs are, get the fast shapes
-    and narrow ones can still lose three quarters. One multiple for the whole net was first
-    capped at the narrowest layer (16 on the zoo's CNNs: a 30% filter run kept their 16- and
-    32-filter layers whole and removed a tenth of resnet20's channels), then at a quarter of it
-    (4: the wide layers too). Anything else (or no cache directory) is returned unchanged,
-    without a note.
+    and narrow ones can still lose three quarters (PyTorch runs an 8-wide layer cut from 16
+    faster). One multiple for the whole net was first capped at the narrowest layer (16 on
+    the zoo's CNNs: a 30% filter run kept their 16- and 32-filter layers whole and removed a
+    tenth of resnet20's channels), then at a quarter of it (4: the wide layers too).
+
+    ONNX Runtime: its own measured multiple (its NCHWc block, 16 on AVX-512, 8 on AVX2) on
+    every layer, uncapped: ORT pads a layer cut below its block back to a whole block and
+    reorders around it, so those cuts buy nothing there; layers at or under one block stay
+    whole and the budget-aware rounding cuts the others deeper to reach the sparsity asked.
+    Without ONNX Runtime on the worker the PyTorch default is used and the note says so.
+
+    Anything else (or no cache directory) is returned unchanged, without a note.
+
+    Example (a table already measured, in ``cache``):
+        >>> import tempfile
+        >>> from app.pruning.spec import Recipe
+        >>> cache = Path(tempfile.mkdtemp())
+        >>> table = {"runtimes": {"pytorch": {"56": 1.0, "60": 1.0, "64": 1.0},
+        ...                       "onnxruntime": {"56": 2.0, "60": 2.0, "64": 1.0}}}
+        >>> _ = (cache / f"{_key(torch.get_num_threads(), ('onnxruntime',))}.json").write_text(
+        ...     json.dumps(table))
+        >>> timers = {"onnxruntime": torch_conv_timer}  # not called: the table is cached
+        >>> r = Recipe.from_dict({"kind": "prune", "name": "x", "pruning": {
+        ...     "granularity": "filter", "criterion": "l1", "sparsity": 0.5, "physical": True,
+        ...     "deploy_runtime": "onnxruntime"}})
+        >>> p = with_default_round_to(r, cache, timers)[0].pruning
+        >>> p.round_to, p.round_to_cap
+        (16, 'none')
     """
     spec = recipe.pruning
     if cache_dir is None or spec.round_to is not None or not spec.physical:
@@ -169,17 +192,44 @@ def with_default_round_to(
     if recipe.kind != "prune" or spec.granularity not in CHANNEL_LEVELS:
         return recipe, None
     measured, table = cached_round_to(cache_dir, timers=timers)
+    each = per_runtime(table)
+    if spec.deploy_runtime != "pytorch" and spec.deploy_runtime in each:
+        return _for_runtime(recipe, spec.deploy_runtime, each)
+    missing = (
+        f" (pruning.deploy_runtime '{spec.deploy_runtime}': "
+        f"{RUNTIME_NAMES.get(spec.deploy_runtime, spec.deploy_runtime)} is not installed on "
+        "this worker, so its shapes could not be measured; the PyTorch default was used)"
+        if spec.deploy_runtime != "pytorch"
+        else ""
+    )
     if measured <= 1:
-        return recipe, None
-    each = ", ".join(f"{RUNTIME_NAMES.get(k, k)} {v}" for k, v in per_runtime(table).items())
-    note = info(
+        return recipe, warning(missing.strip(" ()")) if missing else None
+    listed = ", ".join(f"{RUNTIME_NAMES.get(k, k)} {v}" for k, v in each.items())
+    text = (
         f"pruning.round_to defaulted to {measured}, capped per layer (pruning.round_to_cap "
         f"'layer'): each layer's (or coupled group's) kept filter/channel count is a multiple of "
         f"{measured} or of the largest power of two at most a quarter of its width, whichever "
         f"is smaller, so the wide layers get the shapes this machine's convolution kernels run "
-        f"fastest (measured once; preferred multiple by runtime: {each}) and the narrow ones "
+        f"fastest (measured once; preferred multiple by runtime: {listed}) and the narrow ones "
         f"can still be cut to the sparsity asked (set round_to for one multiple everywhere: "
         f"layers of {measured} channels or fewer then stay whole and the others are cut "
-        f"deeper; kept counts are rounded up or down so the sparsity asked is reached)"
+        f"deeper; kept counts are rounded up or down so the sparsity asked is reached; "
+        f"deploying in ONNX Runtime? set pruning.deploy_runtime 'onnxruntime'){missing}"
     )
+    note = warning(text) if missing else info(text)
     return replace(recipe, pruning=replace(spec, round_to=measured, round_to_cap="layer")), note
+
+
+def _for_runtime(recipe: Recipe, runtime: str, each: Mapping[str, int]) -> tuple[Recipe, Note]:
+    multiple = each[runtime]
+    name = RUNTIME_NAMES.get(runtime, runtime)
+    note = info(
+        f"pruning.round_to defaulted to {multiple} on every layer for pruning.deploy_runtime "
+        f"'{runtime}' (measured once: {name} runs widths that are multiples of {multiple} "
+        f"fastest per MAC, and pads a layer cut to fewer back to its next multiple, so such "
+        f"cuts would buy nothing there): layers of {multiple} filters/channels or fewer stay "
+        f"whole, the others keep multiples of {multiple}, rounded up or down so the sparsity "
+        f"asked is reached over the whole net"
+    )
+    spec = replace(recipe.pruning, round_to=multiple, round_to_cap="none")
+    return replace(recipe, pruning=spec), note

@@ -181,12 +181,12 @@ def _write_folder(
 ) -> dict:
     """Write a finished run's files and ``summary.json`` into ``out``; returns the summary."""
     from app.runs.export import write_run_files
-    from app.runs.timing import record_onnx_speedup
+    from app.runs.timing import deploy_runtime_of, record_onnx_speedup
 
     artifacts = []
     if recipe.kind != "sensitivity":
         artifacts, _ = write_run_files(out, recipe, result, dataset, arch)
-        record_onnx_speedup(result, out, dataset)
+        record_onnx_speedup(result, out, dataset, deploy_runtime=deploy_runtime_of(recipe))
     result.notes.extend(warning(a["error"]) for a in artifacts if a.get("error"))
     summary = _summary(recipe, result, started, artifacts, **extra)
     _write_json(out / "summary.json", summary)

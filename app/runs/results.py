@@ -24,7 +24,7 @@ from typing import Any
 from app.artifacts import ArtifactStore, artifact_key
 from app.runs.export import sha256_of, write_run_files
 from app.runs.inputs import RunModel
-from app.runs.timing import record_onnx_speedup
+from app.runs.timing import deploy_runtime_of, record_onnx_speedup
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def store_files(
         if (out / row["name"]).is_file():  # a failed export removed its file
             artifacts.put_file(out / row["name"], row["storage_key"])
     fields = _result_model(artifacts, run_id, recipe, result, data, source, config, tmp, rows)
-    record_onnx_speedup(result, out, data, source.input_dtype)
+    record_onnx_speedup(result, out, data, source.input_dtype, deploy_runtime_of(recipe))
     return RunFiles(rows, fields)
 
 

@@ -19,15 +19,23 @@ log = logging.getLogger(__name__)
 PRUNED_ONNX = "pruned.onnx"
 
 
-def record_onnx_speedup(result: Any, out: Path, data: Any, input_dtype: str | None = None) -> None:
-    """Put ``speedup_onnx`` in ``result.final``; a measurably slower model adds a warning note.
+def record_onnx_speedup(
+    result: Any,
+    out: Path,
+    data: Any,
+    input_dtype: str | None = None,
+    deploy_runtime: str = "pytorch",
+) -> None:
+    """Put ``speedup_onnx`` in ``result.final``; a measurably slower model, or one whose
+    speed-up is far under its MAC reduction, adds a warning note (for a run shaped for PyTorch
+    it names ``pruning.deploy_runtime`` "onnxruntime").
 
     Both files are fed the sample the exports were traced on (token ids stay int64)."""
     pruned_onnx = out / PRUNED_ONNX
     if result.original is None or not pruned_onnx.is_file():
         return
     from app.modelio.ort_latency import onnx_latency
-    from app.pruning.speedup import slower_note
+    from app.pruning.speedup import short_note, slower_note
     from app.runs.export import export_example
 
     try:
@@ -46,5 +54,25 @@ def record_onnx_speedup(result: Any, out: Path, data: Any, input_dtype: str | No
         timing = {"runtime": "onnxruntime", "error": str(exc).splitlines()[0][:300], "rows": []}
     result.final["speedup_onnx"] = timing
     note = slower_note(timing, "ONNX Runtime")
+    if note is None and not result.masks_only:
+        hint = (
+            " (ONNX Runtime pads a layer cut below its 8- or 16-channel block back to a whole "
+            "block); deploying there? prune with pruning.deploy_runtime 'onnxruntime', which "
+            "keeps widths at its blocks"
+            if deploy_runtime == "pytorch"
+            else ""
+        )
+        note = short_note(timing, _mac_reduction(result), "ONNX Runtime", hint)
     if note is not None:
         result.notes.append(note)
+
+
+def deploy_runtime_of(recipe: Any) -> str:
+    """The recipe's ``pruning.deploy_runtime`` ("pytorch" for kinds without a pruning section)."""
+    return str(getattr(getattr(recipe, "pruning", None), "deploy_runtime", "pytorch"))
+
+
+def _mac_reduction(result: Any) -> float:
+    """The original's MACs per sample over the model handed back's (1.0 when unknown)."""
+    before, after = result.baseline.get("flops"), result.final.get("flops")
+    return float(before) / float(after) if before and after else 1.0

@@ -172,6 +172,7 @@ def run_form_context(session: Session, *, model_id: int | None) -> dict:
                 m.id: [x["name"] for x in m.layers or [] if x.get("prunable", True)] for m in models
             },
             "unfit": unfit,
+            "formats": {m.id: m.format for m in models},
         },
     }
 

@@ -27,6 +27,8 @@
     (spec.layers[$("model_id").value] || []).forEach(function (n) { sel.add(new Option(n, n)); });
     countExcluded();
     fitDatasets();
+    // an ONNX upload is most likely deployed in ONNX Runtime: shape its widths for it
+    $("deploy_runtime").value = (spec.formats || {})[$("model_id").value] === "onnx" ? "onnxruntime" : "pytorch";
   }
 
   function countExcluded() {
@@ -63,6 +65,8 @@
     var crit = $("criterion").value, info = spec.catalogue.criteria.filter(function (c) { return c.name === crit; })[0];
     form.querySelector("[data-show=wanda_group]").hidden = !(crit === "wanda" && $("granularity").value === "element");
     form.querySelector("[data-show=calibration]").hidden = !(info && info.needs_data);
+    var g = $("granularity").value;
+    form.querySelector("[data-show=deploy_runtime]").hidden = !($("physical").checked && (g === "filter" || g === "channel"));
     var prune = $("kind").value !== "train";
     form.querySelector("[data-section=pruning]").disabled = !prune;
     form.querySelector("[data-section=schedule]").disabled = $("kind").value !== "prune";
@@ -105,6 +109,7 @@
       physical: $("physical").checked };
     if (!form.querySelector("[data-show=wanda_group]").hidden) pruning.wanda_group = $("wanda_group").value;
     if (!form.querySelector("[data-show=calibration]").hidden) pruning.calibration_batches = num("calibration_batches");
+    if (!form.querySelector("[data-show=deploy_runtime]").hidden) pruning.deploy_runtime = $("deploy_runtime").value;
     if (g === "nm") pruning.nm = $("nm").value.split(":").map(Number);
     else if ($("target_mode").value === "threshold") pruning.threshold = num("threshold");
     else pruning.sparsity = num("sparsity");
@@ -201,6 +206,7 @@
     $("target_mode").addEventListener("change", toggleTargets);
     $("kind").addEventListener("change", toggleTargets);
     $("schedule_kind").addEventListener("change", toggleTargets);
+    $("physical").addEventListener("change", toggleTargets);
     $("model_id").addEventListener("change", fillLayers);
     $("exclude").addEventListener("change", countExcluded);
     ["sparsity", "steps", "schedule_kind"].forEach(function (n) { $(n).addEventListener("input", drawSchedule); $(n).addEventListener("change", drawSchedule); });

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -146,4 +147,60 @@ def test_new_run_form_creates_a_run_that_updates_live(browser_page: Watched, lab
     assert charts["chart-curve"]["points"] >= 2 * 3
     assert charts["chart-sparsity"]["types"] == ["heatmap"]
     assert charts["chart-histogram"]["types"][0] == "bar"
+    assert browser_page.console_errors == [] and browser_page.outside == []
+
+
+def _upload_onnx(lab: Lab, tmp_path) -> int:
+    import torch
+
+    from app.zoo import build
+
+    torch.manual_seed(0)
+    model = build("cnn_small", num_classes=10, input_shape=(1, 8, 8)).eval()
+    path = tmp_path / "cnn.onnx"
+    x = torch.zeros(1, 1, 8, 8)
+    torch.onnx.export(
+        model, (x,), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "b"}}
+    )
+    with path.open("rb") as f:
+        r = httpx.post(
+            f"{lab.url}/api/models",
+            headers=lab.headers,
+            timeout=120,
+            data={"name": "onnx cnn for the form"},
+            files={"file": ("cnn.onnx", f)},
+        )
+    assert r.status_code == 201, r.text
+    assert r.json()["format"] == "onnx"
+    return r.json()["id"]
+
+
+@pytest.mark.slow
+def test_the_form_shapes_an_onnx_upload_for_onnx_runtime(
+    browser_page: Watched, lab: Lab, tmp_path
+) -> None:
+    """Deploy runtime shows for physical filter/channel pruning only, is preselected to ONNX
+    Runtime for an ONNX upload (PyTorch for the others) and reaches the run's recipe."""
+    onnx_id, mlp_id = _upload_onnx(lab, tmp_path), _make_model(lab)
+    page = browser_page.page
+    _open(browser_page, lab, f"/runs/new?model_id={onnx_id}", "new-run-onnx")
+    box = "[data-show=deploy_runtime]"
+    assert page.is_hidden(box)  # element granularity, nothing removed physically
+    page.select_option("select[name=granularity]", "filter")
+    assert page.is_hidden(box)
+    page.check("input[name=physical]")
+    assert page.is_visible(box)
+    assert page.input_value("select[name=deploy_runtime]") == "onnxruntime"
+    page.select_option("select[name=model_id]", str(mlp_id))
+    assert page.input_value("select[name=deploy_runtime]") == "pytorch"
+    page.select_option("select[name=model_id]", str(onnx_id))
+    page.fill("input[name=name]", "filter for ONNX Runtime")
+    page.fill("input[name=sparsity]", "0.5")
+    page.select_option("select[name=schedule_kind]", "oneshot")
+    page.fill("input[name=epochs]", "0")
+    page.click("#run-submit")
+    page.wait_for_url(re.compile(r".*/runs/[0-9]+$"), timeout=15_000)
+    run_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
+    run = httpx.get(f"{lab.url}/api/runs/{run_id}", headers=lab.headers, timeout=30).json()
+    assert run["recipe"]["pruning"]["deploy_runtime"] == "onnxruntime", run["recipe"]
     assert browser_page.console_errors == [] and browser_page.outside == []

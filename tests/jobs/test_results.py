@@ -189,3 +189,35 @@ def test_a_run_on_a_trace_with_batchnorm_says_it_stays_in_traced_mode(lab) -> No
     run = _execute(lab, body, model_id)
     said = BN_FROZEN_NOTE.format(kinds="BatchNorm2d")
     assert any(n["text"] == said for n in run.notes), run.notes
+
+
+@pytest.mark.slow
+def test_a_run_shaped_for_onnx_runtime_keeps_every_width_at_its_block(lab) -> None:
+    """pruning.deploy_runtime "onnxruntime": the default round_to is ONNX Runtime's own measured
+    multiple on every layer (uncapped), so no convolution is cut below a whole NCHWc block;
+    the run says so, the recipe keeps the choice, and both runtimes' speed-ups are timed."""
+    import re
+
+    from safetensors.torch import load_file
+
+    settings, engine = lab
+    body = {**_prune("filter", 0.5, physical=True), "arch": "cnn_small"}
+    body["pruning"] = {**body["pruning"], "deploy_runtime": "onnxruntime"}
+    run = _execute(lab, body)
+    said = [n["text"] for n in run.notes if "pruning.deploy_runtime 'onnxruntime'" in n["text"]]
+    assert said, run.notes
+    multiple = int(re.search(r"round_to defaulted to (\d+) on every layer", said[0]).group(1))
+    assert multiple >= 8  # ONNX Runtime's NCHWc block on x86 (8 on AVX2, 16 on AVX-512)
+    with Session(engine) as s:
+        art = store.get_artifact(s, run_id=run.id, name="pruned.safetensors")
+        path = ArtifactStore(settings.artifacts).local_path(art.storage_key)
+        recipe = store.get_artifact(s, run_id=run.id, name="recipe.json")
+        recipe_path = ArtifactStore(settings.artifacts).local_path(recipe.storage_key)
+    widths = {k: v.shape[0] for k, v in load_file(path).items() if v.dim() == 4}
+    original = {"features.0.weight": 16, "features.4.weight": 32, "features.8.weight": 64}
+    assert set(widths) == set(original), widths
+    for name, width in widths.items():
+        assert width == original[name] or width % multiple == 0, widths
+    assert sum(widths.values()) < sum(original.values()), "something was cut"
+    assert '"deploy_runtime": "onnxruntime"' in Path(recipe_path).read_text()
+    assert run.final["speedup"]["rows"] and run.final["speedup_onnx"]["rows"]

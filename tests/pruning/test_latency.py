@@ -15,7 +15,7 @@ from app.pruning.latency import Timing, median_ci_rel, speedup, time_interleaved
 from app.pruning.measure import measure
 from app.pruning.pipeline import run_recipe
 from app.pruning.spec import Recipe
-from app.pruning.speedup import NO_SPEEDUP, latency_row, slower_note
+from app.pruning.speedup import NO_SPEEDUP, latency_row, short_note, slower_note
 from app.zoo import build
 
 FAST = {"epochs": 1, "lr": 0.003, "optimizer": "adam", "batch_size": 64}
@@ -56,6 +56,21 @@ def test_overlapping_intervals_give_no_speed_up_number() -> None:
     assert note is not None and note["level"] == "warning"
     assert "slower than the original" in note["text"]
     assert slower_note({"rows": [faster, row]}) is None
+
+
+def test_a_speed_up_far_under_the_mac_reduction_is_flagged_at_the_large_batch() -> None:
+    dense = Timing(10.0, 9.8, 10.2, 20, 1)
+    one = latency_row(1, dense, Timing(2.5, 2.4, 2.6, 20, 1))  # 4x at batch 1
+    large = latency_row(256, dense, Timing(7.0, 6.8, 7.2, 20, 1))  # 1.43x at batch 256
+    note = short_note({"rows": [one, large]}, 4.0, "ONNX Runtime", "; try X")
+    assert note is not None and note["level"] == "warning"
+    assert note["text"].startswith("ONNX Runtime ran the pruned model 1.43x faster at batch 256")
+    assert "4.00x fewer multiply-accumulates (0.36 of the reduction)" in note["text"]
+    assert note["text"].endswith("; try X")
+    assert short_note({"rows": [one, large]}, 2.5) is None  # 0.57 of it: not flagged
+    assert short_note({"rows": [one, large]}, 1.2) is None  # hardly anything removed
+    unmeasured = latency_row(256, dense, Timing(9.9, 9.7, 10.1, 20, 1))
+    assert short_note({"rows": [unmeasured]}, 4.0) is None
 
 
 def test_measure_stores_the_spread_and_threads_of_both_latencies() -> None:

@@ -152,3 +152,37 @@ def test_a_budget_run_keeps_its_narrowest_layers_within_reach(tmp_path, monkeypa
     assert (recipe.pruning.round_to, recipe.pruning.round_to_cap) == (16, "layer")
     assert recipe.pruning.multiple(16) == 4  # the budget may still cut the 16-filter stem
     assert recipe.pruning.multiple(64) == 16 and "can still be cut" in note["text"]
+
+
+def test_onnx_runtime_deployment_rounds_every_layer_to_its_block_uncapped(
+    tmp_path, monkeypatch
+) -> None:
+    """ONNX Runtime pads a layer cut below its 16-channel block back to 16: shaped for it, the
+    16-filter stem stays whole and the wider layers are cut deeper, in multiples of 16."""
+    from app import zoo
+
+    flat = {str(c): 1.0 for c in shapes.WIDTHS}
+    blocks = {str(c): 1.0 if c % 16 == 0 else 2.0 for c in shapes.WIDTHS}
+    table = {"runtimes": {"pytorch": flat, "onnxruntime": blocks}, "widths": flat}
+    monkeypatch.setattr(shapes, "cached_round_to", lambda *a, **kw: (16, table))
+    model = zoo.build("cnn_small", input_shape=(1, 8, 8))
+    asked = _recipe(scope="global", exclude=["classifier"], deploy_runtime="onnxruntime")
+    recipe, note = shapes.with_default_round_to(asked, tmp_path)
+    assert (recipe.pruning.round_to, recipe.pruning.round_to_cap) == (16, "none")
+    assert note["level"] == "info" and "deploy_runtime 'onnxruntime'" in note["text"]
+    kept = _kept(model, recipe)
+    assert all(k % 16 == 0 for k in kept.values()), kept
+    assert kept["features.0"] == 16 and kept["features.8"] < 64, kept
+    pytorch, _ = shapes.with_default_round_to(_recipe(exclude=["classifier"]), tmp_path)
+    assert _kept(model, pytorch)["features.0"] < 16  # shaped for PyTorch the stem is cut
+
+
+def test_onnx_runtime_missing_on_the_worker_falls_back_to_the_pytorch_default_with_a_warning(
+    tmp_path, monkeypatch
+) -> None:
+    fake = {"widths": {str(c): 0.5 if c % 8 == 0 else 1.0 for c in shapes.WIDTHS}}
+    monkeypatch.setattr(shapes, "cached_round_to", lambda *a, **kw: (8, fake))
+    recipe, note = shapes.with_default_round_to(_recipe(deploy_runtime="onnxruntime"), tmp_path)
+    assert (recipe.pruning.round_to, recipe.pruning.round_to_cap) == (8, "layer")
+    assert note["level"] == "warning"
+    assert "ONNX Runtime is not installed on this worker" in note["text"]

@@ -71,6 +71,28 @@ def _with(section: str, **changes) -> dict:
             {"granularity": "filter", "round_to_cap": "net"},
             "pruning.round_to_cap 'net' is not one of",
         ),
+        (
+            "pruning",
+            {"granularity": "filter", "physical": True, "deploy_runtime": "tensorrt"},
+            "pruning.deploy_runtime 'tensorrt' is not one of: pytorch, onnxruntime.",
+        ),
+        (
+            "pruning",
+            {"granularity": "filter", "physical": False, "deploy_runtime": "onnxruntime"},
+            "pruning.deploy_runtime applies to granularities 'filter' and 'channel' with "
+            "pruning.physical true",
+        ),
+        (
+            "pruning",
+            {
+                "granularity": "filter",
+                "physical": True,
+                "deploy_runtime": "onnxruntime",
+                "sparsity": None,
+                "target": {"latency_ms": 2.0},
+            },
+            "budget is timed in PyTorch",
+        ),
         ("pruning", {"wanda_group": "column"}, "pruning.wanda_group 'column' is not one of"),
         ("pruning", {"wanda_group": "layer"}, "pruning.wanda_group applies to criterion 'wanda'"),
         ("pruning", {"colour": "red"}, "unknown key 'colour' in pruning"),
