@@ -173,6 +173,11 @@ def test_onnx_runtime_deployment_rounds_every_layer_to_its_block_uncapped(
     kept = _kept(model, recipe)
     assert all(k % 16 == 0 for k in kept.values()), kept
     assert kept["features.0"] == 16 and kept["features.8"] < 64, kept
+    from app.pruning.masks.compute import compute_masks
+
+    notes = {n["layer"]: n for n in compute_masks(model, recipe.pruning).notes if n["layer"]}
+    whole = notes["features.0"]  # by design, not a warning about the global ranking's cut
+    assert whole["level"] == "info" and "kept whole" in whole["text"], notes
     pytorch, _ = shapes.with_default_round_to(_recipe(exclude=["classifier"]), tmp_path)
     assert _kept(model, pytorch)["features.0"] < 16  # shaped for PyTorch the stem is cut
 

@@ -164,6 +164,10 @@ class Selection:
                 continue
             self._keep_best(n, need)
             what = f"the coupled group of '{n}'" if n in self.coupling.groups else f"'{n}'"
+            if need >= units and self._min_keep(n) >= units:  # one round_to block is all of it
+                text = f"{what} kept whole: one block of pruning.round_to is its least"
+                self.notes.append(info(f"{text} ({units} units)", layer=n))
+                continue
             cut = "would have been emptied" if kept == 0 else f"lost over {100 * cap:.0f}%"
             text = f"{what} {cut} by the global ranking; its best {need} of {units} units kept"
             self.notes.append(warning(f"{text} (pruning.max_layer_sparsity {cap:g})", layer=n))
