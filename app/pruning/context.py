@@ -52,7 +52,7 @@ from app.pruning.report import ProgressThrottle, Report, ShouldStop, check_cance
 from app.pruning.spec import Recipe
 from app.pruning.train import fine_tune
 from app.pruning.train_state import BatchHook, EpochHook
-from app.pruning.tuning import Tuning, resolve_distill
+from app.pruning.tuning import Tuning, resolve_distill, resolve_reinsert_bn
 from app.zoo import reset_parameters
 
 BN_NOTE_KEY = "accuracy_before_bn_recalibration"
@@ -101,6 +101,8 @@ class RunContext:
         finetune, note = resolve_distill(self.recipe)  # distill "auto": on for filter/channel
         self.recipe = replace(self.recipe, finetune=finetune)
         add_notes(self.notes, [note] if note is not None else [])
+        finetune = resolve_reinsert_bn(self.recipe)  # "auto": channel levels, step-wise
+        self.recipe = replace(self.recipe, finetune=finetune)
         self.model = self.model.to(self.device)
         self.tuning = Tuning.for_run(self.recipe.finetune, self.model)  # teacher: still dense
         self.example = self.data.sample_batch(32).to(self.device)
@@ -239,26 +241,30 @@ class RunContext:
 
         at = {"device": self.device, "keeper": self.keeper, "seed": int(self.recipe.seed)}
         at |= {"epochs": epochs, "step": step, "resuming": resume is not None}
-        spec = self.tuning.spec_for(self.model, self.data, **at, notes=self.notes)
-        start = time.perf_counter()
-        curve = fine_tune(
-            self.model,
-            self.data,
-            spec,
-            device=self.device,
-            keeper=self.keeper,
-            report=self.report,
-            should_stop=self.should_stop,
-            step=step,
-            seed=self.recipe.seed,
-            hook=hook,
-            epochs=epochs,
-            span=span,
-            on_epoch=record,
-            resume=resume,
-            distill=self.tuning.distiller,
+        care = self.tuning.batchnorm(  # before the LR test: its LR suits the model trained
+            self.model, self.data, device=self.device, seed=at["seed"], step=step, notes=self.notes
         )
-        self.tuning.timed(time.perf_counter() - start, self.notes)
+        with care:
+            spec = self.tuning.spec_for(self.model, self.data, **at, notes=self.notes)
+            start = time.perf_counter()
+            curve = fine_tune(
+                self.model,
+                self.data,
+                spec,
+                device=self.device,
+                keeper=self.keeper,
+                report=self.report,
+                should_stop=self.should_stop,
+                step=step,
+                seed=self.recipe.seed,
+                hook=hook,
+                epochs=epochs,
+                span=span,
+                on_epoch=record,
+                resume=resume,
+                distill=self.tuning.distiller,
+            )
+            self.tuning.timed(time.perf_counter() - start, self.notes)
         return curve
 
     def measure_after(self) -> dict:

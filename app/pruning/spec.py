@@ -28,6 +28,10 @@ from app.catalogue import (
 from app.pruning.pruning_spec import PruningSpec
 from app.pruning.spec_checks import check_keys, choice, integer, number, optional
 
+# the schedules whose fine-tunings run between prune steps, with no mid-training checkpoint or
+# prune: the ones a temporary BatchNorm (finetune.reinsert_bn) can be folded back after
+STEPWISE = ("oneshot", "iterative")
+
 # Keys of the POST /api/runs body that belong to the run row, not to the recipe.
 ENVELOPE_KEYS: frozenset[str] = frozenset({"model_id", "dataset_id"})
 
@@ -123,7 +127,10 @@ class FinetuneSpec:
     linearly before ``lr_schedule`` takes over; ``distill`` adds a loss toward the dense
     model's outputs (prune runs; null turns it off; ``"auto"``, the default, turns it on with
     the default weight and temperature for filter/channel pruning, where it was measured to
-    help, and off elsewhere: ``tuning.resolve_distill``).
+    help, and off elsewhere: ``tuning.resolve_distill``); ``reinsert_bn`` fine-tunes each
+    convolution without BatchNorm with a temporary one, folded back after (``bn_reinsert.py``;
+    ``"auto"``, the default: on for filter/channel pruning with a oneshot or iterative
+    schedule, ``tuning.resolve_reinsert_bn``).
     """
 
     epochs: int = 2
@@ -137,6 +144,7 @@ class FinetuneSpec:
     label_smoothing: float = 0.0
     early_stop_patience: int | None = None
     distill: DistillSpec | str | None = "auto"
+    reinsert_bn: bool | str = "auto"
 
     def __post_init__(self) -> None:
         integer(self.epochs, "finetune.epochs", 0)
@@ -152,6 +160,10 @@ class FinetuneSpec:
         if self.distill not in (None, "auto") and not isinstance(self.distill, DistillSpec):
             raise ValueError(
                 'finetune.distill must be an object {weight, temperature}, "auto" or null.'
+            )
+        if not (isinstance(self.reinsert_bn, bool) or self.reinsert_bn == "auto"):
+            raise ValueError(
+                f'finetune.reinsert_bn must be true, false or "auto"; got {self.reinsert_bn!r}.'
             )
 
     @classmethod
@@ -220,6 +232,11 @@ class Recipe:
             raise ValueError(
                 "sensitivity analysis sweeps one layer at a time and granularity 'head' cuts "
                 "q/k/v and the output projection together; choose another granularity."
+            )
+        if self.finetune.reinsert_bn is True and self.schedule.kind not in STEPWISE:
+            raise ValueError(
+                "finetune.reinsert_bn works with the oneshot and iterative schedules (their "
+                f"fine-tunings end between prune steps); schedule.kind is '{self.schedule.kind}'."
             )
         if self.kind == "sensitivity" and self.sensitivity is None:
             object.__setattr__(self, "sensitivity", SensitivitySpec())

@@ -19,16 +19,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from torch import nn
 
+from app.catalogue import CHANNEL_LEVELS
+from app.pruning.bn_reinsert import reinserted_batchnorm
+from app.pruning.criteria.context import calibration_batches
 from app.pruning.data import ArrayDataset
 from app.pruning.distill import NOTE_PREFIX, Distiller, frozen_teacher
 from app.pruning.lr_range import range_test
 from app.pruning.masks.keeper import MaskKeeper
 from app.pruning.notes import Note, add_notes, info
-from app.pruning.spec import DistillSpec, FinetuneSpec, Recipe
+from app.pruning.spec import STEPWISE, DistillSpec, FinetuneSpec, Recipe
 
 # granularities where distillation from the dense model is on by default ("auto"): measured
 # 2026-12-01 on the filter rows of benchmarks/quality_vs_anchors.py (seeds 0-3, lab - the
@@ -68,6 +73,39 @@ def resolve_distill(recipe: Recipe) -> tuple[FinetuneSpec, Note | None]:
         "budget; set finetune.distill to null to turn it off"
     )
     return replace(spec, distill=d), note
+
+
+# BatchNorm re-insertion "auto": on for channel levels with a step-wise schedule. Measured
+# 2026-12-01 on benchmarks/quality_vs_anchors.py --granularity filter (seeds 0-3, median lab -
+# dense, off -> on): onnx_cnn (BN folded) 30% -0.9 -> -0.2, 50% -1.7 -> -0.5; cnn_small,
+# resnet20 and the transformers ResNet have BN after every conv: nothing inserted, same results.
+REINSERT_BATCHES = 8  # calibration batches of 64 for the inserted statistics
+
+
+def resolve_reinsert_bn(recipe: Recipe) -> FinetuneSpec:
+    """The fine-tuning spec with ``reinsert_bn: "auto"`` resolved to True or False.
+
+    Example:
+        >>> r = Recipe.from_dict({"kind": "prune", "name": "x",
+        ...     "pruning": {"granularity": "filter", "criterion": "l1", "sparsity": 0.5}})
+        >>> resolve_reinsert_bn(r).reinsert_bn
+        True
+        >>> r = Recipe.from_dict({"kind": "prune", "name": "x", "schedule": {"kind": "agp"},
+        ...     "pruning": {"granularity": "filter", "criterion": "l1", "sparsity": 0.5}})
+        >>> resolve_reinsert_bn(r).reinsert_bn
+        False
+    """
+    spec = recipe.finetune
+    if spec.reinsert_bn != "auto":
+        return spec
+    pruning = recipe.pruning
+    on = (
+        recipe.kind == "prune"
+        and pruning is not None
+        and pruning.granularity in CHANNEL_LEVELS
+        and recipe.schedule.kind in STEPWISE
+    )
+    return replace(spec, reinsert_bn=on)
 
 
 @dataclass
@@ -110,6 +148,39 @@ class Tuning:
             self.lr = found.lr
             add_notes(notes, [found.note(f"step {step}: " if step else "")])
         return replace(self.spec, lr=self.lr)
+
+    @contextlib.contextmanager
+    def batchnorm(
+        self,
+        model: nn.Module,
+        data: ArrayDataset,
+        *,
+        device: str,
+        seed: int,
+        step: int,
+        notes: list[Note],
+    ) -> Iterator[None]:
+        """Around one fine-tuning: the BN-free convs get a temporary BatchNorm (when the spec's
+        ``reinsert_bn`` is on), folded back at the end; a note names them."""
+        if self.spec.reinsert_bn is not True or int(self.spec.epochs) <= 0:
+            yield
+            return
+        batches = calibration_batches(data, REINSERT_BATCHES, device=device, seed=seed + step)
+        with reinserted_batchnorm(model, [x for x, _ in batches]) as inserted:
+            yield
+        if inserted.names:
+            add_notes(
+                notes,
+                [
+                    info(
+                        f"batchnorm re-insertion at step {step}: {len(inserted.names)} "
+                        f"convolutions without BatchNorm ({', '.join(inserted.names)}) were "
+                        "fine-tuned with a temporary BatchNorm, folded back into their weights "
+                        "and biases afterwards (the model keeps its structure); set "
+                        "finetune.reinsert_bn to false to turn it off"
+                    )
+                ],
+            )
 
     def timed(self, seconds: float, notes: list[Note]) -> None:
         """Add ``seconds`` of fine-tuning; the distillation note is replaced by the new totals."""

@@ -145,6 +145,14 @@ def test_the_batch_size_defaults_to_auto_and_an_integer_is_kept(api, people) -> 
         ),
         ({"finetune": {"batch_size": 0}}, "finetune.batch_size must be a positive integer or"),
         ({"finetune": {"batch_size": 32.5}}, "finetune.batch_size must be a positive integer or"),
+        (
+            {"finetune": {"reinsert_bn": "yes"}},
+            'finetune.reinsert_bn must be true, false or "auto"',
+        ),
+        (
+            {"finetune": {"reinsert_bn": True}, "schedule": {"kind": "agp"}},
+            "finetune.reinsert_bn works with the oneshot and iterative schedules",
+        ),
     ],
 )
 def test_bad_recipes_are_422_sentences_naming_the_field(api, people, change, expected) -> None:
