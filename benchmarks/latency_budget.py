@@ -123,6 +123,26 @@ def fmt(t: dict) -> str:
     return f"{t['median_ms']:.3f} ms (IQR {t['q1_ms']:.3f}-{t['q3_ms']:.3f})"
 
 
+def budget_run(
+    model: torch.nn.Module,
+    target: dict,
+    exclude: list[str],
+    seed: int,
+    table_file: Path,
+    args: argparse.Namespace,
+) -> object:
+    """One budget run of a copy of ``model`` (the lookup table kept in ``table_file``)."""
+    return run_recipe(
+        recipe({"target": target, "exclude": exclude}, seed),
+        copy.deepcopy(model),
+        load_digits(),
+        latency=False,
+        budget_cache=table_file,
+        shape_cache=table_file.parent if args.default_round_to else None,
+        shape_timers=runtime_timers() if args.default_round_to else None,
+    )
+
+
 def run(arch: str, args: argparse.Namespace) -> None:
     data = load_digits()
     model = trained(arch)
@@ -141,15 +161,7 @@ def run(arch: str, args: argparse.Namespace) -> None:
         asked = round(first.median_ms * args.fraction, 4)
         target = {"latency_ms": asked, "batch": BATCH}
         try:
-            res = run_recipe(
-                recipe({"target": target, "exclude": exclude}, args.seeds[0]),
-                copy.deepcopy(model),
-                data,
-                latency=False,
-                budget_cache=table_file,
-                shape_cache=table_file.parent if args.default_round_to else None,
-                shape_timers=runtime_timers() if args.default_round_to else None,
-            )
+            res = budget_run(model, target, exclude, args.seeds[0], table_file, args)
             if any(res.allocation.values()):
                 break
             print(f"{arch:9s} budget {asked:.3f} ms (try {attempt + 1}): the original met it now")
@@ -198,16 +210,7 @@ def run(arch: str, args: argparse.Namespace) -> None:
     spec = recipe({"sparsity": 0.5, **uniform}).pruning
     slower, faster = uniform_sparsity(model, spec, budget_model)
     budgets = [res] + [
-        run_recipe(
-            recipe({"target": target, "exclude": exclude}, seed),
-            copy.deepcopy(model),
-            data,
-            latency=False,
-            budget_cache=table_file,
-            shape_cache=table_file.parent if args.default_round_to else None,
-            shape_timers=runtime_timers() if args.default_round_to else None,
-        )
-        for seed in args.seeds[1:]
+        budget_run(model, target, exclude, seed, table_file, args) for seed in args.seeds[1:]
     ]
     deltas = []
     for seed, bud in zip(args.seeds, budgets, strict=True):
