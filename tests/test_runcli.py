@@ -239,3 +239,31 @@ def test_allocation_from_a_server_run_is_refused_by_the_cli_with_what_to_use(tmp
     path.write_text(json.dumps(body))
     with pytest.raises(ValueError, match="summary.json as pruning.overrides"):
         load_recipe(path)
+
+
+def test_prunelab_run_shapes_widths_for_the_deploy_runtime_as_a_server_run_does(
+    tmp_path, weights, monkeypatch
+) -> None:
+    """The measured round_to default reaches `prunelab run` too (the table cached per user):
+    shaped for ONNX Runtime, every kept width is a multiple of its block or the whole layer."""
+    import re
+
+    monkeypatch.setenv("PRUNELAB_SHAPE_CACHE", str(tmp_path / "shapes"))
+    body = {**RECIPE, "pruning": {**RECIPE["pruning"], "deploy_runtime": "onnxruntime"}}
+    body["finetune"] = {"epochs": 0}
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps(body))
+    out = tmp_path / "out"
+    summary = run_command(
+        recipe, weights, "digits", out, arch="cnn_small", progress=False, latency=False
+    )
+    said = [n["text"] for n in summary["notes"] if "deploy_runtime 'onnxruntime'" in n["text"]]
+    assert said, summary["notes"]
+    multiple = int(re.search(r"defaulted to (\d+) on every layer", said[0]).group(1))
+    assert list((tmp_path / "shapes").glob("*.json")), "the table is kept for the next run"
+    with np.load(out / "masks.npz") as masks:
+        kept = {n: int(masks[n].reshape(masks[n].shape[0], -1).any(1).sum()) for n in masks.files}
+        widths = {n: masks[n].shape[0] for n in masks.files}
+    convs = ("features.0", "features.4", "features.8")
+    assert all(kept[n] == widths[n] or kept[n] % multiple == 0 for n in convs), kept
+    assert any(kept[n] < widths[n] for n in convs), kept

@@ -115,6 +115,16 @@ def _starting_model(
     return model, rebuildable, notes, file_digest(model_path, arch), dtype
 
 
+def shape_cache() -> Path:
+    """Where ``prunelab run`` keeps the measured channel-multiple table (``pruning.round_to``'s
+    default, as a server run gets it): ``$PRUNELAB_SHAPE_CACHE``, else the user's cache
+    directory (``$XDG_CACHE_HOME/prunelab``, ``~/.cache/prunelab``); measured once per machine."""
+    if os.environ.get("PRUNELAB_SHAPE_CACHE"):
+        return Path(os.environ["PRUNELAB_SHAPE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "prunelab"
+
+
 def run_command(
     recipe_path: str | Path,
     model_path: str | Path | None,
@@ -138,6 +148,7 @@ def run_command(
         ValueError: a bad recipe, model, dataset or shape, or an ``out_dir`` holding another
             run's checkpoint (or this run's without ``resume``), named in one sentence.
     """
+    from app.modelio.ort_channels import runtime_timers
     from app.pruning.pipeline import run_recipe
     from app.pruning.report import ProgressBar
     from app.runs.outfolder import claim_out_dir, release_out_dir
@@ -168,6 +179,8 @@ def run_command(
             resume=resumed,
             initial_state=rewind,
             latency=latency,
+            shape_cache=shape_cache(),
+            shape_timers=runtime_timers(),
         )
     release_out_dir(out)
     result.notes[:0] = [info(n) for n in notes]
