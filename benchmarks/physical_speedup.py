@@ -1,7 +1,8 @@
 """Does physical filter pruning buy the speed-up its FLOPs promise, in PyTorch and ONNX Runtime?
 
-Prunes 50% of the filters of ``cnn_small``, ``resnet20``, ``vgg11_bn`` and a MobileNetV2-like
-net (built here) by group L1 norm (the coupled producers of a residual stream are ranked and
+Prunes 50% of the filters of ``cnn_small``, ``resnet20``, ``vgg11_bn``, a MobileNetV2-like
+net (built here) and two conformance architectures, the transformers library's ResNet and
+MobileNetV2 built from their configs (``hf_resnet``, ``hf_mobilenetv2``) by group L1 norm (the coupled producers of a residual stream are ranked and
 cut together, kept channels rounded to 8), removes them with
 ``app.pruning.structural.physical_prune``, and times dense and pruned models interleaved
 (``app.pruning.latency``: warm-up, fixed threads, median and IQR) with the same inference
@@ -62,6 +63,7 @@ from app.pruning.shapes import cached_round_to, per_runtime
 from app.pruning.structural.remove import physical_prune
 
 SHAPE = (3, 32, 32)
+HF_ARCHS = ("hf_resnet", "hf_mobilenetv2")  # transformers' ResNet and MobileNetV2 (configs)
 
 
 def group_l1_masks(
@@ -98,8 +100,13 @@ def group_l1_masks(
 
 
 def for_inference(model: nn.Module, channels_last: bool) -> nn.Module:
-    """Eval mode, BN folded into the preceding conv, optionally NHWC memory format."""
-    fused = fuse(model.eval())
+    """Eval mode, BN folded into the preceding conv (when torch.fx can trace the model: the
+    transformers models' control flow it cannot, so theirs stay unfolded in PyTorch, for the
+    dense and the pruned model alike; ONNX Runtime folds them), optionally NHWC."""
+    try:
+        fused = fuse(model.eval())
+    except Exception:  # noqa: BLE001 - torch.fx TraceError and friends
+        fused = model.eval()
     return fused.to(memory_format=torch.channels_last) if channels_last else fused
 
 
@@ -145,9 +152,32 @@ def mobilenet_v2_like(num_classes: int = 10) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def _hf(arch: str) -> nn.Module:
+    """A conformance architecture: the transformers library's own model, built from its config
+    for 3x32x32 inputs and 10 classes (random weights: speed does not depend on them)."""
+    from transformers import (
+        MobileNetV2Config,
+        MobileNetV2ForImageClassification,
+        ResNetConfig,
+        ResNetForImageClassification,
+    )
+
+    from benchmarks.anchor_models import Logits
+
+    if arch == "hf_resnet":
+        cfg = ResNetConfig(
+            num_channels=3, embedding_size=32, hidden_sizes=[32, 64, 128], depths=[2, 2, 2]
+        )
+        return Logits(ResNetForImageClassification(cfg))
+    cfg = MobileNetV2Config(num_channels=3, image_size=32, depth_multiplier=0.5)
+    return Logits(MobileNetV2ForImageClassification(cfg))
+
+
 def build(arch: str) -> nn.Module:
     if arch == "mobilenetv2":
         return mobilenet_v2_like()
+    if arch in HF_ARCHS:
+        return _hf(arch)
     return zoo.build(arch, input_shape=SHAPE)
 
 
@@ -328,7 +358,9 @@ def run(arch: str, args: argparse.Namespace, round_to: int, per_layer: bool, lab
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--archs", nargs="+", default=["cnn_small", "resnet20", "vgg11_bn", "mobilenetv2"]
+        "--archs",
+        nargs="+",
+        default=["cnn_small", "resnet20", "vgg11_bn", "mobilenetv2", *HF_ARCHS],
     )
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument(
