@@ -137,11 +137,14 @@ def cached_round_to(
         table = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         table = channel_table(threads=n, timers=timers)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(table, f)
-        os.replace(tmp, path)
+        try:  # an unwritable cache (a read-only home) only costs the next run a measurement
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(table, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass
     return preferred_multiple(table), table
 
 

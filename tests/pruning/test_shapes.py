@@ -191,3 +191,14 @@ def test_onnx_runtime_missing_on_the_worker_falls_back_to_the_pytorch_default_wi
     assert (recipe.pruning.round_to, recipe.pruning.round_to_cap) == (8, "layer")
     assert note["level"] == "warning"
     assert "ONNX Runtime is not installed on this worker" in note["text"]
+
+
+def test_an_unwritable_cache_directory_still_gives_the_measured_multiple(
+    tmp_path, monkeypatch
+) -> None:
+    """prunelab run keeps the table under the user's home; a read-only one must not fail a run."""
+    fake = {"widths": {str(c): 0.5 if c % 8 == 0 else 1.0 for c in shapes.WIDTHS}}
+    monkeypatch.setattr(shapes, "channel_table", lambda **kw: fake)
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    assert shapes.cached_round_to(blocked / "cache", threads=1) == (8, fake)
