@@ -28,7 +28,7 @@ from app.pruning.histograms import histograms, prunable_weights
 from app.pruning.layers import prunable_layers
 from app.pruning.measure import batch_of
 from app.pruning.notes import Note, add_notes, info, warning
-from app.pruning.speedup import compare_latency, masks_only_latency, short_note, slower_note
+from app.pruning.speedup import compare_latency, masks_only_latency, speed_note
 from app.pruning.structural.blocks import remove_blocks
 from app.pruning.structural.remove import physical_prune, removal_blockers
 from app.pruning.structural.transformer import mlp_layers, shrink
@@ -156,15 +156,13 @@ def deploy_speedup(
         return masks_only_latency(batch)
     x_one = ctx.data.sample_batch(1)
     comparison = compare_latency(dense, model, x_one, batch_of(ctx.data, batch), device=ctx.device)
-    note = slower_note(comparison)
+    hint = (
+        " (this run's widths are shaped for ONNX Runtime: pruning.deploy_runtime)"
+        if ctx.recipe.pruning.deploy_runtime != "pytorch"
+        else "; try pruning.round_to with a multiple the CPU kernels like (8 or 16)"
+    )
     before = float(ctx.baseline.get("flops") or 0.0)
-    if note is None and before and flops:
-        hint = (
-            " (this run's widths are shaped for ONNX Runtime: pruning.deploy_runtime)"
-            if ctx.recipe.pruning.deploy_runtime != "pytorch"
-            else "; try pruning.round_to with a multiple the CPU kernels like (8 or 16)"
-        )
-        note = short_note(comparison, before / flops, "PyTorch", hint)
+    note = speed_note(comparison, (before, flops), "PyTorch", hint)
     if note is not None:
         ctx.notes.append(note)
     return comparison

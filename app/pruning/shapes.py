@@ -195,18 +195,18 @@ def with_default_round_to(
     if recipe.kind != "prune" or spec.granularity not in CHANNEL_LEVELS:
         return recipe, None
     measured, table = cached_round_to(cache_dir, timers=timers)
-    each = per_runtime(table)
-    if spec.deploy_runtime != "pytorch" and spec.deploy_runtime in each:
-        return _for_runtime(recipe, spec.deploy_runtime, each)
-    missing = (
-        f" (pruning.deploy_runtime '{spec.deploy_runtime}': "
-        f"{RUNTIME_NAMES.get(spec.deploy_runtime, spec.deploy_runtime)} is not installed on "
-        "this worker, so its shapes could not be measured; the PyTorch default was used)"
-        if spec.deploy_runtime != "pytorch"
-        else ""
-    )
+    each, runtime = per_runtime(table), spec.deploy_runtime
+    missing = None  # the runtime asked for could not be measured here
+    if runtime != "pytorch":
+        if runtime in each:
+            return _for_runtime(recipe, runtime, each)
+        missing = (
+            f"pruning.deploy_runtime '{runtime}': {RUNTIME_NAMES.get(runtime, runtime)} is not "
+            "installed on this worker, so its shapes could not be measured; the PyTorch "
+            "default was used"
+        )
     if measured <= 1:
-        return recipe, warning(missing.strip(" ()")) if missing else None
+        return recipe, None if missing is None else warning(missing)
     listed = ", ".join(f"{RUNTIME_NAMES.get(k, k)} {v}" for k, v in each.items())
     text = (
         f"pruning.round_to defaulted to {measured}, capped per layer (pruning.round_to_cap "
@@ -217,9 +217,9 @@ def with_default_round_to(
         f"can still be cut to the sparsity asked (set round_to for one multiple everywhere: "
         f"layers of {measured} channels or fewer then stay whole and the others are cut "
         f"deeper; kept counts are rounded up or down so the sparsity asked is reached; "
-        f"deploying in ONNX Runtime? set pruning.deploy_runtime 'onnxruntime'){missing}"
+        f"deploying in ONNX Runtime? set pruning.deploy_runtime 'onnxruntime')"
     )
-    note = warning(text) if missing else info(text)
+    note = info(text) if missing is None else warning(f"{text} ({missing})")
     return replace(recipe, pruning=replace(spec, round_to=measured, round_to_cap="layer")), note
 
 

@@ -6,7 +6,8 @@ its speed-up as a number only when the interquartile intervals do not overlap; o
 verdict is "no measurable speed-up". A masks-only model keeps every tensor's shape, so dense
 kernels run it exactly as fast as the original: :func:`masks_only_latency` states 1.0x and
 times nothing. :func:`slower_note` is the warning for a pruned model that is measurably slower;
-:func:`short_note` the one for a speed-up far under the MAC reduction (``SHORT_OF_MACS``).
+:func:`short_note` the one for a speed-up far under the MAC reduction (``SHORT_OF_MACS``);
+:func:`speed_note` picks the one that applies.
 
 Example:
     >>> from torch import nn
@@ -91,6 +92,18 @@ def slower_note(comparison: dict, runtime: str = "PyTorch") -> Note | None:
         f"({worst['verdict']} at batch {worst['batch']}); try pruning.round_to with a multiple "
         "the CPU kernels like (8 or 16) or a lower sparsity"
     )
+
+
+def speed_note(
+    comparison: dict, flops: tuple[float, float], runtime: str = "PyTorch", hint: str = ""
+) -> Note | None:
+    """The warning a timed comparison deserves: :func:`slower_note`, else :func:`short_note`
+    for ``flops`` (the original's and the pruned model's MACs per sample; 0 when unknown)."""
+    note = slower_note(comparison, runtime)
+    before, after = flops
+    if note is None and before and after:
+        note = short_note(comparison, before / after, runtime, hint)
+    return note
 
 
 def short_note(

@@ -35,7 +35,7 @@ def record_onnx_speedup(
     if result.original is None or not pruned_onnx.is_file():
         return
     from app.modelio.ort_latency import onnx_latency
-    from app.pruning.speedup import short_note, slower_note
+    from app.pruning.speedup import speed_note
     from app.runs.export import export_example
 
     try:
@@ -53,16 +53,15 @@ def record_onnx_speedup(
         log.warning("ONNX Runtime timing failed: %s", exc)
         timing = {"runtime": "onnxruntime", "error": str(exc).splitlines()[0][:300], "rows": []}
     result.final["speedup_onnx"] = timing
-    note = slower_note(timing, "ONNX Runtime")
-    if note is None and not result.masks_only:
-        hint = (
-            " (ONNX Runtime pads a layer cut below its 8- or 16-channel block back to a whole "
-            "block); deploying there? prune with pruning.deploy_runtime 'onnxruntime', which "
-            "keeps widths at its blocks"
-            if deploy_runtime == "pytorch"
-            else ""
-        )
-        note = short_note(timing, _mac_reduction(result), "ONNX Runtime", hint)
+    hint = (
+        " (ONNX Runtime pads a layer cut below its 8- or 16-channel block back to a whole "
+        "block); deploying there? prune with pruning.deploy_runtime 'onnxruntime', which "
+        "keeps widths at its blocks"
+        if deploy_runtime == "pytorch"
+        else ""
+    )
+    flops = (0.0, 0.0) if result.masks_only else (_flops(result.baseline), _flops(result.final))
+    note = speed_note(timing, flops, "ONNX Runtime", hint)
     if note is not None:
         result.notes.append(note)
 
@@ -72,7 +71,5 @@ def deploy_runtime_of(recipe: Any) -> str:
     return str(getattr(getattr(recipe, "pruning", None), "deploy_runtime", "pytorch"))
 
 
-def _mac_reduction(result: Any) -> float:
-    """The original's MACs per sample over the model handed back's (1.0 when unknown)."""
-    before, after = result.baseline.get("flops"), result.final.get("flops")
-    return float(before) / float(after) if before and after else 1.0
+def _flops(metrics: dict) -> float:
+    return float(metrics.get("flops") or 0.0)
