@@ -267,3 +267,23 @@ def test_prunelab_run_shapes_widths_for_the_deploy_runtime_as_a_server_run_does(
     convs = ("features.0", "features.4", "features.8")
     assert all(kept[n] == widths[n] or kept[n] % multiple == 0 for n in convs), kept
     assert any(kept[n] < widths[n] for n in convs), kept
+
+
+def test_an_onnx_model_file_defaults_the_deploy_runtime_as_the_server_does(
+    tmp_path, weights
+) -> None:
+    """`prunelab run --model m.onnx` shapes a physical filter run for ONNX Runtime unless the
+    recipe names the runtime; a weights file keeps PyTorch."""
+    model = zoo.build("cnn_small").eval()
+    onnx_path = tmp_path / "m.onnx"
+    torch.onnx.export(
+        model, (torch.zeros(1, 1, 8, 8),), str(onnx_path), dynamo=False, opset_version=17
+    )
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps(RECIPE))
+    assert load_recipe(recipe, onnx_path).pruning.deploy_runtime == "onnxruntime"
+    assert load_recipe(recipe, weights).pruning.deploy_runtime == "pytorch"
+    assert load_recipe(recipe).pruning.deploy_runtime == "pytorch"
+    named = {**RECIPE, "pruning": {**RECIPE["pruning"], "deploy_runtime": "pytorch"}}
+    recipe.write_text(json.dumps(named))
+    assert load_recipe(recipe, onnx_path).pruning.deploy_runtime == "pytorch"

@@ -155,7 +155,7 @@ def run_command(
     from app.runs.rewind_files import read_rewind_folder
 
     started = datetime.now(UTC).isoformat()
-    recipe = load_recipe(recipe_path)
+    recipe = load_recipe(recipe_path, None if pretrain else model_path)
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
     dataset = load_data_file(data, seq_len=shape[-1] if shape else None)  # a text's seq_len
     model, rebuildable, notes, model_id, dtype = _starting_model(

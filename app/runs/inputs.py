@@ -150,19 +150,35 @@ def read_recipe_dict(path: str | Path, *, annotations: bool = False) -> dict:
     return {k: v for k, v in body.items() if annotations or k not in ANNOTATION_KEYS}
 
 
-def load_recipe(path: str | Path) -> Any:
-    """Read and validate a recipe file into a ``spec.Recipe`` (the name defaults to the file's)."""
+def load_recipe(path: str | Path, model_path: str | Path | None = None) -> Any:
+    """Read and validate a recipe file into a ``spec.Recipe`` (the name defaults to the file's;
+    for an ONNX ``model_path``, ``pruning.deploy_runtime`` defaults to ONNX Runtime, as on the
+    server: :func:`app.pruning.pruning_spec.runtime_for_source`)."""
+    from app.pruning.pruning_spec import runtime_for_source
     from app.pruning.spec import Recipe
 
     body = read_recipe_dict(path)
     body.setdefault("name", Path(path).stem)
-    recipe = Recipe.from_dict(body)
+    recipe = Recipe.from_dict(runtime_for_source(body, _format_of(model_path)))
     if recipe.pruning.allocation_from is not None:
         raise ValueError(
             "pruning.allocation_from names a run of the server; prunelab run takes the "
             "allocation of a sensitivity run's summary.json as pruning.overrides"
         )
     return recipe
+
+
+def _format_of(model_path: str | Path | None) -> str | None:
+    """The model file's format, or None (no file, or one the loader will refuse with its own
+    message)."""
+    from app.modelio.detect import detect_format
+
+    if model_path is None or not Path(model_path).is_file():
+        return None
+    try:
+        return detect_format(Path(model_path))
+    except Exception:  # noqa: BLE001 - load_model_file names what is wrong with the file
+        return None
 
 
 def load_data_file(data: str, *, seq_len: int | None = None) -> ArrayDataset:

@@ -501,3 +501,37 @@ def test_the_app_dispatches_to_the_runner_it_is_given(tmp_path) -> None:
         assert r.status_code == 201, r.text
         wait_for(lambda: fake.launched, timeout=10)
         assert fake.launched == [(r.json()["id"], 1)]
+
+
+def _record_as(api, arch: str, fmt: str) -> int:
+    """A model record of ``arch`` stored as if uploaded in format ``fmt``."""
+    with Session(api.app.state.engine) as s:
+        model_id = make_model_record(s, api.app.state.settings, arch=arch).id
+        record = s.get(ModelRecord, model_id)
+        record.format = fmt
+        s.add(record)
+        s.commit()
+    return model_id
+
+
+def test_an_onnx_upload_is_shaped_for_onnx_runtime_unless_the_recipe_says(api, people) -> None:
+    """An ONNX upload ships in ONNX Runtime: its physical filter runs default to widths shaped
+    for it (the stored recipe says so); a recipe naming the runtime, a latency budget (timed in
+    PyTorch), masks only and other formats keep PyTorch."""
+    onnx_id, weights_id = (
+        _record_as(api, "cnn_small", "onnx"),
+        _record_as(api, "cnn_small", "safetensors"),
+    )
+    physical = {"granularity": "filter", "criterion": "l1", "sparsity": 0.5, "physical": True}
+
+    def runtime(model_id: int, **pruning: object) -> str:
+        body = tiny_recipe(model_id, pruning={**physical, **pruning})
+        r = api.post("/api/runs", json=body, headers=people["alice"])
+        assert r.status_code == 201, r.text
+        return r.json()["recipe"]["pruning"]["deploy_runtime"]
+
+    assert runtime(onnx_id) == "onnxruntime"
+    assert runtime(onnx_id, deploy_runtime="pytorch") == "pytorch"
+    assert runtime(onnx_id, physical=False) == "pytorch"
+    assert runtime(onnx_id, sparsity=None, target={"latency_ms": 1.0, "batch": 8}) == "pytorch"
+    assert runtime(weights_id) == "pytorch"

@@ -113,6 +113,7 @@ def _check_heads(model: ModelRecord, pruning: dict) -> None:
 def validate_body(session: Session, body: dict, settings: Settings) -> tuple[dict, int | None, str]:
     """The stored recipe, model id and dataset id of a valid body; 422 with a sentence if not
     (also for a number over one of this server's limits, naming the setting)."""
+    from app.pruning.pruning_spec import runtime_for_source
     from app.pruning.spec import Recipe  # torch-free
 
     envelope = {"model_id", "dataset_id", "arch"}
@@ -135,6 +136,10 @@ def validate_body(session: Session, body: dict, settings: Settings) -> tuple[dic
     model = store.get_model(session, model_id=model_id) if 0 <= model_id <= MAX_ID else None
     if model is None:
         raise invalid(f"model_id {model_id} does not exist")
+    shaped = runtime_for_source(given, model.format)  # an ONNX upload deploys in ONNX Runtime
+    if shaped is not given:
+        recipe = Recipe.from_dict(shaped)
+        stored = recipe.to_dict()
     _check_model(model, data, stored["pruning"])
     try:
         stored = check_sources(session, recipe, model, stored)
