@@ -143,6 +143,39 @@ def budget_run(
     )
 
 
+def print_budget(
+    arch: str, res: object, asked: float, args: argparse.Namespace, seed: int | None = None
+) -> None:
+    """The search's rounds (``filled``: channels given back to a group) and what was reached."""
+    report = res.final["budget"]
+    lat = report["latency_ms"]
+    adjusted = report["reached_vs_original"]
+    raw = lat["pruned"]["median_ms"] / lat["original"]["median_ms"]
+    rounds = ", ".join(
+        f"share {r['share']:.3f}"
+        + (f" filled {r['filled']}" if "filled" in r else f" predicted {r['predicted']:.3f}")
+        + f" measured {r['measured']:.3f}"
+        + (f" side by side {r['side_by_side']:.3f}" if "side_by_side" in r else "")
+        + (" (chosen)" if i == report["chosen"] else "")
+        for i, r in enumerate(report["rounds"])
+    )
+    print(
+        f"{arch:9s} budget {asked:.3f} ms at batch {BATCH}"
+        + (f" (seed {seed})" if seed is not None else "")
+        + f": {len(report['rounds'])} search rounds [{rounds}]\n"
+        f"{arch:9s}   reached side by side (the pruned/original ratio {report['ratio']:.3f}, "
+        f"{report['ratio'] / args.fraction - 1:+.1%} off the fraction asked, "
+        f"{report['clock']} time in pairs, x the original's {report['original_ms']:.3f} ms when "
+        f"the budget was solved) {adjusted:.3f} ms ({adjusted / asked - 1:+.1%}; within 10%: "
+        f"{report['within_10pct']}); raw wall medians {fmt(lat['pruned'])} next to the "
+        f"original's {fmt(lat['original'])}: ratio {raw:.3f} "
+        f"({raw / args.fraction - 1:+.1%} off the fraction asked)\n"
+        f"{arch:9s}   accuracy {res.final['accuracy']:.4f} (dense {res.baseline['accuracy']:.4f}), "
+        f"allocation {res.allocation}",
+        flush=True,
+    )
+
+
 def run(arch: str, args: argparse.Namespace) -> None:
     data = load_digits()
     model = trained(arch)
@@ -171,28 +204,9 @@ def run(arch: str, args: argparse.Namespace) -> None:
         first = time_models([model], x, budget_s=2.0, cpu=cpu)[0]
     if res is None:
         return
-    report = res.final["budget"]
-    lat = report["latency_ms"]
-    adjusted = report["reached_vs_original"]
-    raw = lat["pruned"]["median_ms"] / lat["original"]["median_ms"]
-    rounds = ", ".join(
-        f"share {r['share']:.3f} predicted {r['predicted']:.3f} measured {r['measured']:.3f}"
-        + (f" side by side {r['side_by_side']:.3f}" if "side_by_side" in r else "")
-        + (" (chosen)" if i == report["chosen"] else "")
-        for i, r in enumerate(report["rounds"])
-    )
+    print_budget(arch, res, asked, args)
     print(
-        f"{arch:9s} budget {asked:.3f} ms at batch {BATCH}: {len(report['rounds'])} search "
-        f"rounds [{rounds}]\n"
-        f"{arch:9s}   reached side by side (the pruned/original ratio {report['ratio']:.3f}, "
-        f"{report['ratio'] / args.fraction - 1:+.1%} off the fraction asked, "
-        f"{report['clock']} time in pairs, x the original's {report['original_ms']:.3f} ms when "
-        f"the budget was solved) {adjusted:.3f} ms ({adjusted / asked - 1:+.1%}; within 10%: "
-        f"{report['within_10pct']}); raw wall medians {fmt(lat['pruned'])} next to the "
-        f"original's {fmt(lat['original'])}: ratio {raw:.3f} "
-        f"({raw / args.fraction - 1:+.1%} off the fraction asked)\n"
-        f"{arch:9s}   accuracy {res.final['accuracy']:.4f} (dense {res.baseline['accuracy']:.4f}), "
-        f"allocation {res.allocation}\n{arch:9s}   table (sparsity, saved ms, drop): "
+        f"{arch:9s}   table (sparsity, saved ms, drop): "
         + "; ".join(
             f"{k} {[[round(x, 3) for x in p] for p in v['points']]}"
             for t in json.loads(table_file.read_text()).values()
@@ -209,9 +223,10 @@ def run(arch: str, args: argparse.Namespace) -> None:
     uniform = {"scope": "layerwise", "exclude": exclude, **rounding}
     spec = recipe({"sparsity": 0.5, **uniform}).pruning
     slower, faster = uniform_sparsity(model, spec, budget_model)
-    budgets = [res] + [
-        budget_run(model, target, exclude, seed, table_file, args) for seed in args.seeds[1:]
-    ]
+    budgets = [res]
+    for seed in args.seeds[1:]:
+        budgets.append(budget_run(model, target, exclude, seed, table_file, args))
+        print_budget(arch, budgets[-1], asked, args, seed)
     deltas = []
     for seed, bud in zip(args.seeds, budgets, strict=True):
         unis = [

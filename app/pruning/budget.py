@@ -15,6 +15,10 @@
    pruned and *measured* (counted exactly for parameters and FLOPs; for latency the
    pruned/original ratio timed in pairs, in CPU time with one thread, times the original's
    latency) until one lands near ``0.95 x budget``, the middle of ``[0.9 x budget, budget]``.
+   Rounded widths make the path step-like; when the slowest candidate meeting the budget
+   still leaves slack (under ``0.925 x budget``), channels are given back to it one group at a
+   time, the step the table values least first, while the budget holds
+   (:func:`app.pruning.budget_search.fill`).
    A latency budget then times the best candidates again, all in one round-robin with the
    original (:func:`side_by_side`), and the one in (or closest to) the band wins.
 4. The recipe is rewritten as per-layer ``overrides``; the run reports the budget, what was
@@ -35,7 +39,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from app.pruning.budget_alloc import allocate
-from app.pruning.budget_search import TOLERANCE, choose, distance, search
+from app.pruning.budget_search import AIM, NEAR, TOLERANCE, choose, fill, rank, search
 from app.pruning.budget_spec import describe
 from app.pruning.budget_table import (
     PROBES,
@@ -127,9 +131,20 @@ def solve(
         value=value,
         rounds=ROUNDS[kind],
     )
+    under = [r for r in tried if r["measured"] <= budget]
+    start = max(under, key=lambda r: r["measured"], default=None)
+    if start is not None and start["measured"] < (AIM - NEAR) * budget:  # slack: give back
+        tried += fill(
+            table,
+            start,
+            budget,
+            build=lambda alloc: pruned_copy(model, spec, alloc, data),
+            key=_shapes,
+            value=value,
+        )
     pool, field = tried, "measured"
     if kind == "latency_ms" and len(tried) > 1:
-        pool = sorted(tried, key=lambda r: distance(r["measured"], budget))[:RETIMED]
+        pool = sorted(tried, key=lambda r: rank(r, budget))[:RETIMED]
         again = side_by_side(model, spec, data, x, base, pool, ratios)
         for r, v in zip(pool, again, strict=True):
             r["side_by_side"] = v

@@ -30,13 +30,16 @@ import math
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from app.pruning.budget_alloc import allocate
+from app.pruning.budget_alloc import SMOOTH, allocate
+from app.pruning.budget_table import at
 
 AIM = 0.95  # the middle of the band: room for the noise of a timing on either side
 LOW = 0.9  # the band is [LOW x budget, budget]
 TOLERANCE = 0.10  # "within 10% of the budget", either side
 NEAR = 0.025  # a measurement this close to the aim ends the search (the band's middle half)
 EDGE = 0.1  # a new share keeps this part of the bracket's width from either end
+FILL_STEP = 0.125  # filling slack: a group's sparsity falls by this much per try
+FILL_ROUNDS = 4  # measured fills at most
 
 
 def at_share(table: dict, share: float) -> tuple[dict[str, float], float, float]:
@@ -115,24 +118,112 @@ def search(
     return tried
 
 
+def _give_back(
+    table: dict, alloc: dict[str, float], blocked: set[str]
+) -> list[tuple[float, str, float, float]]:
+    """``(cost per regained point, group, lower sparsity, cost)`` for each pruned group not in
+    ``blocked``, its sparsity lowered by ``FILL_STEP``, cheapest first: the step the allocation
+    valued least (least saving per accuracy point, the same measure and floor) is undone
+    first."""
+    options = []
+    for lead, entry in table["groups"].items():
+        level = alloc.get(entry["members"][0], 0.0)
+        if level <= 0 or lead in blocked:
+            continue
+        lower = max(0.0, round(level - FILL_STEP, 4))
+        (saved, drop), (saved_lo, drop_lo) = at(entry, level), at(entry, lower)
+        cost = max(0.0, saved - saved_lo)
+        options.append((cost / (max(0.0, drop - drop_lo) + SMOOTH), lead, lower, cost))
+    return sorted(options)
+
+
+def fill(
+    table: dict,
+    start: dict,
+    budget: float,
+    *,
+    build: Callable[[dict[str, float]], Any],
+    key: Callable[[Any], Hashable],
+    value: Callable[[Any], float],
+    rounds: int = FILL_ROUNDS,
+) -> list[dict]:
+    """Channels given back while a candidate is faster than the band's middle half (NetAdapt's
+    last step, Yang et al. 2018: the budget's slack buys accuracy).
+
+    The search moves along one path, and rounded widths make it step-like: the nearest
+    candidate under the budget can sit near the band's low edge, where a later timing's noise
+    puts it out of the band, with room for more channels. From ``start`` (a measured
+    candidate, ``{"alloc", "measured", ...}``) one group at a time gets ``FILL_STEP`` less
+    sparsity, the step the table values least first, skipping steps the table predicts over
+    the budget; a new width is measured and kept when it meets the budget (a group that
+    overshoots is not tried again). Returns the measured candidates (``"filled"`` names the
+    group), at most ``rounds``.
+
+    Example:
+        >>> table = {"base": 10.0, "groups": {
+        ...     "a": {"members": ["a"], "points": [[0.5, 4.0, 0.1], [0.9, 6.0, 0.5]]},
+        ...     "b": {"members": ["b"], "points": [[0.5, 1.0, 0.3], [0.9, 2.0, 0.6]]}}}
+        >>> value = lambda alloc: 10.0 - 6.0 * alloc["a"] - 2.0 * alloc["b"]
+        >>> start = {"share": 1.0, "alloc": {"a": 0.9, "b": 0.5}, "measured": 3.6}
+        >>> filled = fill(table, start, 5.0, build=dict, key=lambda m: tuple(m.values()),
+        ...     value=value, rounds=2)  # b's steps cost least per point regained
+        >>> [(r["filled"], r["alloc"], round(r["measured"], 2)) for r in filled]
+        [('b', {'a': 0.9, 'b': 0.375}, 3.85), ('b', {'a': 0.9, 'b': 0.25}, 4.1)]
+    """
+    floor = (AIM - NEAR) * budget
+    current, out, blocked = start, [], set()
+    current_key = key(build(start["alloc"]))
+    seen = {current_key: start["measured"]}
+    for _ in range(40):  # lowering a group by less than one rounding step changes nothing
+        if len(out) >= rounds or current["measured"] >= floor:
+            break
+        options = [
+            o
+            for o in _give_back(table, current["alloc"], blocked)
+            if current["measured"] + o[3] <= budget
+        ]
+        if not options:
+            break
+        _, lead, lower, _ = options[0]
+        alloc = {**current["alloc"], **dict.fromkeys(table["groups"][lead]["members"], lower)}
+        model = build(alloc)
+        k = key(model)
+        if k == current_key:  # the same widths: lower the same group again
+            current = {**current, "alloc": alloc}
+            continue
+        if k not in seen:
+            seen[k] = value(model)
+            out.append({**start, "alloc": alloc, "measured": seen[k], "filled": lead})
+        if seen[k] <= budget:
+            current, current_key = {**current, "alloc": alloc, "measured": seen[k]}, k
+        else:
+            blocked.add(lead)
+    return out
+
+
 def distance(value: float, budget: float) -> float:
     """How far ``value`` lies outside the band ``[0.9 x budget, budget]``, over the budget."""
     return max(0.0, LOW * budget - value, value - budget) / budget
 
 
+def rank(r: dict, budget: float, field: str = "measured") -> tuple:
+    """How :func:`choose` orders candidates: in the band ``[0.9 x budget, budget]`` first, the
+    slowest there (the most channels kept, and the farthest from the band's low edge, where a
+    later timing's noise would take it out of "within 10%"), then within 10% of the budget,
+    then meeting it, then the nearest."""
+    v = r[field]
+    inside = LOW * budget <= v <= budget
+    return (
+        not inside,
+        abs(v / budget - 1) > TOLERANCE,
+        v > budget,
+        round(distance(v, budget), 6),
+        -v if inside else abs(v - AIM * budget),
+    )
+
+
 def choose(tried: list[dict], budget: float, field: str = "measured") -> dict:
-    """The candidate in the band ``[0.9 x budget, budget]`` closest to ``0.95 x budget``;
-    with none there, the nearest within 10% of the budget (over it); else the nearest under
-    the budget; else the nearest over it."""
-
-    def rank(r: dict) -> tuple:
-        v = r[field]
-        return (
-            not LOW * budget <= v <= budget,
-            abs(v / budget - 1) > TOLERANCE,
-            v > budget,
-            round(distance(v, budget), 6),
-            abs(v - AIM * budget),
-        )
-
-    return min(tried, key=rank)
+    """The slowest candidate in the band ``[0.9 x budget, budget]``; with none there, the
+    nearest within 10% of the budget (over it); else the nearest under the budget; else the
+    nearest over it."""
+    return min(tried, key=lambda r: rank(r, budget, field))

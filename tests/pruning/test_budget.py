@@ -325,7 +325,8 @@ def test_between_two_widths_the_candidate_within_10pct_is_kept() -> None:
     def picked(*values: float) -> float:
         return choose([{"measured": v} for v in values], 10.0)["measured"]
 
-    assert picked(9.1, 9.6, 10.0) == 9.6  # in the band: the one nearest its middle
+    assert picked(9.1, 9.6, 10.0) == 10.0  # in the band: the slowest, the most channels
+    assert picked(9.05, 8.0, 10.4) == 9.05  # in the band beats 4% over
     assert picked(10.3, 8.5) == 10.3  # 3% over beats 15% under: only it is within 10%
     assert picked(10.8, 10.2, 8.0) == 10.2  # the nearest within 10%
     assert picked(11.5, 5.0) == 5.0  # neither within 10%: the one meeting the budget
@@ -354,3 +355,37 @@ def test_a_latency_table_times_an_onnx_loaded_residual_net(tmp_path) -> None:
     table = layer_table(model, _recipe(target).pruning, load_digits(), target, None)
     assert table["base"] > 0 and table["groups"]
     assert any(p[1] > 0 for entry in table["groups"].values() for p in entry["points"])
+
+
+def test_slack_under_the_budget_is_given_back_as_channels(cnn_flops) -> None:
+    """A candidate far under the budget gets channels back, one group at a time, while the
+    budget holds: each filled model is wider and slower than the one before it, never over."""
+    from app.pruning.budget_search import at_share, fill
+
+    model, table = cnn_flops
+    data = load_digits()
+    spec = _recipe({"latency_ms": 6.0, "batch": 8}, exclude=["classifier"]).pruning
+
+    def build(alloc: dict) -> torch.nn.Module:
+        return pruned_copy(model, spec, alloc, data)
+
+    def value(small: torch.nn.Module) -> float:
+        return 10.0 * _lagging([model, small], torch.zeros(1))[0]
+
+    def shapes(small: torch.nn.Module) -> tuple:
+        return tuple(tuple(p.shape) for p in small.parameters())
+
+    most = at_share(table, 1.0)[0]  # every group at its most: far under a 6 ms budget
+    start = {"share": 1.0, "alloc": most, "measured": value(build(most))}
+    budget = 6.0
+    assert start["measured"] < 0.8 * budget
+    filled = fill(table, start, budget, build=build, key=shapes, value=value)
+    assert filled and all(r["filled"] in table["groups"] for r in filled)
+    kept = [r for r in filled if r["measured"] <= budget]
+    assert kept, "some channels fit under the budget"
+    measured = [start["measured"], *(r["measured"] for r in kept)]
+    assert measured == sorted(measured) and len(set(measured)) == len(measured)
+    for r in filled:  # channels only come back: no group is cut deeper than at the start
+        assert all(r["alloc"][n] <= most[n] for n in most)
+        assert sum(r["alloc"].values()) < sum(most.values())
+    assert len(filled) <= 4
