@@ -53,10 +53,11 @@ from app.pruning.budget_table import (
 from app.pruning.data import ArrayDataset
 from app.pruning.latency import model_ratios, time_models
 from app.pruning.measure import batch_of
+from app.pruning.notes import Note, warning
 from app.pruning.pruning_spec import PruningSpec
 from app.pruning.spec import Recipe
 
-__all__ = ["allocate", "budget_recipe", "budget_report", "pruned_copy", "solve"]
+__all__ = ["allocate", "budget_note", "budget_recipe", "budget_report", "pruned_copy", "solve"]
 
 ROUNDS = {"latency_ms": 8, "params": 12, "flops": 12}  # measured candidates at most
 RETIMED = 3  # latency candidates timed again side by side before one is chosen
@@ -249,3 +250,31 @@ def budget_report(
             out |= {"ratio": ratio, "clock": clock(), "original_ms": search["base"]}
     out["within_10pct"] = abs(judged / budget - 1) <= TOLERANCE
     return out
+
+
+def budget_note(report: dict) -> Note | None:
+    """A warning when the final model is not within 10% of the budget (None when it is).
+
+    Example:
+        >>> report = {"kind": "params", "asked": {"params": 1000}, "described": "params 1,000",
+        ...     "reached": 700.0, "within_10pct": False}
+        >>> budget_note(report)["text"].startswith("pruning.target params 1,000: reached 700 (-30%")
+        True
+    """
+    if report.get("within_10pct", True):
+        return None
+    kind = report["kind"]
+    budget = float(report["asked"][kind])
+    reached = float(report.get("reached_vs_original", report["reached"]))
+    shown = f"{reached:,.4g} ms" if kind == "latency_ms" else f"{reached:,.0f}"
+    why = (
+        "the machine's load moved between the search and this timing, or no kept widths "
+        "lie between the candidates tried; run it again on a quieter machine, or give a "
+        "params or flops budget (counted exactly)"
+        if kind == "latency_ms"
+        else "no kept widths lie closer to it with the rounding used (pruning.round_to)"
+    )
+    return warning(
+        f"pruning.target {report.get('described', kind)}: reached {shown} "
+        f"({reached / budget - 1:+.0%} of the budget), not within 10%: {why}."
+    )

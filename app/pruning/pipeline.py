@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from app.pruning.budget import budget_recipe, budget_report, solve
+from app.pruning.budget import budget_note, budget_recipe, budget_report, solve
 from app.pruning.budget_spec import describe
 from app.pruning.checkpoint import load_checkpoint
 from app.pruning.context import RunContext
@@ -150,6 +150,9 @@ def run_recipe(
             ctx.notes.append(
                 info(f"pruning.target {describe(target)}: per-layer allocation {alloc}")
             )
+            missed = budget_note(result.final["budget"])
+            if missed is not None:
+                ctx.notes.append(missed)
     if note is not None:
         result.notes.insert(0, note)
     return result

@@ -389,3 +389,26 @@ def test_slack_under_the_budget_is_given_back_as_channels(cnn_flops) -> None:
         assert all(r["alloc"][n] <= most[n] for n in most)
         assert sum(r["alloc"].values()) < sum(most.values())
     assert len(filled) <= 4
+
+
+def test_a_budget_missed_by_more_than_10pct_is_a_warning_on_the_run(monkeypatch) -> None:
+    """The final model's report decides: a budget not met within 10% (here: the report says
+    the final timing read 30% under it) reaches the run's notes as a warning naming it."""
+    from app.pruning import pipeline
+
+    real = pipeline.budget_report
+
+    def far_under(*args: object, **kwargs: object) -> dict:
+        report = real(*args, **kwargs)
+        return {**report, "reached": 0.7 * report["asked"]["params"], "within_10pct": False}
+
+    monkeypatch.setattr(pipeline, "budget_report", far_under)
+    torch.manual_seed(0)
+    model = build("cnn_small")
+    budget = int(sum(p.numel() for p in model.parameters()) * 0.6)
+    result = run_recipe(
+        _recipe({"params": budget}, exclude=["classifier"]), model, load_digits(), latency=False
+    )
+    warned = [n for n in result.notes if n["level"] == "warning" and "not within 10%" in n["text"]]
+    assert len(warned) == 1 and f"parameters <= {budget:,}" in warned[0]["text"], result.notes
+    assert f"reached {0.7 * budget:,.0f} (-30% of the budget)" in warned[0]["text"]
