@@ -232,7 +232,8 @@ def _for_runtime(recipe: Recipe, runtime: str, each: Mapping[str, int]) -> tuple
         f"fastest per MAC, and pads a layer cut to fewer back to its next multiple, so such "
         f"cuts would buy nothing there): layers of {multiple} filters/channels or fewer stay "
         f"whole, the others keep multiples of {multiple}, rounded up or down so the sparsity "
-        f"asked is reached over the whole net"
+        f"asked is reached over the whole net (the server and prunelab run choose this runtime "
+        f"for a model given as ONNX unless the recipe names one; 'pytorch' shapes for PyTorch)"
     )
     spec = replace(recipe.pruning, round_to=multiple, round_to_cap="none")
     return replace(recipe, pruning=spec), note
