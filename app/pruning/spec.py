@@ -274,3 +274,31 @@ class Recipe:
             "seed": self.seed,
             "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
         }
+
+
+def runtime_for_source(body: dict, model_format: str | None) -> dict:
+    """A recipe body with ``pruning.deploy_runtime`` "onnxruntime" when the model came as an
+    ONNX file and the body does not say where the pruned model runs: an ONNX upload is most
+    likely deployed in ONNX Runtime, whose kernels work in blocks of channels, so its widths
+    are shaped for it (the new-run form preselects the same). Only a physical filter or
+    channel prune without a latency budget (those are timed in PyTorch); else ``body`` as is.
+
+    Example:
+        >>> body = {"kind": "prune", "pruning": {"granularity": "filter", "physical": True}}
+        >>> runtime_for_source(body, "onnx")["pruning"]["deploy_runtime"]
+        'onnxruntime'
+        >>> runtime_for_source(body, "torchscript") is body
+        True
+    """
+    pruning = body.get("pruning")
+    if (
+        model_format != "onnx"
+        or body.get("kind", "prune") != "prune"
+        or not isinstance(pruning, dict)
+        or "deploy_runtime" in pruning
+        or pruning.get("physical") is not True
+        or pruning.get("granularity") not in ("filter", "channel")
+        or (isinstance(pruning.get("target"), dict) and "latency_ms" in pruning["target"])
+    ):
+        return body
+    return {**body, "pruning": {**pruning, "deploy_runtime": "onnxruntime"}}

@@ -153,9 +153,8 @@ def read_recipe_dict(path: str | Path, *, annotations: bool = False) -> dict:
 def load_recipe(path: str | Path, model_path: str | Path | None = None) -> Any:
     """Read and validate a recipe file into a ``spec.Recipe`` (the name defaults to the file's;
     for an ONNX ``model_path``, ``pruning.deploy_runtime`` defaults to ONNX Runtime, as on the
-    server: :func:`app.pruning.pruning_spec.runtime_for_source`)."""
-    from app.pruning.pruning_spec import runtime_for_source
-    from app.pruning.spec import Recipe
+    server: :func:`app.pruning.spec.runtime_for_source`)."""
+    from app.pruning.spec import Recipe, runtime_for_source
 
     body = read_recipe_dict(path)
     body.setdefault("name", Path(path).stem)

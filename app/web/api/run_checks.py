@@ -113,8 +113,7 @@ def _check_heads(model: ModelRecord, pruning: dict) -> None:
 def validate_body(session: Session, body: dict, settings: Settings) -> tuple[dict, int | None, str]:
     """The stored recipe, model id and dataset id of a valid body; 422 with a sentence if not
     (also for a number over one of this server's limits, naming the setting)."""
-    from app.pruning.pruning_spec import runtime_for_source
-    from app.pruning.spec import Recipe  # torch-free
+    from app.pruning.spec import Recipe, runtime_for_source  # torch-free
 
     envelope = {"model_id", "dataset_id", "arch"}
     try:
