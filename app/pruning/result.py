@@ -28,6 +28,7 @@ from app.pruning.histograms import histograms, prunable_weights
 from app.pruning.layers import prunable_layers
 from app.pruning.measure import batch_of
 from app.pruning.notes import Note, add_notes, info, warning
+from app.pruning.pruning_spec import PruningSpec
 from app.pruning.speedup import compare_latency, masks_only_latency, speed_note
 from app.pruning.structural.blocks import remove_blocks
 from app.pruning.structural.remove import physical_prune, removal_blockers
@@ -156,16 +157,40 @@ def deploy_speedup(
         return masks_only_latency(batch)
     x_one = ctx.data.sample_batch(1)
     comparison = compare_latency(dense, model, x_one, batch_of(ctx.data, batch), device=ctx.device)
-    hint = (
-        " (this run's widths are shaped for ONNX Runtime: pruning.deploy_runtime)"
-        if ctx.recipe.pruning.deploy_runtime != "pytorch"
-        else "; try pruning.round_to with a multiple the CPU kernels like (8 or 16)"
-    )
+    hint = pytorch_hint(ctx.recipe.pruning)
     before = float(ctx.baseline.get("flops") or 0.0)
     note = speed_note(comparison, (before, flops), "PyTorch", hint)
     if note is not None:
         ctx.notes.append(note)
     return comparison
+
+
+def pytorch_hint(spec: PruningSpec) -> str:
+    """What to change when PyTorch runs the pruned widths slowly per MAC, for this run's
+    rounding.
+
+    Example:
+        >>> spec = PruningSpec("filter", physical=True, round_to=16, round_to_cap="layer")
+        >>> pytorch_hint(spec)[:60]
+        '; pruning.round_to 16 was capped at a quarter of each narrow'
+    """
+    if spec.deploy_runtime != "pytorch":
+        return " (this run's widths are shaped for ONNX Runtime: pruning.deploy_runtime)"
+    multiple = spec.round_to or 1
+    if multiple > 1 and spec.round_to_cap == "layer":
+        return (
+            f"; pruning.round_to {multiple} was capped at a quarter of each narrow layer's "
+            f"width (the default), so those layers kept multiples of 4 or 8: set "
+            f"pruning.round_to {multiple} for that multiple on every layer (fewer MACs "
+            "removed, each running faster) or prune less"
+        )
+    if multiple > 1:
+        return (
+            f"; the kept widths are multiples of {multiple}: where a layer's time is mostly "
+            "reading and writing activations (small inputs, narrow layers), cutting its MACs "
+            "buys less; prune less, or time at a larger batch"
+        )
+    return "; try pruning.round_to with a multiple the CPU kernels like (8 or 16)"
 
 
 def _has_mlps(model: nn.Module, granularity: str) -> bool:

@@ -195,3 +195,18 @@ def test_with_one_thread_ratios_are_timed_in_cpu_time(monkeypatch) -> None:
     clock.calls = 0
     (wall,) = latency.time_ratios(fns, budget_s=1.0, threads=2)
     assert wall.median_ms > 0.5  # more threads: wall time, and the load shows
+
+
+def test_the_slow_per_mac_hint_names_what_to_change_for_the_run_s_rounding() -> None:
+    from app.pruning.pruning_spec import PruningSpec
+    from app.pruning.result import pytorch_hint
+
+    def hint(**fields: object) -> str:
+        return pytorch_hint(PruningSpec("filter", physical=True, **fields))
+
+    assert "set pruning.round_to 16 for that multiple on every layer" in hint(
+        round_to=16, round_to_cap="layer"
+    )  # the measured default, capped per layer: uncap it
+    assert "multiples of 8" in hint(round_to=8) and "prune less" in hint(round_to=8)
+    assert "CPU kernels like (8 or 16)" in hint()  # no rounding at all: try one
+    assert "shaped for ONNX Runtime" in hint(deploy_runtime="onnxruntime")
