@@ -147,7 +147,10 @@ def test_prunelab_run_from_the_command_line(tmp_path, weights) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "compression" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    before, after = summary["baseline"]["n_params"], summary["final"]["n_params"]
+    assert after < before  # physically removed filters: the parameter count says how much
+    assert f"parameters {before:,} -> {after:,}" in proc.stdout, proc.stdout
     assert (out / "summary.json").exists() and (out / "pruned.onnx").exists()
 
 

@@ -252,9 +252,23 @@ def register(typer_app: Any) -> None:
         except (ValueError, LabError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        final, metric = summary["final"], summary["metric"]
-        typer.echo(
-            f"{summary['name']}: {metric} {summary['baseline'][metric]:.4f} -> "
-            f"{final[metric]:.4f}, sparsity {final['sparsity']:.4f}, "
-            f"compression {final['compression']:.2f}x; results in {out}"
-        )
+        typer.echo(f"{outcome(summary)}; results in {out}")
+
+
+def outcome(summary: dict) -> str:
+    """The line ``prunelab run`` ends with: the metric before and after, and how much smaller
+    the model is (a physically pruned model keeps no zeros: its parameter count says it).
+
+    Example:
+        >>> outcome({"name": "r", "metric": "accuracy", "physical": True,
+        ...     "baseline": {"accuracy": 0.98, "n_params": 271402},
+        ...     "final": {"accuracy": 0.96, "n_params": 70794, "sparsity": 0.0,
+        ...               "compression": 3.8337}})
+        'r: accuracy 0.9800 -> 0.9600, parameters 271,402 -> 70,794 (3.83x smaller)'
+    """
+    final, baseline, metric = summary["final"], summary["baseline"], summary["metric"]
+    head = f"{summary['name']}: {metric} {baseline[metric]:.4f} -> {final[metric]:.4f}"
+    before, after = baseline.get("n_params"), final.get("n_params")
+    if summary.get("physical") and before and after:
+        return f"{head}, parameters {before:,} -> {after:,} ({final['compression']:.2f}x smaller)"
+    return f"{head}, sparsity {final['sparsity']:.4f}, compression {final['compression']:.2f}x"
