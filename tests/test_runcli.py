@@ -18,7 +18,7 @@ from app.pruning.pipeline import run_recipe
 from app.pruning.spec import FinetuneSpec
 from app.pruning.train import train
 from app.runs.cli import parse_shape, run_command
-from app.runs.inputs import load_recipe
+from app.runs.inputs import load_recipe, model_format
 from app.runs.outfolder import claim_out_dir, file_digest
 
 torch.set_num_threads(1)
@@ -284,9 +284,9 @@ def test_an_onnx_model_file_defaults_the_deploy_runtime_as_the_server_does(
     )
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps(RECIPE))
-    assert load_recipe(recipe, onnx_path).pruning.deploy_runtime == "onnxruntime"
-    assert load_recipe(recipe, weights).pruning.deploy_runtime == "pytorch"
+    assert load_recipe(recipe, model_format(onnx_path)).pruning.deploy_runtime == "onnxruntime"
+    assert load_recipe(recipe, model_format(weights)).pruning.deploy_runtime == "pytorch"
     assert load_recipe(recipe).pruning.deploy_runtime == "pytorch"
     named = {**RECIPE, "pruning": {**RECIPE["pruning"], "deploy_runtime": "pytorch"}}
     recipe.write_text(json.dumps(named))
-    assert load_recipe(recipe, onnx_path).pruning.deploy_runtime == "pytorch"
+    assert load_recipe(recipe, model_format(onnx_path)).pruning.deploy_runtime == "pytorch"

@@ -38,6 +38,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from app.pruning.criteria.capture import run_hooked
+
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CHILD = "_reinserted_bn"
 _BN = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
@@ -66,23 +68,20 @@ def bn_free_convs(model: nn.Module, example: Tensor) -> list[str]:
 
         return hook
 
-    def bn_hook(_m: nn.Module, inp: tuple) -> None:
+    def bn_hook(_m: nn.Module, inp: tuple, _out: Tensor) -> None:
         if inp and id(inp[0]) in outputs:
             followed.add(outputs[id(inp[0])])
 
-    handles = []
+    hooks = {}
     for name, m in model.named_modules():
         if isinstance(m, CONVS) and m.bias is not None:
-            handles.append(m.register_forward_hook(conv_hook(name)))
+            hooks[m] = conv_hook(name)
         elif isinstance(m, _BatchNorm):
-            handles.append(m.register_forward_pre_hook(bn_hook))
+            hooks[m] = bn_hook
     was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(example)
+        run_hooked(model.eval(), hooks, False, [example])
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     return [n for n in dict.fromkeys(order) if n not in followed]
 
@@ -141,7 +140,6 @@ class Inserted:
                 delattr(conv, CHILD)
 
 
-@torch.no_grad()
 def _output_stats(model: nn.Module, convs: dict[str, nn.Module], batches: Sequence[Tensor]):
     sums: dict[str, list[Tensor]] = {n: [] for n in convs}
 
@@ -152,14 +150,7 @@ def _output_stats(model: nn.Module, convs: dict[str, nn.Module], batches: Sequen
 
         return h
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in convs.items()]
-    try:
-        model.eval()
-        for x in batches:
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model.eval(), {m: hook(n) for n, m in convs.items()}, False, batches)
     stats = {}
     for name, rows in sums.items():
         mean, sq = torch.stack(rows).mean(0)

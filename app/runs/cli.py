@@ -25,7 +25,14 @@ from typing import Annotated, Any
 import typer
 
 from app.pruning.notes import info, warning
-from app.runs.inputs import as_fed, load_data_file, load_model_file, load_recipe, read_recipe_dict
+from app.runs.inputs import (
+    as_fed,
+    load_data_file,
+    load_model_file,
+    load_recipe,
+    model_format,
+    read_recipe_dict,
+)
 
 ARTIFACT_KEYS = ("name", "kind", "size_bytes", "verified", "max_abs_diff", "error")
 
@@ -90,9 +97,10 @@ def _starting_model(
     shape: tuple[int, ...] | None,
     device: str,
     pretrain: bool,
+    fmt: str | None = None,
 ) -> tuple[Any, bool, list[str], str, str]:
     """``(module, rebuildable, notes, identity, input dtype)`` of the model the recipe starts
-    from."""
+    from (``fmt``: the model file's format, when already detected)."""
     from app.runs.outfolder import file_digest
     from app.runs.pretrain import pretrain_from_recipe
 
@@ -111,6 +119,7 @@ def _starting_model(
         arch=arch,
         input_shape=shape or dataset.input_shape,
         num_classes=dataset.n_classes,
+        fmt=fmt,
     )
     return model, rebuildable, notes, file_digest(model_path, arch), dtype
 
@@ -155,11 +164,19 @@ def run_command(
     from app.runs.rewind_files import read_rewind_folder
 
     started = datetime.now(UTC).isoformat()
-    recipe = load_recipe(recipe_path, None if pretrain else model_path)
+    fmt = None if pretrain else model_format(model_path)  # detected once, used twice
+    recipe = load_recipe(recipe_path, fmt)
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
     dataset = load_data_file(data, seq_len=shape[-1] if shape else None)  # a text's seq_len
     model, rebuildable, notes, model_id, dtype = _starting_model(
-        recipe_path, model_path, dataset, arch=arch, shape=shape, device=device, pretrain=pretrain
+        recipe_path,
+        model_path,
+        dataset,
+        arch=arch,
+        shape=shape,
+        device=device,
+        pretrain=pretrain,
+        fmt=fmt,
     )
     dataset = as_fed(dataset, dtype)
     out = Path(out_dir)

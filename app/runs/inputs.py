@@ -150,15 +150,15 @@ def read_recipe_dict(path: str | Path, *, annotations: bool = False) -> dict:
     return {k: v for k, v in body.items() if annotations or k not in ANNOTATION_KEYS}
 
 
-def load_recipe(path: str | Path, model_path: str | Path | None = None) -> Any:
+def load_recipe(path: str | Path, model_format: str | None = None) -> Any:
     """Read and validate a recipe file into a ``spec.Recipe`` (the name defaults to the file's;
-    for an ONNX ``model_path``, ``pruning.deploy_runtime`` defaults to ONNX Runtime, as on the
-    server: :func:`app.pruning.spec.runtime_for_source`)."""
+    for a model in ``model_format`` "onnx", ``pruning.deploy_runtime`` defaults to ONNX Runtime,
+    as on the server: :func:`app.pruning.spec.runtime_for_source`)."""
     from app.pruning.spec import Recipe, runtime_for_source
 
     body = read_recipe_dict(path)
     body.setdefault("name", Path(path).stem)
-    recipe = Recipe.from_dict(runtime_for_source(body, _format_of(model_path)))
+    recipe = Recipe.from_dict(runtime_for_source(body, model_format))
     if recipe.pruning.allocation_from is not None:
         raise ValueError(
             "pruning.allocation_from names a run of the server; prunelab run takes the "
@@ -167,7 +167,7 @@ def load_recipe(path: str | Path, model_path: str | Path | None = None) -> Any:
     return recipe
 
 
-def _format_of(model_path: str | Path | None) -> str | None:
+def model_format(model_path: str | Path | None) -> str | None:
     """The model file's format, or None (no file, or one the loader will refuse with its own
     message)."""
     from app.modelio.detect import detect_format
@@ -211,9 +211,10 @@ def load_model_file(
     arch: str | None,
     input_shape: tuple[int, ...] | None,
     num_classes: int,
+    fmt: str | None = None,
 ) -> tuple[Any, bool, list[str], str]:
-    """``(module, rebuildable, notes, input dtype)`` from a model file, or a fresh ``arch``
-    when no file."""
+    """``(module, rebuildable, notes, input dtype)`` from a model file (in ``fmt`` when already
+    detected), or a fresh ``arch`` when no file."""
     from app import zoo
 
     if model_path is None:
@@ -225,7 +226,7 @@ def load_model_file(
     from app.modelio.load import load_model
 
     path = Path(model_path)
-    fmt = detect_format(path)
+    fmt = fmt or detect_format(path)
     loaded = load_model(path, fmt, arch=arch, num_classes=num_classes, input_shape=input_shape)
     return loaded.module, bool(loaded.rebuildable), list(loaded.notes), loaded.input_dtype
 
